@@ -1,0 +1,442 @@
+"""The S3 artifact store: publish a package, keep the per-stage index, find and fetch a build.
+
+Layout (DESIGN.md)::
+
+    s3://BUCKET/PREFIX<service>/<stage>/index.json
+    s3://BUCKET/PREFIX<service>/<stage>/<commit>/<build-id>/package.zip
+
+The index is the only thing readers need. Writers change it with a conditional PUT (IfMatch on the
+ETag they read, IfNoneMatch="*" when creating) and start over on 412, so concurrent publishers from
+several CI machines all land.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from bot.archive import CHUNK, PackageError, safe_extract, zip_package
+from bot.stage_index import Artifact, IndexFormatError, StageIndex
+
+T = TypeVar("T")
+STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # sha1, or sha256 repositories
+BUILD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+class ArtifactError(Exception):
+    """Something the person running the command can act on; the message says what to do."""
+
+
+class ChecksumError(ArtifactError):
+    """A downloaded package is not the one that was published."""
+
+
+@dataclass
+class PublishResult:
+    artifact: Artifact
+    uploaded: bool  # False when the same build was already there
+    went_live: bool
+
+
+@dataclass
+class PruneResult:
+    removed: list[Artifact] = field(default_factory=list)
+    kept: list[Artifact] = field(default_factory=list)
+    protected: dict[tuple[str, str], str] = field(default_factory=dict)  # ident -> why it stays
+    failed_deletes: list[str] = field(default_factory=list)
+
+
+def make_s3_client(max_attempts: int = 5):
+    """An S3 client that retries throttling and 5xx answers with backoff.
+
+    Endpoint and credentials come from the standard AWS variables (AWS_ENDPOINT_URL included).
+    """
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        connect_timeout=5,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def validate_stage(stage: str) -> str:
+    if not STAGE_RE.match(stage or ""):
+        raise ArtifactError(f"stage {stage!r} is not a valid stage name (letters, digits, '-' or '_')")
+    return stage
+
+
+class ArtifactStore:
+    def __init__(
+        self,
+        s3,
+        bucket: str,
+        service: str,
+        prefix: str = "",
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        max_index_attempts: int = 30,
+    ):
+        self.s3 = s3
+        self.bucket = bucket
+        self.service = service
+        self.prefix = prefix
+        self.clock = clock
+        self.sleep = sleep
+        self.max_index_attempts = max_index_attempts
+        self._cache: dict[str, tuple[str, bytes, StageIndex]] = {}
+        self._cache_lock = threading.Lock()
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def stage_prefix(self, stage: str) -> str:
+        return f"{self.prefix}{self.service}/{validate_stage(stage)}/"
+
+    def index_key(self, stage: str) -> str:
+        return self.stage_prefix(stage) + "index.json"
+
+    def artifact_key(self, stage: str, commit: str, build_id: str) -> str:
+        return f"{self.stage_prefix(stage)}{commit}/{build_id}/package.zip"
+
+    def where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def _explain(self, exc: Exception, doing: str) -> ArtifactError:
+        """Turn an S3/botocore failure into a message a person can act on."""
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return ArtifactError(
+                f"no AWS credentials while {doing}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE, or an instance role)"
+            )
+        if isinstance(exc, EndpointConnectionError):
+            return ArtifactError(f"cannot reach S3 while {doing} ({exc}); check AWS_ENDPOINT_URL and the network")
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = err.get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code == "NoSuchBucket":
+                return ArtifactError(
+                    f"bucket {self.bucket!r} does not exist ({doing}); create it or fix ROLLBACK_BUCKET"
+                )
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                return ArtifactError(
+                    f"S3 refused access to bucket {self.bucket!r} while {doing} ({code}); "
+                    "check the credentials and the bucket policy"
+                )
+            if status >= 500:
+                attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) + 1
+                return ArtifactError(
+                    f"S3 kept failing while {doing}: {status} {code} after {attempts} attempts. "
+                    "Nothing was changed; run the command again when S3 recovers"
+                )
+            return ArtifactError(f"S3 error while {doing}: {code or status} {err.get('Message', '')}".strip())
+        return ArtifactError(f"S3 error while {doing}: {exc}")
+
+    def _call(self, doing: str, fn, **kwargs):
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._explain(exc, doing) from exc
+
+    # -- the index -------------------------------------------------------------------------------
+
+    def _fetch_index(self, stage: str) -> tuple[str | None, bytes | None, StageIndex]:
+        """The index with its ETag and raw bytes: one request, a 304 when our copy is current."""
+        key = self.index_key(stage)
+        with self._cache_lock:
+            cached = self._cache.get(key)
+        kwargs = {"Bucket": self.bucket, "Key": key}
+        if cached:
+            kwargs["IfNoneMatch"] = cached[0]
+        try:
+            resp = self.s3.get_object(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if cached and (status == 304 or code in ("304", "NotModified")):
+                return cached
+            if code in ("NoSuchKey", "404"):
+                with self._cache_lock:
+                    self._cache.pop(key, None)
+                return None, None, StageIndex(service=self.service, stage=stage)
+            raise self._explain(exc, f"reading {self.where(key)}") from exc
+        except BotoCoreError as exc:
+            raise self._explain(exc, f"reading {self.where(key)}") from exc
+        raw = resp["Body"].read()
+        index = StageIndex.from_json(raw, self.where(key))
+        entry = (resp["ETag"], raw, index)
+        with self._cache_lock:
+            self._cache[key] = entry
+        return entry
+
+    def read_index(self, stage: str) -> StageIndex:
+        """The stage's index. Shared with the cache: read it, do not change it."""
+        try:
+            return self._fetch_index(stage)[2]
+        except IndexFormatError as exc:
+            raise ArtifactError(str(exc)) from exc
+
+    def update_index(self, stage: str, change: Callable[[StageIndex], T]) -> T:
+        """Apply ``change`` to a fresh copy of the index and write it back only if nobody else did.
+
+        ``change`` may run several times (once per conflict); it must only touch the index it is given.
+        """
+        key = self.index_key(stage)
+        for attempt in range(self.max_index_attempts):
+            try:
+                etag, raw, _ = self._fetch_index(stage)
+                index = (
+                    StageIndex.from_json(raw, self.where(key)) if raw is not None
+                    else StageIndex(service=self.service, stage=stage)
+                )
+            except IndexFormatError as exc:
+                raise ArtifactError(str(exc)) from exc
+            result = change(index)
+            body = index.to_json()
+            cond = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            try:
+                resp = self.s3.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **cond
+                )
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+                if code in CONFLICT_CODES or status in ("409", "412"):
+                    # Someone wrote first: read theirs and apply our change on top of it.
+                    self.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
+                    continue
+                raise self._explain(exc, f"writing {self.where(key)}") from exc
+            except BotoCoreError as exc:
+                raise self._explain(exc, f"writing {self.where(key)}") from exc
+            with self._cache_lock:
+                self._cache[key] = (resp["ETag"], body, StageIndex.from_json(body, self.where(key)))
+            return result
+        raise ArtifactError(
+            f"{self.where(key)} kept changing under us ({self.max_index_attempts} attempts); "
+            "nothing was written, run the command again"
+        )
+
+    # -- publish ---------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        stage: str,
+        commit: str,
+        package_dir: Path,
+        build_id: str | None = None,
+        author: str = "",
+        message: str = "",
+        deployed: bool = False,
+        by: str = "",
+    ) -> PublishResult:
+        validate_stage(stage)
+        commit = commit.strip().lower()
+        if not COMMIT_RE.match(commit):
+            raise ArtifactError(f"commit {commit!r} is not a full SHA; pass the 40-character commit id")
+        if build_id is not None and not BUILD_RE.match(build_id):
+            raise ArtifactError(f"build id {build_id!r} must be letters, digits, '.', '_' or '-'")
+
+        with tempfile.TemporaryDirectory(prefix="rollback-bot-publish-") as tmp:
+            zip_path = Path(tmp) / "package.zip"
+            try:
+                digest = zip_package(Path(package_dir), zip_path)
+            except PackageError as exc:
+                raise ArtifactError(str(exc)) from exc
+            build_id = build_id or f"pkg-{digest.sha256[:12]}"  # same package, same id: republish is a no-op
+            key = self.artifact_key(stage, commit, build_id)
+
+            existing = self.read_index(stage).find(commit, build_id)
+            if existing is not None and existing.sha256 != digest.sha256:
+                raise ArtifactError(
+                    f"build {build_id} of {commit[:7]} is already published for {stage} with different "
+                    "contents; publish this package under a new --build-id"
+                )
+            uploaded = existing is None or not self._object_matches(key, digest.sha256)
+            if uploaded:
+                self._upload(zip_path, key, digest.sha256, digest.size, commit, build_id)
+
+        artifact = Artifact(
+            commit=commit, build_id=build_id, key=key, sha256=digest.sha256, size=digest.size,
+            created=self.clock(), author=author, message=message,
+        )
+
+        def add(index: StageIndex) -> tuple[Artifact, bool]:
+            current = index.find(commit, build_id)
+            if current is None:
+                current = Artifact(**vars(artifact))
+                index.add(current)
+            elif current.sha256 != artifact.sha256:
+                raise ArtifactError(
+                    f"build {build_id} of {commit[:7]} was just published for {stage} with different "
+                    "contents by someone else; publish under a new --build-id"
+                )
+            went_live = index.set_live(current, by, self.clock()) if deployed else False
+            return current, went_live
+
+        try:
+            stored, went_live = self.update_index(stage, add)
+        except ArtifactError:
+            if uploaded and existing is None:
+                self._delete_quietly(key)  # leave no object the index does not know about
+            raise
+        return PublishResult(stored, uploaded, went_live)
+
+    def _object_matches(self, key: str, sha256: str) -> bool:
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._explain(exc, f"checking {self.where(key)}") from exc
+        return head.get("Metadata", {}).get("sha256") == sha256
+
+    def _upload(self, path: Path, key: str, sha256: str, size: int, commit: str, build_id: str) -> None:
+        extra = {
+            "ContentType": "application/zip",
+            "Metadata": {"sha256": sha256, "size": str(size), "commit": commit, "build-id": build_id},
+        }
+        try:
+            self.s3.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
+        except Exception as exc:  # boto3's transfer wraps ClientError in S3UploadFailedError
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(exc, ClientError | BotoCoreError):
+                cause = exc
+            if isinstance(cause, ClientError | BotoCoreError):
+                raise self._explain(cause, f"uploading {self.where(key)}") from exc
+            raise ArtifactError(f"uploading {self.where(key)} failed: {exc}") from exc
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError):
+            pass
+
+    # -- live builds -----------------------------------------------------------------------------
+
+    def mark_deployed(
+        self, stage: str, commit: str, build_id: str | None = None, by: str = "", via: str = "deploy"
+    ) -> tuple[Artifact, bool]:
+        """Record a build as live. Returns it and whether anything changed."""
+        commit = commit.strip().lower()
+
+        def change(index: StageIndex) -> tuple[Artifact, bool]:
+            if build_id:
+                found = index.find(commit, build_id)
+                if found is None:
+                    raise ArtifactError(
+                        f"build {build_id} of {commit[:7]} is not published for {stage}; "
+                        "run `rollback-bot publish` for it first"
+                    )
+            else:
+                builds = [a for a in index.artifacts if a.commit == commit]
+                if not builds:
+                    raise ArtifactError(
+                        f"commit {commit[:7]} has no published build for {stage}; "
+                        "run `rollback-bot publish` for it first"
+                    )
+                found = builds[0]
+            return found, index.set_live(found, by, self.clock(), via)
+
+        return self.update_index(stage, change)
+
+    # -- download --------------------------------------------------------------------------------
+
+    def download(self, artifact: Artifact, dest: Path) -> Path:
+        """Fetch ``artifact`` into ``dest`` (streamed), verify it, and unzip it there.
+
+        Returns the folder holding the package. Nothing is unzipped unless size and sha256 match.
+        """
+        dest.mkdir(parents=True, exist_ok=True)
+        part = dest / "package.zip.part"
+        resp = self._call(f"downloading {self.where(artifact.key)}", self.s3.get_object,
+                          Bucket=self.bucket, Key=artifact.key)
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with open(part, "wb") as out:
+                for chunk in resp["Body"].iter_chunks(CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+        except BotoCoreError as exc:
+            part.unlink(missing_ok=True)
+            raise self._explain(exc, f"downloading {self.where(artifact.key)}") from exc
+        if size != artifact.size or h.hexdigest() != artifact.sha256:
+            part.unlink(missing_ok=True)
+            raise ChecksumError(
+                f"{artifact.label()} is corrupt in S3: expected {artifact.size} bytes with sha256 "
+                f"{artifact.sha256[:12]}…, got {size} bytes with sha256 {h.hexdigest()[:12]}…. Nothing was "
+                "unpacked. Republish that build from CI, or roll back to another build"
+            )
+        zip_path = dest / "package.zip"
+        part.rename(zip_path)
+        package_dir = dest / "package"
+        try:
+            safe_extract(zip_path, package_dir)
+        except PackageError as exc:
+            raise ArtifactError(f"{artifact.label()}: {exc}") from exc
+        return package_dir
+
+    # -- prune -----------------------------------------------------------------------------------
+
+    def prune(self, stage: str, keep: int, dry_run: bool = False) -> PruneResult:
+        """Drop all but the newest ``keep`` builds; never the live one, the last known-good one,
+        or one a running job uses. The index changes first, so no entry ever points to nothing."""
+        if keep < 1:
+            raise ArtifactError("--keep must be at least 1")
+
+        def plan(index: StageIndex) -> PruneResult:
+            result = PruneResult()
+            if index.live:
+                result.protected[index.live.ident] = "live"
+            prev = index.previous()
+            if prev:
+                result.protected.setdefault(prev[0].ident, "last known-good")
+            for use in index.in_use:
+                result.protected.setdefault((use.commit, use.build_id), f"used by job {use.job}")
+            for pos, art in enumerate(index.artifacts):
+                (result.kept if pos < keep or art.ident in result.protected else result.removed).append(art)
+            if not dry_run:
+                index.artifacts = result.kept
+            return result
+
+        if dry_run or not self.read_index(stage).artifacts:
+            return plan(StageIndex.from_json(self.read_index(stage).to_json(), "index"))
+        result = self.update_index(stage, plan)
+        keys = [a.key for a in result.removed]
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            try:
+                resp = self._call(
+                    f"deleting old builds under {self.where(self.stage_prefix(stage))}",
+                    self.s3.delete_objects,
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            except ArtifactError:
+                # The index no longer lists them, so nothing can use them: report, do not fail.
+                result.failed_deletes += batch
+                continue
+            result.failed_deletes += [e["Key"] for e in resp.get("Errors", [])]
+        return result

@@ -1,0 +1,180 @@
+"""Settings, read once from the environment and validated together.
+
+Every problem is collected and reported in one message, so a person fixing a deployment
+does not discover them one restart at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+TEMPLATE_FIELDS = {"stage", "package"}
+
+# What each kind of command needs; anything else is optional.
+NEEDS = {
+    "artifacts": ("ROLLBACK_BUCKET", "ROLLBACK_SERVICE"),
+    "engine": ("ROLLBACK_BUCKET", "ROLLBACK_SERVICE", "ROLLBACK_REPO"),
+    "slack": ("SLACK_BOT_TOKEN",),
+}
+
+
+class ConfigError(Exception):
+    """Start-up cannot go on; ``problems`` lists every reason at once."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "rollback-bot is not configured correctly:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class Secret(str):
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str = ""
+    prefix: str = ""
+    service: str = ""
+    repo: str = ""
+    service_dir: str = "."
+    deploy_command: tuple[str, ...] | None = None
+    install_command: tuple[str, ...] | None = None
+    channel: str = ""
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".rollback-bot")
+    config_path: Path | None = None
+    policy: Mapping = field(default_factory=dict)
+    slack_bot_token: Secret = Secret("")
+    slack_signing_secret: Secret = Secret("")
+    slack_app_token: Secret = Secret("")
+    slack_api_url: str = "https://slack.com/api/"
+    port: int = 3000
+    s3_max_attempts: int = 5
+    actor: str = ""
+
+    def secrets(self) -> list[str]:
+        """Values that must be masked in anything shown to people."""
+        return [s for s in (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token) if s]
+
+
+def _command_template(name: str, raw: str, problems: list[str]) -> tuple[str, ...] | None:
+    if not raw.strip():
+        return None
+    try:
+        args = shlex.split(raw)
+    except ValueError as exc:
+        problems.append(f"{name} cannot be split into arguments ({exc}); check its quotes")
+        return None
+    for arg in args:
+        for found in re.findall(r"{([^{}]*)}", arg):
+            if found not in TEMPLATE_FIELDS:
+                problems.append(
+                    f"{name} uses {{{found}}}; only {{stage}} and {{package}} can be filled in"
+                )
+    return tuple(args)
+
+
+def _int(name: str, raw: str | None, default: int, lo: int, hi: int, problems: list[str]) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append(f"{name} must be a whole number, got {raw!r}")
+        return default
+    if not lo <= value <= hi:
+        problems.append(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str] = ()) -> Settings:
+    """Read and validate the settings. ``needs`` names what the command is about to use."""
+    env = dict(os.environ if environ is None else environ)
+    problems: list[str] = []
+
+    for group in needs:
+        for name in NEEDS[group]:
+            if not env.get(name, "").strip():
+                problems.append(f"{name} is not set")
+
+    bucket = env.get("ROLLBACK_BUCKET", "").strip()
+    if bucket and not BUCKET_RE.match(bucket):
+        problems.append(
+            f"ROLLBACK_BUCKET {bucket!r} is not a valid S3 bucket name "
+            "(3-63 characters: lowercase letters, digits, dots, hyphens)"
+        )
+    prefix = env.get("ROLLBACK_PREFIX", "").strip().lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"  # the layout joins prefix and service directly; a folder is what people mean
+    service = env.get("ROLLBACK_SERVICE", "").strip()
+    if service and not NAME_RE.match(service):
+        problems.append(f"ROLLBACK_SERVICE {service!r} must be letters, digits, '-' or '_'")
+    service_dir = env.get("ROLLBACK_SERVICE_DIR", ".").strip() or "."
+    if Path(service_dir).is_absolute() or ".." in Path(service_dir).parts:
+        problems.append(f"ROLLBACK_SERVICE_DIR {service_dir!r} must be a relative folder inside the repository")
+
+    api_url = env.get("SLACK_API_URL", "").strip() or "https://slack.com/api/"
+    if not re.match(r"^https?://", api_url):
+        problems.append(f"SLACK_API_URL {api_url!r} must start with http:// or https://")
+    if not api_url.endswith("/"):
+        api_url += "/"
+
+    config_path = None
+    policy: dict = {}
+    raw_config = env.get("ROLLBACK_CONFIG", "").strip()
+    if raw_config:
+        config_path = Path(raw_config)
+        try:
+            policy = tomllib.loads(config_path.read_text())
+        except FileNotFoundError:
+            problems.append(f"ROLLBACK_CONFIG points to {raw_config}, which does not exist")
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            problems.append(f"ROLLBACK_CONFIG {raw_config} is not valid TOML: {exc}")
+
+    data_dir = Path(env.get("ROLLBACK_DATA_DIR", "").strip() or Path.home() / ".rollback-bot")
+
+    settings = Settings(
+        bucket=bucket,
+        prefix=prefix,
+        service=service,
+        repo=env.get("ROLLBACK_REPO", "").strip(),
+        service_dir=service_dir,
+        deploy_command=_command_template(
+            "ROLLBACK_DEPLOY_COMMAND", env.get("ROLLBACK_DEPLOY_COMMAND", ""), problems
+        ),
+        install_command=_command_template(
+            "ROLLBACK_INSTALL_COMMAND", env.get("ROLLBACK_INSTALL_COMMAND", ""), problems
+        ),
+        channel=env.get("ROLLBACK_CHANNEL", "").strip(),
+        data_dir=data_dir,
+        config_path=config_path,
+        policy=policy,
+        slack_bot_token=Secret(env.get("SLACK_BOT_TOKEN", "").strip()),
+        slack_signing_secret=Secret(env.get("SLACK_SIGNING_SECRET", "").strip()),
+        slack_app_token=Secret(env.get("SLACK_APP_TOKEN", "").strip()),
+        slack_api_url=api_url,
+        port=_int("PORT", env.get("PORT"), 3000, 1, 65535, problems),
+        s3_max_attempts=_int("ROLLBACK_S3_MAX_ATTEMPTS", env.get("ROLLBACK_S3_MAX_ATTEMPTS"), 5, 1, 20, problems),
+        actor=next(
+            (env[k] for k in ("ROLLBACK_ACTOR", "GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "USER")
+             if env.get(k)),
+            "",
+        ),
+    )
+    if "slack" in needs and not settings.slack_app_token and not settings.slack_signing_secret:
+        problems.append("SLACK_SIGNING_SECRET is not set (needed in HTTP mode, when SLACK_APP_TOKEN is unset)")
+    if problems:
+        raise ConfigError(problems)
+    return settings

@@ -1,0 +1,255 @@
+"""The per-stage ``index.json``: what was built, what is live, what is bad, whether CI is frozen.
+
+Pure data and rules, no I/O: ``artifacts.py`` reads and writes it in S3.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+SCHEMA_VERSION = 1
+HEX_RE = re.compile(r"^[0-9a-f]+$")
+MIN_PREFIX = 4
+
+
+class IndexFormatError(Exception):
+    """index.json cannot be understood; it is never overwritten in that case."""
+
+
+class RefError(Exception):
+    """A ref names no build, or more than one. ``candidates`` are what the user can pick from."""
+
+    def __init__(self, message: str, candidates: list[Artifact] | None = None):
+        super().__init__(message)
+        self.candidates = candidates or []
+
+
+@dataclass
+class Mark:
+    """Who did something to a stage or a build, why and when (a freeze, a bad mark)."""
+
+    by: str
+    reason: str
+    at: float
+
+
+@dataclass
+class Artifact:
+    commit: str
+    build_id: str
+    key: str
+    sha256: str
+    size: int
+    created: float
+    author: str = ""
+    message: str = ""
+    bad: Mark | None = None
+
+    @property
+    def short(self) -> str:
+        return self.commit[:7]
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return (self.commit, self.build_id)
+
+    def label(self) -> str:
+        return f"{self.short} (build {self.build_id})"
+
+
+@dataclass
+class LiveRecord:
+    """A build going live: by a CI deploy or by a rollback."""
+
+    commit: str
+    build_id: str
+    at: float
+    by: str = ""
+    via: str = "deploy"
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return (self.commit, self.build_id)
+
+
+@dataclass
+class InUse:
+    """A build a running job depends on; prune leaves it alone wherever prune runs."""
+
+    commit: str
+    build_id: str
+    job: str
+    since: float
+
+
+@dataclass
+class StageIndex:
+    service: str
+    stage: str
+    artifacts: list[Artifact] = field(default_factory=list)  # newest first
+    history: list[LiveRecord] = field(default_factory=list)  # newest first; history[0] is live
+    freeze: Mark | None = None
+    in_use: list[InUse] = field(default_factory=list)
+    schema: int = SCHEMA_VERSION
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> LiveRecord | None:
+        return self.history[0] if self.history else None
+
+    def find(self, commit: str, build_id: str) -> Artifact | None:
+        for a in self.artifacts:
+            if a.commit == commit and a.build_id == build_id:
+                return a
+        return None
+
+    def live_artifact(self) -> Artifact | None:
+        live = self.live
+        return self.find(*live.ident) if live else None
+
+    def is_live(self, artifact: Artifact) -> bool:
+        return self.live is not None and self.live.ident == artifact.ident
+
+    def previous(self) -> tuple[Artifact, str] | None:
+        """The last known-good build before the live one, and why it was chosen.
+
+        A build that was live before and is not marked bad comes first; when the history holds
+        none (CI never recorded deploys), the newest older build that is not marked bad.
+        """
+        live = self.live
+        if live is None:
+            return None
+        for record in self.history[1:]:
+            if record.commit == live.commit:
+                continue
+            candidate = self.find(*record.ident)
+            if candidate is not None and candidate.bad is None:
+                return candidate, "was live before the current build"
+        live_art = self.find(*live.ident)
+        if live_art is None:
+            return None
+        older = self.artifacts[self.artifacts.index(live_art) + 1 :]
+        for candidate in older:
+            if candidate.bad is None and candidate.commit != live.commit:
+                return candidate, "the newest older build not marked bad (never recorded as live)"
+        return None
+
+    def resolve(self, ref: str) -> Artifact:
+        """A full SHA, a unique SHA prefix (4+ hex), a build id, or ``previous``."""
+        ref = ref.strip()
+        if not ref:
+            raise RefError("Give a build: a commit SHA (4+ characters), a build id, or `previous`.")
+        if ref.lower() == "previous":
+            if self.live is None:
+                raise RefError(
+                    f"Stage {self.stage} has no live build recorded, so `previous` means nothing yet. "
+                    "Name a build by commit SHA or build id."
+                    + self._what_we_have()
+                )
+            found = self.previous()
+            if found is None:
+                raise RefError(
+                    f"Stage {self.stage} has no good build older than the live one "
+                    f"({self.live.commit[:7]}, build {self.live.build_id})." + self._what_we_have()
+                )
+            return found[0]
+
+        lowered = ref.lower()
+        by_build = [a for a in self.artifacts if a.build_id == ref]
+        by_commit: list[Artifact] = []
+        if HEX_RE.match(lowered):
+            if len(lowered) < MIN_PREFIX and not by_build:
+                raise RefError(
+                    f"`{ref}` is too short to be a commit: give at least {MIN_PREFIX} characters of the SHA."
+                )
+            if len(lowered) >= MIN_PREFIX:
+                by_commit = [a for a in self.artifacts if a.commit.startswith(lowered)]
+
+        matches = by_build + [a for a in by_commit if a not in by_build]
+        if not matches:
+            raise RefError(f"No build of stage {self.stage} matches `{ref}`." + self._what_we_have())
+        if len(by_build) == 1 and not [a for a in by_commit if a.commit != by_build[0].commit]:
+            return by_build[0]
+        commits = {a.commit for a in matches}
+        if len(commits) == 1 and not by_build:
+            return matches[0]  # several builds of one commit: the newest (list is newest first)
+        raise RefError(
+            f"`{ref}` matches {len(matches)} builds of stage {self.stage}; "
+            "give more characters of the SHA, or the build id:",
+            candidates=matches[:10],
+        )
+
+    def _what_we_have(self) -> str:
+        if not self.artifacts:
+            return f" Stage {self.stage} has no builds yet: CI publishes them with `rollback-bot publish`."
+        recent = ", ".join(a.label() for a in self.artifacts[:5])
+        more = f" and {len(self.artifacts) - 5} more" if len(self.artifacts) > 5 else ""
+        return f" Recent builds: {recent}{more}."
+
+    # -- changing --------------------------------------------------------------------------------
+
+    def add(self, artifact: Artifact) -> None:
+        """Insert keeping newest first (publishers on other machines may land out of order)."""
+        pos = 0
+        while pos < len(self.artifacts) and self.artifacts[pos].created > artifact.created:
+            pos += 1
+        self.artifacts.insert(pos, artifact)
+
+    def set_live(self, artifact: Artifact, by: str, at: float, via: str = "deploy") -> bool:
+        """Record ``artifact`` as live. Returns False when it already was (nothing changes)."""
+        if self.live is not None and self.live.ident == artifact.ident:
+            return False
+        self.history.insert(0, LiveRecord(artifact.commit, artifact.build_id, at, by, via))
+        artifact.bad = None  # a successful deploy of a build clears its bad mark
+        return True
+
+    # -- (de)serialising -------------------------------------------------------------------------
+
+    def to_json(self) -> bytes:
+        doc = asdict(self)
+        doc["live"] = asdict(self.live) if self.live else None  # for people and scripts reading it
+        return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> StageIndex:
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise IndexFormatError(
+                f"{where} is not valid JSON ({exc}). It was left untouched; restore it from the bucket's "
+                "versions or fix it by hand before publishing again."
+            ) from exc
+        if not isinstance(doc, dict) or "schema" not in doc:
+            raise IndexFormatError(f"{where} is not a rollback-bot index (no schema field); it was left untouched.")
+        if doc["schema"] > SCHEMA_VERSION:
+            raise IndexFormatError(
+                f"{where} was written by a newer rollback-bot (schema {doc['schema']}, this one knows "
+                f"{SCHEMA_VERSION}); upgrade rollback-bot here."
+            )
+        try:
+            return cls(
+                service=doc["service"],
+                stage=doc["stage"],
+                artifacts=[_artifact(a) for a in doc.get("artifacts", [])],
+                history=[_build(LiveRecord, h) for h in doc.get("history", [])],
+                freeze=_build(Mark, doc["freeze"]) if doc.get("freeze") else None,
+                in_use=[_build(InUse, u) for u in doc.get("in_use", [])],
+                schema=doc["schema"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise IndexFormatError(f"{where} is missing a field ({exc}); it was left untouched.") from exc
+
+
+def _build(cls, data: dict):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _artifact(data: dict) -> Artifact:
+    art = _build(Artifact, data)
+    if art.bad is not None:
+        art.bad = _build(Mark, art.bad)
+    return art
