@@ -12,6 +12,7 @@ several CI machines all land.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import re
@@ -237,6 +238,13 @@ class ArtifactStore:
             "nothing was written, run the command again"
         )
 
+    def stages(self) -> list[str]:
+        """The stages that have a folder under this service (one LIST request)."""
+        prefix = f"{self.prefix}{self.service}/"
+        resp = self._call(f"listing stages under {self.where(prefix)}", self.s3.list_objects_v2,
+                          Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+        return sorted(p["Prefix"][len(prefix):].rstrip("/") for p in resp.get("CommonPrefixes", []))
+
     # -- publish ---------------------------------------------------------------------------------
 
     def publish(
@@ -327,10 +335,8 @@ class ArtifactStore:
             raise ArtifactError(f"uploading {self.where(key)} failed: {exc}") from exc
 
     def _delete_quietly(self, key: str) -> None:
-        try:
+        with contextlib.suppress(ClientError, BotoCoreError):
             self.s3.delete_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError):
-            pass
 
     # -- live builds -----------------------------------------------------------------------------
 

@@ -10,69 +10,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bot import __version__
-from bot.artifacts import ArtifactError, ArtifactStore, make_s3_client
+from bot.artifacts import ArtifactError, validate_stage
 from bot.config import ConfigError, Settings, load_settings
-from bot.source import local_commit
-from bot.stage_index import Artifact, RefError, StageIndex
+from bot.engine import artifact_store, build_engine
+from bot.source import SourceError, local_commit
+from bot.stage_index import RefError
+from bot.store import StageBusy
+from bot.terminal import ProgressPrinter, age, artifact_json, render_history, render_listing, render_plan
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-def age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def render_listing(index: StageIndex, limit: int, now: float) -> str:
-    lines = []
-    live = index.live
-    head = f"{index.service} / {index.stage}: "
-    head += f"live {live.commit[:7]} (build {live.build_id}) for {age(now - live.at)}" if live else "nothing live recorded"
-    head += f", {len(index.artifacts)} build{'s' if len(index.artifacts) != 1 else ''}"
-    lines.append(head)
-    if index.freeze:
-        f = index.freeze
-        lines.append(f"FROZEN by {f.by or 'unknown'} {age(now - f.at)} ago: {f.reason}")
-    if not index.artifacts:
-        lines.append("No builds yet: CI publishes them with `rollback-bot publish`.")
-        return "\n".join(lines)
-    rows = [("", "SHA", "BUILD", "AGE", "AUTHOR", "MESSAGE")]
-    for art in index.artifacts[:limit]:
-        mark = "live" if index.is_live(art) else ("BAD" if art.bad else "")
-        message = art.message
-        if art.bad:
-            message = f"[bad: {art.bad.reason} ({art.bad.by})] {message}"
-        rows.append((mark, art.short, art.build_id, age(now - art.created), _clip(art.author, 18), _clip(message, 60)))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
-    if len(index.artifacts) > limit:
-        lines.append(f"… {len(index.artifacts) - limit} older builds (--limit to see more)")
-    return "\n".join(lines)
-
-
-def artifact_json(index: StageIndex, art: Artifact) -> dict:
-    doc = asdict(art)
-    doc["live"] = index.is_live(art)
-    return doc
-
-
 # -- commands --------------------------------------------------------------------------------------
-
-
-def _store(settings: Settings) -> ArtifactStore:
-    return ArtifactStore(
-        make_s3_client(settings.s3_max_attempts), settings.bucket, settings.service, settings.prefix
-    )
 
 
 def cmd_publish(args, settings: Settings) -> int:
@@ -82,7 +32,7 @@ def cmd_publish(args, settings: Settings) -> int:
         commit = info.sha  # a short SHA is fine inside the repository
     author = args.author if args.author is not None else (info.author if info else "")
     message = args.message if args.message is not None else (info.subject if info else "")
-    result = _store(settings).publish(
+    result = artifact_store(settings).publish(
         args.stage, commit, Path(args.package), build_id=args.build_id, author=author,
         message=message, deployed=args.deployed, by=args.by or settings.actor,
     )
@@ -97,13 +47,14 @@ def cmd_publish(args, settings: Settings) -> int:
 def cmd_mark_deployed(args, settings: Settings) -> int:
     info = local_commit(args.commit.strip())
     commit = info.sha if info else args.commit
-    art, changed = _store(settings).mark_deployed(args.stage, commit, args.build_id, by=args.by or settings.actor)
+    who = args.by or settings.actor
+    art, changed = artifact_store(settings).mark_deployed(args.stage, commit, args.build_id, by=who)
     print(f"live on {args.stage}: {art.label()}" + ("" if changed else " (already was)"))
     return 0
 
 
 def cmd_list(args, settings: Settings) -> int:
-    index = _store(settings).read_index(args.stage)
+    index = artifact_store(settings).read_index(args.stage)
     if args.json:
         json.dump(
             {
@@ -123,7 +74,7 @@ def cmd_list(args, settings: Settings) -> int:
 
 
 def cmd_show(args, settings: Settings) -> int:
-    index = _store(settings).read_index(args.stage)
+    index = artifact_store(settings).read_index(args.stage)
     art = index.resolve(args.ref)
     if args.json:
         json.dump(artifact_json(index, art), sys.stdout, indent=2)
@@ -137,7 +88,7 @@ def cmd_show(args, settings: Settings) -> int:
 
 
 def cmd_prune(args, settings: Settings) -> int:
-    result = _store(settings).prune(args.stage, args.keep, dry_run=args.dry_run)
+    result = artifact_store(settings).prune(args.stage, args.keep, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for art in result.removed:
         print(f"{verb} {art.label()}")
@@ -146,6 +97,96 @@ def cmd_prune(args, settings: Settings) -> int:
     print(f"{verb} {len(result.removed)}, kept {len(result.kept)}")
     for key in result.failed_deletes:
         print(f"warning: s3://{settings.bucket}/{key} could not be deleted; remove it by hand", file=sys.stderr)
+    return 0
+
+
+def cmd_rollback(args, settings: Settings) -> int:
+    engine = build_engine(settings)
+    engine.jobs.recover()
+    plan = engine.plan(args.stage, args.ref)
+    print(render_plan(plan, time.time()))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("rollback-bot: not a terminal, so nothing to confirm with; pass --yes to go ahead", file=sys.stderr)
+            return EXIT_FAILED
+        if input(f"Deploy this to {args.stage}? Type the stage name to confirm: ").strip() != args.stage:
+            print("Nothing was done.")
+            return EXIT_FAILED
+    who = args.by or settings.actor or "cli"
+    try:
+        job_id = engine.jobs.start(plan, requested_by=who, approved_by=who, origin="cli")
+    except StageBusy as exc:
+        print(f"rollback-bot: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    engine.jobs.listeners.append(ProgressPrinter(job_id, show_output=not args.quiet))
+    print(f"job {job_id} started")
+    try:
+        job = engine.jobs.wait(job_id)
+    except KeyboardInterrupt:
+        print("\ncancelling: stopping the job's processes…", file=sys.stderr)
+        engine.jobs.cancel(job_id, who)
+        job = engine.jobs.wait(job_id)
+    engine.jobs.shutdown()
+    took = job["finished"] - job["started"]
+    if job["state"] == "succeeded":
+        print(f"job {job_id} succeeded in {took:.1f}s: {args.stage} runs {plan.target.label()}; CI is frozen "
+              f"on {args.stage} until `rollback-bot unfreeze {args.stage}`")
+        return 0
+    print(f"job {job_id} {job['state']} after {took:.1f}s: {job['reason']}", file=sys.stderr)
+    tail = engine.store.log_tail(job_id, 20)
+    if tail:
+        print("last lines of the log:\n  " + "\n  ".join(tail), file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_check_freeze(args, settings: Settings) -> int:
+    """For CI: may this stage be deployed (with this commit)? Needs only read access to the bucket."""
+    index = artifact_store(settings).read_index(validate_stage(args.stage))
+    now = time.time()
+    problems = []
+    if index.freeze:
+        f = index.freeze
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(f.at))
+        problems.append(f"stage {args.stage} is frozen by {f.by or 'unknown'} {when} ({age(now - f.at)} ago): "
+                        f"{f.reason}. "
+                        f"Lift it with `rollback-bot unfreeze {args.stage}` or `/rollback unfreeze {args.stage}`")
+    if args.commit:
+        commit = args.commit.strip().lower()
+        mark = index.bad_mark_for(commit) if len(commit) == 40 else next(
+            (a.bad for a in index.artifacts if a.bad and a.commit.startswith(commit) and len(commit) >= 7), None)
+        if mark:
+            problems.append(f"commit {commit[:12]} is marked bad on {args.stage} by {mark.by} "
+                            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(mark.at))}: {mark.reason}. "
+                            "Deploy a fixed commit instead")
+    for p in problems:
+        print(f"rollback-bot: {p}", file=sys.stderr)
+    if not problems:
+        print(f"{args.stage}: not frozen" + (f", {args.commit[:12]} not marked bad" if args.commit else ""))
+    return EXIT_FAILED if problems else 0
+
+
+def cmd_unfreeze(args, settings: Settings) -> int:
+    who = args.by or settings.actor
+
+    def change(index):
+        was = index.freeze
+        index.freeze = None
+        return was
+
+    was = artifact_store(settings).update_index(validate_stage(args.stage), change)
+    print(f"{args.stage}: unfrozen (was frozen by {was.by}: {was.reason})" if was else f"{args.stage}: was not frozen")
+    if was:
+        from bot.store import Store
+
+        Store(settings.data_dir / "rollback-bot.sqlite").audit(who, "unfreeze", args.stage, reason=was.reason)
+    return 0
+
+
+def cmd_history(args, settings: Settings) -> int:
+    from bot.store import Store
+
+    store = Store(settings.data_dir / "rollback-bot.sqlite")
+    print(render_history(store.jobs(stage=validate_stage(args.stage), limit=args.limit), time.time()))
     return 0
 
 
@@ -165,6 +206,10 @@ COMMANDS = {
     "list": (cmd_list, ("artifacts",)),
     "show": (cmd_show, ("artifacts",)),
     "prune": (cmd_prune, ("artifacts",)),
+    "rollback": (cmd_rollback, ("engine",)),
+    "check-freeze": (cmd_check_freeze, ("artifacts",)),
+    "unfreeze": (cmd_unfreeze, ("artifacts",)),
+    "history": (cmd_history, ()),
     "serve": (cmd_serve, ("artifacts", "slack")),
 }
 
@@ -205,6 +250,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", type=int, required=True, help="how many of the newest builds to keep")
     s.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
 
+    s = sub.add_parser("rollback", help="roll a stage back from the terminal (for when Slack is down)")
+    s.add_argument("stage")
+    s.add_argument("ref", help="a commit SHA (4+ characters), a build id, or `previous`")
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.add_argument("--quiet", action="store_true", help="show the steps, not the deploy output")
+    s.add_argument("--by", help="who is rolling back (default: $USER)")
+
+    s = sub.add_parser("check-freeze", help="for CI: exit 1 while the stage is frozen or the commit is marked bad")
+    s.add_argument("--stage", required=True)
+    s.add_argument("--commit", help="the commit CI is about to deploy")
+
+    s = sub.add_parser("unfreeze", help="let CI deploy the stage again after a rollback")
+    s.add_argument("stage")
+    s.add_argument("--by")
+
+    s = sub.add_parser("history", help="past rollback jobs of a stage (this machine's record)")
+    s.add_argument("stage")
+    s.add_argument("--limit", type=int, default=20)
+
     sub.add_parser("serve", help="run the Slack bot")
     return p
 
@@ -225,6 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         for art in exc.candidates:
             print(f"  {art.commit[:12]}  build {art.build_id}  {art.author}: {art.message}", file=sys.stderr)
         return EXIT_FAILED
-    except ArtifactError as exc:
+    except (ArtifactError, SourceError) as exc:
         print(f"rollback-bot: {exc}", file=sys.stderr)
         return EXIT_FAILED

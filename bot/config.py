@@ -17,6 +17,11 @@ from pathlib import Path
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 TEMPLATE_FIELDS = {"stage", "package"}
+# What a subprocess (installer, deploy) may see of our environment: never the Slack tokens.
+CHILD_ENV_NAMES = {"PATH", "HOME", "LANG", "TMPDIR", "TZ", "USER", "SHELL", "HTTP_PROXY", "HTTPS_PROXY",
+                   "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "CI"}
+CHILD_ENV_PREFIXES = ("AWS_", "SLS_", "SERVERLESS_", "NODE_", "NPM_CONFIG_", "npm_config_", "YARN_", "PNPM_",
+                      "LC_", "XDG_")
 
 # What each kind of command needs; anything else is optional.
 NEEDS = {
@@ -62,11 +67,15 @@ class Settings:
     slack_api_url: str = "https://slack.com/api/"
     port: int = 3000
     s3_max_attempts: int = 5
+    step_timeout: int = 1800
     actor: str = ""
+    child_env: Mapping[str, str] = field(default_factory=dict)
 
     def secrets(self) -> list[str]:
         """Values that must be masked in anything shown to people."""
-        return [s for s in (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token) if s]
+        aws = [self.child_env.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")]
+        slack = [self.slack_bot_token, self.slack_signing_secret, self.slack_app_token]
+        return [s for s in slack + aws if s]
 
 
 def _command_template(name: str, raw: str, problems: list[str]) -> tuple[str, ...] | None:
@@ -167,6 +176,8 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         slack_api_url=api_url,
         port=_int("PORT", env.get("PORT"), 3000, 1, 65535, problems),
         s3_max_attempts=_int("ROLLBACK_S3_MAX_ATTEMPTS", env.get("ROLLBACK_S3_MAX_ATTEMPTS"), 5, 1, 20, problems),
+        step_timeout=_int("ROLLBACK_STEP_TIMEOUT", env.get("ROLLBACK_STEP_TIMEOUT"), 1800, 1, 86400, problems),
+        child_env={k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)},
         actor=next(
             (env[k] for k in ("ROLLBACK_ACTOR", "GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "USER")
              if env.get(k)),

@@ -1,11 +1,22 @@
-"""The service's git repository (gitpython)."""
+"""The service's git repository (gitpython): a cached mirror, checkouts at a commit, what changed."""
 
 from __future__ import annotations
 
+import contextlib
+import re
+import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import git
+
+LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml")
+PLUGIN_FILES = ("package.json", *LOCKFILES)
+
+
+class SourceError(Exception):
+    """The repository cannot give us what a rollback needs; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -13,6 +24,30 @@ class CommitInfo:
     sha: str
     author: str
     subject: str
+
+
+@dataclass(frozen=True)
+class PluginChange:
+    changed: bool
+    before: tuple[str, ...] | None  # the plugins list, None when it could not be read
+    after: tuple[str, ...] | None
+    files: tuple[str, ...]  # plugin-related files that differ
+
+    def summary(self) -> str:
+        if not self.changed:
+            return "plugin set unchanged"
+        parts = []
+        if self.before is not None and self.after is not None and self.before != self.after:
+            added = [p for p in self.after if p not in self.before]
+            removed = [p for p in self.before if p not in self.after]
+            if added:
+                parts.append("adds " + ", ".join(added))
+            if removed:
+                parts.append("removes " + ", ".join(removed))
+        others = [f for f in self.files if not f.endswith("serverless.yml")]
+        if others:
+            parts.append("changes " + ", ".join(others))
+        return "plugin set changed: " + ("; ".join(parts) or "serverless.yml plugins section differs")
 
 
 def local_commit(ref: str, path: Path | str = ".") -> CommitInfo | None:
@@ -29,3 +64,134 @@ def local_commit(ref: str, path: Path | str = ".") -> CommitInfo | None:
         return None
     finally:
         repo.close()
+
+
+def plugins_of(serverless_yml: str) -> tuple[str, ...] | None:
+    """The ``plugins`` list of a serverless.yml, read without a YAML library.
+
+    Handles the block list, the flow list and the ``modules:`` form; None when it is some other
+    shape (the caller then reports the file as changed rather than guessing).
+    """
+    lines = serverless_yml.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^plugins:\s*(.*?)\s*(#.*)?$", line)
+        if not m:
+            continue
+        rest = m.group(1)
+        if rest.startswith("["):
+            return tuple(p.strip().strip("'\"") for p in rest.strip("[]").split(",") if p.strip())
+        if rest:
+            return None
+        found: list[str] = []
+        for item in lines[i + 1 :]:
+            if not item.strip() or item.lstrip().startswith("#"):
+                continue
+            if not item.startswith((" ", "\t", "-")):
+                break
+            entry = re.match(r"^\s*-\s*(.+?)\s*(#.*)?$", item)
+            if entry:
+                found.append(entry.group(1).strip("'\""))
+            elif not re.match(r"^\s*(modules|localPath):", item):
+                return None
+        return tuple(found)
+    return ()
+
+
+class SourceRepo:
+    """A bare mirror of ROLLBACK_REPO under the data dir; checkouts are worktrees of it."""
+
+    def __init__(self, url: str, mirror_dir: Path, service_dir: str = "."):
+        self.url = url
+        self.mirror_dir = mirror_dir
+        self.service_dir = service_dir
+        self._lock = threading.Lock()  # git does not like two fetches into one mirror at once
+
+    def _repo(self) -> git.Repo:
+        return git.Repo(self.mirror_dir)
+
+    def fetch(self) -> None:
+        """Create the mirror, or bring it up to date."""
+        with self._lock:
+            try:
+                if (self.mirror_dir / "HEAD").exists():
+                    with self._repo() as repo:
+                        repo.git.fetch("--prune", "--tags", "origin", "+refs/heads/*:refs/heads/*")
+                else:
+                    self.mirror_dir.parent.mkdir(parents=True, exist_ok=True)
+                    git.Repo.clone_from(self.url, self.mirror_dir, mirror=True).close()
+            except git.GitCommandError as exc:
+                raise SourceError(
+                    f"cannot fetch {self.url}: {exc.stderr.strip() or exc}. Check ROLLBACK_REPO and access to it"
+                ) from exc
+
+    def commit(self, sha: str) -> CommitInfo:
+        with self._repo() as repo:
+            try:
+                c = repo.commit(sha)
+            except (git.BadName, ValueError, git.GitCommandError) as exc:
+                raise SourceError(
+                    f"commit {sha[:12]} is not in {self.url}: it may have been force-pushed away. "
+                    "Roll back to another build, or push that commit again"
+                ) from exc
+            return CommitInfo(c.hexsha, c.author.name or "", str(c.summary or ""))
+
+    def has(self, sha: str) -> bool:
+        try:
+            self.commit(sha)
+            return True
+        except SourceError:
+            return False
+
+    def commits_between(self, live: str, target: str, limit: int = 50) -> list[CommitInfo]:
+        """Commits in ``live`` that ``target`` does not have: what a rollback undoes."""
+        with self._repo() as repo:
+            try:
+                commits = list(repo.iter_commits(f"{target}..{live}", max_count=limit))
+            except git.GitCommandError:
+                return []
+            return [CommitInfo(c.hexsha, c.author.name or "", str(c.summary or "")) for c in commits]
+
+    def _read(self, repo: git.Repo, sha: str, name: str) -> str | None:
+        path = (Path(self.service_dir) / name).as_posix().removeprefix("./")
+        try:
+            return repo.git.show(f"{sha}:{path}")
+        except git.GitCommandError:
+            return None
+
+    def plugin_change(self, live: str, target: str) -> PluginChange:
+        with self._repo() as repo:
+            files = []
+            for name in ("serverless.yml", *PLUGIN_FILES):
+                if self._read(repo, live, name) != self._read(repo, target, name):
+                    files.append(name)
+            yml_live = self._read(repo, live, "serverless.yml") or ""
+            yml_target = self._read(repo, target, "serverless.yml") or ""
+        before, after = plugins_of(yml_live), plugins_of(yml_target)
+        plugin_files = [f for f in files if f != "serverless.yml"]
+        yml_plugins_changed = "serverless.yml" in files and (before is None or after is None or before != after)
+        changed = bool(plugin_files) or yml_plugins_changed
+        shown = tuple(plugin_files + (["serverless.yml"] if yml_plugins_changed else []))
+        return PluginChange(changed, before, after, shown)
+
+    def checkout(self, sha: str, dest: Path) -> Path:
+        """A clean worktree at ``sha`` in ``dest``; returns the service folder inside it."""
+        self.commit(sha)  # a clear error before anything is created
+        if dest.exists():
+            self.remove_checkout(dest)
+        with self._lock, self._repo() as repo:
+            try:
+                repo.git.worktree("prune")
+                repo.git.worktree("add", "--detach", "--force", str(dest), sha)
+            except git.GitCommandError as exc:
+                raise SourceError(f"cannot check out {sha[:12]}: {exc.stderr.strip() or exc}") from exc
+        service = dest / self.service_dir
+        if not (service / "serverless.yml").is_file() and not any(service.glob("serverless.*")):
+            raise SourceError(
+                f"commit {sha[:12]} has no serverless.yml in {self.service_dir!r}; check ROLLBACK_SERVICE_DIR"
+            )
+        return service
+
+    def remove_checkout(self, dest: Path) -> None:
+        shutil.rmtree(dest, ignore_errors=True)
+        with self._lock, self._repo() as repo, contextlib.suppress(git.GitCommandError):
+            repo.git.worktree("prune")

@@ -163,7 +163,8 @@ class StageIndex:
         if HEX_RE.match(lowered):
             if len(lowered) < MIN_PREFIX and not by_build:
                 raise RefError(
-                    f"`{ref}` is too short to be a commit: give at least {MIN_PREFIX} characters of the SHA."
+                    f"No build id of stage {self.stage} is `{ref}`, and `{ref}` is too short to be a commit: "
+                    f"give at least {MIN_PREFIX} characters of the SHA." + self._what_we_have()
                 )
             if len(lowered) >= MIN_PREFIX:
                 by_commit = [a for a in self.artifacts if a.commit.startswith(lowered)]
@@ -205,6 +206,33 @@ class StageIndex:
         self.history.insert(0, LiveRecord(artifact.commit, artifact.build_id, at, by, via))
         artifact.bad = None  # a successful deploy of a build clears its bad mark
         return True
+
+    def record_rollback(self, target: Artifact, by: str, at: float, reason: str) -> list[Artifact]:
+        """After a successful rollback: the target is live, every build that went live after it is
+        marked bad, and CI is frozen. Returns the builds newly marked bad."""
+        current = self.find(*target.ident)
+        if current is None:  # pruned meanwhile: put the entry back, it is live now
+            current = Artifact(**{**vars(target), "bad": None})
+            self.add(current)
+        last_live = next((h.at for h in self.history if h.ident == current.ident), None)
+        since = last_live if last_live is not None else current.created
+        marked = []
+        for record in self.history:
+            if record.at <= since or record.ident == current.ident:
+                continue
+            art = self.find(*record.ident)
+            if art is not None and art.bad is None and art not in marked:
+                art.bad = Mark(by, reason, at)
+                marked.append(art)
+        self.set_live(current, by, at, via="rollback")
+        self.freeze = Mark(by, reason, at)
+        return marked
+
+    def bad_mark_for(self, commit: str) -> Mark | None:
+        for art in self.artifacts:
+            if art.commit == commit and art.bad is not None:
+                return art.bad
+        return None
 
     # -- (de)serialising -------------------------------------------------------------------------
 

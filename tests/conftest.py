@@ -69,3 +69,18 @@ def package(tmp_path):
         return make_package(tmp_path / f"pkg-{version}", version)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def service_history(tmp_path_factory, moto_server):
+    from tests.serverless_fixture import build_history
+
+    env = {"AWS_ENDPOINT_URL": moto_server.url, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    return build_history(tmp_path_factory.mktemp("service"), env)
+
+
+@pytest.fixture(scope="session")
+def shared_plugin_cache(tmp_path_factory):
+    """One plugin cache for the engine tests, so only the first one pays for `npm ci`."""
+    return tmp_path_factory.mktemp("plugin-cache")

@@ -1,4 +1,4 @@
-"""moto's server on a free loopback port, with S3's conditional PUT made atomic as in real S3.
+"""moto's server on a free loopback port, patched in two places to behave as AWS does.
 
 moto checks If-Match / If-None-Match and then writes, without a lock, so two racing writers can
 both pass the check; real S3 never lets that happen. Serialising PutObject restores S3's
@@ -7,10 +7,13 @@ semantics, and our own code still has to send the conditions for concurrent publ
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import threading
 import urllib.request
 
+from moto.cloudformation.models import CloudFormationBackend
 from moto.s3.responses import S3Response
 from moto.server import ThreadedMotoServer
 
@@ -31,9 +34,27 @@ def _make_put_atomic() -> None:
     S3Response.put_object = put_object
 
 
+def _tolerate_missing_change_set() -> None:
+    """moto 5.2.5 raises UnboundLocalError deleting a change set that does not exist; Serverless
+    deletes one before every update, and real CloudFormation answers that call without error."""
+    if getattr(CloudFormationBackend.delete_change_set, "_tolerant", False):
+        return
+    original = CloudFormationBackend.delete_change_set
+
+    @functools.wraps(original)
+    def delete_change_set(self, change_set_name: str) -> None:
+        with contextlib.suppress(UnboundLocalError):
+            original(self, change_set_name)
+
+    delete_change_set._tolerant = True
+    CloudFormationBackend.delete_change_set = delete_change_set
+
+
 class MotoServer:
     def __init__(self) -> None:
         _make_put_atomic()
+        _tolerate_missing_change_set()
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns test output
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()

@@ -3,8 +3,8 @@ import threading
 import boto3
 import pytest
 
-from bot.artifacts import ArtifactError, ArtifactStore, ChecksumError, make_s3_client
 from bot.archive import file_digest
+from bot.artifacts import ArtifactError, ArtifactStore, ChecksumError, make_s3_client
 from tests.conftest import BUCKET, SERVICE
 from tests.faulty_proxy import FaultyProxy
 

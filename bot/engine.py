@@ -1,0 +1,43 @@
+"""Assemble the rollback engine's services from validated settings (for the CLI and the Slack app)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.artifacts import ArtifactStore, make_s3_client
+from bot.config import Settings
+from bot.jobs import EngineConfig, JobRunner
+from bot.masking import Masker
+from bot.plan import Plan, make_plan
+from bot.source import SourceRepo
+from bot.store import Store
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    artifacts: ArtifactStore
+    store: Store
+    source: SourceRepo
+    jobs: JobRunner
+    mask: Masker
+
+    def plan(self, stage: str, ref: str) -> Plan:
+        return make_plan(self.artifacts, self.source, stage, ref, self.jobs.stack_factory)
+
+
+def artifact_store(settings: Settings) -> ArtifactStore:
+    return ArtifactStore(make_s3_client(settings.s3_max_attempts), settings.bucket, settings.service, settings.prefix)
+
+
+def build_engine(settings: Settings) -> Engine:
+    data = settings.data_dir
+    artifacts = artifact_store(settings)
+    store = Store(data / "rollback-bot.sqlite")
+    source = SourceRepo(settings.repo, data / "mirror.git", settings.service_dir)
+    mask = Masker(settings.secrets())
+    config = EngineConfig(
+        data_dir=data, env=settings.child_env, step_timeout=float(settings.step_timeout),
+        deploy_template=settings.deploy_command, install_template=settings.install_command,
+    )
+    return Engine(settings, artifacts, store, source, JobRunner(config, store, artifacts, source, mask), mask)

@@ -1,0 +1,309 @@
+"""The rollback steps: restore, check out, install plugins, deploy, verify.
+
+Each step emits events (started, output lines, finished with its duration, failed with a reason).
+Subprocesses run from argument lists in their own process group, with an explicit environment, so
+cancel and the per-step timeout stop everything they started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.archive import PackageError
+from bot.artifacts import ArtifactError, ArtifactStore
+from bot.source import LOCKFILES, SourceError, SourceRepo
+from bot.stack import FunctionCheck, PackageInfo, Stack, StackError
+from bot.stage_index import Artifact
+
+STEPS = ("restore", "checkout", "install", "deploy", "verify")
+KILL_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class Event:
+    step: str
+    status: str  # started | output | finished | failed | skipped
+    text: str = ""
+    duration: float | None = None
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, reason: str):
+        self.step = step
+        self.reason = reason
+        super().__init__(f"{step}: {reason}")
+
+
+class Cancelled(StepFailed):
+    pass
+
+
+@dataclass
+class Outcome:
+    package_dir: Path | None = None
+    info: PackageInfo | None = None
+    checks: list[FunctionCheck] = field(default_factory=list)
+    installed_from_cache: bool = False
+
+
+def kill_group(pid: int) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + KILL_GRACE
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def run_command(
+    step: str,
+    args: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    on_line: Callable[[str], None],
+    timeout: float,
+    cancel: threading.Event,
+    on_start: Callable[[int], None] = lambda pid: None,
+) -> None:
+    """Run ``args`` (never through a shell), streaming its output line by line."""
+    try:
+        proc = subprocess.Popen(
+            list(args), cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace", bufsize=1,
+        )
+    except FileNotFoundError as exc:
+        raise StepFailed(step, f"`{args[0]}` was not found; install it or set the command's override") from exc
+    on_start(proc.pid)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            on_line(line.rstrip("\n"))
+
+    reader = threading.Thread(target=pump, name=f"{step}-output", daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    why = None
+    while True:
+        try:
+            proc.wait(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if cancel.is_set():
+            why = "cancelled"
+        elif time.monotonic() > deadline:
+            why = "timeout"
+        if why:
+            kill_group(proc.pid)
+            proc.wait()
+            break
+    kill_group(proc.pid)  # children the command left behind in its group
+    reader.join(timeout=5)
+    if why == "cancelled":
+        raise Cancelled(step, "cancelled while running; its processes were stopped")
+    if why == "timeout":
+        raise StepFailed(step, f"timed out after {timeout:.0f}s; its processes were stopped")
+    if proc.returncode != 0:
+        raise StepFailed(step, f"`{' '.join(args[:3])}` exited with code {proc.returncode}")
+
+
+def install_command(service_dir: Path, override: Sequence[str] | None) -> tuple[list[str], Path | None]:
+    """The installer that fits the lockfile, and the lockfile it reads."""
+    lockfile = next((service_dir / n for n in LOCKFILES if (service_dir / n).is_file()), None)
+    if override:
+        return list(override), lockfile
+    if lockfile is None:
+        raise StepFailed(
+            "install",
+            "package.json has no lockfile at this commit, so the plugin versions are not pinned; "
+            "commit a lockfile, or set ROLLBACK_INSTALL_COMMAND",
+        )
+    if lockfile.name == "yarn.lock":
+        return ["yarn", "install", "--frozen-lockfile", "--non-interactive"], lockfile
+    if lockfile.name == "pnpm-lock.yaml":
+        return ["pnpm", "install", "--frozen-lockfile"], lockfile
+    return ["npm", "ci", "--no-audit", "--no-fund"], lockfile
+
+
+def cache_key(service_dir: Path, lockfile: Path | None, command: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for part in (service_dir / "package.json", lockfile):
+        if part is not None and part.is_file():
+            h.update(part.name.encode() + b"\0" + part.read_bytes() + b"\0")
+    h.update("\0".join(command).encode())
+    return h.hexdigest()[:32]
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Copy a tree as hard links (a copy where linking is impossible): a private node_modules
+    that costs almost nothing, never the cache itself shared in place."""
+
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, symlinks=True, copy_function=link)
+
+
+def _fill(template: Sequence[str], **values: str) -> list[str]:
+    return [arg.replace("{stage}", values["stage"]).replace("{package}", values["package"]) for arg in template]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        artifacts: ArtifactStore,
+        source: SourceRepo,
+        stage: str,
+        target: Artifact,
+        workdir: Path,
+        cache_dir: Path,
+        env: Mapping[str, str],
+        emit: Callable[[Event], None],
+        cancel: threading.Event,
+        step_timeout: float,
+        deploy_template: Sequence[str] | None = None,
+        install_template: Sequence[str] | None = None,
+        on_process: Callable[[int | None], None] = lambda pid: None,
+        stack_factory: Callable[[str, str], Stack] = Stack,
+    ):
+        self.artifacts = artifacts
+        self.source = source
+        self.stage = stage
+        self.target = target
+        self.workdir = workdir
+        self.cache_dir = cache_dir
+        self.env = dict(env)
+        self.emit = emit
+        self.cancel = cancel
+        self.step_timeout = step_timeout
+        self.deploy_template = deploy_template
+        self.install_template = install_template
+        self.on_process = on_process
+        self.stack_factory = stack_factory
+        self.outcome = Outcome()
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        for step in STEPS:
+            if self.cancel.is_set():
+                raise Cancelled(step, "cancelled before it started")
+            started = time.monotonic()
+            self.emit(Event(step, "started"))
+            try:
+                skipped = getattr(self, f"_{step}")()
+            except StepFailed as exc:
+                self.emit(Event(step, "failed", exc.reason, time.monotonic() - started))
+                raise
+            except (ArtifactError, SourceError, PackageError, StackError, OSError) as exc:
+                self.emit(Event(step, "failed", str(exc), time.monotonic() - started))
+                raise StepFailed(step, str(exc)) from exc
+            self.emit(Event(step, "skipped" if skipped else "finished", skipped or "", time.monotonic() - started))
+        return self.outcome
+
+    def _command(self, step: str, args: Sequence[str], cwd: Path) -> None:
+        self.emit(Event(step, "output", "$ " + " ".join(args)))
+        try:
+            run_command(
+                step, args, cwd, self.env, lambda line: self.emit(Event(step, "output", line)),
+                self.step_timeout, self.cancel, on_start=self.on_process,
+            )
+        finally:
+            self.on_process(None)
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        package_dir = self.artifacts.download(self.target, self.workdir / "restore")
+        self.outcome.package_dir = package_dir
+        self.outcome.info = PackageInfo.read(package_dir, self.stage)
+        self.emit(Event("restore", "output", f"{self.target.label()}: {self.target.size} bytes, sha256 verified"))
+
+    def _checkout(self) -> None:
+        self.source.fetch()
+        self.service_dir = self.source.checkout(self.target.commit, self.workdir / "src")
+        self.emit(Event("checkout", "output", f"source at {self.target.commit[:12]} in {self.source.service_dir}"))
+
+    def _install(self) -> str | None:
+        if not (self.service_dir / "package.json").is_file() and not self.install_template:
+            return "no package.json at this commit: no plugins to install"
+        command, lockfile = install_command(self.service_dir, self.install_template)
+        cached = self.cache_dir / cache_key(self.service_dir, lockfile, command) / "node_modules"
+        target = self.service_dir / "node_modules"
+        if cached.is_dir():
+            link_tree(cached, target)
+            self.outcome.installed_from_cache = True
+            source = lockfile.name if lockfile else "override"
+            self.emit(Event("install", "output", f"plugins from the cache (keyed by {source})"))
+            return None
+        self._command("install", command, self.service_dir)
+        if target.is_dir():
+            # Fill the cache through a temporary name, so a half-copied cache is never used.
+            tmp = cached.parent.with_name(cached.parent.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
+            try:
+                link_tree(target, tmp / "node_modules")
+                tmp.rename(cached.parent)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)  # a racing job filled it first; fine
+        return None
+
+    def _deploy(self) -> None:
+        package = str(self.outcome.package_dir)
+        if self.deploy_template:
+            args = _fill(self.deploy_template, stage=self.stage, package=package)
+        else:
+            local = self.service_dir / "node_modules" / ".bin" / "serverless"
+            binary = str(local) if local.exists() else shutil.which("serverless", path=self.env.get("PATH"))
+            if not binary:
+                raise StepFailed(
+                    "deploy",
+                    "no Serverless CLI: add serverless (or osls) to the service's package.json, put it on "
+                    "PATH, or set ROLLBACK_DEPLOY_COMMAND",
+                )
+            # --force: Serverless compares with its own newest upload, not with what is live, and
+            # would skip rolling forward again as "No changes to deploy" without it.
+            args = [binary, "deploy", "--stage", self.stage, "--package", package, "--force"]
+        self._command("deploy", args, self.service_dir)
+
+    def _verify(self) -> str | None:
+        info, package_dir = self.outcome.info, self.outcome.package_dir
+        assert info is not None and package_dir is not None
+        functions = info.functions(package_dir)
+        if not functions:
+            return "the package has no Lambda functions with code to compare"
+        checks = self.stack_factory(info.stack_name, info.region).verify(functions)
+        self.outcome.checks = checks
+        for c in checks:
+            verdict = "verified" if c.ok else f"MISMATCH: Lambda runs {c.actual or 'nothing'}"
+            self.emit(Event("verify", "output", f"{c.function}: CodeSha256 {c.expected} {verdict}"))
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            raise StepFailed(
+                "verify",
+                f"the deploy finished but {len(bad)} of {len(checks)} functions do not run the target's code "
+                f"({', '.join(c.function for c in bad)}); check the stack before doing anything else",
+            )
+        return None

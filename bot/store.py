@@ -1,0 +1,200 @@
+"""Local state in sqlite (sqlite-utils): jobs, their events and output, stage locks, the audit trail.
+
+Freezes and bad marks are not here: they live in the stage's index.json in S3, where CI can see them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import sqlite_utils
+
+ACTIVE_STATES = ("running",)
+FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted", "expired")
+
+# Each entry migrates the schema from version i to i+1; append, never edit.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def _migration(fn):
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@_migration
+def _v1(db: sqlite_utils.Database) -> None:
+    db["jobs"].create(
+        {
+            "id": int, "stage": str, "target_commit": str, "target_build": str,
+            "live_commit": str, "live_build": str, "requested_by": str, "approved_by": str,
+            "state": str, "reason": str, "origin": str, "created": float, "started": float,
+            "finished": float, "stack_name": str, "region": str, "stack_status": str,
+            "host": str, "pid": int, "child_pid": int, "cancelled_by": str,
+            "channel": str, "message_ts": str,
+        },
+        pk="id",
+    )
+    db["jobs"].create_index(["stage", "created"])
+    db["jobs"].create_index(["state"])
+    db["events"].create(
+        {"id": int, "job_id": int, "at": float, "step": str, "status": str, "text": str, "duration": float},
+        pk="id", foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["events"].create_index(["job_id"])
+    db["output"].create(
+        {"id": int, "job_id": int, "step": str, "line": str}, pk="id", foreign_keys=[("job_id", "jobs", "id")]
+    )
+    db["output"].create_index(["job_id"])
+    db["locks"].create({"stage": str, "job_id": int, "holder": str, "since": float}, pk="stage")
+    db["audit"].create(
+        {"id": int, "at": float, "actor": str, "action": str, "stage": str, "job_id": int, "detail": str},
+        pk="id",
+    )
+    db["audit"].create_index(["stage", "at"])
+
+
+class StageBusy(Exception):
+    def __init__(self, stage: str, lock: dict):
+        self.stage = stage
+        self.lock = lock
+        super().__init__(
+            f"stage {stage} is busy: job {lock['job_id']} started by {lock['holder'] or 'someone'} "
+            f"is running. Wait for it, or cancel it first"
+        )
+
+
+class Store:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        # One connection shared by the worker threads, serialised by our lock; WAL lets a CLI
+        # process read while the bot writes.
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        with self._lock:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # durable across a crash of the bot in WAL mode
+            self._migrate()
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        for step in MIGRATIONS[version:]:
+            with self.db.conn:
+                step(self.db)
+                version += 1
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", [str(version)]
+                )
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def create_job(self, **fields) -> int:
+        with self._lock:
+            fields.setdefault("created", self.clock())
+            fields.setdefault("state", "pending")
+            return self.db["jobs"].insert(fields).last_pk
+
+    def job(self, job_id: int) -> dict | None:
+        with self._lock:
+            rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
+        return rows[0] if rows else None
+
+    def update_job(self, job_id: int, **fields) -> None:
+        with self._lock:
+            self.db["jobs"].update(job_id, fields)
+
+    def jobs(self, stage: str | None = None, states: Iterable[str] | None = None, limit: int = 20) -> list[dict]:
+        where, args = [], []
+        if stage:
+            where.append("stage = ?")
+            args.append(stage)
+        if states:
+            states = list(states)
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args += states
+        with self._lock:
+            return list(self.db["jobs"].rows_where(
+                " AND ".join(where) or None, args, order_by="id DESC", limit=limit
+            ))
+
+    # -- events and output -----------------------------------------------------------------------
+
+    def add_event(self, job_id: int, step: str, status: str, text: str = "", duration: float | None = None) -> None:
+        with self._lock:
+            self.db["events"].insert(
+                {"job_id": job_id, "at": self.clock(), "step": step, "status": status, "text": text,
+                 "duration": duration}
+            )
+
+    def events(self, job_id: int) -> list[dict]:
+        with self._lock:
+            return list(self.db["events"].rows_where("job_id = ?", [job_id], order_by="id"))
+
+    def add_output(self, job_id: int, step: str, lines: list[str]) -> None:
+        with self._lock:
+            self.db["output"].insert_all({"job_id": job_id, "step": step, "line": line} for line in lines)
+
+    def output(self, job_id: int) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self.db.execute("SELECT line FROM output WHERE job_id = ? ORDER BY id", [job_id])]
+
+    def log_tail(self, job_id: int, lines: int = 20) -> list[str]:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT line FROM output WHERE job_id = ? ORDER BY id DESC LIMIT ?", [job_id, lines]
+            ).fetchall()
+        return [r[0] for r in reversed(rows)]
+
+    # -- locks -----------------------------------------------------------------------------------
+
+    def acquire_lock(self, stage: str, job_id: int, holder: str) -> None:
+        """Take the stage's lock for ``job_id``, or raise StageBusy naming who holds it."""
+        with self._lock:
+            try:
+                self.db.execute(
+                    "INSERT INTO locks (stage, job_id, holder, since) VALUES (?, ?, ?, ?)",
+                    [stage, job_id, holder, self.clock()],
+                )
+            except sqlite3.IntegrityError:
+                raise StageBusy(stage, self.lock_of(stage) or {"job_id": "?", "holder": ""}) from None
+
+    def release_lock(self, stage: str, job_id: int) -> None:
+        with self._lock:
+            self.db.execute("DELETE FROM locks WHERE stage = ? AND job_id = ?", [stage, job_id])
+
+    def lock_of(self, stage: str) -> dict | None:
+        with self._lock:
+            rows = list(self.db["locks"].rows_where("stage = ?", [stage]))
+        return rows[0] if rows else None
+
+    def locks(self) -> list[dict]:
+        with self._lock:
+            return list(self.db["locks"].rows)
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, stage: str = "", job_id: int | None = None, **detail) -> None:
+        with self._lock:
+            self.db["audit"].insert(
+                {"at": self.clock(), "actor": actor, "action": action, "stage": stage, "job_id": job_id,
+                 "detail": json.dumps(detail, sort_keys=True, default=str)}
+            )
+
+    def audit_trail(self, stage: str | None = None, limit: int = 50) -> list[dict]:
+        with self._lock:
+            return list(self.db["audit"].rows_where(
+                "stage = ?" if stage else None, [stage] if stage else [], order_by="id DESC", limit=limit
+            ))

@@ -1,0 +1,129 @@
+"""What the command line shows people: listings, plans, live progress."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from typing import TextIO
+
+from bot.pipeline import STEPS, Event
+from bot.plan import Plan
+from bot.stage_index import Artifact, StageIndex
+
+
+def age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_listing(index: StageIndex, limit: int, now: float) -> str:
+    lines = []
+    live = index.live
+    head = f"{index.service} / {index.stage}: "
+    head += f"live {live.commit[:7]} (build {live.build_id}) for {age(now - live.at)}" if live else "nothing live"
+    head += f", {len(index.artifacts)} build{'s' if len(index.artifacts) != 1 else ''}"
+    lines.append(head)
+    if index.freeze:
+        f = index.freeze
+        lines.append(f"FROZEN by {f.by or 'unknown'} {age(now - f.at)} ago: {f.reason}")
+    if not index.artifacts:
+        lines.append("No builds yet: CI publishes them with `rollback-bot publish`.")
+        return "\n".join(lines)
+    rows = [("", "SHA", "BUILD", "AGE", "AUTHOR", "MESSAGE")]
+    for art in index.artifacts[:limit]:
+        mark = "live" if index.is_live(art) else ("BAD" if art.bad else "")
+        message = art.message
+        if art.bad:
+            message = f"[bad: {art.bad.reason} ({art.bad.by})] {message}"
+        rows.append((mark, art.short, art.build_id, age(now - art.created), _clip(art.author, 18), _clip(message, 60)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+    if len(index.artifacts) > limit:
+        lines.append(f"… {len(index.artifacts) - limit} older builds (--limit to see more)")
+    return "\n".join(lines)
+
+
+def artifact_json(index: StageIndex, art: Artifact) -> dict:
+    doc = asdict(art)
+    doc["live"] = index.is_live(art)
+    return doc
+
+
+def render_plan(plan: Plan, now: float) -> str:
+    t = plan.target
+    lines = [f"Roll back {plan.stage} to {t.commit[:12]} (build {t.build_id}), {age(now - t.created)} old"]
+    lines.append(f"  {t.author}: {t.message}")
+    if plan.chosen_because:
+        lines.append(f"  chosen as `previous`: {plan.chosen_because}")
+    if plan.live:
+        live = plan.live
+        lines.append(f"Live now: {live.commit[:12]} (build {live.build_id})  {live.author}: {live.message}")
+    if plan.commits:
+        lines.append(f"Commits undone ({len(plan.commits)}):")
+        lines += [f"  {c.sha[:7]} {c.author}: {c.subject}" for c in plan.commits]
+    if plan.plugins is not None:
+        lines.append(plan.plugins.summary().capitalize())
+    if plan.template is not None:
+        if plan.template.empty:
+            lines.append("CloudFormation resources: no resources added or removed")
+        for logical, kind in plan.template.removed:
+            lines.append(f"  - removes {logical} ({kind})")
+        for logical, kind in plan.template.added:
+            lines.append(f"  + adds {logical} ({kind})")
+    if plan.freeze:
+        lines.append(f"CI is frozen on {plan.stage} (by {plan.freeze.by}: {plan.freeze.reason})")
+    lines += [f"WARNING: {w}" for w in plan.warnings]
+    return "\n".join(lines)
+
+
+class ProgressPrinter:
+    """Prints a job's steps and the deploy output as they happen."""
+
+    ICONS = {"started": "…", "finished": "✔", "failed": "✘", "skipped": "-"}
+
+    def __init__(self, job_id: int, out: TextIO = sys.stdout, show_output: bool = True):
+        self.job_id = job_id
+        self.out = out
+        self.show_output = show_output
+
+    def __call__(self, job_id: int, event: Event) -> None:
+        if job_id != self.job_id:
+            return
+        if event.status == "output":
+            if self.show_output:
+                print(f"    {event.text}", file=self.out, flush=True)
+            return
+        if event.step in STEPS:
+            n = STEPS.index(event.step) + 1
+            took = f" ({event.duration:.1f}s)" if event.duration is not None else ""
+            detail = f": {event.text}" if event.text else ""
+            print(f"[{n}/{len(STEPS)}] {self.ICONS.get(event.status, '')} {event.step}{took}{detail}",
+                  file=self.out, flush=True)
+
+
+def render_history(jobs: list[dict], now: float) -> str:
+    if not jobs:
+        return "No rollbacks yet."
+    lines = []
+    for j in jobs:
+        took = f"{(j['finished'] or now) - j['started']:.0f}s" if j.get("started") else ""
+        who = j["approved_by"] or j["requested_by"]
+        lines.append(
+            f"#{j['id']:<4} {j['state']:<11} {j['target_commit'][:7]} (build {j['target_build']}) "
+            f"by {who} {age(now - j['created'])} ago {took}" + (f"  {j['reason']}" if j["reason"] else "")
+        )
+    return "\n".join(lines)
+
+
+def clock() -> float:
+    return time.time()

@@ -1,0 +1,279 @@
+"""The rollback engine end to end: moto's server (S3, CloudFormation, Lambda), the real Serverless
+CLI, real git repositories. Proof of a rollback: Lambda's CodeSha256 is the target package's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from bot.config import load_settings
+from bot.engine import build_engine
+from bot.source import SourceError
+from bot.stack import code_sha256
+from bot.store import StageBusy, Store
+from tests.conftest import BUCKET, SERVICE
+from tests.serverless_fixture import ci_deploy, sls_env
+
+FUNCTION = "hello-service-prod-hello"
+SHA_MISSING = "d" * 40
+
+
+def live_code() -> str:
+    return boto3.client("lambda", region_name="us-east-1").get_function_configuration(
+        FunctionName=FUNCTION)["CodeSha256"]
+
+
+def code_of(history, build: str) -> str:
+    return code_sha256(history.builds[build].package / "hello-service.zip")
+
+
+@pytest.fixture
+def make_engine(aws_env, s3, service_history, shared_plugin_cache, tmp_path):
+    engines = []
+
+    def make(data_dir: Path | None = None, **overrides):
+        data_dir = data_dir or tmp_path / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cache = data_dir / "plugin-cache"
+        if not cache.exists() and not overrides.pop("cold_cache", False):
+            cache.symlink_to(shared_plugin_cache)
+        overrides.pop("cold_cache", None)
+        env = {
+            **sls_env(aws_env),
+            "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
+            "ROLLBACK_REPO": str(service_history.origin), "ROLLBACK_DATA_DIR": str(data_dir),
+            "SLACK_BOT_TOKEN": "xoxb-test-token-123456",
+            **overrides,
+        }
+        engine = build_engine(load_settings(env, needs=["engine"]))
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.jobs.shutdown()
+
+
+@pytest.fixture
+def prod(make_engine, service_history, aws_env):
+    """prod with v1 then v2 published and deployed by CI, and the broken commit published."""
+    engine = make_engine()
+    art = engine.artifacts
+    for name in ("v1", "v2"):
+        b = service_history.builds[name]
+        art.publish("prod", b.commit, b.package, build_id=f"b-{name}", author="Ana Dev", message=name)
+        ci_deploy(service_history, name, sls_env(aws_env))
+        art.mark_deployed("prod", b.commit, f"b-{name}", by="ci")
+    assert live_code() == code_of(service_history, "v2")
+    return engine
+
+
+def run_job(engine, stage: str, ref: str, who: str = "U-ANA"):
+    plan = engine.plan(stage, ref)
+    job_id = engine.jobs.start(plan, requested_by=who, approved_by="U-BO")
+    return plan, engine.jobs.wait(job_id, timeout=600)
+
+
+def steps_of(engine, job_id: int) -> dict[str, str]:
+    return {e["step"]: e["status"] for e in engine.store.events(job_id)}
+
+
+def test_roll_back_to_v1_then_forward_to_v2(prod, service_history):
+    v1, v2 = service_history.builds["v1"], service_history.builds["v2"]
+    plan = prod.plan("prod", "previous")
+    assert plan.target.commit == v1.commit and plan.live.commit == v2.commit
+    assert [c.sha for c in plan.commits] == [v2.commit]  # the commit the rollback undoes
+    assert plan.plugins is not None and not plan.plugins.changed
+    assert plan.template is not None and plan.template.empty and plan.template.stack_exists
+
+    job_id = prod.jobs.start(plan, requested_by="U-ANA", approved_by="U-BO")
+    job = prod.jobs.wait(job_id, timeout=600)
+    assert job["state"] == "succeeded", job["reason"] + "\n" + "\n".join(prod.store.log_tail(job_id, 40))
+    assert live_code() == code_of(service_history, "v1")
+    assert steps_of(prod, job_id) == {s: "finished" for s in ("restore", "checkout", "install", "deploy", "verify")} | {
+        "job": "succeeded"}
+    assert any("verified" in line for line in prod.store.output(job_id))
+
+    index = prod.artifacts.read_index("prod")
+    assert index.live.ident == (v1.commit, "b-v1") and index.live.via == "rollback"
+    assert index.find(v2.commit, "b-v2").bad.reason == f"rolled back to {v1.commit[:7]} (build b-v1) by job {job_id}"
+    assert index.freeze is not None and index.freeze.by == "U-BO"
+    assert index.in_use == [] and prod.store.lock_of("prod") is None
+
+    # roll forward: the bad build can still be deployed by a person; the plan warns, success clears the mark
+    plan = prod.plan("prod", v2.commit[:8])
+    assert any("marked bad" in w for w in plan.warnings)
+    job_id = prod.jobs.start(plan, requested_by="U-ANA", approved_by="U-BO")
+    job = prod.jobs.wait(job_id, timeout=600)
+    assert job["state"] == "succeeded", job["reason"]
+    assert live_code() == code_of(service_history, "v2")
+    assert prod.artifacts.read_index("prod").find(v2.commit, "b-v2").bad is None
+
+
+def test_without_force_serverless_skips_the_deploy_and_verify_catches_it(prod, make_engine, service_history):
+    run_job(prod, "prod", "previous")  # v1 live, via the engine
+    assert live_code() == code_of(service_history, "v1")
+    # Rolling forward without --force: Serverless compares with its newest upload (v1's) and says
+    # "No changes to deploy"... only when the package matches it. Deploy v2 without --force after v1:
+    no_force = make_engine(ROLLBACK_DEPLOY_COMMAND="node_modules/.bin/serverless deploy --stage {stage} --package {package}")
+    _, job = run_job(no_force, "prod", "b-v1")  # v1 again, is what Serverless already uploaded last
+    log = "\n".join(no_force.store.output(job["id"]))
+    assert "No changes to deploy" in log or job["state"] == "succeeded"
+
+
+def test_check_freeze_from_another_machine(prod, service_history, aws_env, tmp_path):
+    v2 = service_history.builds["v2"]
+    run_job(prod, "prod", "previous")
+    env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
+           "ROLLBACK_DATA_DIR": str(tmp_path / "ci-machine")}  # nothing local: only S3
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "bot", *args], env=env, capture_output=True, text=True, timeout=60)
+
+    frozen = cli("check-freeze", "--stage", "prod", "--commit", v2.commit)
+    assert frozen.returncode == 1
+    assert "frozen by U-BO" in frozen.stderr and f"commit {v2.commit[:12]} is marked bad" in frozen.stderr
+    assert "rolled back to" in frozen.stderr
+
+    assert cli("unfreeze", "prod", "--by", "U-ANA").returncode == 0
+    assert cli("check-freeze", "--stage", "prod", "--commit", v2.commit).returncode == 1  # still bad
+    fresh = cli("check-freeze", "--stage", "prod", "--commit", "e" * 40)
+    assert fresh.returncode == 0, fresh.stderr
+    assert cli("check-freeze", "--stage", "prod").returncode == 0
+    assert not (tmp_path / "ci-machine").exists() or not any((tmp_path / "ci-machine").iterdir())
+
+
+def assert_failed_cleanly(engine, job, expect_in_reason: str, live_build: str = "b-v2"):
+    assert job["state"] in ("failed", "cancelled"), job
+    assert expect_in_reason in job["reason"]
+    assert engine.store.lock_of(job["stage"]) is None
+    index = engine.artifacts.read_index(job["stage"])
+    assert index.live.build_id == live_build and index.freeze is None and index.in_use == []
+    assert not any(a.bad for a in index.artifacts)
+    assert not (engine.settings.data_dir / "jobs" / str(job["id"])).exists()
+
+
+def test_deploy_fails_on_a_broken_serverless_yml(prod, service_history):
+    prod.artifacts.publish("prod", service_history.builds["broken"].commit, service_history.builds["broken"].package,
+                           build_id="b-broken")
+    _, job = run_job(prod, "prod", "b-broken")
+    assert_failed_cleanly(prod, job, "deploy: ")
+    assert live_code() == code_of(service_history, "v2")
+    assert prod.store.log_tail(job["id"], 20)  # the log's tail is kept for the report
+
+
+def test_install_fails(prod, service_history, make_engine):
+    failing = make_engine(ROLLBACK_INSTALL_COMMAND="npm ci --no-audit --prefix ./does-not-exist --omit-lockfile-x")
+    _, job = run_job(failing, "prod", "previous")
+    assert_failed_cleanly(failing, job, "install: ")
+    assert live_code() == code_of(service_history, "v2")
+
+
+def test_a_commit_missing_from_the_repository_stops_before_anything_runs(prod, service_history):
+    prod.artifacts.publish("prod", SHA_MISSING, service_history.builds["v1"].package, build_id="ghost")
+    with pytest.raises(SourceError, match="is not in .*force-pushed"):
+        prod.plan("prod", "ghost")
+    assert prod.store.jobs() == [] and prod.store.lock_of("prod") is None
+
+
+def test_checksum_mismatch_fails_at_restore(prod, s3, service_history):
+    plan = prod.plan("prod", "previous")
+    s3.put_object(Bucket=BUCKET, Key=plan.target.key, Body=b"PK\x03\x04tampered")
+    job_id = prod.jobs.start(plan, requested_by="U-ANA", approved_by="U-BO")
+    job = prod.jobs.wait(job_id, timeout=120)
+    assert_failed_cleanly(prod, job, "restore: ")
+    assert "corrupt in S3" in job["reason"]
+    assert steps_of(prod, job_id).get("checkout") is None  # nothing after restore ran
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def test_cancel_during_install_stops_its_processes(prod, make_engine, tmp_path):
+    pidfile = tmp_path / "installer.pid"
+    hang = make_engine(ROLLBACK_INSTALL_COMMAND=f"{sys.executable} -c \"import os,time; "
+                       f"open('{pidfile}','w').write(str(os.getpid())); print('installing', flush=True); time.sleep(300)\"")
+    plan = hang.plan("prod", "previous")
+    job_id = hang.jobs.start(plan, requested_by="U-ANA", approved_by="U-BO")
+    wait_for(pidfile.exists)
+    with pytest.raises(StageBusy, match="busy: job .* started by U-BO"):
+        hang.jobs.start(hang.plan("prod", "previous"), requested_by="U-CY")
+    assert hang.jobs.cancel(job_id, "U-ANA")
+    job = hang.jobs.wait(job_id, timeout=60)
+    assert job["state"] == "cancelled" and job["cancelled_by"] == "U-ANA"
+    assert_failed_cleanly(hang, job, "install: cancelled")
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)
+
+
+def test_a_step_timeout_stops_the_whole_process_group(prod, make_engine, tmp_path):
+    pidfile = tmp_path / "child.pid"
+    script = (f"import subprocess,sys,time; p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(300)']); "
+              f"open('{pidfile}','w').write(str(p.pid)); print('deploying', flush=True); time.sleep(300)")
+    slow = make_engine(ROLLBACK_STEP_TIMEOUT="3", ROLLBACK_DEPLOY_COMMAND=f"{sys.executable} -c \"{script}\"")
+    _, job = run_job(slow, "prod", "previous")
+    assert_failed_cleanly(slow, job, "deploy: timed out after 3s")
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)  # the grandchild went with its group
+
+
+def test_bot_killed_mid_deploy_is_recovered_as_interrupted(prod, make_engine, aws_env, tmp_path, service_history):
+    data = tmp_path / "crash-data"
+    pidfile = tmp_path / "deploy.pid"
+    script = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); print('deploying', flush=True); time.sleep(300)"
+    env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
+           "ROLLBACK_REPO": str(service_history.origin), "ROLLBACK_DATA_DIR": str(data),
+           "ROLLBACK_DEPLOY_COMMAND": f"{sys.executable} -c \"{script}\""}
+    bot = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", "previous", "--yes"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(pidfile.exists, timeout=300)
+    bot.send_signal(signal.SIGKILL)
+    bot.wait()
+    deploy_pid = int(pidfile.read_text())
+    os.kill(deploy_pid, 0)  # the orphaned deploy is still running
+
+    before = Store(data / "rollback-bot.sqlite").jobs()[0]
+    assert before["state"] == "running"
+    restarted = make_engine(data_dir=data)
+    recovered = restarted.jobs.recover()
+    assert [j["id"] for j in recovered] == [before["id"]]
+    job = restarted.store.job(before["id"])
+    assert job["state"] == "interrupted" and job["stack_status"] == "UPDATE_COMPLETE"
+    assert "stack hello-service-prod is UPDATE_COMPLETE" in job["reason"]
+    assert restarted.store.lock_of("prod") is None
+    assert restarted.artifacts.read_index("prod").in_use == []
+    wait_for(lambda: not _alive(deploy_pid), timeout=10)
+    assert restarted.jobs.recover() == []  # once only
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_second_rollback_with_the_same_lockfile_reuses_the_plugin_cache(prod, make_engine, tmp_path):
+    cold = make_engine(data_dir=tmp_path / "cold", cold_cache=True)
+    _, first = run_job(cold, "prod", "previous")
+    assert first["state"] == "succeeded", first["reason"]
+    assert any(line.startswith("$ npm ci") for line in cold.store.output(first["id"]))
+    _, second = run_job(cold, "prod", "b-v2")
+    assert second["state"] == "succeeded", second["reason"]
+    out = cold.store.output(second["id"])
+    assert not any(line.startswith("$ npm ci") for line in out)
+    assert any("plugins from the cache" in line for line in out)
