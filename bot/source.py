@@ -19,6 +19,13 @@ class SourceError(Exception):
     """The repository cannot give us what a rollback needs; the message says what to do."""
 
 
+def _git_says(exc: git.GitCommandError) -> str:
+    """git's own words from a failed command, without gitpython's wrapping."""
+    text = str(exc.stderr or exc).strip()
+    text = text.removeprefix("stderr:").strip().strip("'").strip()
+    return " ".join(text.split())
+
+
 @dataclass(frozen=True)
 class CommitInfo:
     sha: str
@@ -121,7 +128,7 @@ class SourceRepo:
                     git.Repo.clone_from(self.url, self.mirror_dir, mirror=True).close()
             except git.GitCommandError as exc:
                 raise SourceError(
-                    f"cannot fetch {self.url}: {exc.stderr.strip() or exc}. Check ROLLBACK_REPO and access to it"
+                    f"cannot fetch {self.url}: {_git_says(exc)}. Check ROLLBACK_REPO and access to it"
                 ) from exc
 
     def commit(self, sha: str) -> CommitInfo:
@@ -183,7 +190,7 @@ class SourceRepo:
                 repo.git.worktree("prune")
                 repo.git.worktree("add", "--detach", "--force", str(dest), sha)
             except git.GitCommandError as exc:
-                raise SourceError(f"cannot check out {sha[:12]}: {exc.stderr.strip() or exc}") from exc
+                raise SourceError(f"cannot check out {sha[:12]}: {_git_says(exc)}") from exc
         service = dest / self.service_dir
         if not (service / "serverless.yml").is_file() and not any(service.glob("serverless.*")):
             raise SourceError(

@@ -117,15 +117,29 @@ def test_roll_back_to_v1_then_forward_to_v2(prod, service_history):
     assert prod.artifacts.read_index("prod").find(v2.commit, "b-v2").bad is None
 
 
-def test_without_force_serverless_skips_the_deploy_and_verify_catches_it(prod, make_engine, service_history):
-    run_job(prod, "prod", "previous")  # v1 live, via the engine
-    assert live_code() == code_of(service_history, "v1")
-    # Rolling forward without --force: Serverless compares with its newest upload (v1's) and says
-    # "No changes to deploy"... only when the package matches it. Deploy v2 without --force after v1:
-    no_force = make_engine(ROLLBACK_DEPLOY_COMMAND="node_modules/.bin/serverless deploy --stage {stage} --package {package}")
-    _, job = run_job(no_force, "prod", "b-v1")  # v1 again, is what Serverless already uploaded last
+def test_without_force_the_roll_forward_is_skipped_and_verify_catches_it(make_engine, service_history, aws_env):
+    """Why --force: Serverless compares with its newest upload (v2's, stored under v2's package
+    time), not with what is live (v1), and skips rolling forward as "No changes to deploy".
+
+    CI deploys only v2 here: moto keeps a function's LastModified from its creation through
+    CloudFormation updates, which would otherwise trip Serverless's own "changed since" check."""
+    engine = make_engine()
+    for name in ("v1", "v2"):
+        b = service_history.builds[name]
+        engine.artifacts.publish("prod", b.commit, b.package, build_id=f"b-{name}")
+    ci_deploy(service_history, "v2", sls_env(aws_env))
+    engine.artifacts.mark_deployed("prod", service_history.builds["v2"].commit, "b-v2")
+    _, job = run_job(engine, "prod", "b-v1")
+    assert job["state"] == "succeeded" and live_code() == code_of(service_history, "v1")
+
+    no_force = make_engine(
+        ROLLBACK_DEPLOY_COMMAND="node_modules/.bin/serverless deploy --stage {stage} --package {package}")
+    _, job = run_job(no_force, "prod", "b-v2")
     log = "\n".join(no_force.store.output(job["id"]))
-    assert "No changes to deploy" in log or job["state"] == "succeeded"
+    assert "No changes to deploy" in log, log
+    assert job["state"] == "failed" and job["reason"].startswith("verify: the deploy finished but 1 of 1 functions")
+    assert live_code() == code_of(service_history, "v1")  # v2 did not go live, and we did not claim it did
+    assert no_force.artifacts.read_index("prod").live.build_id == "b-v1"
 
 
 def test_check_freeze_from_another_machine(prod, service_history, aws_env, tmp_path):
@@ -141,13 +155,13 @@ def test_check_freeze_from_another_machine(prod, service_history, aws_env, tmp_p
     assert frozen.returncode == 1
     assert "frozen by U-BO" in frozen.stderr and f"commit {v2.commit[:12]} is marked bad" in frozen.stderr
     assert "rolled back to" in frozen.stderr
+    assert not (tmp_path / "ci-machine").exists()  # it read S3 only
 
     assert cli("unfreeze", "prod", "--by", "U-ANA").returncode == 0
     assert cli("check-freeze", "--stage", "prod", "--commit", v2.commit).returncode == 1  # still bad
     fresh = cli("check-freeze", "--stage", "prod", "--commit", "e" * 40)
     assert fresh.returncode == 0, fresh.stderr
     assert cli("check-freeze", "--stage", "prod").returncode == 0
-    assert not (tmp_path / "ci-machine").exists() or not any((tmp_path / "ci-machine").iterdir())
 
 
 def assert_failed_cleanly(engine, job, expect_in_reason: str, live_build: str = "b-v2"):
@@ -204,8 +218,9 @@ def wait_for(predicate, timeout=60.0):
 
 def test_cancel_during_install_stops_its_processes(prod, make_engine, tmp_path):
     pidfile = tmp_path / "installer.pid"
-    hang = make_engine(ROLLBACK_INSTALL_COMMAND=f"{sys.executable} -c \"import os,time; "
-                       f"open('{pidfile}','w').write(str(os.getpid())); print('installing', flush=True); time.sleep(300)\"")
+    script = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); print('installing', flush=True); " \
+             "time.sleep(300)"
+    hang = make_engine(ROLLBACK_INSTALL_COMMAND=f"{sys.executable} -c \"{script}\"")
     plan = hang.plan("prod", "previous")
     job_id = hang.jobs.start(plan, requested_by="U-ANA", approved_by="U-BO")
     wait_for(pidfile.exists)
@@ -233,7 +248,8 @@ def test_a_step_timeout_stops_the_whole_process_group(prod, make_engine, tmp_pat
 def test_bot_killed_mid_deploy_is_recovered_as_interrupted(prod, make_engine, aws_env, tmp_path, service_history):
     data = tmp_path / "crash-data"
     pidfile = tmp_path / "deploy.pid"
-    script = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); print('deploying', flush=True); time.sleep(300)"
+    script = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); print('deploying', flush=True); " \
+             "time.sleep(300)"
     env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
            "ROLLBACK_REPO": str(service_history.origin), "ROLLBACK_DATA_DIR": str(data),
            "ROLLBACK_DEPLOY_COMMAND": f"{sys.executable} -c \"{script}\""}
