@@ -17,6 +17,7 @@ from bot.artifacts import ArtifactError, ArtifactStore
 from bot.masking import Masker
 from bot.pipeline import Cancelled, Event, Pipeline, StepFailed, kill_group
 from bot.plan import Plan
+from bot.plugin_cache import PluginCache
 from bot.source import SourceRepo
 from bot.stack import Stack
 from bot.stage_index import InUse, StageIndex
@@ -77,6 +78,10 @@ class JobRunner:
         self.clock = clock
         self.stack_factory = stack_factory
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rollback-job")
+        # Work that need not delay a result: removing a finished job's folder, refilling the plugin cache.
+        self.janitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollback-janitor")
+        self._chores: list[Future] = []
+        self.plugin_cache = PluginCache(config.data_dir / "plugin-cache", background=self._later)
         self.listeners: list[Listener] = []
         self._cancels: dict[int, threading.Event] = {}
         self._futures: dict[int, Future] = {}
@@ -130,11 +135,24 @@ class JobRunner:
         lock = self.store.lock_of(stage)
         return self.store.job(lock["job_id"]) if lock else None
 
+    def _later(self, chore: Callable[[], None]) -> None:
+        with self._lock:
+            self._chores = [f for f in self._chores if not f.done()]
+            self._chores.append(self.janitor.submit(chore))
+
+    def idle(self, timeout: float | None = 60) -> None:
+        """Wait for background chores (folder clean-up, cache refills) to finish."""
+        with self._lock:
+            chores = list(self._chores)
+        for chore in chores:
+            chore.result(timeout=timeout)
+
     def shutdown(self) -> None:
         with self._lock:
             for cancel in self._cancels.values():
                 cancel.set()
         self.executor.shutdown(wait=True)
+        self.janitor.shutdown(wait=True)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -154,38 +172,49 @@ class JobRunner:
         emit = lambda event: self._emit(job_id, buffer, event)  # noqa: E731
         workdir = self.config.data_dir / "jobs" / str(job_id)
         marker = InUse(plan.target.commit, plan.target.build_id, str(job_id), self.clock())
-        state, reason = "failed", ""
+        state, reason, in_index = "failed", "", True
         try:
             self._mark_in_use(plan.stage, marker, add=True, emit=emit)
             pipeline = Pipeline(
                 artifacts=self.artifacts, source=self.source, stage=plan.stage, target=plan.target,
-                workdir=workdir, cache_dir=self.config.data_dir / "plugin-cache", env=self.config.env,
+                workdir=workdir, plugin_cache=self.plugin_cache, env=self.config.env,
                 emit=emit, cancel=cancel, step_timeout=self.config.step_timeout,
                 deploy_template=self.config.deploy_template, install_template=self.config.install_template,
                 on_process=lambda pid: self.store.update_job(job_id, child_pid=pid),
                 stack_factory=self.stack_factory,
             )
             pipeline.run()
-            self._record_success(job_id, plan, holder, emit)
+            in_index = self._record_success(job_id, plan, holder, marker, emit)
             state = "succeeded"
         except Cancelled as exc:
-            state, reason = "cancelled", f"{exc.step}: {exc.reason}"
+            state, reason = "cancelled", f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan)
         except StepFailed as exc:
-            reason = f"{exc.step}: {exc.reason}"
+            reason = f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan)
         except Exception as exc:  # anything unexpected still ends the job cleanly and recorded
             reason = f"internal error: {exc.__class__.__name__}: {self.mask(str(exc))}"
         finally:
             buffer.flush()
-            self._mark_in_use(plan.stage, marker, add=False, emit=emit)
-            if (workdir / "src").exists():
-                self.source.remove_checkout(workdir / "src")
-            shutil.rmtree(workdir, ignore_errors=True)
+            if in_index:
+                self._mark_in_use(plan.stage, marker, add=False, emit=emit)
             self.store.update_job(job_id, state=state, reason=reason, finished=self.clock())
             self.store.release_lock(plan.stage, job_id)
             self.store.audit(holder, f"rollback.{state}", plan.stage, job_id, reason=reason)
             with self._lock:
                 self._cancels.pop(job_id, None)
             emit(Event("job", state, reason))
+            self._later(lambda: self._remove_workdir(workdir))
+
+    def _stack_note(self, step: str, plan: Plan) -> str:
+        """After a deploy that did not finish, what CloudFormation says: it may still be updating."""
+        if step != "deploy" or not plan.stack_name:
+            return ""
+        status = self.stack_factory(plan.stack_name, plan.region or "us-east-1").status()
+        return f". Stack {plan.stack_name} is {status}: check it before doing anything else"
+
+    def _remove_workdir(self, workdir: Path) -> None:
+        if (workdir / "src").exists():
+            self.source.remove_checkout(workdir / "src")
+        shutil.rmtree(workdir, ignore_errors=True)
 
     def _mark_in_use(self, stage: str, marker: InUse, add: bool, emit) -> None:
         def change(index: StageIndex) -> None:
@@ -198,10 +227,13 @@ class JobRunner:
         except ArtifactError as exc:  # only prune reads this; not worth failing a rollback over
             emit(Event("job", "output", f"warning: could not record the job in index.json: {exc}"))
 
-    def _record_success(self, job_id: int, plan: Plan, holder: str, emit) -> None:
+    def _record_success(self, job_id: int, plan: Plan, holder: str, marker: InUse, emit) -> bool:
+        """Record the rollback in index.json, dropping the job's in-use mark in the same write.
+        Returns True when the in-use mark is still there to remove."""
         reason = f"rolled back to {plan.target.label()} by job {job_id}"
 
         def change(index: StageIndex) -> list:
+            index.in_use = [u for u in index.in_use if u.job != marker.job]
             return index.record_rollback(plan.target, holder, self.clock(), reason)
 
         try:
@@ -210,10 +242,11 @@ class JobRunner:
             # The deploy worked; only the record failed. Say so plainly rather than call it a failure.
             emit(Event("job", "output", f"warning: deployed, but index.json could not be updated: {exc}. "
                                         "Run `rollback-bot mark-deployed` and freeze CI by hand."))
-            return
+            return True
         for art in marked:
             emit(Event("job", "output", f"marked bad: {art.label()}"))
         emit(Event("job", "output", f"stage {plan.stage} frozen for CI: {reason}"))
+        return False
 
     # -- recovery --------------------------------------------------------------------------------
 

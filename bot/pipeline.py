@@ -8,7 +8,6 @@ cancel and the per-step timeout stop everything they started.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from bot.archive import PackageError
 from bot.artifacts import ArtifactError, ArtifactStore
+from bot.plugin_cache import PluginCache, cache_key
 from bot.source import LOCKFILES, SourceError, SourceRepo
 from bot.stack import FunctionCheck, PackageInfo, Stack, StackError
 from bot.stage_index import Artifact
@@ -144,28 +144,6 @@ def install_command(service_dir: Path, override: Sequence[str] | None) -> tuple[
     return ["npm", "ci", "--no-audit", "--no-fund"], lockfile
 
 
-def cache_key(service_dir: Path, lockfile: Path | None, command: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for part in (service_dir / "package.json", lockfile):
-        if part is not None and part.is_file():
-            h.update(part.name.encode() + b"\0" + part.read_bytes() + b"\0")
-    h.update("\0".join(command).encode())
-    return h.hexdigest()[:32]
-
-
-def link_tree(src: Path, dst: Path) -> None:
-    """Copy a tree as hard links (a copy where linking is impossible): a private node_modules
-    that costs almost nothing, never the cache itself shared in place."""
-
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, symlinks=True, copy_function=link)
-
-
 def _fill(template: Sequence[str], **values: str) -> list[str]:
     return [arg.replace("{stage}", values["stage"]).replace("{package}", values["package"]) for arg in template]
 
@@ -179,7 +157,7 @@ class Pipeline:
         stage: str,
         target: Artifact,
         workdir: Path,
-        cache_dir: Path,
+        plugin_cache: PluginCache,
         env: Mapping[str, str],
         emit: Callable[[Event], None],
         cancel: threading.Event,
@@ -194,7 +172,7 @@ class Pipeline:
         self.stage = stage
         self.target = target
         self.workdir = workdir
-        self.cache_dir = cache_dir
+        self.plugin_cache = plugin_cache
         self.env = dict(env)
         self.emit = emit
         self.cancel = cancel
@@ -251,23 +229,15 @@ class Pipeline:
         if not (self.service_dir / "package.json").is_file() and not self.install_template:
             return "no package.json at this commit: no plugins to install"
         command, lockfile = install_command(self.service_dir, self.install_template)
-        cached = self.cache_dir / cache_key(self.service_dir, lockfile, command) / "node_modules"
+        key = cache_key(self.service_dir, lockfile, command)
         target = self.service_dir / "node_modules"
-        if cached.is_dir():
-            link_tree(cached, target)
+        if self.plugin_cache.restore(key, target):
             self.outcome.installed_from_cache = True
             source = lockfile.name if lockfile else "override"
             self.emit(Event("install", "output", f"plugins from the cache (keyed by {source})"))
             return None
         self._command("install", command, self.service_dir)
-        if target.is_dir():
-            # Fill the cache through a temporary name, so a half-copied cache is never used.
-            tmp = cached.parent.with_name(cached.parent.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
-            try:
-                link_tree(target, tmp / "node_modules")
-                tmp.rename(cached.parent)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)  # a racing job filled it first; fine
+        self.plugin_cache.store(key, target)
         return None
 
     def _deploy(self) -> None:

@@ -113,10 +113,22 @@ class Stack:
     def __init__(self, name: str, region: str):
         self.name = name
         self.region = region
-        config = Config(retries={"mode": "standard", "total_max_attempts": 5})
-        session = boto3.session.Session()
-        self.cfn = session.client("cloudformation", region_name=region, config=config)
-        self.lam = session.client("lambda", region_name=region, config=config)
+        self._clients: dict[str, object] = {}
+
+    def _client(self, service: str):
+        # Made on first use: creating a boto3 client costs ~0.1 s, and most callers need only one.
+        if service not in self._clients:
+            config = Config(retries={"mode": "standard", "total_max_attempts": 5})
+            self._clients[service] = boto3.session.Session().client(service, region_name=self.region, config=config)
+        return self._clients[service]
+
+    @property
+    def cfn(self):
+        return self._client("cloudformation")
+
+    @property
+    def lam(self):
+        return self._client("lambda")
 
     def status(self) -> str:
         """The stack's status, or a plain word when it cannot be read."""

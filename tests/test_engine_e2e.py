@@ -171,6 +171,7 @@ def assert_failed_cleanly(engine, job, expect_in_reason: str, live_build: str = 
     index = engine.artifacts.read_index(job["stage"])
     assert index.live.build_id == live_build and index.freeze is None and index.in_use == []
     assert not any(a.bad for a in index.artifacts)
+    engine.jobs.idle()
     assert not (engine.settings.data_dir / "jobs" / str(job["id"])).exists()
 
 
@@ -179,6 +180,7 @@ def test_deploy_fails_on_a_broken_serverless_yml(prod, service_history):
                            build_id="b-broken")
     _, job = run_job(prod, "prod", "b-broken")
     assert_failed_cleanly(prod, job, "deploy: ")
+    assert "Stack hello-service-prod is UPDATE_COMPLETE: check it" in job["reason"]
     assert live_code() == code_of(service_history, "v2")
     assert prod.store.log_tail(job["id"], 20)  # the log's tail is kept for the report
 
@@ -293,3 +295,52 @@ def test_second_rollback_with_the_same_lockfile_reuses_the_plugin_cache(prod, ma
     out = cold.store.output(second["id"])
     assert not any(line.startswith("$ npm ci") for line in out)
     assert any("plugins from the cache" in line for line in out)
+
+
+def test_cli_rollback_shows_the_plan_and_steps_and_records_history(prod, service_history, aws_env, tmp_path,
+                                                                   shared_plugin_cache):
+    v1, v2 = service_history.builds["v1"], service_history.builds["v2"]
+    data = tmp_path / "cli-data"
+    data.mkdir()
+    (data / "plugin-cache").symlink_to(shared_plugin_cache)
+    env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
+           "ROLLBACK_REPO": str(service_history.origin), "ROLLBACK_DATA_DIR": str(data)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "bot", *args], env=env, capture_output=True, text=True,
+                              timeout=600, stdin=subprocess.DEVNULL)
+
+    refused = cli("rollback", "prod", "previous")  # no terminal to confirm with, and no --yes
+    assert refused.returncode == 1 and "pass --yes" in refused.stderr
+    assert "Roll back prod to" in refused.stdout  # the plan was shown
+    unknown = cli("rollback", "staging", "previous", "--yes")
+    assert unknown.returncode == 1 and "Stage `staging` has no builds. Known stages: prod." in unknown.stderr
+    assert live_code() == code_of(service_history, "v2")
+
+    done = cli("rollback", "prod", "previous", "--yes", "--by", "ana")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert f"Roll back prod to {v1.commit[:12]} (build b-v1)" in out
+    assert "chosen as `previous`: was live before the current build" in out
+    assert f"Live now: {v2.commit[:12]} (build b-v2)" in out
+    assert "Commits undone (1):" in out and "Bo Ops: Make hello say v2" in out
+    assert "Plugin set unchanged" in out and "no resources added or removed" in out
+    for n, step in enumerate(("restore", "checkout", "install", "deploy", "verify"), start=1):
+        assert f"[{n}/5] ✔ {step}" in out
+    assert "Service deployed to stack hello-service-prod" in out  # the deploy's own output, live
+    assert "succeeded" in out and "CI is frozen on prod" in out
+    assert live_code() == code_of(service_history, "v1")
+
+    history = cli("history", "prod").stdout
+    assert "succeeded" in history and f"{v1.commit[:7]} (build b-v1) by ana" in history
+
+
+def test_secrets_never_reach_the_recorded_log(prod, make_engine):
+    script = ("import os; print('key', os.environ.get('AWS_SECRET_ACCESS_KEY')); "
+              "print('slack', os.environ.get('SLACK_BOT_TOKEN')); print('id AKIAIOSFODNN7EXAMPLE')")
+    leaky = make_engine(ROLLBACK_DEPLOY_COMMAND=f"{sys.executable} -c \"{script}\"")
+    _, job = run_job(leaky, "prod", "previous")
+    log = "\n".join(leaky.store.output(job["id"]))
+    assert "key ***" in log and "testing-secret" not in log
+    assert "slack None" in log  # the Slack token is not in a subprocess's environment at all
+    assert "AKIA" not in log and "id ***" in log

@@ -4,7 +4,8 @@ import pytest
 from bot.source import SourceError, SourceRepo, plugins_of
 from tests.gitrepo import ServiceRepo
 
-YML = "service: s\nplugins:\n  - serverless-offline  # local dev\n  - 'serverless-prune-plugin'\nprovider:\n  name: aws\n"
+YML = ("service: s\nplugins:\n  - serverless-offline  # local dev\n  - 'serverless-prune-plugin'\n"
+       "provider:\n  name: aws\n")
 
 
 def test_plugins_are_read_in_each_form_serverless_accepts():

@@ -1,0 +1,94 @@
+"""Installed plugins (node_modules) cached by the hash of package.json, the lockfile and the command.
+
+Each entry keeps a master copy that no job ever uses, and one spare: a hard-linked copy of the
+master made in the background. A job takes the spare with a single rename, so a warm install costs
+no per-file work on the rollback's critical path, and every job still gets a tree of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Copy a tree as hard links (a real copy where linking is impossible)."""
+
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, symlinks=True, copy_function=link)
+
+
+def cache_key(service_dir: Path, lockfile: Path | None, command: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for part in (service_dir / "package.json", lockfile):
+        if part is not None and part.is_file():
+            h.update(part.name.encode() + b"\0" + part.read_bytes() + b"\0")
+    h.update("\0".join(command).encode())
+    return h.hexdigest()[:32]
+
+
+class PluginCache:
+    def __init__(self, root: Path, background: Callable[[Callable[[], None]], None] = lambda fn: fn()):
+        self.root = root
+        self.background = background
+
+    def _master(self, key: str) -> Path:
+        return self.root / key / "node_modules"
+
+    def restore(self, key: str, target: Path) -> bool:
+        """Put a private node_modules for ``key`` at ``target``; False on a cache miss."""
+        master = self._master(key)
+        if not master.is_dir():
+            return False
+        if not self._take_spare(key, target):
+            link_tree(master, target)
+        self.background(lambda: self._make_spare(key))
+        return True
+
+    def store(self, key: str, installed: Path) -> None:
+        """Keep a copy of a freshly installed node_modules (through a temporary name, so a
+        half-copied entry is never used)."""
+        entry = self.root / key
+        if self._master(key).is_dir() or not installed.is_dir():
+            return
+        tmp = self.root / f".{key}.tmp-{uuid.uuid4().hex}"
+        try:
+            link_tree(installed, tmp / "node_modules")
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(entry)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another job filled it first; fine
+            return
+        self.background(lambda: self._make_spare(key))
+
+    def _take_spare(self, key: str, target: Path) -> bool:
+        for spare in sorted((self.root / key).glob("spare-*")):
+            claimed = target.parent / f".claimed-{uuid.uuid4().hex}"
+            try:
+                spare.rename(claimed)  # atomic: of two jobs racing for it, one wins
+            except OSError:
+                continue
+            (claimed / "node_modules").rename(target)
+            claimed.rmdir()
+            return True
+        return False
+
+    def _make_spare(self, key: str) -> None:
+        entry = self.root / key
+        if not self._master(key).is_dir() or any(entry.glob("spare-*")):
+            return
+        tmp = entry / f".spare-{uuid.uuid4().hex}.tmp"
+        try:
+            link_tree(self._master(key), tmp / "node_modules")
+            tmp.rename(entry / f"spare-{uuid.uuid4().hex}")
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
