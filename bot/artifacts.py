@@ -35,7 +35,7 @@ from botocore.exceptions import (
 )
 
 from bot.archive import CHUNK, PackageError, safe_extract, zip_package
-from bot.stage_index import Artifact, IndexFormatError, StageIndex
+from bot.stage_index import Artifact, IndexFormatError, Mark, StageIndex
 
 T = TypeVar("T")
 STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -365,6 +365,15 @@ class ArtifactStore:
             return found, index.set_live(found, by, self.clock(), via)
 
         return self.update_index(stage, change)
+
+    def unfreeze(self, stage: str) -> Mark | None:
+        """Lift the stage's freeze; returns the freeze that was there, if any."""
+
+        def change(index: StageIndex) -> Mark | None:
+            was, index.freeze = index.freeze, None
+            return was
+
+        return self.update_index(validate_stage(stage), change)
 
     # -- download --------------------------------------------------------------------------------
 

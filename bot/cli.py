@@ -167,13 +167,7 @@ def cmd_check_freeze(args, settings: Settings) -> int:
 
 def cmd_unfreeze(args, settings: Settings) -> int:
     who = args.by or settings.actor
-
-    def change(index):
-        was = index.freeze
-        index.freeze = None
-        return was
-
-    was = artifact_store(settings).update_index(validate_stage(args.stage), change)
+    was = artifact_store(settings).unfreeze(args.stage)
     print(f"{args.stage}: unfrozen (was frozen by {was.by}: {was.reason})" if was else f"{args.stage}: was not frozen")
     if was:
         from bot.store import Store
@@ -191,12 +185,9 @@ def cmd_history(args, settings: Settings) -> int:
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    print(
-        "rollback-bot serve: the Slack app is not part of this build yet (it lands with the Slack issue). "
-        "Use the command line: rollback-bot --help",
-        file=sys.stderr,
-    )
-    return EXIT_CONFIG
+    from bot.slack.server import serve  # the only command that needs slack_bolt
+
+    return serve(settings)
 
 
 COMMANDS = {
@@ -210,7 +201,7 @@ COMMANDS = {
     "check-freeze": (cmd_check_freeze, ("artifacts",)),
     "unfreeze": (cmd_unfreeze, ("artifacts",)),
     "history": (cmd_history, ()),
-    "serve": (cmd_serve, ("artifacts", "slack")),
+    "serve": (cmd_serve, ("engine", "slack")),
 }
 
 

@@ -22,8 +22,8 @@ class Engine:
     jobs: JobRunner
     mask: Masker
 
-    def plan(self, stage: str, ref: str) -> Plan:
-        return make_plan(self.artifacts, self.source, stage, ref, self.jobs.stack_factory)
+    def plan(self, stage: str, ref: str, build_id: str | None = None) -> Plan:
+        return make_plan(self.artifacts, self.source, stage, ref, self.jobs.stack_factory, build_id)
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:

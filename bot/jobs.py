@@ -89,16 +89,22 @@ class JobRunner:
 
     # -- starting --------------------------------------------------------------------------------
 
-    def start(self, plan: Plan, requested_by: str, approved_by: str = "", origin: str = "cli", **extra) -> int:
-        """Take the stage's lock and run the job in a worker. Raises StageBusy naming the holder."""
+    def start(self, plan: Plan, requested_by: str, approved_by: str = "", origin: str = "cli",
+              job_id: int | None = None, **extra) -> int:
+        """Take the stage's lock and run the job in a worker. Raises StageBusy naming the holder.
+        ``job_id`` is a job already recorded (an approved plan card); otherwise one is created."""
         holder = approved_by or requested_by
-        job_id = self.store.create_job(
+        fields = dict(
             stage=plan.stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
             requested_by=requested_by, approved_by=approved_by, origin=origin, state="running",
             started=self.clock(), stack_name=plan.stack_name, region=plan.region,
             host=socket.gethostname(), pid=os.getpid(), **extra,
         )
+        if job_id is None:
+            job_id = self.store.create_job(**fields)
+        else:
+            self.store.update_job(job_id, **fields)
         try:
             self.store.acquire_lock(plan.stage, job_id, holder)
         except StageBusy:

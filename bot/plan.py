@@ -50,9 +50,13 @@ def make_plan(
     stage: str,
     ref: str,
     stack_factory: Callable[[str, str], Stack] = Stack,
+    build_id: str | None = None,
 ) -> Plan:
+    """``build_id`` with a full commit as ``ref`` names one build exactly (an approved card)."""
     index = load_stage(artifacts, stage)
-    target = index.resolve(ref)
+    target = index.find(ref, build_id) if build_id else index.resolve(ref)
+    if target is None:
+        raise ArtifactError(f"build {build_id} of {ref[:7]} is no longer in stage {stage}'s index (pruned?)")
     live = index.live_artifact()
     plan = Plan(stage=stage, ref=ref, target=target, live=live, freeze=index.freeze)
     if ref.strip().lower() == "previous":

@@ -34,7 +34,7 @@ def _v1(db: sqlite_utils.Database) -> None:
             "live_commit": str, "live_build": str, "requested_by": str, "approved_by": str,
             "state": str, "reason": str, "origin": str, "created": float, "started": float,
             "finished": float, "stack_name": str, "region": str, "stack_status": str,
-            "host": str, "pid": int, "child_pid": int, "cancelled_by": str,
+            "host": str, "pid": int, "child_pid": int, "cancelled_by": str, "expires": float,
             "channel": str, "message_ts": str,
         },
         pk="id",
@@ -115,6 +115,16 @@ class Store:
     def update_job(self, job_id: int, **fields) -> None:
         with self._lock:
             self.db["jobs"].update(job_id, fields)
+
+    def claim(self, job_id: int, from_state: str, to_state: str, **fields) -> bool:
+        """Move a job from one state to another only if it is still in the first: of two
+        concurrent callers exactly one gets True."""
+        with self._lock:
+            cur = self.db.execute(
+                f"UPDATE jobs SET state = ?{''.join(f', {k} = ?' for k in fields)} WHERE id = ? AND state = ?",
+                [to_state, *fields.values(), job_id, from_state],
+            )
+            return cur.rowcount == 1
 
     def jobs(self, stage: str | None = None, states: Iterable[str] | None = None, limit: int = 20) -> list[dict]:
         where, args = [], []

@@ -4,13 +4,19 @@ import json
 import os
 from pathlib import Path
 
+import boto3
 import pytest
 
 from bot.artifacts import ArtifactStore, make_s3_client
+from bot.config import load_settings
+from bot.engine import build_engine
+from bot.stack import code_sha256
 from tests.moto_fixture import MotoServer
+from tests.serverless_fixture import ci_deploy, sls_env
 
 BUCKET = "rollback-artifacts"
 SERVICE = "hello-service"
+FUNCTION = "hello-service-prod-hello"
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +90,53 @@ def service_history(tmp_path_factory, moto_server):
 def shared_plugin_cache(tmp_path_factory):
     """One plugin cache for the engine tests, so only the first one pays for `npm ci`."""
     return tmp_path_factory.mktemp("plugin-cache")
+
+
+def live_code() -> str:
+    return boto3.client("lambda", region_name="us-east-1").get_function_configuration(
+        FunctionName=FUNCTION)["CodeSha256"]
+
+
+def code_of(history, build: str) -> str:
+    return code_sha256(history.builds[build].package / "hello-service.zip")
+
+
+@pytest.fixture
+def make_engine(aws_env, s3, service_history, shared_plugin_cache, tmp_path):
+    engines = []
+
+    def make(data_dir: Path | None = None, **overrides):
+        data_dir = data_dir or tmp_path / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cache = data_dir / "plugin-cache"
+        if not cache.exists() and not overrides.pop("cold_cache", False):
+            cache.symlink_to(shared_plugin_cache)
+        overrides.pop("cold_cache", None)
+        env = {
+            **sls_env(aws_env),
+            "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
+            "ROLLBACK_REPO": str(service_history.origin), "ROLLBACK_DATA_DIR": str(data_dir),
+            "SLACK_BOT_TOKEN": "xoxb-test-token-123456",
+            **overrides,
+        }
+        engine = build_engine(load_settings(env, needs=["engine"]))
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.jobs.shutdown()
+
+
+@pytest.fixture
+def prod(make_engine, service_history, aws_env):
+    """prod with v1 then v2 published and deployed by CI, and the broken commit published."""
+    engine = make_engine()
+    art = engine.artifacts
+    for name in ("v1", "v2"):
+        b = service_history.builds[name]
+        art.publish("prod", b.commit, b.package, build_id=f"b-{name}", author="Ana Dev", message=name)
+        ci_deploy(service_history, name, sls_env(aws_env))
+        art.mark_deployed("prod", b.commit, f"b-{name}", by="ci")
+    assert live_code() == code_of(service_history, "v2")
+    return engine

@@ -1,0 +1,142 @@
+"""Turn a job's events into Slack updates: the card edited at most once every 2 s, the deploy
+output batched into its thread, and the final state always delivered, however Slack behaves."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+
+from bot.pipeline import STEPS, Event
+from bot.slack import blocks as kit
+from bot.store import Store
+
+UPDATE_INTERVAL = 2.0  # Slack allows about one chat.update per second per message; we do half
+THREAD_INTERVAL = 6.0  # thread posts: with the card edits, at most 40 calls a job minute
+THREAD_CHARS = 3500
+FINAL_RETRY_SECONDS = 600.0
+
+
+class ProgressReporter:
+    """One per job; a listener of JobRunner, with its own sender thread so a slow or failing Slack
+    never holds up the deploy."""
+
+    def __init__(self, client, store: Store, job_id: int, channel: str, ts: str,
+                 clock: Callable[[], float] = time.monotonic, on_final: Callable[[dict], None] = lambda job: None,
+                 start: bool = True):
+        self.client = client
+        self.store = store
+        self.job_id = job_id
+        self.channel = channel
+        self.ts = ts
+        self.clock = clock
+        self.on_final = on_final
+        self.steps: dict[str, tuple[str, float | None]] = {}
+        self.lines: list[str] = []
+        self.skipped = 0
+        self.dirty = True
+        self.done = False
+        self.last_update = -UPDATE_INTERVAL
+        self.last_thread = self.clock()
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, name=f"slack-progress-{job_id}", daemon=True)
+        if start:
+            self.thread.start()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # -- fed by the job's worker thread: only memory, never I/O ------------------------------------
+
+    def __call__(self, job_id: int, event: Event) -> None:
+        if job_id != self.job_id:
+            return
+        with self.cond:
+            if event.status == "output":
+                self.lines.append(event.text)
+                return
+            if event.step in STEPS:
+                self.steps[event.step] = (event.status, event.duration)
+                self.dirty = True
+            elif event.step == "job" and event.status != "output":
+                self.done = True
+            self.cond.notify()
+
+    # -- the sender thread -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                now = self.clock()
+                wait = min(self.last_update + UPDATE_INTERVAL, self.last_thread + THREAD_INTERVAL) - now
+                if not self.done and wait > 0:
+                    self.cond.wait(timeout=min(wait, 0.5))
+                    continue
+                done = self.done
+            now = self.clock()
+            if done:
+                break
+            if self.dirty and now - self.last_update >= UPDATE_INTERVAL:
+                self._update_card()
+            if self.lines and now - self.last_thread >= THREAD_INTERVAL:
+                self._post_lines()
+            elif now - self.last_thread >= THREAD_INTERVAL:
+                self.last_thread = now
+        self._finish()
+
+    def _update_card(self) -> bool:
+        with self.cond:
+            self.dirty = False
+            steps = dict(self.steps)
+        job = self.store.job(self.job_id)
+        tail = self.store.log_tail(self.job_id, 15) if job["state"] not in ("running",) else []
+        self.last_update = self.clock()
+        try:
+            self.client.chat_update(channel=self.channel, ts=self.ts, text=f"Rollback job {self.job_id}: "
+                                    f"{job['state']}", blocks=kit.progress_blocks(job, steps, tail, time.time()))
+            return True
+        except Exception:  # Slack down: the next update (or the final retry loop) will carry the state
+            with self.cond:
+                self.dirty = True
+            return False
+
+    def _post_lines(self) -> None:
+        with self.cond:
+            lines, self.lines = self.lines, []
+        self.last_thread = self.clock()
+        text, kept = "", 0
+        for line in reversed(lines):  # keep the newest lines when a batch is too long
+            if len(text) + len(line) + 1 > THREAD_CHARS:
+                break
+            text = line + "\n" + text
+            kept += 1
+        dropped = len(lines) - kept
+        header = f"…{dropped} earlier lines are in the job's full log\n" if dropped else ""
+        # The stored log has every line; a batch lost in Slack is acceptable.
+        with contextlib.suppress(Exception):
+            self.client.chat_postMessage(channel=self.channel, thread_ts=self.ts, text=f"{header}```{text}```")
+
+    def _finish(self) -> None:
+        deadline = self.clock() + FINAL_RETRY_SECONDS
+        delay = 1.0
+        with self.cond:
+            self.dirty = True
+        while not self._update_card():
+            if self.clock() > deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 30)
+        if self.lines:
+            self._post_lines()
+        job = self.store.job(self.job_id)
+        if job["state"] in ("failed", "cancelled", "interrupted"):
+            log = "\n".join(self.store.output(self.job_id))
+            with contextlib.suppress(Exception):
+                self.client.files_upload_v2(channel=self.channel, thread_ts=self.ts, content=log or "(no output)",
+                                            filename=f"rollback-job-{self.job_id}.log",
+                                            title=f"Full log of rollback job {self.job_id}")
+        self.on_final(job)
+
+    def wait(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
