@@ -4,6 +4,7 @@ Web API that keeps messages, and moto's AWS with the real Serverless CLI behind 
 from __future__ import annotations
 
 import copy
+import sys
 import threading
 import time
 
@@ -124,3 +125,168 @@ def test_request_approve_and_watch_the_rollback_go_green(prod, workspace, servic
     ws.bo.click(card, "approve")
     assert "already approved" in ws.reply(n)["text"] or "already done" in ws.reply(n)["text"]
     assert len([j for j in ws.engine.store.jobs(stage="prod") if j["state"] != "pending"]) == 1
+
+
+POLICY = """
+[stages.prod]
+requesters = ["U-ANA", "U-BO"]
+approvers = ["S-SRE"]
+approver_must_differ = true
+channels = ["C-OPS"]
+notify_channel = "C-DEPLOYS"
+"""
+
+
+def test_each_mistake_gets_an_ephemeral_reply_that_says_what_to_do(prod, workspace, service_history):
+    ws = workspace(POLICY)
+    ws.standin.groups["S-SRE"] = ["U-BO", "U-CY"]
+    s = ws.standin
+
+    def reply_to(user, text):
+        n = len(s.responses)
+        assert user.command(text) == 200
+        return ws.reply(n)["text"]
+
+    assert "Stage `staging` has no builds. Known stages: prod." in reply_to(ws.ana, "staging previous")
+    assert "No build of stage prod matches `beef`" in reply_to(ws.ana, "prod beef")
+    assert "at least 4 characters" in reply_to(ws.ana, "prod ab")
+    assert "not allowed to request rollbacks of `prod`" in reply_to(ws.cy, "prod previous")
+    elsewhere = SlackUser(s, ws.url, SECRET, "U-ANA", "C-RANDOM")
+    assert "are requested in <#C-OPS>, not here" in reply_to(elsewhere, "prod previous")
+    assert ws.cards() == 0  # nothing was posted, nothing half-started
+    refusals = [a for a in ws.engine.store.audit_trail("prod") if a["action"] == "request.refused"]
+    assert {a["actor"] for a in refusals} == {"U-CY", "U-ANA"}
+
+    assert ws.bo.command("prod previous") == 200  # Bo may request, and is an approver (via S-SRE)
+    card = seen(ws.card(0))
+    n = len(s.responses)
+    ws.bo.click(card, "approve")  # but not of his own plan: the policy wants a second person
+    assert "needs a second person" in ws.reply(n)["text"]
+    n = len(s.responses)
+    ws.ana.click(card, "approve")  # Ana may request but is not in the approvers group
+    assert "not an approver for `prod`" in ws.reply(n)["text"]
+    assert [a["actor"] for a in ws.engine.store.audit_trail("prod") if a["action"] == "approve.refused"] == [
+        "U-ANA", "U-BO"]
+    assert ws.engine.store.job(int(card["blocks"][-1]["elements"][0]["value"]))["state"] == "pending"
+
+    ws.cy.click(card, "cancel_plan")  # an approver may withdraw it
+    closed = wait_for(lambda: "Cancelled by <@U-CY>" in all_text(s.message(CHANNEL, card["ts"])), 10, "closed")
+    assert closed
+    n = len(s.responses)
+    ws.cy.click(card, "approve")  # approve after cancel does nothing but say so
+    assert "no longer" in ws.reply(n)["text"] or "withdrawn" in ws.reply(n)["text"]
+    assert live_code() == code_of(service_history, "v2")
+
+
+def test_forged_and_stale_requests_are_rejected(prod, workspace):
+    ws = workspace()
+    assert ws.ana.command("prod previous", signature="v0=" + "0" * 64) == 401
+    stale = str(int(time.time()) - 10 * 60)
+    assert ws.ana.command("prod previous", timestamp=stale) == 401
+    time.sleep(1)
+    assert ws.cards() == 0 and ws.engine.store.jobs() == []
+
+
+def test_an_expired_card_cannot_be_approved(prod, workspace):
+    ws = workspace()
+    ws.approvals.ttl = 0.5
+    ws.ana.command("prod previous")
+    card = seen(ws.card(0))
+    time.sleep(1)
+    n = len(ws.standin.responses)
+    ws.bo.click(card, "approve")
+    assert "This plan expired. Ask again with `/rollback prod" in ws.reply(n)["text"]
+    wait_for(lambda: "This plan expired." in all_text(ws.standin.message(CHANNEL, card["ts"])), 10, "closed card")
+    assert [j["state"] for j in ws.engine.store.jobs()] == ["expired"]
+
+
+def test_help_list_and_status(prod, workspace, service_history):
+    ws = workspace()
+    s = ws.standin
+    n = len(s.responses)
+    ws.ana.command("help")
+    help_text = all_text(ws.reply(n))
+    assert "/rollback <stage> <sha|build-id|previous>" in help_text and "Stages: `prod`" in help_text
+    n = len(s.responses)
+    ws.ana.command("prod")
+    listing = ws.reply(n)
+    text = all_text(listing)
+    assert "*LIVE*" in text and "b-v2" in text and "b-v1" in text
+    rollback_buttons = [b["accessory"] for b in listing["blocks"] if "accessory" in b]
+    assert [b["text"]["text"] for b in rollback_buttons] == ["Roll back to this"]  # not on the live build
+    n = len(s.responses)
+    ws.ana.command("status")
+    assert "*Running rollbacks*\nnone" in all_text(ws.reply(n))
+
+
+def py_command(script: str) -> str:
+    return f"{sys.executable} -c \"{script}\""
+
+
+def test_busy_stage_is_refused_naming_the_holder_and_cancel_stops_the_deploy(prod, workspace, tmp_path):
+    started = tmp_path / "deploying"
+    ws = workspace(ROLLBACK_DEPLOY_COMMAND=py_command(
+        f"import time; open('{started}','w').write('x'); print('deploying', flush=True); time.sleep(300)"))
+    s = ws.standin
+    ws.ana.command("prod previous")
+    first = seen(ws.card(0))
+    ws.bo.click(first, "approve")
+    wait_for(started.exists, 120, "the deploy to start")
+    assert "⏳ Deploy" in all_text(wait_for(
+        lambda: s.message(CHANNEL, first["ts"]) if "⏳ Deploy" in all_text(s.message(CHANNEL, first["ts"])) else None,
+        10, "the checklist"))
+
+    ws.cy.command("prod b-v1")
+    second = seen(ws.card(1))
+    n = len(s.responses)
+    ws.ana.click(second, "approve")
+    assert "stage prod is busy: job 1 started by U-BO is running" in ws.reply(n)["text"]
+
+    n = len(s.responses)
+    ws.ana.command("cancel prod")
+    assert "Cancelling job 1" in ws.reply(n)["text"]
+    final = wait_for(lambda: s.message(CHANNEL, first["ts"]) if header(s.message(CHANNEL, first["ts"])).startswith(
+        "🛑") else None, 60, "the cancelled card")
+    assert "*Why:* deploy: cancelled while running" in all_text(final)
+    assert "Stack hello-service-prod is UPDATE_COMPLETE" in all_text(final)
+    assert not any(b["type"] == "actions" for b in final["blocks"])  # no Cancel button any more
+    log_file = wait_for(lambda: [f for f in s.files if f.get("thread_ts") == first["ts"]], 10, "the log file")
+    assert log_file[0]["filename"] == "rollback-job-1.log"
+    assert ws.engine.store.lock_of("prod") is None
+    assert [j["state"] for j in ws.engine.store.jobs()] == ["refused", "cancelled"]
+
+
+def test_a_50000_line_deploy_edits_the_card_at_most_every_2_seconds_and_loses_no_line(prod, workspace):
+    ws = workspace(ROLLBACK_DEPLOY_COMMAND=py_command(
+        "import time; [(print('line %d' % i, flush=(i % 500 == 0)), time.sleep(0 if i % 100 else 0.01)) "
+        "for i in range(50000)]"))
+    s = ws.standin
+    ws.ana.command("prod previous")
+    card = seen(ws.card(0))
+    ws.bo.click(card, "approve")
+    final = wait_for(lambda: s.message(CHANNEL, card["ts"]) if header(s.message(CHANNEL, card["ts"])).startswith(
+        "❌") else None, 300, "the final card")
+    assert "*Why:* verify:" in all_text(final)  # nothing was really deployed, and verify says so
+    job = ws.engine.store.jobs()[0]
+    out = ws.engine.store.output(job["id"])
+    assert [line for line in out if line.startswith("line ")] == [f"line {i}" for i in range(50000)]
+    updates = [t for t, m in s.calls if m == "chat.update"]
+    gaps = [b - a for a, b in zip(updates, updates[1:], strict=False)]
+    assert all(g >= 1.9 for g in gaps[:-1]), gaps  # the last one is the final state, sent at once
+    minutes = (job["finished"] - job["started"]) / 60
+    assert len(s.calls) - 2 <= max(40, 40 * minutes + 5)  # auth.test and the plan card aside
+    assert final["blocks"] and "line 49999" in all_text(final)  # the log's tail is on the card
+
+
+def test_a_429_storm_during_progress_delays_updates_but_the_final_state_arrives(prod, workspace):
+    ws = workspace(ROLLBACK_DEPLOY_COMMAND=py_command("import time; print('deploying', flush=True); time.sleep(4)"))
+    s = ws.standin
+    ws.ana.command("prod previous")
+    card = seen(ws.card(0))
+    s.rate_limit("chat.update", 8, retry_after=1)
+    s.rate_limit("chat.postMessage", 3, retry_after=1)
+    ws.bo.click(card, "approve")
+    final = wait_for(lambda: s.message(CHANNEL, card["ts"]) if header(s.message(CHANNEL, card["ts"])).startswith(
+        "❌") else None, 120, "the final card")
+    assert "verify:" in all_text(final)
+    assert ws.engine.store.jobs()[0]["state"] == "failed"  # the job ran to its end whatever Slack did

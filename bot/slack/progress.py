@@ -4,6 +4,7 @@ output batched into its thread, and the final state always delivered, however Sl
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from bot.pipeline import STEPS, Event
 from bot.slack import blocks as kit
 from bot.store import Store
 
+log = logging.getLogger("rollback-bot.slack")
 UPDATE_INTERVAL = 2.0  # Slack allows about one chat.update per second per message; we do half
 THREAD_INTERVAL = 6.0  # thread posts: with the card edits, at most 40 calls a job minute
 THREAD_CHARS = 3500
@@ -55,6 +57,8 @@ class ProgressReporter:
         with self.cond:
             if event.status == "output":
                 self.lines.append(event.text)
+                if len(self.lines) == 1:
+                    self.cond.notify()
                 return
             if event.step in STEPS:
                 self.steps[event.step] = (event.status, event.duration)
@@ -65,24 +69,30 @@ class ProgressReporter:
 
     # -- the sender thread -----------------------------------------------------------------------
 
+    def _next_due(self) -> float | None:
+        """When there is next something to send; None when there is nothing to send."""
+        due = []
+        if self.dirty:
+            due.append(self.last_update + UPDATE_INTERVAL)
+        if self.lines:
+            due.append(self.last_thread + THREAD_INTERVAL)
+        return min(due) if due else None
+
     def _loop(self) -> None:
         while True:
             with self.cond:
-                now = self.clock()
-                wait = min(self.last_update + UPDATE_INTERVAL, self.last_thread + THREAD_INTERVAL) - now
-                if not self.done and wait > 0:
-                    self.cond.wait(timeout=min(wait, 0.5))
+                due = self._next_due()
+                if not self.done and (due is None or due > self.clock()):
+                    self.cond.wait(timeout=0.5 if due is None else min(0.5, due - self.clock()))
                     continue
                 done = self.done
-            now = self.clock()
             if done:
                 break
+            now = self.clock()
             if self.dirty and now - self.last_update >= UPDATE_INTERVAL:
                 self._update_card()
             if self.lines and now - self.last_thread >= THREAD_INTERVAL:
                 self._post_lines()
-            elif now - self.last_thread >= THREAD_INTERVAL:
-                self.last_thread = now
         self._finish()
 
     def _update_card(self) -> bool:
@@ -96,7 +106,8 @@ class ProgressReporter:
             self.client.chat_update(channel=self.channel, ts=self.ts, text=f"Rollback job {self.job_id}: "
                                     f"{job['state']}", blocks=kit.progress_blocks(job, steps, tail, time.time()))
             return True
-        except Exception:  # Slack down: the next update (or the final retry loop) will carry the state
+        except Exception as exc:  # Slack down: the next update (or the final retry loop) will carry the state
+            log.warning("job %s: could not update its card: %s", self.job_id, exc)
             with self.cond:
                 self.dirty = True
             return False
