@@ -41,7 +41,17 @@ def cmd_publish(args, settings: Settings) -> int:
     print(f"{verb}: {args.stage} {art.label()} {art.size} bytes sha256 {art.sha256[:12]}…")
     if args.deployed:
         print(f"live on {args.stage}: {art.label()}" + ("" if result.went_live else " (already was)"))
+        if result.went_live:
+            _notify(settings, args.stage, args.by or settings.actor)
     return 0
+
+
+def _notify(settings: Settings, stage: str, by: str) -> None:
+    if not settings.slack_bot_token:
+        return
+    from bot.slack.notify import notify_deployed  # Slack is optional for CI commands
+
+    notify_deployed(settings, artifact_store(settings).read_index(stage), by)
 
 
 def cmd_mark_deployed(args, settings: Settings) -> int:
@@ -50,6 +60,8 @@ def cmd_mark_deployed(args, settings: Settings) -> int:
     who = args.by or settings.actor
     art, changed = artifact_store(settings).mark_deployed(args.stage, commit, args.build_id, by=who)
     print(f"live on {args.stage}: {art.label()}" + ("" if changed else " (already was)"))
+    if changed:
+        _notify(settings, args.stage, who)
     return 0
 
 

@@ -73,6 +73,22 @@ def local_commit(ref: str, path: Path | str = ".") -> CommitInfo | None:
         repo.close()
 
 
+def local_commits_between(old: str, new: str, path: Path | str = ".", limit: int = 20) -> list[CommitInfo]:
+    """Commits in ``new`` that ``old`` lacks, from the repository around ``path`` (CI's checkout);
+    empty when there is no repository or either commit is missing from it."""
+    try:
+        repo = git.Repo(path, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return []
+    try:
+        return [CommitInfo(c.hexsha, c.author.name or "", str(c.summary or ""))
+                for c in repo.iter_commits(f"{old}..{new}", max_count=limit)]
+    except (git.GitCommandError, ValueError):
+        return []
+    finally:
+        repo.close()
+
+
 def plugins_of(serverless_yml: str) -> tuple[str, ...] | None:
     """The ``plugins`` list of a serverless.yml, read without a YAML library.
 

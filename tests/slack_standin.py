@@ -22,6 +22,7 @@ class SlackStandIn:
         self.files: list[dict] = []
         self.calls: list[tuple[float, str]] = []  # (monotonic time, method)
         self.groups: dict[str, list[str]] = {}
+        self.home: dict[str, dict] = {}  # user -> the App Home view published for them
         self._fail: dict[str, list[int]] = defaultdict(list)  # method -> Retry-After seconds to answer 429 with
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
@@ -125,6 +126,11 @@ class SlackStandIn:
         self.responses.append({**args, "response_type": "ephemeral"})
         return {"ok": True, "message_ts": f"{time.time():.6f}"}
 
+    def _api_views_publish(self, args):
+        view = args["view"] if isinstance(args["view"], dict) else json.loads(args["view"])
+        self.home[args["user_id"]] = view
+        return {"ok": True, "view": view}
+
     def _api_usergroups_users_list(self, args):
         return {"ok": True, "users": self.groups.get(args.get("usergroup"), [])}
 
@@ -163,6 +169,12 @@ class SlackUser:
                 return resp.status
         except urllib.error.HTTPError as exc:
             return exc.code
+
+    def open_home(self) -> int:
+        event = {"type": "event_callback", "team_id": "T1", "api_app_id": "A1", "event_id": f"Ev{time.time()}",
+                 "event_time": int(time.time()), "event": {"type": "app_home_opened", "user": self.user_id,
+                                                           "channel": "D1", "tab": "home"}}
+        return self._post(json.dumps(event), content_type="application/json")
 
     def command(self, text: str, **signing) -> int:
         body = urllib.parse.urlencode({

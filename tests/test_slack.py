@@ -4,6 +4,7 @@ Web API that keeps messages, and moto's AWS with the real Serverless CLI behind 
 from __future__ import annotations
 
 import copy
+import subprocess
 import sys
 import threading
 import time
@@ -12,7 +13,8 @@ import pytest
 import waitress
 
 from bot.slack.server import assemble, wsgi_app
-from tests.conftest import code_of, live_code
+from tests.conftest import BUCKET, SERVICE, code_of, live_code
+from tests.serverless_fixture import sls_env
 from tests.slack_standin import SlackStandIn, SlackUser
 
 SECRET = "signing-secret-for-tests"
@@ -290,3 +292,40 @@ def test_a_429_storm_during_progress_delays_updates_but_the_final_state_arrives(
         "❌") else None, 120, "the final card")
     assert "verify:" in all_text(final)
     assert ws.engine.store.jobs()[0]["state"] == "failed"  # the job ran to its end whatever Slack did
+
+
+def test_ci_deploy_notification_rolls_back_with_one_click_and_home_shows_the_stage(prod, workspace, service_history,
+                                                                                  aws_env, tmp_path):
+    ws = workspace()
+    s = ws.standin
+    v1, v2 = service_history.builds["v1"], service_history.builds["v2"]
+    env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE,
+           "ROLLBACK_PREFIX": "rollback/", "ROLLBACK_DATA_DIR": str(tmp_path / "ci"),
+           "SLACK_BOT_TOKEN": "xoxb-ci-token", "SLACK_API_URL": s.api_url, "ROLLBACK_CHANNEL": CHANNEL}
+
+    def cli(*args, **extra):
+        return subprocess.run([sys.executable, "-m", "bot", *args], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=60, cwd=service_history.work.path)
+
+    # CI records v1 as live again, then v2: each change of live build is announced
+    assert cli("mark-deployed", "--stage", "prod", "--commit", v1.commit, "--by", "ci-bot").returncode == 0
+    done = cli("mark-deployed", "--stage", "prod", "--commit", v2.commit, "--by", "ci-bot")
+    assert done.returncode == 0, done.stderr
+    note = ws.card(1)
+    text = all_text(note)
+    assert f"*prod* is now running `{v2.commit[:7]}` build `b-v2`" in text and "Deployed by ci-bot" in text
+    assert f"Commits since `{v1.commit[:7]}`" in text and "Bo Ops: Make hello say v2" in text
+
+    # Slack down: CI still succeeds, with a warning
+    down = cli("mark-deployed", "--stage", "prod", "--commit", v1.commit, SLACK_API_URL="http://127.0.0.1:9/api/")
+    assert down.returncode == 0 and "warning: could not post the deploy notification" in down.stderr
+    cli("mark-deployed", "--stage", "prod", "--commit", v2.commit)
+
+    # the button on the notification opens the plan for `previous`
+    ws.ana.click(seen(note), "plan_build")
+    card = ws.card(3)
+    assert header(card) == f"Roll back prod to {v1.commit[:7]}?"
+
+    assert ws.bo.open_home() == 200
+    home = wait_for(lambda: s.home.get("U-BO"), 10, "the home tab")
+    assert f"*prod*: live `{v2.commit[:7]}` (build `b-v2`)" in all_text(home)

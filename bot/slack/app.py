@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -23,6 +24,7 @@ from bot.source import SourceError
 from bot.stage_index import RefError
 
 GROUP_TTL = 60.0
+log = logging.getLogger("rollback-bot.slack")
 
 
 def make_client(settings: Settings) -> WebClient:
@@ -84,8 +86,8 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
             try:
                 client.chat_postMessage(channel=channel, text=f"{verdict}: `{job['stage']}` → "
                                         f"`{job['target_commit'][:7]}` (job {job['id']}) {job.get('reason') or ''}")
-            except SlackApiError:
-                pass
+            except Exception as exc:  # Slack unreachable or refusing: the card already shows the result
+                log.warning("could not announce job %s in %s: %s", job["id"], channel, exc)
 
     def post_plan(stage: str, ref: str, user: str, channel: str, respond) -> None:
         pending = approvals.request(stage, ref, user, channel, groups_of)
@@ -98,6 +100,10 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
             approvals.withdraw(pending.job_id, user)
             respond(f"I could not post the plan here ({exc.response.get('error')}). "
                     "Invite me to the channel with `/invite @rollback-bot` and try again.")
+            return
+        except Exception as exc:  # Slack unreachable: nothing was posted, so nothing may stay pending
+            approvals.withdraw(pending.job_id, user)
+            log.warning("could not post a plan card: %s", exc)
             return
         approvals.attach_message(pending.job_id, posted["channel"], posted["ts"])
 
@@ -192,5 +198,12 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
             return
         respond(text=f"Cancelling job {job['id']}: its processes are being stopped.", response_type="ephemeral",
                 replace_original=False)
+
+    @app.event("app_home_opened")
+    def on_home(event, client):
+        stages = [(engine.artifacts.read_index(s), store.lock_of(s)) for s in engine.artifacts.stages()]
+        jobs = [j for j in store.jobs(limit=30) if j["state"] not in ("pending", "withdrawn")][:10]
+        client.views_publish(user_id=event["user"],
+                             view={"type": "home", "blocks": kit.home_blocks(stages, jobs, time.time())})
 
     return app

@@ -113,6 +113,42 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
     return blocks
 
 
+def deployed_blocks(stage: str, art: Artifact, previous: Artifact | None, commits: list, by: str,
+                    now: float) -> list[dict]:
+    """The deploy notification CI posts: what went live, who, what changed, and a way back."""
+    blocks = [section(f"🚀 *{stage}* is now running {_build(art, now)}" + (f"\nDeployed by {by}" if by else ""))]
+    if commits:
+        lines = "\n".join(f"• `{c.sha[:7]}` {c.author}: {c.subject}" for c in commits[:10])
+        blocks.append(section(f"*Commits since `{previous.short if previous else '?'}`*\n{lines}"))
+    elif previous:
+        blocks.append(context(f"Previous live build: `{previous.short}` build `{previous.build_id}`"))
+    if previous:
+        blocks.append({"type": "actions", "elements": [
+            button("Roll back", "plan_build", json.dumps({"stage": stage, "ref": "previous"}), "danger")]})
+    return blocks
+
+
+def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[dict], now: float) -> list[dict]:
+    """The App Home tab: each stage's live build, lock holder and freeze, then recent jobs."""
+    blocks = [{"type": "header", "text": {"type": "plain_text", "text": "rollback-bot"}}]
+    for index, lock in stages:
+        live = index.live
+        text = f"*{index.stage}*: " + (f"live `{live.commit[:7]}` (build `{live.build_id}`) for {age(now - live.at)}"
+                                       if live else "nothing live recorded")
+        if lock:
+            text += f"\n⏳ job {lock['job_id']} running, started by <@{lock['holder']}>"
+        if index.freeze:
+            text += f"\n🧊 frozen by <@{index.freeze.by}>: {index.freeze.reason}"
+        blocks.append(section(text))
+    if not stages:
+        blocks.append(section("No stage has builds yet: CI adds them with `rollback-bot publish`."))
+    blocks.append({"type": "divider"})
+    recent = "\n".join(f"• job {j['id']} *{j['state']}* `{j['stage']}` → `{j['target_commit'][:7]}` "
+                        f"{age(now - j['created'])} ago" for j in jobs) or "none yet"
+    blocks.append(section(f"*Recent rollbacks*\n{recent}"))
+    return blocks
+
+
 def closed_plan_blocks(plan_title: str, why: str) -> list[dict]:
     """A plan card that can no longer be approved (cancelled or expired): no buttons."""
     return [section(f"~{plan_title}~"), context(why)]

@@ -1,0 +1,32 @@
+"""Deploy notifications sent by CI commands. A Slack failure warns and never fails the command."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from bot.config import Settings
+from bot.policy import Policy
+from bot.slack.app import make_client
+from bot.slack.blocks import deployed_blocks
+from bot.source import local_commits_between
+from bot.stage_index import StageIndex
+
+
+def notify_deployed(settings: Settings, index: StageIndex, by: str) -> None:
+    """Post what went live on ``index.stage`` to its channel, with a button to roll it back."""
+    channel = Policy.from_toml(settings.policy).notify_channel(index.stage, settings.channel)
+    if not settings.slack_bot_token or not channel:
+        return
+    live = index.live_artifact()
+    if live is None:
+        return
+    previous = next((index.find(*h.ident) for h in index.history[1:] if h.commit != live.commit), None)
+    commits = local_commits_between(previous.commit, live.commit) if previous else []
+    try:
+        make_client(settings).chat_postMessage(
+            channel=channel, text=f"{index.stage} is now running {live.label()}",
+            blocks=deployed_blocks(index.stage, live, previous, commits, by, time.time()))
+    except Exception as exc:  # CI must not fail because Slack did
+        print(f"warning: could not post the deploy notification to Slack ({exc}); the deploy is recorded",
+              file=sys.stderr)
