@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.policy import Policy, PolicyError
+
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 TEMPLATE_FIELDS = {"stage", "package"}
@@ -147,6 +149,9 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         config_path = Path(raw_config)
         try:
             policy = tomllib.loads(config_path.read_text())
+            Policy.from_toml(policy)  # validated now, so a typo stops start-up instead of a rollback
+        except PolicyError as exc:
+            problems.append(f"ROLLBACK_CONFIG {raw_config}: {exc}")
         except FileNotFoundError:
             problems.append(f"ROLLBACK_CONFIG points to {raw_config}, which does not exist")
         except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -217,7 +217,7 @@ class Pipeline:
     def _restore(self) -> None:
         package_dir = self.artifacts.download(self.target, self.workdir / "restore")
         self.outcome.package_dir = package_dir
-        self.outcome.info = PackageInfo.read(package_dir, self.stage)
+        self.outcome.info = PackageInfo.read(package_dir, self.stage, self.artifacts.service)
         self.emit(Event("restore", "output", f"{self.target.label()}: {self.target.size} bytes, sha256 verified"))
 
     def _checkout(self) -> None:

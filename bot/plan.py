@@ -72,7 +72,7 @@ def make_plan(
     with tempfile.TemporaryDirectory(prefix="rollback-bot-plan-") as tmp:
         try:
             package_dir = artifacts.download(target, Path(tmp))
-            info = PackageInfo.read(package_dir, stage)
+            info = PackageInfo.read(package_dir, stage, artifacts.service)
             plan.stack_name, plan.region = info.stack_name, info.region
             plan.template = stack_factory(info.stack_name, info.region).diff(info.template)
         except (StackError, PackageError) as exc:

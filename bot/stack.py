@@ -26,7 +26,7 @@ class PackageInfo:
     template: dict
 
     @classmethod
-    def read(cls, package_dir: Path, stage: str) -> PackageInfo:
+    def read(cls, package_dir: Path, stage: str, default_service: str = "") -> PackageInfo:
         try:
             template = json.loads((package_dir / TEMPLATE_NAME).read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -35,13 +35,15 @@ class PackageInfo:
         state_file = package_dir / "serverless-state.json"
         if state_file.is_file():
             try:
-                state = json.loads(state_file.read_text()).get("service", {})
+                raw = json.loads(state_file.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 raise PackageError(f"the package's serverless-state.json cannot be read ({exc})") from exc
-        provider = state.get("provider", {}) if isinstance(state.get("provider"), dict) else {}
-        service = state.get("service") or ""
+            found = raw.get("service") if isinstance(raw, dict) else None
+            state = found if isinstance(found, dict) else {}  # an unexpected shape: use the defaults
+        provider = state.get("provider") if isinstance(state.get("provider"), dict) else {}
+        service = state.get("service") or default_service
         if isinstance(service, dict):
-            service = service.get("name", "")
+            service = service.get("name", "") or default_service
         region = provider.get("region") or "us-east-1"
         stack_name = provider.get("stackName") or f"{service}-{stage}"
         return cls(service, stage, region, stack_name, template)

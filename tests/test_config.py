@@ -47,3 +47,11 @@ def test_slack_mode_needs_a_signing_secret_unless_socket_mode():
     with pytest.raises(ConfigError, match="SLACK_SIGNING_SECRET"):
         load_settings(base, needs=["artifacts", "slack"])
     load_settings({**base, "SLACK_APP_TOKEN": "xapp-1"}, needs=["artifacts", "slack"])
+
+
+def test_a_policy_with_mistakes_stops_start_up(tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[stages.prod]\napprovers = "U1"\napprover = ["U2"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings({"ROLLBACK_CONFIG": str(policy)})
+    assert "approvers must be a list of Slack IDs" in str(err.value) and "unknown keys: approver" in str(err.value)

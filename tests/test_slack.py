@@ -125,8 +125,20 @@ def test_request_approve_and_watch_the_rollback_go_green(prod, workspace, servic
     # a second click on the old card starts nothing
     n = len(ws.standin.responses)
     ws.bo.click(card, "approve")
-    assert "already approved" in ws.reply(n)["text"] or "already done" in ws.reply(n)["text"]
+    assert "already done" in ws.reply(n)["text"]
     assert len([j for j in ws.engine.store.jobs(stage="prod") if j["state"] != "pending"]) == 1
+
+    # v2 is now marked bad and CI frozen: not a mistake to ask for it, the card warns
+    ws.ana.command("prod b-v2")
+    warned = all_text(ws.card(1))
+    assert "⚠️" in warned and "is marked bad by U-BO" in warned and "CI is frozen on prod" in warned
+    n = len(ws.standin.responses)
+    ws.ana.command("history prod")
+    assert "job 1 *succeeded*" in ws.reply(n)["text"]
+    n = len(ws.standin.responses)
+    ws.bo.command("unfreeze prod")
+    assert "`prod` unfrozen: CI may deploy again." in ws.reply(n)["text"]
+    assert ws.engine.artifacts.read_index("prod").freeze is None
 
 
 POLICY = """
@@ -152,6 +164,12 @@ def test_each_mistake_gets_an_ephemeral_reply_that_says_what_to_do(prod, workspa
     assert "Stage `staging` has no builds. Known stages: prod." in reply_to(ws.ana, "staging previous")
     assert "No build of stage prod matches `beef`" in reply_to(ws.ana, "prod beef")
     assert "at least 4 characters" in reply_to(ws.ana, "prod ab")
+    v1 = service_history.builds["v1"]
+    twin = v1.commit[:4] + ("0" if v1.commit[4] != "0" else "1") + "f" * 35  # shares v1's first 4 characters
+    ws.engine.artifacts.publish("prod", twin, v1.package, build_id="twin")
+    ambiguous = reply_to(ws.ana, f"prod {v1.commit[:4]}")
+    assert "matches 2 builds" in ambiguous and f"`{v1.commit[:12]}` build `b-v1`" in ambiguous
+    assert "No rollback of `prod` is running here." in reply_to(ws.ana, "cancel prod")
     assert "not allowed to request rollbacks of `prod`" in reply_to(ws.cy, "prod previous")
     elsewhere = SlackUser(s, ws.url, SECRET, "U-ANA", "C-RANDOM")
     assert "are requested in <#C-OPS>, not here" in reply_to(elsewhere, "prod previous")
@@ -245,7 +263,7 @@ def test_busy_stage_is_refused_naming_the_holder_and_cancel_stops_the_deploy(pro
     assert "stage prod is busy: job 1 started by U-BO is running" in ws.reply(n)["text"]
 
     n = len(s.responses)
-    ws.ana.command("cancel prod")
+    ws.ana.click(seen(s.message(CHANNEL, first["ts"])), "cancel_job")  # the Cancel button on the live card
     assert "Cancelling job 1" in ws.reply(n)["text"]
     final = wait_for(lambda: s.message(CHANNEL, first["ts"]) if header(s.message(CHANNEL, first["ts"])).startswith(
         "🛑") else None, 60, "the cancelled card")

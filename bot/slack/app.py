@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from slack_bolt import App
 from slack_sdk import WebClient
@@ -72,7 +73,10 @@ USER_ERRORS = (Refused, RefError, ArtifactError, SourceError)
 
 def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: WebClient | None = None) -> App:
     client = client or make_client(settings)
-    app = App(token=settings.slack_bot_token, signing_secret=settings.slack_signing_secret or None, client=client)
+    # Acknowledge in the request thread, do the work afterwards (lazy listeners): an ack never waits
+    # behind other people's slow work, so Slack hears back in milliseconds even under load.
+    app = App(token=settings.slack_bot_token, signing_secret=settings.slack_signing_secret or None, client=client,
+              process_before_response=True, listener_executor=ThreadPoolExecutor(max_workers=32))
     group_ids = {i for r in approvals.policy.rules.values()
                  for i in (r.requesters or ()) + (r.approvers or ()) if i.startswith("S")}
     groups_of = GroupDirectory(client, group_ids)
@@ -107,9 +111,7 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
             return
         approvals.attach_message(pending.job_id, posted["channel"], posted["ts"])
 
-    @app.command("/rollback")
-    def on_rollback(ack, command, respond):
-        ack()
+    def on_rollback(command, respond):
         cmd = parse(command.get("text", ""))
         user, channel = command["user_id"], command["channel_id"]
         try:
@@ -144,18 +146,14 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
         except USER_ERRORS as exc:
             respond(_error_text(exc))
 
-    @app.action("plan_build")
-    def on_plan_build(ack, body, action, respond):
-        ack()
+    def on_plan_build(body, action, respond):
         value = json.loads(action["value"])
         try:
             post_plan(value["stage"], value["ref"], body["user"]["id"], body["channel"]["id"], respond)
         except USER_ERRORS as exc:
             respond(text=_error_text(exc), response_type="ephemeral", replace_original=False)
 
-    @app.action("approve")
-    def on_approve(ack, body, action, respond):
-        ack()
+    def on_approve(body, action, respond):
         job_id, user = int(action["value"]), body["user"]["id"]
         channel, ts = body["channel"]["id"], body["message"]["ts"]
         # Listen before starting, so not one event of the job is missed.
@@ -174,9 +172,7 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
             return
         reporter.start()
 
-    @app.action("cancel_plan")
-    def on_cancel_plan(ack, body, action, respond):
-        ack()
+    def on_cancel_plan(body, action, respond):
         user = body["user"]["id"]
         try:
             job = approvals.withdraw(int(action["value"]), user, groups_of)
@@ -187,9 +183,7 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
                            blocks=kit.closed_plan_blocks(f"Roll back {job['stage']} to {job['target_commit'][:7]}",
                                                          f"Cancelled by <@{user}>; nothing was deployed."))
 
-    @app.action("cancel_job")
-    def on_cancel_job(ack, body, action, respond):
-        ack()
+    def on_cancel_job(body, action, respond):
         job = store.job(int(action["value"]))
         try:
             approvals.cancel_running(job["stage"], body["user"]["id"], groups_of)
@@ -199,11 +193,20 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
         respond(text=f"Cancelling job {job['id']}: its processes are being stopped.", response_type="ephemeral",
                 replace_original=False)
 
-    @app.event("app_home_opened")
     def on_home(event, client):
         stages = [(engine.artifacts.read_index(s), store.lock_of(s)) for s in engine.artifacts.stages()]
         jobs = [j for j in store.jobs(limit=30) if j["state"] not in ("pending", "withdrawn")][:10]
         client.views_publish(user_id=event["user"],
                              view={"type": "home", "blocks": kit.home_blocks(stages, jobs, time.time())})
 
+    app.command("/rollback")(ack=_ack, lazy=[on_rollback])
+    app.action("plan_build")(ack=_ack, lazy=[on_plan_build])
+    app.action("approve")(ack=_ack, lazy=[on_approve])
+    app.action("cancel_plan")(ack=_ack, lazy=[on_cancel_plan])
+    app.action("cancel_job")(ack=_ack, lazy=[on_cancel_job])
+    app.event("app_home_opened")(ack=_ack, lazy=[on_home])
     return app
+
+
+def _ack(ack) -> None:
+    ack()

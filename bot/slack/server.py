@@ -49,7 +49,9 @@ def assemble(settings: Settings, engine: Engine | None = None) -> tuple[App, Eng
 
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app, engine, _ = assemble(settings)
+    app, engine, approvals = assemble(settings)
+    if not approvals.policy.configured:
+        log.warning("NO POLICY FILE (ROLLBACK_CONFIG): anyone in the workspace may request AND approve rollbacks")
     if settings.slack_app_token:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
@@ -59,5 +61,5 @@ def serve(settings: Settings) -> int:
     import waitress
 
     log.info("rollback-bot: HTTP on port %s at /slack/events", settings.port)
-    waitress.serve(wsgi_app(app, engine), host="0.0.0.0", port=settings.port, threads=8)
+    waitress.serve(wsgi_app(app, engine), host="0.0.0.0", port=settings.port, threads=16)
     return 0
