@@ -32,6 +32,7 @@ from tests.conftest import make_package  # noqa: E402
 from tests.gitrepo import ServiceRepo  # noqa: E402
 from tests.moto_fixture import MotoServer  # noqa: E402
 from tests.slack_standin import SlackStandIn, SlackUser  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 
 SECRET = "bench-secret"
 BUILDS = 10_000
@@ -72,7 +73,7 @@ def main() -> None:
     # The bot in its own process, as in production: `rollback-bot serve` behind waitress.
     bot = subprocess.Popen([sys.executable, "-m", "bot", "serve"], env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    _wait(lambda: _healthy(port), 60)
+    wait_for(lambda: _healthy(port), 60)
     url = f"http://127.0.0.1:{port}/slack/events"
     users = [SlackUser(standin, url, SECRET, f"U{i}") for i in range(50)]
     users[0].command("prod")  # warm: auth, index cache
@@ -112,13 +113,13 @@ def main() -> None:
     # a rollback of about a minute, watched from Slack
     before = len(standin.calls)
     users[1].command("prod v1")
-    card = _wait(lambda: next((m for m in standin.messages["C-OPS"] if m["blocks"] and
+    card = wait_for(lambda: next((m for m in standin.messages["C-OPS"] if m["blocks"] and
                                m["blocks"][-1].get("block_id") == "plan_actions"), None))
     calls_at_approval = len(standin.calls)
     users[2].click(card, "approve")
-    job = _wait(lambda: next((j for j in engine.store.jobs() if j["state"] not in ("pending", "running",
+    job = wait_for(lambda: next((j for j in engine.store.jobs() if j["state"] not in ("pending", "running",
                                                                                   "approving")), None), 300)
-    _wait(lambda: standin.message("C-OPS", card["ts"])["blocks"][0]["text"]["text"].startswith(("✅", "❌")))
+    wait_for(lambda: standin.message("C-OPS", card["ts"])["blocks"][0]["text"]["text"].startswith(("✅", "❌")))
     time.sleep(1)
     job_calls = len(standin.calls) - calls_at_approval
     minutes = (job["finished"] - job["started"]) / 60
@@ -149,16 +150,6 @@ def _healthy(port: int) -> bool:
             return resp.status == 200
     except OSError:
         return False
-
-
-def _wait(fn, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise SystemExit("timed out")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 from bot import __version__
 from bot.artifacts import ArtifactError, validate_stage
 from bot.config import ConfigError, Settings, load_settings
-from bot.engine import artifact_store, build_engine
+from bot.engine import artifact_store, build_engine, open_store
 from bot.source import SourceError, local_commit
 from bot.stage_index import RefError
 from bot.store import StageBusy
@@ -182,16 +182,12 @@ def cmd_unfreeze(args, settings: Settings) -> int:
     was = artifact_store(settings).unfreeze(args.stage)
     print(f"{args.stage}: unfrozen (was frozen by {was.by}: {was.reason})" if was else f"{args.stage}: was not frozen")
     if was:
-        from bot.store import Store
-
-        Store(settings.data_dir / "rollback-bot.sqlite").audit(who, "unfreeze", args.stage, reason=was.reason)
+        open_store(settings).audit(who, "unfreeze", args.stage, reason=was.reason)
     return 0
 
 
 def cmd_history(args, settings: Settings) -> int:
-    from bot.store import Store
-
-    store = Store(settings.data_dir / "rollback-bot.sqlite")
+    store = open_store(settings)
     print(render_history(store.jobs(stage=validate_stage(args.stage), limit=args.limit), time.time()))
     return 0
 

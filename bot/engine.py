@@ -30,10 +30,14 @@ def artifact_store(settings: Settings) -> ArtifactStore:
     return ArtifactStore(make_s3_client(settings.s3_max_attempts), settings.bucket, settings.service, settings.prefix)
 
 
+def open_store(settings: Settings) -> Store:
+    return Store(settings.data_dir / "rollback-bot.sqlite")
+
+
 def build_engine(settings: Settings) -> Engine:
     data = settings.data_dir
     artifacts = artifact_store(settings)
-    store = Store(data / "rollback-bot.sqlite")
+    store = open_store(settings)
     source = SourceRepo(settings.repo, data / "mirror.git", settings.service_dir)
     mask = Masker(settings.secrets())
     config = EngineConfig(

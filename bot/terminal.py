@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import asdict
 from typing import TextIO
 
@@ -123,7 +122,3 @@ def render_history(jobs: list[dict], now: float) -> str:
             f"by {who} {age(now - j['created'])} ago {took}" + (f"  {j['reason']}" if j["reason"] else "")
         )
     return "\n".join(lines)
-
-
-def clock() -> float:
-    return time.time()

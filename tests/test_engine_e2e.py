@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from bot.source import SourceError
 from bot.store import StageBusy, Store
 from tests.conftest import BUCKET, SERVICE, code_of, live_code
 from tests.serverless_fixture import ci_deploy, sls_env
+from tests.waiting import wait_for
 
 SHA_MISSING = "d" * 40
 
@@ -151,15 +151,6 @@ def test_checksum_mismatch_fails_at_restore(prod, s3, service_history):
     assert_failed_cleanly(prod, job, "restore: ")
     assert "corrupt in S3" in job["reason"]
     assert steps_of(prod, job_id).get("checkout") is None  # nothing after restore ran
-
-
-def wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting")
 
 
 def test_cancel_during_install_stops_its_processes(prod, make_engine, tmp_path):

@@ -16,19 +16,10 @@ from bot.slack.server import assemble, wsgi_app
 from tests.conftest import BUCKET, SERVICE, code_of, live_code
 from tests.serverless_fixture import sls_env
 from tests.slack_standin import SlackStandIn, SlackUser
+from tests.waiting import wait_for
 
 SECRET = "signing-secret-for-tests"
 CHANNEL = "C-OPS"
-
-
-def wait_for(predicate, timeout=60.0, what="a condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Workspace:
