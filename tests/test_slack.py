@@ -4,6 +4,7 @@ Web API that keeps messages, and moto's AWS with the real Serverless CLI behind 
 from __future__ import annotations
 
 import copy
+import socket
 import subprocess
 import sys
 import threading
@@ -338,3 +339,19 @@ def test_ci_deploy_notification_rolls_back_with_one_click_and_home_shows_the_sta
     assert ws.bo.open_home() == 200
     home = wait_for(lambda: s.home.get("U-BO"), 10, "the home tab")
     assert f"*prod*: live `{v2.commit[:7]}` (build `b-v2`)" in all_text(home)
+
+
+def test_a_rollback_cut_short_by_a_restart_is_announced_when_the_bot_starts(make_engine, workspace):
+    crashed = make_engine()  # same data dir as the bot started below
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs: the bot that ran this job is gone
+    job_id = crashed.store.create_job(stage="prod", target_commit="a" * 40, target_build="7", requested_by="U-ANA",
+                                      approved_by="U-BO", state="running", started=time.time(), channel=CHANNEL,
+                                      stack_name="hello-service-prod", region="us-east-1", host=socket.gethostname(),
+                                      pid=dead.pid)
+    crashed.store.acquire_lock("prod", job_id, "U-BO")
+    ws = workspace()
+    note = wait_for(lambda: ws.standin.messages.get("C-DEPLOYS"), 10, "the announcement")[0]["text"]
+    assert f"Rollback job {job_id} of `prod` was interrupted by a restart" in note
+    assert "stack hello-service-prod is DOES_NOT_EXIST" in note and "Check the stage" in note
+    assert ws.engine.store.job(job_id)["state"] == "interrupted" and ws.engine.store.lock_of("prod") is None
