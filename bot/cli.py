@@ -164,8 +164,7 @@ def cmd_check_freeze(args, settings: Settings) -> int:
                         f"Lift it with `rollback-bot unfreeze {args.stage}` or `/rollback unfreeze {args.stage}`")
     if args.commit:
         commit = args.commit.strip().lower()
-        mark = index.bad_mark_for(commit) if len(commit) == 40 else next(
-            (a.bad for a in index.artifacts if a.bad and a.commit.startswith(commit) and len(commit) >= 7), None)
+        mark = index.bad_mark_for(commit)
         if mark:
             problems.append(f"commit {commit[:12]} is marked bad on {args.stage} by {mark.by} "
                             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(mark.at))}: {mark.reason}. "

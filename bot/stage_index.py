@@ -229,8 +229,12 @@ class StageIndex:
         return marked
 
     def bad_mark_for(self, commit: str) -> Mark | None:
+        """The bad mark of a commit, named in full or by a prefix of 7+ characters (as CI may)."""
+        commit = commit.strip().lower()
+        if len(commit) < 7:
+            return None
         for art in self.artifacts:
-            if art.commit == commit and art.bad is not None:
+            if art.commit.startswith(commit) and art.bad is not None:
                 return art.bad
         return None
 

@@ -111,3 +111,12 @@ def test_json_round_trip_and_refusals():
         StageIndex.from_json(b"{oops", "s3://b/index.json")
     with pytest.raises(IndexFormatError, match="newer rollback-bot"):
         StageIndex.from_json(b'{"schema": 99, "service": "s", "stage": "p"}', "x")
+
+
+def test_a_bad_commit_is_found_by_full_sha_or_a_7_character_prefix():
+    bad = art("abcdef1", "1", 1, bad=True)
+    index = stage(bad, art("1234567", "2", 2))
+    assert index.bad_mark_for(bad.commit).reason == "rolled back"
+    assert index.bad_mark_for("ABCDEF1").reason == "rolled back"
+    assert index.bad_mark_for("abcdef") is None  # too short to trust
+    assert index.bad_mark_for("1234567") is None
