@@ -7,7 +7,7 @@
 (c) the bare `serverless deploy --package --force` alone, in a ready checkout.
 
 Every run deploys the other build (v1, v2, v1, …), so each one really changes the code.
-Run: `.venv/bin/python benchmarks/rollback.py [runs]` after ./scripts/test has installed tests/service.
+Run: `.venv/bin/python benchmarks/rollback.py [runs]` after ./scripts/test has installed bot/playground/sample_service.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import boto3
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.config import load_settings  # noqa: E402
 from bot.engine import build_engine  # noqa: E402
-from tests.moto_fixture import MotoServer  # noqa: E402
+from bot.playground.aws import MotoServer  # noqa: E402
 from tests.serverless_fixture import SLS_BIN, build_history, ci_deploy, sls_env  # noqa: E402
 
 BUCKET = "bench-rollback"

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -106,6 +107,7 @@ class ArtifactStore:
         self.max_index_attempts = max_index_attempts
         self._cache: dict[str, tuple[str, bytes, StageIndex]] = {}
         self._cache_lock = threading.Lock()
+        self._flights: dict[str, Future] = {}
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -192,9 +194,27 @@ class ArtifactStore:
         return entry
 
     def read_index(self, stage: str) -> StageIndex:
-        """The stage's index. Shared with the cache: read it, do not change it."""
+        """The stage's index. Shared with the cache: read it, do not change it.
+
+        Callers asking at the same moment share one request: fifty people typing `/rollback prod`
+        during an incident cost S3 one revalidation, not fifty.
+        """
+        key = self.index_key(stage)
+        with self._cache_lock:
+            flight = self._flights.get(key)
+            leading = flight is None
+            if leading:
+                flight = self._flights[key] = Future()
+        if leading:
+            try:
+                flight.set_result(self._fetch_index(stage))
+            except BaseException as exc:
+                flight.set_exception(exc)
+            finally:
+                with self._cache_lock:
+                    del self._flights[key]
         try:
-            return self._fetch_index(stage)[2]
+            return flight.result()[2]
         except IndexFormatError as exc:
             raise ArtifactError(str(exc)) from exc
 

@@ -197,6 +197,16 @@ def cmd_serve(args, settings: Settings) -> int:
     return serve(settings)
 
 
+def cmd_demo(args, settings: Settings) -> int:
+    try:
+        from bot.playground.demo import main
+    except ImportError as exc:  # moto is the demo's embedded AWS, installed with the `demo` extra
+        print(f"rollback-bot demo needs {exc.name}: pip install 'rollback-bot[demo]' (./scripts/demo does it)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    return main(Path(args.data_dir) if args.data_dir else settings.data_dir / "demo", args.port)
+
+
 COMMANDS = {
     # name: (handler, what settings it needs)
     "publish": (cmd_publish, ("artifacts",)),
@@ -209,6 +219,7 @@ COMMANDS = {
     "unfreeze": (cmd_unfreeze, ("artifacts",)),
     "history": (cmd_history, ()),
     "serve": (cmd_serve, ("engine", "slack")),
+    "demo": (cmd_demo, ()),
 }
 
 
@@ -268,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=20)
 
     sub.add_parser("serve", help="run the Slack bot")
+
+    s = sub.add_parser("demo", help="try rollback-bot in the browser: a local Slack channel on an embedded AWS")
+    s.add_argument("--port", type=int, default=8080, help="the page's port on 127.0.0.1 (default 8080; 0: any free)")
+    s.add_argument("--data-dir", help="where the demo keeps its state (default: $ROLLBACK_DATA_DIR/demo)")
     return p
 
 

@@ -1,4 +1,4 @@
-# Shared by scripts/test and scripts/serve: everything is installed from the project's own files.
+# Shared by scripts/test, scripts/serve and scripts/demo: everything is installed from the project's own files.
 
 setup_python() {
   local spec="$1"
@@ -8,17 +8,38 @@ setup_python() {
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
 }
 
-setup_node_for_tests() {
-  # The test service pins the real Serverless CLI (osls) and its plugins in a committed lockfile.
-  local service=tests/service
-  [ -f "$service/package-lock.json" ] || return 0
-  if ! command -v npm >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
-    else
-      echo "npm is missing: install Node.js 18+ and npm; tests that need them will skip" >&2
-      return 0
+apt_install() {
+  # Debian packages, when we may install them; otherwise say what is missing and go on.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    if [ -z "${_APT_UPDATED:-}" ]; then
+      apt-get update -qq
+      _APT_UPDATED=1
     fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "missing: $* (install them with your package manager)" >&2
+    return 1
+  fi
+}
+
+ensure_node() {
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+}
+
+setup_node_for_tests() {
+  # The sample service pins the real Serverless CLI (osls) and its plugins in a committed lockfile.
+  local service=bot/playground/sample_service
+  [ -f "$service/package-lock.json" ] || return 0
+  if ! ensure_node; then
+    echo "npm is missing: tests that need Node.js will skip" >&2
+    return 0
   fi
   (cd "$service" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+setup_browser_for_tests() {
+  # Debian's Chromium for the demo's browser test (Playwright drives it; no browser download),
+  # and an emoji font so the screenshots show the checklist's marks.
+  [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi "emoji" && return 0
+  apt_install chromium fonts-noto-color-emoji || echo "Chromium is missing: the browser test will skip" >&2
 }

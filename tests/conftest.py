@@ -10,8 +10,8 @@ import pytest
 from bot.artifacts import ArtifactStore, make_s3_client
 from bot.config import load_settings
 from bot.engine import build_engine
+from bot.playground.aws import MotoServer
 from bot.stack import code_sha256
-from tests.moto_fixture import MotoServer
 from tests.serverless_fixture import ci_deploy, sls_env
 
 BUCKET = "rollback-artifacts"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -15,6 +16,7 @@ class FaultyProxy:
         self.status = 503
         self.requests = 0
         self.failed = 0
+        self.delay = 0.0  # seconds to hold each request before answering, to make callers overlap
         self._lock = threading.Lock()
         proxy = self
 
@@ -34,6 +36,7 @@ class FaultyProxy:
                         proxy.failures_left -= 1
                     if fail:
                         proxy.failed += 1
+                time.sleep(proxy.delay)
                 if fail:
                     payload = b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
                     self.send_response(proxy.status)

@@ -11,9 +11,10 @@ from pathlib import Path
 import git
 import pytest
 
+from bot.playground.sample import SOURCE as SERVICE_SRC  # the service the demo deploys too
+from bot.playground.sample import handler
 from tests.gitrepo import ServiceRepo
 
-SERVICE_SRC = Path(__file__).parent / "service"
 SLS_BIN = SERVICE_SRC / "node_modules" / ".bin" / "serverless"
 BROKEN_YML = "service: hello-service\nprovider:\n  name: aws\n  runtime: [unclosed\n"
 
@@ -22,7 +23,7 @@ def require_serverless() -> None:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are not installed; ./scripts/test installs them (apt-get install nodejs npm)")
     if not SLS_BIN.exists():
-        pytest.skip("tests/service/node_modules is missing; ./scripts/test runs `npm ci` there")
+        pytest.skip("bot/playground/sample_service/node_modules is missing; ./scripts/test runs `npm ci` there")
 
 
 def sls_env(aws_env: dict) -> dict:
@@ -30,10 +31,6 @@ def sls_env(aws_env: dict) -> dict:
     env.update(aws_env)
     env.update({"SLS_AWS_MONITORING_FREQUENCY": "200", "SLS_TELEMETRY_DISABLED": "1", "NODE_NO_WARNINGS": "1"})
     return env
-
-
-def handler(version: str) -> str:
-    return f'const VERSION = "{version}";\nmodule.exports.hello = async () => ({{ statusCode: 200, body: VERSION }});\n'
 
 
 @dataclass
@@ -51,7 +48,7 @@ class ServiceHistory:
 
 
 def package_commit(repo: ServiceRepo, commit: str, out: Path, env: dict) -> Path:
-    """`serverless package` at ``commit``, as CI does, with the plugins from tests/service."""
+    """`serverless package` at ``commit``, as CI does, with the plugins from the sample service."""
     tree = out.parent / f"tree-{out.name}"
     repo.repo.git.worktree("add", "--detach", str(tree), commit)
     try:

@@ -214,3 +214,40 @@ def test_prune_keeps_live_last_good_and_in_use(store, s3, package, tmp_path):
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
     assert arts[3].key not in keys and arts[5].key in keys and arts[0].key in keys
     assert [a.build_id for a in store.read_index("prod").artifacts] == ["5", "4", "2", "1", "0"]
+
+
+def test_people_asking_at_once_share_one_index_request_and_its_failure(proxy, store, package):
+    store.publish("prod", SHA1, package("v1"), build_id="1")
+    reader = proxied_store(proxy, attempts=1)
+    reader.read_index("prod")
+    proxy.delay = 0.3  # every request takes long enough for the readers to overlap
+
+    def twenty_at_once():
+        barrier = threading.Barrier(20)
+        results = []
+
+        def read():
+            barrier.wait()
+            try:
+                results.append([a.build_id for a in reader.read_index("prod").artifacts])
+            except ArtifactError as exc:
+                results.append(str(exc))
+
+        threads = [threading.Thread(target=read) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
+    before = proxy.requests
+    assert twenty_at_once() == [["1"]] * 20
+    assert proxy.requests - before <= 2  # one shared revalidation (a late thread may start a second)
+
+    # sharing never serves an old answer to a later question
+    store.publish("prod", SHA2, package("v2"), build_id="2")
+    assert [a.build_id for a in reader.read_index("prod").artifacts] == ["2", "1"]
+
+    proxy.fail(-1, 500)
+    errors = twenty_at_once()
+    assert len(errors) == 20 and all("500" in e for e in errors)

@@ -4,19 +4,24 @@ Web API that keeps messages, and moto's AWS with the real Serverless CLI behind 
 from __future__ import annotations
 
 import copy
+import json
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import waitress
+from slack_sdk.signature import SignatureVerifier
 
-from bot.slack.server import assemble, wsgi_app
+from bot.playground.slack import SlackStandIn, SlackUser
+from bot.playground.socket_mode import SocketModeStandIn
+from bot.slack.server import assemble, socket_mode, wsgi_app
 from tests.conftest import BUCKET, SERVICE, code_of, live_code
 from tests.serverless_fixture import sls_env
-from tests.slack_standin import SlackStandIn, SlackUser
 from tests.waiting import wait_for
 
 SECRET = "signing-secret-for-tests"
@@ -26,14 +31,13 @@ CHANNEL = "C-OPS"
 class Workspace:
     """The running bot, its Slack, and the people in the channel."""
 
-    def __init__(self, engine, standin, url, approvals):
+    def __init__(self, engine, standin, url, approvals, socket_mode=None):
         self.engine = engine
         self.standin = standin
         self.url = url
         self.approvals = approvals
-        self.ana = SlackUser(standin, url, SECRET, "U-ANA", CHANNEL)
-        self.bo = SlackUser(standin, url, SECRET, "U-BO", CHANNEL)
-        self.cy = SlackUser(standin, url, SECRET, "U-CY", CHANNEL)
+        self.ana, self.bo, self.cy = (SlackUser(standin, url, SECRET, user, CHANNEL, socket_mode)
+                                      for user in ("U-ANA", "U-BO", "U-CY"))
 
     def reply(self, n_before: int, timeout=30.0) -> dict:
         """The next ephemeral reply (response_url) after ``n_before`` replies."""
@@ -77,17 +81,26 @@ def _serve_until_closed(server) -> None:
 @pytest.fixture
 def workspace(make_engine, tmp_path):
     standin = SlackStandIn()
-    servers = []
+    servers, closers = [], []
 
-    def start(policy: str = "", **overrides) -> Workspace:
-        env = {"SLACK_BOT_TOKEN": "xoxb-test-bot-token", "SLACK_SIGNING_SECRET": SECRET,
-               "SLACK_API_URL": standin.api_url, "ROLLBACK_CHANNEL": "C-DEPLOYS", **overrides}
+    def start(policy: str = "", socket: bool = False, **overrides) -> Workspace:
+        """The bot on HTTP, or with ``socket`` on a Socket Mode connection (SLACK_APP_TOKEN, no signing secret)."""
+        env = {"SLACK_BOT_TOKEN": "xoxb-test-bot-token", "SLACK_API_URL": standin.api_url,
+               "ROLLBACK_CHANNEL": "C-DEPLOYS", **overrides}
+        env.update({"SLACK_APP_TOKEN": "xapp-test-app-token"} if socket else {"SLACK_SIGNING_SECRET": SECRET})
         if policy:
             (tmp_path / "policy.toml").write_text(policy)
             env["ROLLBACK_CONFIG"] = str(tmp_path / "policy.toml")
         engine = make_engine(**env)
         app, engine, approvals = assemble(engine.settings, engine)
-        server = waitress.create_server(wsgi_app(app, engine), host="127.0.0.1", port=0, threads=8)
+        if socket:
+            far_end = SocketModeStandIn()
+            standin.socket_url = far_end.url
+            handler = socket_mode(app, engine.settings)
+            handler.connect()
+            closers.extend([handler.close, far_end.stop])
+            return Workspace(engine, standin, None, approvals, far_end)
+        server = waitress.create_server(wsgi_app(app, engine, SECRET), host="127.0.0.1", port=0, threads=8)
         threading.Thread(target=_serve_until_closed, args=(server,), daemon=True).start()
         servers.append(server)
         return Workspace(engine, standin, f"http://127.0.0.1:{server.effective_port}/slack/events", approvals)
@@ -95,6 +108,8 @@ def workspace(make_engine, tmp_path):
     yield start
     for server in servers:
         server.close()
+    for close in closers:
+        close()
     standin.stop()
 
 
@@ -204,6 +219,39 @@ def test_forged_and_stale_requests_are_rejected(prod, workspace):
     assert ws.ana.command("prod previous", timestamp=stale) == 401
     time.sleep(1)
     assert ws.cards() == 0 and ws.engine.store.jobs() == []
+
+
+def test_slack_url_check_gets_its_challenge_back_and_unsigned_requests_nothing(prod, workspace):
+    ws = workspace()
+    body = json.dumps({"type": "url_verification", "token": "unused", "challenge": "c-7f3a"})
+    ts = str(int(time.time()))
+    sig = SignatureVerifier(SECRET).generate_signature(timestamp=ts, body=body)
+    headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": ts}
+    req = urllib.request.Request(ws.url, data=body.encode(), headers={**headers, "X-Slack-Signature": sig})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert json.loads(resp.read())["challenge"] == "c-7f3a"
+    unsigned = urllib.request.Request(ws.url, data=body.encode(), headers=headers)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(unsigned, timeout=10)
+    assert refused.value.code == 401
+
+
+def test_socket_mode_session_needs_no_public_url(prod, workspace, service_history):
+    ws = workspace(socket=True)
+    ws.bo.socket_mode.wait_connected()
+    n = len(ws.standin.responses)
+    assert ws.ana.command("help") == 200
+    assert "/rollback <stage>" in json.dumps(ws.reply(n)["blocks"])
+
+    assert ws.ana.command("prod previous") == 200
+    card = seen(ws.card(0))
+    assert header(card) == f"Roll back prod to {service_history.builds['v1'].commit[:7]}?"
+    assert ws.bo.click(card, "approve") == 200
+    wait_for(lambda: header(ws.standin.message(CHANNEL, card["ts"])).startswith(("✅", "❌")), 300, "the final card")
+    assert header(ws.standin.message(CHANNEL, card["ts"])).startswith("✅")
+    assert live_code() == code_of(service_history, "v1")
+    # every envelope was acknowledged well inside Slack's 3 seconds, while the work went on after
+    assert len(ws.bo.socket_mode.ack_seconds) == 3 and max(ws.bo.socket_mode.ack_seconds) < 1.0
 
 
 def test_an_expired_card_cannot_be_approved(prod, workspace):

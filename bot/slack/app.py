@@ -76,9 +76,8 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
     # Acknowledge in the request thread and do the work afterwards on our own pool: an ack never waits
     # behind other people's slow work. (Bolt's lazy listeners do the same but deep-copy every request,
     # which is half of its per-request cost.)
-    app = App(token=settings.slack_bot_token, signing_secret=settings.slack_signing_secret or None, client=client,
-              process_before_response=True)
-    work = ThreadPoolExecutor(max_workers=16, thread_name_prefix="slack-work")
+    app = App(signing_secret=settings.slack_signing_secret or None, client=client, process_before_response=True)
+    work = ThreadPoolExecutor(max_workers=4, thread_name_prefix="slack-work")
     group_ids = {i for r in approvals.policy.rules.values()
                  for i in (r.requesters or ()) + (r.approvers or ()) if i.startswith("S")}
     groups_of = GroupDirectory(client, group_ids)

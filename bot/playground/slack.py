@@ -7,6 +7,7 @@ import itertools
 import json
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
@@ -19,13 +20,18 @@ class SlackStandIn:
     def __init__(self) -> None:
         self.messages: dict[str, list[dict]] = defaultdict(list)  # channel -> messages, oldest first
         self.responses: list[dict] = []  # what was sent to response_urls (ephemeral replies)
+        self.response_meta: list[dict] = []  # for each of those: when it arrived, and whose reply it is
         self.files: list[dict] = []
         self.calls: list[tuple[float, str]] = []  # (monotonic time, method)
         self.groups: dict[str, list[str]] = {}
         self.home: dict[str, dict] = {}  # user -> the App Home view published for them
+        self.socket_url: str | None = None  # what apps.connections.open hands out (Socket Mode)
         self._fail: dict[str, list[int]] = defaultdict(list)  # method -> Retry-After seconds to answer 429 with
         self._seq = itertools.count(1)
+        self._owners: dict[str, str] = {}  # response_url id -> the user who will see the reply
         self._lock = threading.Lock()
+        self.revision = 0  # counts changes anyone could see, so a page can wait for the next one
+        self._changed = threading.Condition(self._lock)
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,8 +67,33 @@ class SlackStandIn:
         with self._lock:
             self._fail[method] += [retry_after] * times
 
-    def response_url(self) -> str:
-        return f"{self.base}/response/{next(self._seq)}"
+    def response_url(self, owner: str = "") -> str:
+        """A response_url for one command or click; what is posted to it is shown to ``owner`` only."""
+        rid = str(next(self._seq))
+        with self._lock:
+            self._owners[rid] = owner
+        return f"{self.base}/response/{rid}"
+
+    def wait_change(self, after: int, timeout: float) -> int:
+        """Block until the revision passes ``after`` (or ``timeout``); the current revision."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.revision > after, timeout)
+            return self.revision
+
+    def snapshot(self, channel: str) -> tuple[list[dict], list[dict], list[dict]]:
+        """A consistent copy of a channel: its messages, the replies only their owner sees (with
+        ``owner``, ``at`` and an ``id`` to click on), and the files shared in it."""
+        with self._lock:
+            messages = [dict(m) for m in self.messages[channel]]
+            replies = [{**r, **meta, "id": i} for i, (r, meta) in enumerate(zip(self.responses, self.response_meta,
+                                                                              strict=False))
+                       if meta.get("owner") and r.get("response_type", "ephemeral") == "ephemeral"]
+            files = [dict(f) for f in self.files if f.get("channel") == channel]
+        return messages, replies, files
+
+    def _touch(self) -> None:  # with self._lock held
+        self.revision += 1
+        self._changed.notify_all()
 
     def message(self, channel: str, ts: str) -> dict:
         return next(m for m in self.messages[channel] if m["ts"] == ts)
@@ -86,6 +117,8 @@ class SlackStandIn:
         if path.startswith("/response/"):
             with self._lock:
                 self.responses.append(args)
+                self.response_meta.append({"at": time.time(), "owner": self._owners.get(path.split("/")[-1], "")})
+                self._touch()
             return 200, {"ok": True}, {}
         if path.startswith("/upload/"):
             return 200, {"ok": True}, {}
@@ -99,7 +132,9 @@ class SlackStandIn:
         if handler is None:
             return 200, {"ok": False, "error": "unknown_method"}, {}
         with self._lock:
-            return 200, handler(args), {}
+            result = handler(args)
+            self._touch()
+            return 200, result, {}
 
     def _api_auth_test(self, args):
         return {"ok": True, "user_id": "UBOT", "bot_id": "BBOT", "team_id": "T1", "user": "rollback-bot",
@@ -124,7 +159,13 @@ class SlackStandIn:
 
     def _api_chat_postEphemeral(self, args):
         self.responses.append({**args, "response_type": "ephemeral"})
+        self.response_meta.append({"at": time.time(), "owner": args.get("user", "")})
         return {"ok": True, "message_ts": f"{time.time():.6f}"}
+
+    def _api_apps_connections_open(self, args):
+        if not self.socket_url:
+            return {"ok": False, "error": "not_allowed_token_type"}
+        return {"ok": True, "url": self.socket_url}
 
     def _api_views_publish(self, args):
         view = args["view"] if isinstance(args["view"], dict) else json.loads(args["view"])
@@ -149,14 +190,27 @@ class SlackStandIn:
 
 
 class SlackUser:
-    """A person in a channel: types slash commands and clicks buttons, as signed HTTP requests."""
+    """A person in a channel: types slash commands and clicks buttons. Slack sends what they do to the
+    bot as signed HTTP requests, or as envelopes over the bot's Socket Mode connection."""
 
-    def __init__(self, standin: SlackStandIn, bot_url: str, secret: str, user_id: str, channel: str = "C-OPS"):
+    def __init__(self, standin: SlackStandIn, bot_url: str, secret: str, user_id: str, channel: str = "C-OPS",
+                 socket_mode=None, name: str = ""):
         self.standin = standin
+        self.name = name or user_id
         self.bot_url = bot_url
-        self.verifier = SignatureVerifier(secret)
+        self.verifier = SignatureVerifier(secret) if secret else None
         self.user_id = user_id
         self.channel = channel
+        self.socket_mode = socket_mode  # a SocketModeStandIn, or None for HTTP
+
+    def _send(self, kind: str, payload: dict, **signing) -> int:
+        """Deliver one command, click or event the way Slack would; the HTTP status (504: not acknowledged)."""
+        if self.socket_mode is not None:
+            return self.socket_mode.deliver(kind, payload)
+        if kind == "events_api":
+            return self._post(json.dumps(payload), "application/json", **signing)
+        form = {"payload": json.dumps(payload)} if kind == "interactive" else payload
+        return self._post(urllib.parse.urlencode(form), **signing)
 
     def _post(self, body: str, content_type: str = "application/x-www-form-urlencoded",
               timestamp: str | None = None, signature: str | None = None) -> int:
@@ -174,32 +228,32 @@ class SlackUser:
         event = {"type": "event_callback", "team_id": "T1", "api_app_id": "A1", "event_id": f"Ev{time.time()}",
                  "event_time": int(time.time()), "event": {"type": "app_home_opened", "user": self.user_id,
                                                            "channel": "D1", "tab": "home"}}
-        return self._post(json.dumps(event), content_type="application/json")
+        return self._send("events_api", event)
 
     def command(self, text: str, **signing) -> int:
-        body = urllib.parse.urlencode({
+        return self._send("slash_commands", {
             "token": "unused", "team_id": "T1", "team_domain": "test", "channel_id": self.channel,
             "channel_name": "ops", "user_id": self.user_id, "user_name": self.user_id.lower(),
-            "command": "/rollback", "text": text, "api_app_id": "A1", "response_url": self.standin.response_url(),
-            "trigger_id": f"trig-{time.time()}",
-        })
-        return self._post(body, **signing)
+            "command": "/rollback", "text": text, "api_app_id": "A1",
+            "response_url": self.standin.response_url(self.user_id), "trigger_id": f"trig-{time.time()}",
+        }, **signing)
 
-    def click(self, message: dict, action_id: str) -> int:
+    def click(self, message: dict, action_id: str, value: str | None = None) -> int:
+        """Click the button ``action_id`` (the one with ``value``, when several share the id)."""
         action, block_id = None, None
         for block in message["blocks"]:
             for el in block.get("elements", []) + ([block["accessory"]] if "accessory" in block else []):
-                if el.get("action_id") == action_id:
+                if el.get("action_id") == action_id and value in (None, el.get("value")) and action is None:
                     action, block_id = el, block.get("block_id", "b")
-        assert action is not None, f"no {action_id} button on the message"
-        payload = {
+        if action is None:
+            raise LookupError(f"no {action_id} button on the message")
+        return self._send("interactive", {
             "type": "block_actions", "team": {"id": "T1", "domain": "test"}, "api_app_id": "A1",
             "user": {"id": self.user_id, "name": self.user_id.lower(), "team_id": "T1"},
             "channel": {"id": self.channel, "name": "ops"}, "container": {
                 "type": "message", "message_ts": message["ts"], "channel_id": self.channel},
             "message": {"type": "message", "ts": message["ts"], "text": message["text"], "blocks": message["blocks"]},
-            "response_url": self.standin.response_url(), "trigger_id": f"trig-{time.time()}",
+            "response_url": self.standin.response_url(self.user_id), "trigger_id": f"trig-{time.time()}",
             "actions": [{"type": "button", "action_id": action_id, "block_id": block_id, "value": action["value"],
                          "text": action["text"], "action_ts": f"{time.time():.6f}"}],
-        }
-        return self._post(urllib.parse.urlencode({"payload": json.dumps(payload)}))
+        })

@@ -1,4 +1,4 @@
-"""moto's server on a free loopback port, patched in two places to behave as AWS does.
+"""moto's server (embedded AWS) on a free loopback port, patched in two places to behave as AWS does.
 
 moto checks If-Match / If-None-Match and then writes, without a lock, so two racing writers can
 both pass the check; real S3 never lets that happen. Serialising PutObject restores S3's

@@ -1,0 +1,189 @@
+"""`rollback-bot demo`: the whole product on one machine, with no Slack workspace and no AWS account.
+
+An embedded AWS (moto's server) and a local Slack (the Web API stand-in) on 127.0.0.1; a sample
+Serverless service in a real git repository, packaged and deployed by the real CLI and published
+with `rollback-bot publish`; the real bot in HTTP mode; and a web page that is a Slack channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import boto3
+
+from bot import cli
+from bot.config import ConfigError, load_settings
+from bot.playground.aws import MotoServer
+from bot.playground.sample import FUNCTION, HISTORY, SERVICE, STAGE, SampleService, version_in
+from bot.playground.slack import SlackStandIn, SlackUser
+from bot.playground.web import ChannelPage
+from bot.plugin_cache import PluginCache
+from bot.slack.server import assemble, http_server
+
+BUCKET = "rollback-demo-artifacts"
+CHANNEL = ("C-OPS", "ops")
+USERS = (("U-ANA", "Ana (on call)"), ("U-BO", "Bo (SRE lead)"))
+POLICY = f"""# The demo's policy: prod needs a second person to approve.
+[stages.{STAGE}]
+approver_must_differ = true
+notify_channel = "{CHANNEL[0]}"
+"""
+
+
+class LambdaView:
+    """What the demo function runs now: the version string inside the deployed zip, read from AWS."""
+
+    def __init__(self) -> None:
+        self.lam = boto3.client("lambda")
+        self.cfn = boto3.client("cloudformation")
+        self.s3 = boto3.client("s3")
+        self._known: dict[str, str] = {}  # CodeSha256 -> version
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dict:
+        view = {"function": FUNCTION}
+        try:
+            fn = self.lam.get_function(FunctionName=FUNCTION)
+            sha = fn["Configuration"]["CodeSha256"]
+            view.update(code_sha256=sha, checked=time.strftime("%H:%M:%S"))
+            with self._lock:
+                if sha not in self._known:
+                    self._known[sha] = self._version(fn["Code"]["Location"])
+                view["version"] = self._known[sha]
+        except Exception as exc:  # the panel says what went wrong; the channel keeps working
+            view["error"] = str(exc)
+        return view
+
+    def _version(self, location: str) -> str:
+        bucket = self.cfn.describe_stack_resource(
+            StackName=f"{SERVICE}-{STAGE}", LogicalResourceId="ServerlessDeploymentBucket",
+        )["StackResourceDetail"]["PhysicalResourceId"]
+        data = self.s3.get_object(Bucket=bucket, Key=urlsplit(location).path.lstrip("/"))["Body"].read()
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return version_in(zf.read("handler.js").decode()) or "unknown"
+
+
+def run(root: Path, port: int, out=print) -> int:
+    """Set everything up under ``root``, serve the page on ``port`` until Ctrl-C, then stop it all."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        out("The demo deploys a real Serverless service, which needs Node.js 18+ and npm. "
+            "Install them (Debian/Ubuntu: apt-get install nodejs npm), or run ./scripts/demo, which does.")
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
+    with contextlib.ExitStack() as running:
+        try:
+            page = _start(root, port, running, out)
+        except KeyboardInterrupt:
+            out("\nstopped while setting up")
+            return 130
+        except OSError as exc:
+            out(f"could not start the demo: {exc}. Is port {port} taken? Pass --port with another one.")
+            return 1
+        out(f"\nrollback-bot demo is ready: {page.url}\n"
+            "Open it in a browser. Type `/rollback prod previous` as Ana, then approve as Bo.\n"
+            "Ctrl-C stops everything.")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            # a second Ctrl-C must not cut the stopping short: a running deploy is being stopped
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            out("\nstopping: the page, the bot (and any deploy it runs), the local Slack and AWS…")
+    out("stopped")
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> ChannelPage:
+    root.mkdir(parents=True, exist_ok=True)
+    # moto says which CloudFormation types it only pretends to create; not news for someone trying the bot
+    warnings.filterwarnings("ignore", module="moto")
+    logging.getLogger("moto").setLevel(logging.ERROR)
+    out(f"Starting an embedded AWS and a local Slack (state under {root})")
+    moto = MotoServer()
+    running.callback(moto.stop)
+    standin = SlackStandIn()
+    running.callback(standin.stop)
+
+    state = root / "run"  # the bot's data dir: fresh each run, as moto's AWS is
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir()
+    (root / "plugin-cache").mkdir(exist_ok=True)
+    (state / "plugin-cache").symlink_to(root / "plugin-cache")  # installed plugins survive between runs
+    (state / "policy.toml").write_text(POLICY)
+    secret = secrets.token_hex(16)
+    os.environ.update({
+        "AWS_ENDPOINT_URL": moto.url, "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret-key",
+        "AWS_DEFAULT_REGION": "us-east-1", "SLS_TELEMETRY_DISABLED": "1", "SLS_AWS_MONITORING_FREQUENCY": "200",
+        "NODE_NO_WARNINGS": "1", "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "",
+        "ROLLBACK_REPO": str(root / "repo"), "ROLLBACK_DATA_DIR": str(state), "ROLLBACK_CHANNEL": CHANNEL[0],
+        "ROLLBACK_CONFIG": str(state / "policy.toml"), "SLACK_BOT_TOKEN": "xoxb-demo-bot-token",
+        "SLACK_SIGNING_SECRET": secret, "SLACK_API_URL": standin.api_url, "ROLLBACK_ACTOR": "ci",
+    })
+    os.environ.pop("SLACK_APP_TOKEN", None)
+    try:
+        settings = load_settings(needs=["engine", "slack"])
+    except ConfigError as exc:
+        raise OSError(str(exc)) from exc
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+
+    out("Preparing the sample service (a git repository with three commits)")
+    sample = SampleService(root, settings.child_env)
+    commits = sample.commits()
+    sample.install_plugins(PluginCache(root / "plugin-cache"))
+    started = time.monotonic()
+    for change, commit in zip(HISTORY, commits, strict=True):
+        out(f"  serverless package  {change.version}  {commit[:7]}  {change.message}")
+        package = sample.package(commit)
+        _ci(out, "publish", "--stage", STAGE, "--commit", commit, "--build-id", f"demo-{change.version}",
+            "--package", str(package), "--author", change.author, "--message", change.message)
+        if change is not HISTORY[0]:  # CI deployed v2, then v3: v3 is live and `previous` means v2
+            out(f"  serverless deploy --package  {change.version}")
+            sample.deploy(commit, package)
+            _ci(out, "mark-deployed", "--stage", STAGE, "--commit", commit, "--build-id", f"demo-{change.version}")
+    out(f"  ready in {time.monotonic() - started:.0f} s")
+
+    app, engine, _ = assemble(settings)
+    running.callback(engine.jobs.shutdown)  # cancels a running rollback: its processes are stopped
+    bot = http_server(settings, app, engine, host="127.0.0.1", port=0)
+    threading.Thread(target=_serve, args=(bot,), daemon=True).start()
+    running.callback(bot.close)
+    bot_url = f"http://127.0.0.1:{bot.effective_port}/slack/events"
+    users = {uid: SlackUser(standin, bot_url, secret, uid, CHANNEL[0], name=name) for uid, name in USERS}
+    page = ChannelPage(standin, users, CHANNEL, LambdaView(), port=port).start()
+    running.callback(page.stop)
+    return page
+
+
+def _ci(out, *argv: str) -> None:
+    """A CI command, run by the same code as `rollback-bot …` on a CI machine."""
+    shown = [a[:7] if len(a) == 40 and a.isalnum() else a for a in argv]
+    out("  $ rollback-bot " + " ".join(f"'{a}'" if " " in a else a for a in shown))
+    if cli.main(list(argv)) != 0:
+        raise RuntimeError(f"`rollback-bot {argv[0]}` failed; see its message above")
+
+
+def _serve(server) -> None:
+    try:
+        server.run()
+    except OSError:
+        pass  # closed under its loop while stopping
+
+
+def main(data_dir: Path, port: int) -> int:
+    return run(data_dir, port, out=lambda text: print(text, flush=True))

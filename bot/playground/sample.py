@@ -1,0 +1,159 @@
+"""The sample Serverless service the demo rolls back: a real git repository, its plugins installed
+the way the bot installs them, every commit packaged and deployed by the real CLI (osls)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from bot.pipeline import install_command
+from bot.plugin_cache import PluginCache, cache_key
+
+SOURCE = Path(__file__).parent / "sample_service"  # serverless.yml, package.json and its lockfile
+SERVICE = "hello-service"
+STAGE = "prod"
+FUNCTION = f"{SERVICE}-{STAGE}-hello"
+_VERSION = re.compile(r'const VERSION = "([^"]*)"')
+
+
+def handler(version: str) -> str:
+    return f'const VERSION = "{version}";\nmodule.exports.hello = async () => ({{ statusCode: 200, body: VERSION }});\n'
+
+
+def version_in(code: str) -> str | None:
+    """The version string a handler.js returns."""
+    found = _VERSION.search(code)
+    return found.group(1) if found else None
+
+
+@dataclass(frozen=True)
+class Change:
+    version: str
+    message: str
+    author: str
+
+
+HISTORY = (
+    Change("v1", "Hello v1", "Ana Dev"),
+    Change("v2", "Say v2: friendlier greeting", "Bo Ops"),
+    Change("v3", "Say v3: the release that paged on-call", "Cy Hasty"),
+)
+
+
+@dataclass(frozen=True)
+class Build:
+    change: Change
+    commit: str
+    package: Path
+
+
+class SampleService:
+    """The service's repository under ``root``, kept between demo runs so its packages can be reused."""
+
+    def __init__(self, root: Path, env: Mapping[str, str], log=print):
+        self.root = root
+        self.repo_dir = root / "repo"
+        self.packages = root / "packages"
+        self.env = dict(env)
+        self.log = log
+
+    # -- the repository --------------------------------------------------------------------------
+
+    def commits(self) -> list[str]:
+        """One commit per change in HISTORY, oldest first; made once and reused afterwards."""
+        if (self.repo_dir / ".git").is_dir():
+            repo = git.Repo(self.repo_dir)
+            shas = [c.hexsha for c in repo.iter_commits("main", reverse=True)]
+            repo.close()
+            if len(shas) == len(HISTORY):
+                return shas
+            shutil.rmtree(self.repo_dir)
+        self.repo_dir.mkdir(parents=True)
+        repo = git.Repo.init(self.repo_dir, initial_branch="main")
+        with repo.config_writer() as cw:
+            cw.set_value("commit", "gpgsign", "false")
+        files = {name: (SOURCE / name).read_text() for name in ("serverless.yml", "package.json", "package-lock.json")}
+        files[".gitignore"] = "node_modules/\n.serverless/\n"
+        shas = []
+        for change in HISTORY:
+            files["handler.js"] = handler(change.version)
+            for name, text in files.items():
+                (self.repo_dir / name).write_text(text)
+            repo.index.add(list(files))
+            who = git.Actor(change.author, f"{change.author.split()[0].lower()}@example.com")
+            shas.append(repo.index.commit(change.message, author=who, committer=who).hexsha)
+            files = {"handler.js": ""}
+        repo.close()
+        return shas
+
+    # -- plugins, packaging, deploying -----------------------------------------------------------
+
+    def install_plugins(self, cache: PluginCache) -> None:
+        """node_modules for the repository, through the bot's own plugin cache (so the demo's first
+        rollback finds its plugins cached, as any later one would)."""
+        target = self.repo_dir / "node_modules"
+        if (target / ".bin" / "serverless").exists():
+            return
+        command, lockfile = install_command(self.repo_dir, None)
+        key = cache_key(self.repo_dir, lockfile, command)
+        if cache.restore(key, target):
+            return
+        self.log(f"  installing the service's plugins and the Serverless CLI (`{' '.join(command)}`, once)")
+        self._run(command, self.repo_dir, timeout=900)
+        cache.store(key, target)
+
+    def package(self, commit: str) -> Path:
+        """`serverless package` at ``commit``, as CI does; reused when it was made before."""
+        out = self.packages / commit
+        if (out / "cloudformation-template-update-stack.json").is_file():
+            return out
+        shutil.rmtree(out, ignore_errors=True)
+        with self._checkout(commit) as tree:
+            self._run([self.serverless, "package", "--stage", STAGE, "--package", str(out)], tree)
+        return out
+
+    def deploy(self, commit: str, package: Path) -> None:
+        """`serverless deploy --package`, what CI runs after packaging."""
+        with self._checkout(commit) as tree:
+            self._run([self.serverless, "deploy", "--stage", STAGE, "--package", str(package), "--force"], tree)
+
+    @property
+    def serverless(self) -> str:
+        return str(self.repo_dir / "node_modules" / ".bin" / "serverless")
+
+    def _checkout(self, commit: str):
+        return _Worktree(self.repo_dir, self.root / "trees" / commit[:12], commit)
+
+    def _run(self, args: list[str], cwd: Path, timeout: float = 300) -> None:
+        proc = subprocess.run(args, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`{' '.join(Path(a).name if i == 0 else a for i, a in enumerate(args))}` failed "
+                               f"(exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+
+
+class _Worktree:
+    """A detached checkout of one commit that shares the repository's node_modules."""
+
+    def __init__(self, repo_dir: Path, path: Path, commit: str):
+        self.repo_dir, self.path, self.commit = repo_dir, path, commit
+
+    def __enter__(self) -> Path:
+        repo = git.Repo(self.repo_dir)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+            repo.git.worktree("prune")
+        repo.git.worktree("add", "--detach", str(self.path), self.commit)
+        repo.close()
+        (self.path / "node_modules").symlink_to(self.repo_dir / "node_modules")
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        repo = git.Repo(self.repo_dir)
+        repo.git.worktree("remove", "--force", str(self.path))
+        repo.close()

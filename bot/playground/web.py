@@ -1,0 +1,113 @@
+"""The demo's channel page: a browser view of the Slack stand-in that looks and behaves like a channel.
+
+What people type and click becomes the requests Slack would send the bot (signed slash commands and
+block_actions payloads, through ``SlackUser``); what the bot posts, edits and replies comes back
+from the stand-in's state, which the page long-polls.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from bot.playground.slack import SlackStandIn, SlackUser
+
+ASSETS = Path(__file__).parent / "web"
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+
+
+class ChannelPage:
+    def __init__(self, standin: SlackStandIn, users: dict[str, SlackUser], channel: tuple[str, str],
+                 running: Callable[[], dict], port: int = 0):
+        self.standin = standin
+        self.users = users  # user id -> the person typing as them
+        self.names = {uid: u.name for uid, u in users.items()}
+        self.channel_id, self.channel_name = channel
+        self.running = running  # what Lambda runs now, for the side panel
+        page = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path, _, query = self.path.partition("?")
+                if path == "/api/state":
+                    after = int(dict(p.partition("=")[::2] for p in query.split("&") if p).get("after") or -1)
+                    self._json(200, page.state(after))
+                elif path in ("/", "/index.html"):
+                    self._file(ASSETS / "index.html")
+                elif path.startswith("/static/") and "/" not in path[len("/static/"):]:
+                    self._file(ASSETS / path[len("/static/"):])
+                else:
+                    self._json(404, {"error": "not found"})
+
+            def do_POST(self):
+                try:
+                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                    status, answer = page.act(self.path, body)
+                except (ValueError, KeyError, LookupError) as exc:
+                    status, answer = 400, {"error": str(exc)}
+                self._json(status, answer)
+
+            def _file(self, path: Path):
+                if path.suffix not in TYPES or not path.is_file():
+                    return self._json(404, {"error": "not found"})
+                self._send(200, TYPES[path.suffix], path.read_bytes())
+
+            def _json(self, status: int, payload: dict):
+                self._send(status, "application/json", json.dumps(payload).encode())
+
+            def _send(self, status: int, ctype: str, data: bytes):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> ChannelPage:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # -- what the page shows ---------------------------------------------------------------------
+
+    def state(self, after: int, wait: float = 20.0) -> dict:
+        """The channel as everyone sees it, once something changed since revision ``after``."""
+        revision = self.standin.wait_change(after, wait) if after >= 0 else self.standin.revision
+        messages, replies, files = self.standin.snapshot(self.channel_id)
+        return {"revision": revision, "channel": {"id": self.channel_id, "name": self.channel_name},
+                "users": self.names, "messages": messages, "ephemeral": replies, "files": files,
+                "lambda": self.running(), "now": time.time()}
+
+    def act(self, path: str, body: dict) -> tuple[int, dict]:
+        user = self.users[body["user"]]
+        if path == "/api/command":
+            text = body["text"].strip()
+            if not text.startswith("/rollback"):
+                return 400, {"error": "Only the /rollback command works in this channel."}
+            return 200, {"status": user.command(text[len("/rollback"):].strip())}
+        if path == "/api/click":
+            if "reply" in body:  # a button on an ephemeral reply
+                reply = self.standin.responses[int(body["reply"])]
+                message = {"ts": f"{time.time():.6f}", "text": reply.get("text", ""), "blocks": reply.get("blocks", [])}
+            else:
+                message = self.standin.message(self.channel_id, body["ts"])
+            return 200, {"status": user.click(message, body["action_id"], body.get("value"))}
+        return 404, {"error": "not found"}

@@ -1,0 +1,192 @@
+"""`rollback-bot demo` as a new user meets it: the real command, its page in Debian's Chromium
+(driven by Playwright, no browser download), a rollback watched in the page, then Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bot.slack.blocks import help_blocks, progress_blocks
+from bot.store import Store
+from tests.waiting import wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class Demo:
+    def __init__(self, proc: subprocess.Popen, url: str, data: Path, output: list[str]):
+        self.proc, self.url, self.data, self.output = proc, url, data, output
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed; ./scripts/test installs them (apt-get install nodejs npm)")
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium could not be installed (./scripts/test runs `apt-get install chromium` as root)")
+    data = tmp_path_factory.mktemp("demo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACK_", "SLACK_", "AWS_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "demo", "--port", "0", "--data-dir", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)  # its own group, as a terminal gives it
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    url, deadline = None, time.monotonic() + 600
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        output.append(line)
+        if found := re.search(r"demo is ready: (http://127\.0\.0\.1:\d+/)", line):
+            url = found.group(1)
+    threading.Thread(target=lambda: [output.append(line) for line in iter(lines.get, None)], daemon=True).start()
+    assert url, "the demo never became ready:\n" + "".join(output)
+    yield Demo(proc, url, data, output)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def browser(demo):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is installed by ./scripts/test")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, demo):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(demo.url)
+    yield page
+    page.close()
+
+
+def type_as(page, user: str, text: str) -> None:
+    page.click(f"button.user[data-user='{user}']")
+    page.fill("#composer", text)
+    page.press("#composer", "Enter")
+
+
+def card_with_header(page, text: str, timeout: float = 60):
+    card = page.locator(".message", has=page.locator(".bk-header", has_text=text)).last
+    card.wait_for(timeout=timeout * 1000)
+    return card
+
+
+def test_roll_back_in_the_browser_with_two_people(demo, page):
+    # CI deployed v2 then v3; the channel shows both notifications and the panel shows v3 running
+    page.wait_for_selector("#lambda-version[data-version='v3']", timeout=30_000)
+    assert page.locator(".message", has_text="is now running").count() == 2
+
+    type_as(page, "U-ANA", "/rollback prod previous")
+    card = card_with_header(page, "Roll back prod to")
+    text = card.inner_text()
+    assert "Say v3: the release that paged on-call" in text  # the commit undone
+    assert "plugin set unchanged" in text and "Requested by @Ana (on call)" in text
+    assert card.locator("button.bk-button.primary", has_text="Approve").is_visible()
+    assert card.locator("button.bk-button.danger", has_text="Cancel").is_visible()
+    page.screenshot(path=str(DOCS / "demo-plan.png"))
+
+    # prod needs a second person: Ana's own approval is refused, and only she sees why
+    card.locator("button", has_text="Approve").click()
+    refusal = page.locator(".message.ephemeral", has_text="needs a second person")
+    refusal.wait_for(timeout=30_000)
+    assert "Only visible to you" in refusal.inner_text()
+    page.click("button.user[data-user='U-BO']")
+    assert page.locator(".message.ephemeral", has_text="needs a second person").count() == 0
+
+    card.locator("button", has_text="Approve").click()
+    done = card_with_header(page, "Rolled back: prod", timeout=240)
+    assert done.inner_text().count("✅") >= 6  # the header and the five steps
+    page.wait_for_selector("#lambda-version[data-version='v2']", timeout=30_000)
+    done.locator("button.thread-toggle").click()
+    assert "Service deployed to stack hello-service-prod" in page.locator(".thread").inner_text()
+    page.screenshot(path=str(DOCS / "demo-done.png"))
+
+
+def test_the_page_renders_what_the_bot_sends(demo, page):
+    page.wait_for_selector("#lambda-version[data-version]", timeout=30_000)
+    type_as(page, "U-ANA", "/rollback prod")
+    listing = page.locator(".message.ephemeral", has_text="demo-v1").last
+    listing.wait_for(timeout=30_000)
+    assert listing.locator("button", has_text="Roll back to this").count() >= 1
+    type_as(page, "U-ANA", "/rollback help")
+    helped = page.locator(".message.ephemeral", has_text="Examples").last
+    helped.wait_for(timeout=30_000)
+    assert helped.locator("b", has_text="Examples").count() == 1  # *Examples* is bold
+    assert helped.locator("code", has_text="/rollback prod previous").count() >= 1
+    assert page.locator(".bk-unsupported").count() == 0  # every block the bot sent has a renderer
+
+    # a failure card, from the same builder the bot uses, with a hostile commit message in its log
+    failed = {"id": 9, "state": "failed", "stage": "prod", "target_commit": "c" * 40, "requested_by": "U-ANA",
+              "approved_by": "U-BO", "started": 100.0, "finished": 130.0,
+              "reason": "deploy: `serverless deploy` exited with code 1"}
+    steps = {"restore": ("done", 0.1), "checkout": ("done", 0.2), "install": ("done", 0.0),
+             "deploy": ("failed", 29.0)}
+    blocks = progress_blocks(failed, steps, ["Error: <img src=x onerror=window.pwned=1> & more"], 130.0)
+    html = page.evaluate("""([blocks, users]) => {
+        const root = window.BlockKit.renderBlocks(blocks, users);
+        document.body.appendChild(root);
+        return root.innerHTML; }""", [blocks, {"U-ANA": "Ana", "U-BO": "Bo"}])
+    assert "❌ Rollback failed: prod → ccccccc" in html
+    assert "<b>Why:</b>" in html and "<code>serverless deploy</code>" in html
+    assert "<pre>Error: &lt;img src=x onerror=window.pwned=1&gt; &amp; more</pre>" in html
+    assert page.evaluate("window.pwned === undefined")
+    assert "approved by <span class=\"mention\">@Bo</span>" in html
+    help_html = page.evaluate("(b) => window.BlockKit.renderBlocks(b, {}).innerHTML", help_blocks(["prod"]))
+    assert 'class="bk-context"' in help_html and "<code>prod</code>" in help_html
+
+
+def test_ctrl_c_during_a_rollback_stops_everything(demo, page):
+    page.wait_for_selector("#lambda-version[data-version]", timeout=30_000)
+    type_as(page, "U-ANA", "/rollback prod demo-v1")
+    card = card_with_header(page, "Roll back prod to")
+    page.click("button.user[data-user='U-BO']")
+    card.locator("button", has_text="Approve").click()
+    # Ctrl-C while the deploy runs: serverless is in its own process group, so only the bot can stop it
+    wait_for(lambda: _processes_under(demo.data, "serverless"), 240, "the deploy to start")
+    os.killpg(demo.proc.pid, signal.SIGINT)
+    assert demo.proc.wait(60) == 0, "".join(demo.output)
+    assert wait_for(lambda: not _processes_under(demo.data), 10, "no process left") is True
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(demo.url, timeout=5)
+    # the bot stopped the deploy itself before it went: the job is recorded as cancelled, the lock released
+    store = Store(demo.data / "run" / "rollback-bot.sqlite")
+    assert [j["state"] for j in store.jobs(stage="prod") if j["state"] != "pending"] == ["cancelled", "succeeded"]
+    assert store.locks() == []
+
+
+def _processes_under(folder: Path, named: str = "") -> list[str]:
+    """Processes whose working directory or command line is inside ``folder`` (e.g. a deploy)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if (cwd.startswith(str(folder)) or str(folder) in cmd) and named in cmd:
+            found.append(json.dumps({"pid": proc.name, "cwd": cwd, "cmd": cmd[:200]}))
+    return found
