@@ -163,6 +163,9 @@ def test_ctrl_c_during_a_rollback_stops_everything(demo, page):
     card = card_with_header(page, "Roll back prod to")
     page.click("button.user[data-user='U-BO']")
     card.locator("button", has_text="Approve").click()
+    running = card_with_header(page, "Rolling back: prod")  # the live checklist, with its Cancel button
+    assert running.locator("button.bk-button.danger", has_text="Cancel").is_visible()
+    assert "⏳" in running.inner_text()
     # Ctrl-C while the deploy runs: serverless is in its own process group, so only the bot can stop it
     wait_for(lambda: _processes_under(demo.data, "serverless"), 240, "the deploy to start")
     os.killpg(demo.proc.pid, signal.SIGINT)
