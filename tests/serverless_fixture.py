@@ -12,7 +12,7 @@ import git
 import pytest
 
 from bot.playground.sample import SOURCE as SERVICE_SRC  # the service the demo deploys too
-from bot.playground.sample import handler
+from bot.playground.sample import handler, worktree
 from tests.gitrepo import ServiceRepo
 
 SLS_BIN = SERVICE_SRC / "node_modules" / ".bin" / "serverless"
@@ -49,15 +49,10 @@ class ServiceHistory:
 
 def package_commit(repo: ServiceRepo, commit: str, out: Path, env: dict) -> Path:
     """`serverless package` at ``commit``, as CI does, with the plugins from the sample service."""
-    tree = out.parent / f"tree-{out.name}"
-    repo.repo.git.worktree("add", "--detach", str(tree), commit)
-    try:
-        (tree / "node_modules").symlink_to(SERVICE_SRC / "node_modules")
+    with worktree(repo.path, out.parent / f"tree-{out.name}", commit, SERVICE_SRC / "node_modules") as tree:
         proc = subprocess.run([str(SLS_BIN), "package", "--stage", "prod", "--package", str(out)],
                               cwd=tree, env=env, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    finally:
-        repo.repo.git.worktree("remove", "--force", str(tree))
     return out
 
 
@@ -85,11 +80,7 @@ def ci_deploy(history: ServiceHistory, build: str, env: dict) -> None:
     """What CI does after packaging: `serverless deploy --package` from a checkout of the commit."""
     b = history.builds[build]
     tree = b.package.parent / f"deploy-{build}"
-    history.work.repo.git.worktree("add", "--detach", str(tree), b.commit)
-    try:
-        (tree / "node_modules").symlink_to(SERVICE_SRC / "node_modules")
+    with worktree(history.work.path, tree, b.commit, SERVICE_SRC / "node_modules"):
         proc = subprocess.run([str(SLS_BIN), "deploy", "--stage", "prod", "--package", str(b.package), "--force"],
                               cwd=tree, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    finally:
-        history.work.repo.git.worktree("remove", "--force", str(tree))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +129,7 @@ class SampleService:
         return str(self.repo_dir / "node_modules" / ".bin" / "serverless")
 
     def _checkout(self, commit: str):
-        return _Worktree(self.repo_dir, self.root / "trees" / commit[:12], commit)
+        return worktree(self.repo_dir, self.root / "trees" / commit[:12], commit, self.repo_dir / "node_modules")
 
     def _run(self, args: list[str], cwd: Path, timeout: float = 300) -> None:
         proc = subprocess.run(args, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -137,23 +138,18 @@ class SampleService:
                                f"(exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
 
 
-class _Worktree:
-    """A detached checkout of one commit that shares the repository's node_modules."""
-
-    def __init__(self, repo_dir: Path, path: Path, commit: str):
-        self.repo_dir, self.path, self.commit = repo_dir, path, commit
-
-    def __enter__(self) -> Path:
-        repo = git.Repo(self.repo_dir)
-        if self.path.exists():
-            shutil.rmtree(self.path)
+@contextmanager
+def worktree(repo_dir: Path, path: Path, commit: str, node_modules: Path) -> Iterator[Path]:
+    """A detached checkout of ``commit`` at ``path`` that uses the installed ``node_modules``,
+    removed again afterwards: how CI packages and deploys one commit."""
+    repo = git.Repo(repo_dir)
+    try:
+        if path.exists():
+            shutil.rmtree(path)
             repo.git.worktree("prune")
-        repo.git.worktree("add", "--detach", str(self.path), self.commit)
-        repo.close()
-        (self.path / "node_modules").symlink_to(self.repo_dir / "node_modules")
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        repo = git.Repo(self.repo_dir)
-        repo.git.worktree("remove", "--force", str(self.path))
+        repo.git.worktree("add", "--detach", str(path), commit)
+        (path / "node_modules").symlink_to(node_modules)
+        yield path
+    finally:
+        repo.git.worktree("remove", "--force", str(path))
         repo.close()
