@@ -1,17 +1,22 @@
 """Requesting and approving rollbacks: a plan waits for a person, who is checked at the click.
 
+An approval approves exactly what the card showed: the plan is made again at the click and compared
+with what was stored when the card was posted; any difference deploys nothing. The policy is
+checked here, for every action and every face, not in the Slack handlers.
+
 Knows nothing of Slack: the Slack handlers (and anything else) call it and render what it returns.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.engine import Engine
-from bot.plan import Plan
-from bot.policy import Policy
+from bot.plan import Plan, summary_changes
+from bot.policy import Policy, PolicySource
 from bot.store import StageBusy
 
 DEFAULT_TTL = 15 * 60
@@ -22,7 +27,23 @@ class Refused(Exception):
 
     def __init__(self, message: str, kind: str = "not_allowed"):
         super().__init__(message)
-        self.kind = kind  # not_allowed | expired | closed | busy | gone
+        self.kind = kind  # not_allowed | expired | closed | busy | gone | limited | outdated
+
+
+class Outdated(Refused):
+    """What would run now differs from what the card showed; nothing was deployed."""
+
+    def __init__(self, message: str, changes: list[str], job: dict, plan: Plan):
+        super().__init__(message, "outdated")
+        self.changes = changes
+        self.job = job
+        self.plan = plan
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    plans_per_minute: int = 10  # per person
+    pending_per_user: int = 5  # plans waiting for approval, per person
 
 
 @dataclass
@@ -30,104 +51,193 @@ class Pending:
     job_id: int
     plan: Plan
     expires_at: float
+    needs: str  # what approval needs, said on the card before anyone clicks
+    policy_configured: bool
 
 
 class Approvals:
-    def __init__(self, engine: Engine, policy: Policy, ttl: float = DEFAULT_TTL,
-                 clock: Callable[[], float] = time.time):
+    def __init__(self, engine: Engine, policy: Policy | PolicySource, ttl: float = DEFAULT_TTL,
+                 clock: Callable[[], float] = time.time, limits: RequestLimits = RequestLimits()):
         self.engine = engine
         self.store = engine.store
-        self.policy = policy
+        self.policies = policy if isinstance(policy, PolicySource) else PolicySource(policy)
         self.ttl = ttl
         self.clock = clock
+        self.limits = limits
+
+    @property
+    def policy(self) -> Policy:
+        return self.policies.current()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _audit(self, actor: str, action: str, stage: str, job_id: int | None, **detail) -> None:
+        policy = self.policy
+        self.store.audit(actor, action, stage, job_id, policy=policy.source if policy.configured else "none", **detail)
 
     def _refuse(self, user: str, action: str, stage: str, job_id: int | None, message: str, kind="not_allowed"):
-        self.store.audit(user, f"{action}.refused", stage, job_id, reason=message)
+        self._audit(user, f"{action}.refused", stage, job_id, reason=message)
         raise Refused(message, kind)
 
-    def request(self, stage: str, ref: str, user: str, channel: str, groups_of=lambda u: set()) -> Pending:
-        """Check the requester, work out the plan, and record it as a pending job."""
-        decision = self.policy.may_request(stage, user, channel, groups_of)
+    def _check(self, decision, user: str, action: str, stage: str, job_id: int | None = None) -> None:
         if not decision.allowed:
-            self._refuse(user, "request", stage, None, decision.reason)
-        plan = self.engine.plan(stage, ref)
+            self._refuse(user, action, stage, job_id, decision.reason)
+
+    def may_view(self, stage: str, user: str, channel: str | None) -> None:
+        """Listing and history follow the stage's channel rule too."""
+        self._check(self.policy.may_act_in(stage, channel), user, "view", stage)
+
+    # -- plans -----------------------------------------------------------------------------------
+
+    def request(self, stage: str, ref: str, user: str, channel: str | None, groups_of=lambda u: set()) -> Pending:
+        """Check the requester and their limits, work out the plan, and record it as a pending job
+        together with what its card shows."""
+        self._check(self.policy.may_request(stage, user, channel, groups_of), user, "request", stage)
         now = self.clock()
+        recent = self.store.count_jobs(user, now - 60)
+        if recent >= self.limits.plans_per_minute:
+            self._refuse(user, "request", stage, None, f"You asked for {recent} plans in the last minute; wait a "
+                         "minute and ask again.", "limited")
+        waiting = self.store.count_jobs(user, now - self.ttl, states=["pending"])
+        if waiting >= self.limits.pending_per_user:
+            self._refuse(user, "request", stage, None, f"You have {waiting} plans waiting for approval; approve or "
+                         "cancel one of them first.", "limited")
+        plan = self.engine.plan(stage, ref)
+        policy = self.policy
         job_id = self.store.create_job(
             stage=stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
-            requested_by=user, state="pending", origin="slack", channel=channel, created=now,
+            requested_by=user, state="pending", origin="slack", channel=channel or "", created=now,
             expires=now + self.ttl, stack_name=plan.stack_name, region=plan.region,
+            plan_json=json.dumps({**plan.summary(), "ref": ref}),
+            policy=policy.source if policy.configured else "none",
         )
-        self.store.audit(user, "request", stage, job_id, target=plan.target.label())
-        return Pending(job_id, plan, now + self.ttl)
+        self._audit(user, "request", stage, job_id, target=plan.target.label(), sha256=plan.target.sha256)
+        return Pending(job_id, plan, now + self.ttl, policy.approval_needs(stage, user), policy.configured)
 
     def attach_message(self, job_id: int, channel: str, ts: str) -> None:
         self.store.update_job(job_id, channel=channel, message_ts=ts)
 
-    def approve(self, job_id: int, user: str, groups_of=lambda u: set()) -> tuple[dict, Plan]:
-        """Start the job of a pending plan. Exactly one of several concurrent clicks starts it."""
+    def approve(self, job_id: int, user: str, channel: str | None, groups_of=lambda u: set(),
+                unfreeze: bool = False) -> tuple[dict, Plan]:
+        """Start the job of a pending plan, if the plan now is the plan the card showed. Exactly one
+        of several concurrent clicks starts it."""
         job = self.store.job(job_id)
         if job is None:
             raise Refused("That plan no longer exists.", "gone")
         stage = job["stage"]
         if job["state"] != "pending":
-            what = {"running": "already approved and running", "succeeded": "already done"}.get(
-                job["state"], job["state"])
+            what = {"running": "already approved and running", "succeeded": "already done",
+                    "outdated": "out of date (what is live changed)"}.get(job["state"], job["state"])
             raise Refused(f"This plan was {what}; nothing more happens.", "closed")
         if self.clock() > (job.get("expires") or 0):
             if self.store.claim(job_id, "pending", "expired", finished=self.clock()):
-                self.store.audit(user, "approve.expired", stage, job_id)
+                self._audit(user, "approve.expired", stage, job_id)
             raise Refused(f"This plan expired. Ask again with `/rollback {stage} {job['target_commit'][:8]}`.",
                           "expired")
-        decision = self.policy.may_approve(stage, user, job["requested_by"], groups_of)
-        if not decision.allowed:
-            self._refuse(user, "approve", stage, job_id, decision.reason)
+        policy = self.policy
+        # The approver, the requester and the channel are all checked now, not only when the card was posted.
+        self._check(policy.may_approve(stage, user, job["requested_by"], channel, groups_of), user, "approve",
+                    stage, job_id)
+        requester_now = policy.may_request(stage, job["requested_by"], job.get("channel") or channel, groups_of)
+        if not requester_now.allowed:
+            self._refuse(user, "approve", stage, job_id,
+                         f"The requester may no longer request rollbacks of `{stage}` ({requester_now.reason}) "
+                         "Ask someone who may to request it again.")
         if not self.store.claim(job_id, "pending", "approving", approved_by=user):
             raise Refused("Someone already approved this plan.", "closed")
         try:
-            # Plan again at the click: what is live may have changed since the card was posted.
+            # Plan again at the click and compare: what is live, or the stored package, may have changed.
             plan = self.engine.plan(stage, job["target_commit"], job["target_build"])
-            self.engine.jobs.start(plan, job["requested_by"], approved_by=user, origin="slack", job_id=job_id)
+            shown = json.loads(job.get("plan_json") or "{}")
+            changes = summary_changes(shown, plan.summary())
+            if changes:
+                self.store.update_job(job_id, state="outdated", finished=self.clock(),
+                                      reason="out of date at approval: " + "; ".join(changes))
+                self._audit(user, "approve.outdated", stage, job_id, changes=changes)
+                plan.ref = shown.get("ref") or plan.ref
+                raise Outdated("Nothing was deployed: the plan changed since the card was posted ("
+                               + "; ".join(changes) + "). Read the new plan before approving.",
+                               changes, self.store.job(job_id), plan)
+            self.engine.jobs.start(plan, job["requested_by"], approved_by=user, origin="slack", job_id=job_id,
+                                   unfreeze=unfreeze and plan.forward,
+                                   audit={"policy": policy.source if policy.configured else "none"})
         except StageBusy as exc:
             self.store.update_job(job_id, state="refused", reason=str(exc), finished=self.clock())
-            self.store.audit(user, "approve.refused", stage, job_id, reason=str(exc))
+            self._audit(user, "approve.refused", stage, job_id, reason=str(exc))
             raise Refused(str(exc), "busy") from exc
+        except Refused:
+            raise
         except Exception as exc:
             self.store.update_job(job_id, state="failed", reason=str(exc), finished=self.clock())
             raise
-        self.store.audit(user, "approve", stage, job_id)
+        self._audit(user, "approve", stage, job_id, sha256=plan.target.sha256)
         return self.store.job(job_id), plan
 
-    def withdraw(self, job_id: int, user: str, groups_of=lambda u: set()) -> dict:
+    def withdraw(self, job_id: int, user: str, channel: str | None = None, groups_of=lambda u: set()) -> dict:
         """Cancel a pending plan: its requester or anyone who may approve it."""
         job = self.store.job(job_id)
         if job is None or job["state"] != "pending":
             raise Refused("This plan is no longer waiting for approval.", "closed")
+        self._check(self.policy.may_act_in(job["stage"], channel), user, "withdraw", job["stage"], job_id)
         if user != job["requested_by"]:
-            decision = self.policy.may_approve(job["stage"], user, job["requested_by"], groups_of)
+            decision = self.policy.may_approve(job["stage"], user, job["requested_by"], channel, groups_of)
             if not decision.allowed:
                 self._refuse(user, "withdraw", job["stage"], job_id, "Only the requester or an approver may cancel it.")
         if not self.store.claim(job_id, "pending", "withdrawn", finished=self.clock(), cancelled_by=user):
             raise Refused("This plan is no longer waiting for approval.", "closed")
-        self.store.audit(user, "withdraw", job["stage"], job_id)
+        self._audit(user, "withdraw", job["stage"], job_id)
         return self.store.job(job_id)
 
-    def cancel_running(self, stage: str, user: str, groups_of=lambda u: set()) -> dict:
-        job = self.engine.jobs.running_job(stage)
-        if job is None:
-            raise Refused(f"No rollback of `{stage}` is running here.", "gone")
+    def sweep_expired(self) -> list[dict]:
+        """Close plans whose buttons expired; returns them so their cards can say so."""
+        now = self.clock()
+        swept = []
+        for job in self.store.jobs(states=["pending"], limit=500):
+            if (job.get("expires") or 0) < now and self.store.claim(job["id"], "pending", "expired", finished=now):
+                self._audit("rollback-bot", "plan.expired", job["stage"], job["id"])
+                swept.append(self.store.job(job["id"]))
+        return swept
+
+    # -- running jobs ----------------------------------------------------------------------------
+
+    def _may_cancel(self, job: dict, user: str, channel: str | None, groups_of) -> None:
+        stage = job["stage"]
+        self._check(self.policy.may_act_in(stage, channel), user, "cancel", stage, job["id"])
         if user not in (job["requested_by"], job["approved_by"]):
-            decision = self.policy.may_approve(stage, user, job["requested_by"], groups_of)
+            decision = self.policy.may_approve(stage, user, job["requested_by"], channel, groups_of)
             if not decision.allowed:
                 self._refuse(user, "cancel", stage, job["id"], "Only the requester, the approver or an approver may "
                                                                "cancel a running rollback.")
-        self.engine.jobs.cancel(job["id"], user)
-        return job
 
-    def unfreeze(self, stage: str, user: str, groups_of=lambda u: set()) -> str | None:
-        decision = self.policy.may_approve(stage, user, "", groups_of)
-        if not decision.allowed:
-            self._refuse(user, "unfreeze", stage, None, decision.reason)
+    def cancel_job(self, job_id: int, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str:
+        """Cancel one job (the one a Cancel button was drawn for), never whatever runs now."""
+        job = self.store.job(job_id)
+        if job is None:
+            raise Refused("That job no longer exists.", "gone")
+        if job["state"] != "running":
+            raise Refused(f"Job {job_id} already ended ({job['state']}); nothing was cancelled.", "closed")
+        self._may_cancel(job, user, channel, groups_of)
+        outcome = self.engine.jobs.cancel(job_id, user)
+        if outcome == "runner_gone":
+            return (f"Job {job_id}'s bot process is gone: the job is marked interrupted and the stage's lock "
+                    "released. Check the stack before doing anything else.")
+        if outcome == "elsewhere":
+            raise Refused(f"Job {job_id} runs in another rollback-bot process on this machine; cancel it there.",
+                          "gone")
+        if outcome == "ended":
+            raise Refused(f"Job {job_id} already ended; nothing was cancelled.", "closed")
+        return f"Cancelling job {job_id}: its processes are being stopped."
+
+    def cancel_running(self, stage: str, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str:
+        job = self.engine.jobs.running_job(stage)
+        if job is None:
+            self._check(self.policy.may_act_in(stage, channel), user, "cancel", stage)
+            raise Refused(f"No rollback of `{stage}` is running here.", "gone")
+        return self.cancel_job(job["id"], user, channel, groups_of)
+
+    def unfreeze(self, stage: str, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str | None:
+        self._check(self.policy.may_approve(stage, user, "", channel, groups_of), user, "unfreeze", stage)
         was = self.engine.artifacts.unfreeze(stage)
-        self.store.audit(user, "unfreeze", stage, None, was=was.reason if was else None)
+        self._audit(user, "unfreeze", stage, None, was=was.reason if was else None)
         return was.reason if was else None

@@ -19,7 +19,21 @@ class PackageError(Exception):
 
 
 class UnsafeArchiveError(PackageError):
-    """An entry would land outside the folder it is unpacked into."""
+    """An entry would land outside the folder it is unpacked into, is a link, or the archive would
+    exhaust the machine (too many entries, too large unpacked, a zip bomb)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an archive may unpack to. A Serverless package is a few zips and two JSON files; the
+    defaults leave room for large ones and none for a bomb."""
+
+    max_entries: int = 10_000
+    max_total: int = 2 * 1024**3  # bytes unpacked (ROLLBACK_MAX_UNPACKED_MB)
+    max_ratio: int = 200  # uncompressed / compressed, for entries over RATIO_FLOOR bytes
+
+
+RATIO_FLOOR = 1024 * 1024  # small files compress well legitimately (templates, JSON)
 
 
 @dataclass(frozen=True)
@@ -82,8 +96,30 @@ def _inside(root: Path, target: Path) -> bool:
     return target == root or root in target.parents
 
 
-def safe_extract(archive: Path, dest: Path) -> list[Path]:
-    """Unzip ``archive`` into ``dest``, refusing any entry that would land outside it.
+def check_limits(zf: zipfile.ZipFile, limits: Limits) -> None:
+    """Refuse an archive whose central directory promises too much. zipfile never yields more bytes
+    than an entry declares, so checking the declared sizes bounds what unpacking can write."""
+    infos = zf.infolist()
+    if len(infos) > limits.max_entries:
+        raise UnsafeArchiveError(f"refusing the archive: {len(infos)} entries, more than {limits.max_entries}")
+    total = 0
+    for info in infos:
+        total += info.file_size
+        if info.file_size > RATIO_FLOOR and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+            raise UnsafeArchiveError(
+                f"refusing entry {info.filename!r}: it unpacks {info.file_size} bytes from {info.compress_size}, "
+                f"a ratio over {limits.max_ratio}:1 (a zip bomb?)")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise UnsafeArchiveError(f"refusing entry {info.filename!r}: a link (rollback-bot never packages links)")
+    if total > limits.max_total:
+        raise UnsafeArchiveError(
+            f"refusing the archive: it unpacks to {total} bytes, more than {limits.max_total} "
+            "(ROLLBACK_MAX_UNPACKED_MB)")
+
+
+def safe_extract(archive: Path, dest: Path, limits: Limits = Limits()) -> list[Path]:
+    """Unzip ``archive`` into ``dest``, refusing any entry that would land outside it, any link, and
+    any archive over ``limits``.
 
     Every entry is checked before anything is written, so a refused archive leaves nothing behind.
     """
@@ -94,7 +130,8 @@ def safe_extract(archive: Path, dest: Path) -> list[Path]:
     except zipfile.BadZipFile as exc:
         raise PackageError(f"{archive.name} is not a valid zip archive ({exc})") from exc
     with zf:
-        plan: list[tuple[zipfile.ZipInfo, Path, str | None]] = []
+        check_limits(zf, limits)
+        plan: list[tuple[zipfile.ZipInfo, Path]] = []
         for info in zf.infolist():
             name = info.filename
             pure = PurePosixPath(name.replace("\\", "/"))
@@ -105,29 +142,33 @@ def safe_extract(archive: Path, dest: Path) -> list[Path]:
             target = (root / pure).resolve()
             if not _inside(root, target):
                 raise UnsafeArchiveError(f"refusing entry {name!r}: it would land outside {dest}")
-            link = None
-            if stat.S_ISLNK(info.external_attr >> 16):
-                link = zf.read(info).decode("utf-8", "replace")
-                # no '..' at all: a chain of links could otherwise climb out after it is made
-                if os.path.isabs(link) or ".." in PurePosixPath(link).parts \
-                        or not _inside(root, (target.parent / link).resolve()):
-                    raise UnsafeArchiveError(f"refusing entry {name!r}: a link to {link!r}, outside the folder")
-            plan.append((info, target, link))
+            plan.append((info, target))
 
         written = []
-        for info, target, link in plan:
+        for info, target in plan:
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            if link is not None:
-                os.symlink(link, target)
-            else:
-                with zf.open(info) as src, open(target, "wb") as out:
-                    while chunk := src.read(CHUNK):
-                        out.write(chunk)
-                mode = (info.external_attr >> 16) & 0o777
-                if mode:
-                    os.chmod(target, mode)
+            with zf.open(info) as src, open(target, "wb") as out:
+                while chunk := src.read(CHUNK):
+                    out.write(chunk)
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                os.chmod(target, mode & 0o755)  # never setuid, setgid or world-writable
             written.append(target)
     return written
+
+
+def read_members(zf: zipfile.ZipFile, names: list[str], max_bytes: int = 64 * 1024**2) -> dict[str, bytes]:
+    """The named entries of an open archive (those present), each at most ``max_bytes``."""
+    found = {}
+    present = {i.filename: i for i in zf.infolist()}
+    for name in names:
+        info = present.get(name)
+        if info is None:
+            continue
+        if info.file_size > max_bytes:
+            raise UnsafeArchiveError(f"refusing entry {name!r}: {info.file_size} bytes, more than {max_bytes}")
+        found[name] = zf.read(info)
+    return found

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import random
 import re
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -35,14 +37,64 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from bot.archive import CHUNK, PackageError, safe_extract, zip_package
-from bot.stage_index import Artifact, IndexFormatError, Mark, StageIndex
+from bot.archive import CHUNK, Limits, PackageError, check_limits, read_members, safe_extract, zip_package
+from bot.stage_index import (
+    BUILD_RE,
+    COMMIT_RE,
+    MAX_PACKAGE_BYTES,
+    Artifact,
+    IndexFormatError,
+    Mark,
+    StageIndex,
+)
 
 T = TypeVar("T")
 STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # sha1, or sha256 repositories
-BUILD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+MAX_INDEX_BYTES = 64 * 1024**2  # about 200,000 builds; a larger index.json is refused, not read
+
+
+class _RangeReader(io.RawIOBase):
+    """A stored package as a seekable file, read with ranged GETs; the first answer's metadata is
+    checked against the index like a full download's."""
+
+    def __init__(self, store: ArtifactStore, artifact: Artifact):
+        self.store, self.artifact = store, artifact
+        self.pos = 0
+        self.checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.artifact.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self.artifact.size - self.pos)
+        if want <= 0:
+            return 0
+        where = f"reading {self.store.where(self.artifact.key)}"
+        resp = self.store._call(where, self.store.s3.get_object, Bucket=self.store.bucket,
+                                Key=self.artifact.key, Range=f"bytes={self.pos}-{self.pos + want - 1}")
+        if not self.checked:
+            self.store._check_object(self.artifact, resp)
+            total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+            if total.isdigit() and int(total) != self.artifact.size:
+                raise ChecksumError(f"{self.artifact.label()} is {total} bytes in S3, not the {self.artifact.size} "
+                                    "the index says. Republish that build from CI, or roll back to another build")
+            self.checked = True
+        data = resp["Body"].read(want)
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
 
 
 class ArtifactError(Exception):
@@ -97,7 +149,9 @@ class ArtifactStore:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         max_index_attempts: int = 30,
+        limits: Limits | None = None,
     ):
+        self.limits = limits or Limits()
         self.s3 = s3
         self.bucket = bucket
         self.service = service
@@ -186,12 +240,25 @@ class ArtifactStore:
             raise self._explain(exc, f"reading {self.where(key)}") from exc
         except BotoCoreError as exc:
             raise self._explain(exc, f"reading {self.where(key)}") from exc
-        raw = resp["Body"].read()
-        index = StageIndex.from_json(raw, self.where(key))
+        raw = resp["Body"].read(MAX_INDEX_BYTES + 1)
+        if len(raw) > MAX_INDEX_BYTES:
+            raise ArtifactError(f"{self.where(key)} is larger than {MAX_INDEX_BYTES // 1024**2} MB; it was not "
+                                "read. Prune the stage, or check who writes to the bucket")
+        index = self.parse_index(raw, stage)
         entry = (resp["ETag"], raw, index)
         with self._cache_lock:
             self._cache[key] = entry
         return entry
+
+    def parse_index(self, raw: bytes, stage: str) -> StageIndex:
+        """Parse and validate: every artifact's key must be this stage's layout path, and the index
+        must be this service's and stage's (not a copy from elsewhere)."""
+        where = self.where(self.index_key(stage))
+        index = StageIndex.from_json(raw, where, key_for=lambda c, b: self.artifact_key(stage, c, b))
+        if index.service != self.service or index.stage != stage:
+            raise IndexFormatError(f"{where} says it is the index of {index.service[:64]!r}/{index.stage[:64]!r}, "
+                                   f"not {self.service}/{stage}; it was left untouched")
+        return index
 
     def read_index(self, stage: str) -> StageIndex:
         """The stage's index. Shared with the cache: read it, do not change it.
@@ -228,7 +295,7 @@ class ArtifactStore:
             try:
                 etag, raw, _ = self._fetch_index(stage)
                 index = (
-                    StageIndex.from_json(raw, self.where(key)) if raw is not None
+                    self.parse_index(raw, stage) if raw is not None
                     else StageIndex(service=self.service, stage=stage)
                 )
             except IndexFormatError as exc:
@@ -251,7 +318,7 @@ class ArtifactStore:
             except BotoCoreError as exc:
                 raise self._explain(exc, f"writing {self.where(key)}") from exc
             with self._cache_lock:
-                self._cache[key] = (resp["ETag"], body, StageIndex.from_json(body, self.where(key)))
+                self._cache[key] = (resp["ETag"], body, self.parse_index(body, stage))
             return result
         raise ArtifactError(
             f"{self.where(key)} kept changing under us ({self.max_index_attempts} attempts); "
@@ -397,15 +464,27 @@ class ArtifactStore:
 
     # -- download --------------------------------------------------------------------------------
 
+    def _check_object(self, artifact: Artifact, resp: dict) -> None:
+        """The object's own metadata (written by publish) must agree with the index entry: an
+        index edited to point at another object, or an object swapped under it, is refused."""
+        meta = {k.lower(): v for k, v in (resp.get("Metadata") or {}).items()}
+        if meta.get("sha256") != artifact.sha256:
+            raise ChecksumError(
+                f"{artifact.label()}: the object's sha256 metadata ({str(meta.get('sha256'))[:12]}…) does not "
+                f"match the index ({artifact.sha256[:12]}…). Nothing was unpacked. Someone changed the bucket "
+                "by hand: republish that build from CI, or roll back to another build")
+
     def download(self, artifact: Artifact, dest: Path) -> Path:
         """Fetch ``artifact`` into ``dest`` (streamed), verify it, and unzip it there.
 
-        Returns the folder holding the package. Nothing is unzipped unless size and sha256 match.
+        Returns the folder holding the package. Nothing is unzipped unless size and sha256 match,
+        both the index's and the object's own metadata.
         """
         dest.mkdir(parents=True, exist_ok=True)
         part = dest / "package.zip.part"
         resp = self._call(f"downloading {self.where(artifact.key)}", self.s3.get_object,
                           Bucket=self.bucket, Key=artifact.key)
+        self._check_object(artifact, resp)
         h = hashlib.sha256()
         size = 0
         try:
@@ -413,10 +492,14 @@ class ArtifactStore:
                 for chunk in resp["Body"].iter_chunks(CHUNK):
                     h.update(chunk)
                     size += len(chunk)
+                    if size > artifact.size:
+                        break  # more than the index promises: stop reading, it fails below
                     out.write(chunk)
         except BotoCoreError as exc:
             part.unlink(missing_ok=True)
             raise self._explain(exc, f"downloading {self.where(artifact.key)}") from exc
+        finally:
+            resp["Body"].close()
         if size != artifact.size or h.hexdigest() != artifact.sha256:
             part.unlink(missing_ok=True)
             raise ChecksumError(
@@ -428,10 +511,23 @@ class ArtifactStore:
         part.rename(zip_path)
         package_dir = dest / "package"
         try:
-            safe_extract(zip_path, package_dir)
+            safe_extract(zip_path, package_dir, self.limits)
         except PackageError as exc:
             raise ArtifactError(f"{artifact.label()}: {exc}") from exc
         return package_dir
+
+    def read_members(self, artifact: Artifact, names: list[str]) -> dict[str, bytes]:
+        """A few files of a stored package, read with ranged GETs (the zip's directory and those
+        entries only): planning a rollback of a 250 MB package reads a few kilobytes."""
+        reader = _RangeReader(self, artifact)
+        try:
+            with zipfile.ZipFile(io.BufferedReader(reader, buffer_size=256 * 1024)) as zf:
+                check_limits(zf, Limits(max_total=MAX_PACKAGE_BYTES * 4, max_ratio=10**9))
+                return read_members(zf, names)
+        except zipfile.BadZipFile as exc:
+            raise ArtifactError(f"{artifact.label()} is not a valid zip archive ({exc})") from exc
+        except PackageError as exc:
+            raise ArtifactError(f"{artifact.label()}: {exc}") from exc
 
     # -- prune -----------------------------------------------------------------------------------
 
@@ -457,7 +553,7 @@ class ArtifactStore:
             return result
 
         if dry_run or not self.read_index(stage).artifacts:
-            return plan(StageIndex.from_json(self.read_index(stage).to_json(), "index"))
+            return plan(self.parse_index(self.read_index(stage).to_json(), stage))
         result = self.update_index(stage, plan)
         keys = [a.key for a in result.removed]
         for start in range(0, len(keys), 1000):

@@ -13,10 +13,11 @@ from bot import __version__
 from bot.artifacts import ArtifactError, validate_stage
 from bot.config import ConfigError, Settings, load_settings
 from bot.engine import artifact_store, build_engine, open_store
+from bot.masking import Masker
 from bot.source import SourceError, local_commit
 from bot.stage_index import RefError
 from bot.store import StageBusy
-from bot.terminal import ProgressPrinter, age, artifact_json, render_history, render_listing, render_plan
+from bot.terminal import ProgressPrinter, age, artifact_json, clean, render_history, render_listing, render_plan
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -125,12 +126,16 @@ def cmd_rollback(args, settings: Settings) -> int:
             print("Nothing was done.")
             return EXIT_FAILED
     who = args.by or settings.actor or "cli"
+    if args.unfreeze and not plan.forward:
+        print("rollback-bot: --unfreeze applies to a roll forward only; a rollback freezes CI", file=sys.stderr)
+        return EXIT_FAILED
     try:
-        job_id = engine.jobs.start(plan, requested_by=who, approved_by=who, origin="cli")
+        job_id = engine.jobs.start(plan, requested_by=who, approved_by=who, origin="cli", unfreeze=args.unfreeze,
+                                   plan_json=json.dumps({**plan.summary(), "ref": args.ref}))
     except StageBusy as exc:
         print(f"rollback-bot: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    engine.jobs.listeners.append(ProgressPrinter(job_id, show_output=not args.quiet))
+    engine.jobs.subscribe(job_id, ProgressPrinter(job_id, show_output=not args.quiet))
     print(f"job {job_id} started")
     try:
         job = engine.jobs.wait(job_id)
@@ -138,9 +143,25 @@ def cmd_rollback(args, settings: Settings) -> int:
         print("\ncancelling: stopping the job's processes…", file=sys.stderr)
         engine.jobs.cancel(job_id, who)
         job = engine.jobs.wait(job_id)
-    engine.jobs.shutdown()
     took = job["finished"] - job["started"]
+    if job["state"] == "succeeded" and job.get("recorded") == 0:
+        print(f"job {job_id} SUCCEEDED, CI NOT FROZEN: {args.stage} runs {plan.target.label()} (verified), but "
+              "index.json could not be updated, so CI may deploy over it and nothing is marked bad. Retrying for "
+              f"up to {RECORD_WAIT:.0f}s…", file=sys.stderr)
+        job = _wait_recorded(engine, job_id, RECORD_WAIT)
+        if job.get("recorded") != 1:
+            engine.jobs.shutdown()
+            print(f"index.json is still not updated. Start `rollback-bot serve` with this data dir (it keeps "
+                  f"retrying), or freeze CI by hand; then check `rollback-bot list {args.stage}`.", file=sys.stderr)
+            return 0
+        print(f"index.json updated after retrying: {job['reason']}", file=sys.stderr)
+    engine.jobs.shutdown()
     if job["state"] == "succeeded":
+        if plan.forward:
+            lifted = "; the CI freeze was lifted" if args.unfreeze else ""
+            print(f"job {job_id} succeeded in {took:.1f}s: rolled forward, {args.stage} runs {plan.target.label()}"
+                  f"; nothing marked bad{lifted}")
+            return 0
         print(f"job {job_id} succeeded in {took:.1f}s: {args.stage} runs {plan.target.label()}; CI is frozen "
               f"on {args.stage} until `rollback-bot unfreeze {args.stage}`")
         return 0
@@ -149,6 +170,18 @@ def cmd_rollback(args, settings: Settings) -> int:
     if tail:
         print("last lines of the log:\n  " + "\n  ".join(tail), file=sys.stderr)
     return EXIT_FAILED
+
+
+RECORD_WAIT = 120.0
+
+
+def _wait_recorded(engine, job_id: int, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    job = engine.store.job(job_id)
+    while job.get("recorded") == 0 and time.monotonic() < deadline:
+        time.sleep(1)
+        job = engine.store.job(job_id)
+    return job
 
 
 def cmd_check_freeze(args, settings: Settings) -> int:
@@ -265,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     s.add_argument("--quiet", action="store_true", help="show the steps, not the deploy output")
     s.add_argument("--by", help="who is rolling back (default: $USER)")
+    s.add_argument("--unfreeze", action="store_true", help="for a roll forward: also lift the CI freeze")
 
     s = sub.add_parser("check-freeze", help="for CI: exit 1 while the stage is frozen or the commit is marked bad")
     s.add_argument("--stage", required=True)
@@ -295,13 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    mask = Masker(settings.secrets())
     try:
         return handler(args, settings)
     except RefError as exc:
-        print(f"rollback-bot: {exc}", file=sys.stderr)
+        print(clean(mask(f"rollback-bot: {exc}")), file=sys.stderr)
         for art in exc.candidates:
-            print(f"  {art.commit[:12]}  build {art.build_id}  {art.author}: {art.message}", file=sys.stderr)
+            print(clean(mask(f"  {art.commit[:12]}  build {art.build_id}  {art.author}: {art.message}")),
+                  file=sys.stderr)
         return EXIT_FAILED
     except (ArtifactError, SourceError) as exc:
-        print(f"rollback-bot: {exc}", file=sys.stderr)
+        print(clean(mask(f"rollback-bot: {exc}")), file=sys.stderr)
         return EXIT_FAILED

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ class Settings:
     channel: str = ""
     data_dir: Path = field(default_factory=lambda: Path.home() / ".rollback-bot")
     config_path: Path | None = None
-    policy: Mapping = field(default_factory=dict)
+    policy: Policy = field(default_factory=Policy)
     slack_bot_token: Secret = Secret("")
     slack_signing_secret: Secret = Secret("")
     slack_app_token: Secret = Secret("")
@@ -70,6 +69,9 @@ class Settings:
     port: int = 3000
     s3_max_attempts: int = 5
     step_timeout: int = 1800
+    max_unpacked: int = 2 * 1024**3  # bytes a package may unpack to
+    plugin_cache_max: int = 10 * 1024**3  # bytes of cached node_modules before the least recently used go
+    retention_days: int = 180  # job rows, events, output and audit entries older than this are pruned
     actor: str = ""
     child_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -77,7 +79,14 @@ class Settings:
         """Values that must be masked in anything shown to people."""
         aws = [self.child_env.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")]
         slack = [self.slack_bot_token, self.slack_signing_secret, self.slack_app_token]
-        return [s for s in slack + aws if s]
+        repo = [_userinfo(self.repo)]
+        return [s for s in slack + aws + repo if s]
+
+
+def _userinfo(url: str) -> str:
+    """The credentials part of a URL (``user:token`` in https://user:token@host/…), to mask by value too."""
+    m = re.match(r"^[a-z][a-z0-9+.-]*://([^/@]+)@", url or "")
+    return m.group(1) if m else ""
 
 
 def _command_template(name: str, raw: str, problems: list[str]) -> tuple[str, ...] | None:
@@ -143,19 +152,14 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         api_url += "/"
 
     config_path = None
-    policy: dict = {}
+    policy = Policy()
     raw_config = env.get("ROLLBACK_CONFIG", "").strip()
     if raw_config:
         config_path = Path(raw_config)
         try:
-            policy = tomllib.loads(config_path.read_text())
-            Policy.from_toml(policy)  # validated now, so a typo stops start-up instead of a rollback
+            policy = Policy.load(config_path)  # validated now, so a typo stops start-up instead of a rollback
         except PolicyError as exc:
-            problems.append(f"ROLLBACK_CONFIG {raw_config}: {exc}")
-        except FileNotFoundError:
-            problems.append(f"ROLLBACK_CONFIG points to {raw_config}, which does not exist")
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            problems.append(f"ROLLBACK_CONFIG {raw_config} is not valid TOML: {exc}")
+            problems.append(f"ROLLBACK_CONFIG: {exc}")
 
     data_dir = Path(env.get("ROLLBACK_DATA_DIR", "").strip() or Path.home() / ".rollback-bot")
 
@@ -182,6 +186,11 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         port=_int("PORT", env.get("PORT"), 3000, 1, 65535, problems),
         s3_max_attempts=_int("ROLLBACK_S3_MAX_ATTEMPTS", env.get("ROLLBACK_S3_MAX_ATTEMPTS"), 5, 1, 20, problems),
         step_timeout=_int("ROLLBACK_STEP_TIMEOUT", env.get("ROLLBACK_STEP_TIMEOUT"), 1800, 1, 86400, problems),
+        max_unpacked=_int("ROLLBACK_MAX_UNPACKED_MB", env.get("ROLLBACK_MAX_UNPACKED_MB"), 2048, 1, 1024**2,
+                          problems) * 1024**2,
+        plugin_cache_max=_int("ROLLBACK_PLUGIN_CACHE_MB", env.get("ROLLBACK_PLUGIN_CACHE_MB"), 10240, 1, 1024**3,
+                              problems) * 1024**2,
+        retention_days=_int("ROLLBACK_RETENTION_DAYS", env.get("ROLLBACK_RETENTION_DAYS"), 180, 1, 36500, problems),
         child_env={k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)},
         actor=next(
             (env[k] for k in ("ROLLBACK_ACTOR", "GITHUB_ACTOR", "GITLAB_USER_LOGIN", "BUILDKITE_BUILD_CREATOR", "USER")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.archive import Limits
 from bot.artifacts import ArtifactStore, make_s3_client
 from bot.config import Settings
 from bot.jobs import EngineConfig, JobRunner
@@ -27,21 +28,23 @@ class Engine:
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
-    return ArtifactStore(make_s3_client(settings.s3_max_attempts), settings.bucket, settings.service, settings.prefix)
+    return ArtifactStore(make_s3_client(settings.s3_max_attempts), settings.bucket, settings.service, settings.prefix,
+                         limits=Limits(max_total=settings.max_unpacked))
 
 
-def open_store(settings: Settings) -> Store:
-    return Store(settings.data_dir / "rollback-bot.sqlite")
+def open_store(settings: Settings, mask: Masker | None = None) -> Store:
+    return Store(settings.data_dir / "rollback-bot.sqlite", mask=mask or Masker(settings.secrets()))
 
 
 def build_engine(settings: Settings) -> Engine:
     data = settings.data_dir
     artifacts = artifact_store(settings)
-    store = open_store(settings)
-    source = SourceRepo(settings.repo, data / "mirror.git", settings.service_dir)
     mask = Masker(settings.secrets())
+    store = open_store(settings, mask)
+    source = SourceRepo(settings.repo, data / "mirror.git", settings.service_dir)
     config = EngineConfig(
         data_dir=data, env=settings.child_env, step_timeout=float(settings.step_timeout),
         deploy_template=settings.deploy_command, install_template=settings.install_command,
+        plugin_cache_max=settings.plugin_cache_max,
     )
     return Engine(settings, artifacts, store, source, JobRunner(config, store, artifacts, source, mask), mask)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
 import socket
@@ -26,6 +28,19 @@ from bot.store import StageBusy, Store
 Listener = Callable[[int, Event], None]
 OUTPUT_BATCH = 200
 OUTPUT_FLUSH_SECONDS = 0.5
+RECORD_RETRY_MAX = 300.0  # the longest pause between attempts to record a result in index.json
+log = logging.getLogger("rollback-bot.jobs")
+
+
+def process_start(pid: int) -> str:
+    """When a process started (clock ticks since boot, from /proc): with the pid, it names one
+    process, so a pid reused after a restart is not taken for the runner. Empty where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return ""
 
 
 @dataclass(frozen=True)
@@ -36,15 +51,19 @@ class EngineConfig:
     deploy_template: tuple[str, ...] | None = None
     install_template: tuple[str, ...] | None = None
     workers: int = 2
+    plugin_cache_max: int = 10 * 1024**3
 
 
 class _OutputBuffer:
-    """Batches output lines into the store: one insert per batch, not per line."""
+    """Batches output lines into the store (one insert per batch, not per line) and appends every
+    line to the job's log file, the full log that sqlite keeps only the head and tail of."""
 
-    def __init__(self, store: Store, job_id: int):
+    def __init__(self, store: Store, job_id: int, log_path: Path):
         self.store, self.job_id = store, job_id
         self.lines: list[tuple[str, str]] = []
         self.last = time.monotonic()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed in close())
 
     def add(self, step: str, line: str) -> None:
         self.lines.append((step, line))
@@ -52,11 +71,16 @@ class _OutputBuffer:
             self.flush()
 
     def flush(self) -> None:
-        if self.lines:
-            for step in dict.fromkeys(s for s, _ in self.lines):
-                self.store.add_output(self.job_id, step, [ln for s, ln in self.lines if s == step])
-            self.lines = []
+        lines, self.lines = self.lines, []
         self.last = time.monotonic()
+        if lines:
+            self.file.write("".join(f"{ln}\n" for _, ln in lines))
+            self.file.flush()
+            for step in dict.fromkeys(s for s, _ in lines):
+                self.store.add_output(self.job_id, step, [ln for s, ln in lines if s == step])
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class JobRunner:
@@ -69,6 +93,7 @@ class JobRunner:
         masker: Masker,
         clock: Callable[[], float] = time.time,
         stack_factory: Callable[[str, str], Stack] = Stack,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.config = config
         self.store = store
@@ -76,30 +101,56 @@ class JobRunner:
         self.source = source
         self.mask = masker
         self.clock = clock
+        self.sleep = sleep
         self.stack_factory = stack_factory
         self.executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rollback-job")
         # Work that need not delay a result: removing a finished job's folder, refilling the plugin cache.
         self.janitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollback-janitor")
         self._chores: list[Future] = []
-        self.plugin_cache = PluginCache(config.data_dir / "plugin-cache", background=self._later)
+        self.plugin_cache = PluginCache(config.data_dir / "plugin-cache", background=self._later,
+                                        max_bytes=config.plugin_cache_max)
+        # Listeners for every job's events (the Slack app's announcements), and per-job subscribers,
+        # which are dropped when their job ends so nothing accumulates.
         self.listeners: list[Listener] = []
+        self._subscribers: dict[int, list[Listener]] = {}
         self._cancels: dict[int, threading.Event] = {}
         self._futures: dict[int, Future] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.pid, self.pid_start = os.getpid(), process_start(os.getpid())
+
+    def log_path(self, job_id: int) -> Path:
+        return self.config.data_dir / "logs" / f"job-{job_id}.log"
+
+    def subscribe(self, job_id: int, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with the events of one job until it ends; returns an unsubscribe."""
+        with self._lock:
+            self._subscribers.setdefault(job_id, []).append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock, contextlib.suppress(KeyError, ValueError):
+                self._subscribers[job_id].remove(listener)
+
+        return unsubscribe
+
+    def subscriber_count(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._subscribers.values())
 
     # -- starting --------------------------------------------------------------------------------
 
     def start(self, plan: Plan, requested_by: str, approved_by: str = "", origin: str = "cli",
-              job_id: int | None = None, **extra) -> int:
+              job_id: int | None = None, unfreeze: bool = False, audit: dict | None = None, **extra) -> int:
         """Take the stage's lock and run the job in a worker. Raises StageBusy naming the holder.
-        ``job_id`` is a job already recorded (an approved plan card); otherwise one is created."""
+        ``job_id`` is a job already recorded (an approved plan card); otherwise one is created.
+        ``unfreeze``: a roll forward also lifts the CI freeze (the person asked for it)."""
         holder = approved_by or requested_by
         fields = dict(
             stage=plan.stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
             requested_by=requested_by, approved_by=approved_by, origin=origin, state="running",
             started=self.clock(), stack_name=plan.stack_name, region=plan.region,
-            host=socket.gethostname(), pid=os.getpid(), **extra,
+            host=socket.gethostname(), pid=self.pid, pid_start=self.pid_start, unfreeze=int(unfreeze), **extra,
         )
         if job_id is None:
             job_id = self.store.create_job(**fields)
@@ -111,11 +162,12 @@ class JobRunner:
             self.store.update_job(job_id, state="refused", finished=self.clock(), reason="stage busy")
             raise
         self.store.audit(holder, "rollback.start", plan.stage, job_id, target=plan.target.label(),
-                         requested_by=requested_by, approved_by=approved_by, origin=origin)
+                         requested_by=requested_by, approved_by=approved_by, origin=origin,
+                         direction="forward" if plan.forward else "rollback", **(audit or {}))
         cancel = threading.Event()
         with self._lock:
             self._cancels[job_id] = cancel
-            self._futures[job_id] = self.executor.submit(self._run, job_id, plan, cancel, holder)
+            self._futures[job_id] = self.executor.submit(self._run, job_id, plan, cancel, holder, unfreeze)
         return job_id
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict:
@@ -125,17 +177,24 @@ class JobRunner:
             future.result(timeout=timeout)
         return self.store.job(job_id)
 
-    def cancel(self, job_id: int, by: str) -> bool:
-        """Stop a running job (its whole process group). False when it is not running here."""
+    def cancel(self, job_id: int, by: str) -> str:
+        """Stop a job. Returns what happened: "cancelling" (its processes are being stopped here),
+        "ended" (it is not running), "runner_gone" (its bot died: the job is marked interrupted and
+        its lock released) or "elsewhere" (another live process on this machine runs it)."""
         with self._lock:
             cancel = self._cancels.get(job_id)
         job = self.store.job(job_id)
-        if cancel is None or job is None or job["state"] != "running":
-            return False
+        if job is None or job["state"] != "running":
+            return "ended"
+        if cancel is None:
+            if self._runner_alive(job):
+                return "elsewhere"
+            self._interrupt(job, by=by)
+            return "runner_gone"
         self.store.audit(by, "rollback.cancel", job["stage"], job_id)
         self.store.update_job(job_id, cancelled_by=by)
         cancel.set()
-        return True
+        return "cancelling"
 
     def running_job(self, stage: str) -> dict | None:
         lock = self.store.lock_of(stage)
@@ -144,7 +203,8 @@ class JobRunner:
     def _later(self, chore: Callable[[], None]) -> None:
         with self._lock:
             self._chores = [f for f in self._chores if not f.done()]
-            self._chores.append(self.janitor.submit(chore))
+            if not self._stopping.is_set():
+                self._chores.append(self.janitor.submit(chore))
 
     def idle(self, timeout: float | None = 60) -> None:
         """Wait for background chores (folder clean-up, cache refills) to finish."""
@@ -154,6 +214,7 @@ class JobRunner:
             chore.result(timeout=timeout)
 
     def shutdown(self) -> None:
+        self._stopping.set()
         with self._lock:
             for cancel in self._cancels.values():
                 cancel.set()
@@ -162,25 +223,38 @@ class JobRunner:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _emit(self, job_id: int, buffer: _OutputBuffer, event: Event) -> None:
-        event = Event(event.step, event.status, self.mask(event.text), event.duration)
+    def _notify(self, job_id: int, event: Event) -> None:
+        with self._lock:
+            targets = list(self.listeners) + list(self._subscribers.get(job_id, ()))
+        for listener in targets:
+            try:
+                listener(job_id, event)
+            except Exception:  # a broken listener (Slack down, say) never stops a deploy
+                log.exception("a listener of job %s failed", job_id)
+
+    def _emit(self, job_id: int, buffer: _OutputBuffer, mask_line, event: Event) -> None:
+        text = mask_line(event.text) if event.status == "output" else self.mask(event.text)
+        event = Event(event.step, event.status, text, event.duration)
         if event.status == "output":
             buffer.add(event.step, event.text)
         else:
             buffer.flush()
             self.store.add_event(job_id, event.step, event.status, event.text, event.duration)
-        for listener in list(self.listeners):
-            with contextlib.suppress(Exception):  # a broken listener (Slack down, say) never stops a deploy
-                listener(job_id, event)
+        self._notify(job_id, event)
 
-    def _run(self, job_id: int, plan: Plan, cancel: threading.Event, holder: str) -> None:
-        buffer = _OutputBuffer(self.store, job_id)
-        emit = lambda event: self._emit(job_id, buffer, event)  # noqa: E731
+    def _run(self, job_id: int, plan: Plan, cancel: threading.Event, holder: str, unfreeze: bool) -> None:
         workdir = self.config.data_dir / "jobs" / str(job_id)
         marker = InUse(plan.target.commit, plan.target.build_id, str(job_id), self.clock())
-        state, reason, in_index = "failed", "", True
+        state, reason, in_index, recorded = "failed", "", False, None
+        buffer = None
         try:
-            self._mark_in_use(plan.stage, marker, add=True, emit=emit)
+            buffer = _OutputBuffer(self.store, job_id, self.log_path(job_id))
+            mask_line = self.mask.lines()
+
+            def emit(event: Event) -> None:
+                self._emit(job_id, buffer, mask_line, event)
+
+            in_index = self._mark_in_use(plan.stage, marker, add=True, emit=emit)
             pipeline = Pipeline(
                 artifacts=self.artifacts, source=self.source, stage=plan.stage, target=plan.target,
                 workdir=workdir, plugin_cache=self.plugin_cache, env=self.config.env,
@@ -190,8 +264,10 @@ class JobRunner:
                 stack_factory=self.stack_factory,
             )
             pipeline.run()
-            in_index = self._record_success(job_id, plan, holder, marker, emit)
             state = "succeeded"
+            recorded = self._record_success(job_id, plan, holder, marker, unfreeze, emit)
+            if recorded:
+                in_index = False  # the success write dropped the in-use mark too
         except Cancelled as exc:
             state, reason = "cancelled", f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan)
         except StepFailed as exc:
@@ -199,16 +275,41 @@ class JobRunner:
         except Exception as exc:  # anything unexpected still ends the job cleanly and recorded
             reason = f"internal error: {exc.__class__.__name__}: {self.mask(str(exc))}"
         finally:
-            buffer.flush()
-            if in_index:
-                self._mark_in_use(plan.stage, marker, add=False, emit=emit)
-            self.store.update_job(job_id, state=state, reason=reason, finished=self.clock())
-            self.store.release_lock(plan.stage, job_id)
-            self.store.audit(holder, f"rollback.{state}", plan.stage, job_id, reason=reason)
+            # The lock goes first, on its own: nothing that can fail (a full disk, S3) may keep it.
+            self._guard("release the lock", lambda: self.store.release_lock(plan.stage, job_id))
             with self._lock:
                 self._cancels.pop(job_id, None)
-            emit(Event("job", state, reason))
+            if state == "succeeded" and not recorded:
+                reason = ("deployed and verified, but index.json could not be updated: CI is NOT frozen and "
+                          "no build is marked bad yet. rollback-bot keeps retrying and says when it lands")
+            if buffer is not None:
+                self._guard("store the last output", buffer.flush)
+                self._guard("close the log file", buffer.close)
+            self._guard("record the job's end", lambda: self.store.update_job(
+                job_id, state=state, reason=reason, finished=self.clock(),
+                recorded=None if recorded is None else int(recorded)))
+            self._guard("audit the job's end", lambda: self.store.audit(
+                holder, f"rollback.{state}", plan.stage, job_id, reason=reason, recorded=recorded))
+            if in_index:
+                self._guard("drop the in-use mark", lambda: self._mark_in_use(plan.stage, marker, add=False))
+            final = Event("job", state, self.mask(reason))
+            self._guard("record the final event",
+                        lambda: self.store.add_event(job_id, "job", state, final.text))
+            self._notify(job_id, final)
+            with self._lock:
+                self._subscribers.pop(job_id, None)  # the job is over: its subscribers end with it
             self._later(lambda: self._remove_workdir(workdir))
+            if state == "succeeded" and not recorded:
+                self._later_thread(lambda: self._retry_record(job_id, plan, holder, marker, unfreeze))
+
+    def _guard(self, what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception:
+            log.exception("could not %s", what)
+
+    def _later_thread(self, fn: Callable[[], None]) -> None:
+        threading.Thread(target=fn, name="rollback-record-retry", daemon=True).start()
 
     def _stack_note(self, step: str, plan: Plan) -> str:
         """After a deploy that did not finish, what CloudFormation says: it may still be updating."""
@@ -222,7 +323,8 @@ class JobRunner:
             self.source.remove_checkout(workdir / "src")
         shutil.rmtree(workdir, ignore_errors=True)
 
-    def _mark_in_use(self, stage: str, marker: InUse, add: bool, emit) -> None:
+    def _mark_in_use(self, stage: str, marker: InUse, add: bool, emit=None) -> bool:
+        """Record (or drop) the build a running job uses; True when the index took it."""
         def change(index: StageIndex) -> None:
             index.in_use = [u for u in index.in_use if u.job != marker.job]
             if add:
@@ -230,61 +332,137 @@ class JobRunner:
 
         try:
             self.artifacts.update_index(stage, change)
-        except ArtifactError as exc:  # only prune reads this; not worth failing a rollback over
-            emit(Event("job", "output", f"warning: could not record the job in index.json: {exc}"))
-
-    def _record_success(self, job_id: int, plan: Plan, holder: str, marker: InUse, emit) -> bool:
-        """Record the rollback in index.json, dropping the job's in-use mark in the same write.
-        Returns True when the in-use mark is still there to remove."""
-        reason = f"rolled back to {plan.target.label()} by job {job_id}"
-
-        def change(index: StageIndex) -> list:
-            index.in_use = [u for u in index.in_use if u.job != marker.job]
-            return index.record_rollback(plan.target, holder, self.clock(), reason)
-
-        try:
-            marked = self.artifacts.update_index(plan.stage, change)
-        except ArtifactError as exc:
-            # The deploy worked; only the record failed. Say so plainly rather than call it a failure.
-            emit(Event("job", "output", f"warning: deployed, but index.json could not be updated: {exc}. "
-                                        "Run `rollback-bot mark-deployed` and freeze CI by hand."))
             return True
+        except ArtifactError as exc:  # only prune reads this; not worth failing a rollback over
+            if emit is not None:
+                emit(Event("job", "output", f"warning: could not record the job in index.json: {exc}"))
+            return False
+
+    def _write_result(self, job_id: int, plan: Plan, holder: str, marker: InUse, unfreeze: bool):
+        """The result in index.json, dropping the job's in-use mark in the same write."""
+        def change(index: StageIndex):
+            index.in_use = [u for u in index.in_use if u.job != marker.job]
+            if plan.forward:
+                lifted = index.record_forward(plan.target, holder, self.clock(), unfreeze)
+                return [], lifted
+            reason = f"rolled back to {plan.target.label()} by job {job_id}"
+            return index.record_rollback(plan.target, holder, self.clock(), reason), None
+
+        return self.artifacts.update_index(plan.stage, change)
+
+    def _record_success(self, job_id: int, plan: Plan, holder: str, marker: InUse, unfreeze: bool, emit) -> bool:
+        """Record the result in index.json. Returns False when it could not be written: the job then
+        says so plainly (CI NOT frozen) and the write is retried in the background."""
+        try:
+            marked, lifted = self._write_result(job_id, plan, holder, marker, unfreeze)
+        except ArtifactError as exc:
+            emit(Event("job", "output", f"warning: deployed, but index.json could not be updated: {exc}. "
+                                        "CI is NOT frozen; rollback-bot keeps retrying"))
+            return False
         for art in marked:
             emit(Event("job", "output", f"marked bad: {art.label()}"))
-        emit(Event("job", "output", f"stage {plan.stage} frozen for CI: {reason}"))
-        return False
+        if plan.forward:
+            emit(Event("job", "output", f"rolled forward to {plan.target.label()}; nothing marked bad"
+                       + ("; CI freeze lifted" if lifted else "")))
+        else:
+            emit(Event("job", "output", f"stage {plan.stage} frozen for CI"))
+        return True
+
+    def _retry_record(self, job_id: int, plan: Plan, holder: str, marker: InUse, unfreeze: bool) -> None:
+        """Keep trying to record a finished job's result until it lands, then announce it."""
+        delay = 1.0
+        while not self._stopping.is_set():
+            self._stopping.wait(delay)
+            if self._stopping.is_set():
+                return
+            try:
+                self._write_result(job_id, plan, holder, marker, unfreeze)
+            except ArtifactError as exc:
+                log.warning("job %s: index.json still cannot be updated: %s", job_id, self.mask(str(exc)))
+                delay = min(delay * 2, RECORD_RETRY_MAX)
+                continue
+            note = ("index.json updated after retrying: " +
+                    ("the roll forward is recorded" if plan.forward else "CI is now frozen and the undone builds "
+                     "are marked bad"))
+            self._guard("record the retried write", lambda note=note: (
+                self.store.update_job(job_id, recorded=1, reason=note),
+                self.store.add_event(job_id, "index", "recorded", note),
+                self.store.audit("rollback-bot", "rollback.recorded", plan.stage, job_id)))
+            self._notify(job_id, Event("index", "recorded", note))
+            return
 
     # -- recovery --------------------------------------------------------------------------------
 
+    def _runner_alive(self, job: dict) -> bool:
+        """Whether the process that runs ``job`` is still there: same host, same pid, same start
+        time, and not this process (which knows its own jobs)."""
+        pid = job.get("pid")
+        if job.get("host") != socket.gethostname() or not pid:
+            return False
+        if pid == self.pid:
+            with self._lock:
+                return job["id"] in self._cancels
+        if not _alive(pid):
+            return False
+        started = process_start(pid)
+        return not (job.get("pid_start") and started and started != job["pid_start"])
+
+    def _interrupt(self, job: dict, by: str = "rollback-bot") -> dict:
+        if job.get("child_pid"):
+            kill_group(job["child_pid"])
+        status = "UNKNOWN"
+        if job.get("stack_name"):
+            status = self.stack_factory(job["stack_name"], job.get("region") or "us-east-1").status()
+        reason = (f"interrupted: the bot stopped during the job; stack {job.get('stack_name') or '?'} "
+                  f"is {status}. Check the stage before doing anything else")
+        self.store.update_job(job["id"], state="interrupted", reason=reason, finished=self.clock(),
+                              stack_status=status)
+        self.store.add_event(job["id"], "job", "interrupted", reason)
+        self.store.release_lock(job["stage"], job["id"])
+        self.store.audit(by, "rollback.interrupted", job["stage"], job["id"], stack_status=status)
+        with contextlib.suppress(ArtifactError):
+            self.artifacts.update_index(
+                job["stage"], lambda index, j=str(job["id"]): setattr(
+                    index, "in_use", [u for u in index.in_use if u.job != j])
+            )
+        self._later(lambda: self._remove_workdir(self.config.data_dir / "jobs" / str(job["id"])))
+        return self.store.job(job["id"])
+
     def recover(self) -> list[dict]:
         """Mark jobs whose bot died as interrupted: stop their leftover processes, release their
-        locks, and record the stack's actual status, which someone must now check."""
-        host = socket.gethostname()
+        locks, remove their work folders, and record the stack's actual status, which someone must
+        now check. Locks whose job is not running are released too."""
         recovered = []
         for job in self.store.jobs(states=["running"], limit=1000):
-            with self._lock:
-                ours = job["id"] in self._cancels
-            if ours or (job.get("host") == host and job.get("pid") and _alive(job["pid"])):
+            if self._runner_alive(job):
                 continue  # still running, here or in another live process on this machine
-            if job.get("child_pid"):
-                kill_group(job["child_pid"])
-            status = "UNKNOWN"
-            if job.get("stack_name"):
-                status = self.stack_factory(job["stack_name"], job.get("region") or "us-east-1").status()
-            reason = (f"interrupted: the bot stopped during the job; stack {job.get('stack_name') or '?'} "
-                      f"is {status}. Check the stage before doing anything else")
-            self.store.update_job(job["id"], state="interrupted", reason=reason, finished=self.clock(),
-                                  stack_status=status)
-            self.store.add_event(job["id"], "job", "interrupted", reason)
-            self.store.release_lock(job["stage"], job["id"])
-            self.store.audit("rollback-bot", "rollback.interrupted", job["stage"], job["id"], stack_status=status)
-            with contextlib.suppress(ArtifactError):
-                self.artifacts.update_index(
-                    job["stage"], lambda index, j=str(job["id"]): setattr(
-                        index, "in_use", [u for u in index.in_use if u.job != j])
-                )
-            recovered.append(self.store.job(job["id"]))
+            recovered.append(self._interrupt(job))
+        for lock in self.store.locks():
+            job = self.store.job(lock["job_id"])
+            if job is None or job["state"] != "running":
+                self.store.release_lock(lock["stage"], lock["job_id"])
+        self._resume_records()
         return recovered
+
+    def _resume_records(self) -> None:
+        """Jobs that succeeded but whose result never reached index.json: keep trying after a restart."""
+        for job in self.store.jobs(states=["succeeded"], limit=200):
+            if job.get("recorded") != 0:
+                continue
+            try:
+                target = self.artifacts.read_index(job["stage"]).find(job["target_commit"], job["target_build"])
+            except ArtifactError:
+                target = None
+            if target is None:
+                continue
+            shown = json.loads(job.get("plan_json") or "{}")
+            plan = Plan(stage=job["stage"], ref=target.commit, target=target, live=None,
+                        forward=bool(shown.get("forward")))
+            marker = InUse(target.commit, target.build_id, str(job["id"]), self.clock())
+            holder = job.get("approved_by") or job.get("requested_by") or "rollback-bot"
+            unfreeze = bool(job.get("unfreeze"))
+            self._later_thread(lambda j=job["id"], p=plan, h=holder, m=marker, u=unfreeze:
+                               self._retry_record(j, p, h, m, u))
 
 
 def _alive(pid: int) -> bool:

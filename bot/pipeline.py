@@ -218,10 +218,12 @@ class Pipeline:
         package_dir = self.artifacts.download(self.target, self.workdir / "restore")
         self.outcome.package_dir = package_dir
         self.outcome.info = PackageInfo.read(package_dir, self.stage, self.artifacts.service)
+        self.outcome.info.check_stage()
         self.emit(Event("restore", "output", f"{self.target.label()}: {self.target.size} bytes, sha256 verified"))
 
     def _checkout(self) -> None:
-        self.source.fetch()
+        if not self.source.has(self.target.commit):  # fetched when the plan was made: no network here
+            self.source.fetch()
         self.service_dir = self.source.checkout(self.target.commit, self.workdir / "src")
         self.emit(Event("checkout", "output", f"source at {self.target.commit[:12]} in {self.source.service_dir}"))
 

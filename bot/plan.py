@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from bot.archive import PackageError
+from bot.archive import TEMPLATE_NAME, PackageError
 from bot.artifacts import ArtifactError, ArtifactStore
 from bot.source import CommitInfo, PluginChange, SourceRepo
-from bot.stack import PackageInfo, Stack, StackError, TemplateDiff
+from bot.stack import STATE_NAME, PackageInfo, Stack, StackError, TemplateDiff
 from bot.stage_index import Artifact, Mark, StageIndex
 
 
@@ -32,6 +30,46 @@ class Plan:
     region: str = ""
     freeze: Mark | None = None
     warnings: list[str] = field(default_factory=list)
+    forward: bool = False  # the target was published after the live build: a roll forward
+    refused_entries: int = 0  # index entries that failed validation (never offered)
+
+    @property
+    def verb(self) -> str:
+        return "Roll forward" if self.forward else "Roll back"
+
+    def summary(self) -> dict:
+        """What the card shows that an approval approves: compared again at the click, and any
+        difference means the approver has not seen what would run."""
+        return {
+            "target": [self.target.commit, self.target.build_id, self.target.sha256],
+            "live": list(self.live.ident) if self.live else None,
+            "forward": self.forward,
+            "commits": [c.sha for c in self.commits],
+            "plugins": [self.plugins.changed, list(self.plugins.files)] if self.plugins else None,
+            "removed": sorted(k for k, _ in self.template.removed) if self.template else None,
+            "added": sorted(k for k, _ in self.template.added) if self.template else None,
+        }
+
+
+def summary_changes(shown: dict, now: dict) -> list[str]:
+    """What differs between the plan a card showed and the plan now, in words."""
+    words = {"target": "the target package", "live": "the live build", "forward": "rollback or roll forward",
+             "commits": "the commits undone", "plugins": "the plugin change", "removed": "resources removed",
+             "added": "resources added"}
+    changes = []
+    for key, label in words.items():
+        if shown.get(key) != now.get(key):
+            if key == "live":
+                was = (shown.get("live") or ["nothing"])[0][:7]
+                is_ = (now.get("live") or ["nothing"])[0][:7]
+                changes.append(f"{label} changed from {was} to {is_}")
+            elif key == "commits":
+                extra = len(set(now.get("commits") or []) - set(shown.get("commits") or []))
+                changes.append(f"{label} changed ({len(shown.get('commits') or [])} shown, "
+                               f"{len(now.get('commits') or [])} now{f', {extra} new' if extra else ''})")
+            else:
+                changes.append(f"{label} changed")
+    return changes
 
 
 def load_stage(artifacts: ArtifactStore, stage: str) -> StageIndex:
@@ -58,7 +96,8 @@ def make_plan(
     if target is None:
         raise ArtifactError(f"build {build_id} of {ref[:7]} is no longer in stage {stage}'s index (pruned?)")
     live = index.live_artifact()
-    plan = Plan(stage=stage, ref=ref, target=target, live=live, freeze=index.freeze)
+    plan = Plan(stage=stage, ref=ref, target=target, live=live, freeze=index.freeze,
+                forward=index.is_forward(target), refused_entries=len(index.refused))
     if ref.strip().lower() == "previous":
         found = index.previous()
         plan.chosen_because = found[1] if found else ""
@@ -66,17 +105,25 @@ def make_plan(
     source.fetch()
     source.commit(target.commit)  # a commit missing from the repository stops here, before anything runs
     if live is not None and live.commit != target.commit and source.has(live.commit):
-        plan.commits = source.commits_between(live.commit, target.commit)
+        # For a roll forward, the commits it brings back; for a rollback, the commits it undoes.
+        plan.commits = (source.commits_between(target.commit, live.commit) if plan.forward
+                        else source.commits_between(live.commit, target.commit))
         plan.plugins = source.plugin_change(live.commit, target.commit)
 
-    with tempfile.TemporaryDirectory(prefix="rollback-bot-plan-") as tmp:
-        try:
-            package_dir = artifacts.download(target, Path(tmp))
-            info = PackageInfo.read(package_dir, stage, artifacts.service)
-            plan.stack_name, plan.region = info.stack_name, info.region
-            plan.template = stack_factory(info.stack_name, info.region).diff(info.template)
-        except (StackError, PackageError) as exc:
-            plan.warnings.append(f"Template changes unknown: {exc}")
+    # Only the template and the state file are read (ranged GETs), never the whole package.
+    members = artifacts.read_members(target, [TEMPLATE_NAME, STATE_NAME])
+    try:
+        info = PackageInfo.parse(members.get(TEMPLATE_NAME), members.get(STATE_NAME), stage, artifacts.service)
+        info.check_stage()
+    except PackageError as exc:
+        raise ArtifactError(f"{target.label()}: {exc}") from exc
+    plan.stack_name, plan.region = info.stack_name, info.region
+    if not info.built_for():
+        plan.warnings.append("The package has no Lambda code that says which stage it was built for.")
+    try:
+        plan.template = stack_factory(info.stack_name, info.region).diff(info.template)
+    except StackError as exc:
+        plan.warnings.append(f"Template changes unknown: {exc}")
 
     if target.bad:
         plan.warnings.append(
@@ -87,6 +134,10 @@ def make_plan(
         plan.warnings.append(f"{target.label()} is already live; this redeploys it.")
     if index.live is None:
         plan.warnings.append("No live build is recorded for this stage, so what will be undone is unknown.")
+    if index.refused:
+        plan.warnings.append(f"{len(index.refused)} entries of this stage's index.json failed validation and are "
+                             "ignored (someone wrote to the bucket by hand?): " + "; ".join(
+                                 why for _, _, why in index.refused[:3]))
     if plan.template and not plan.template.stack_exists:
         plan.warnings.append(f"Stack {plan.stack_name} does not exist in {plan.region}: this creates it.")
     if plan.template and plan.template.removed:

@@ -36,10 +36,62 @@ def cache_key(service_dir: Path, lockfile: Path | None, command: Sequence[str]) 
     return h.hexdigest()[:32]
 
 
+def tree_bytes(root: Path) -> int:
+    """Bytes a tree holds on disk, each file counted once however many links it has."""
+    seen, total = set(), 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
 class PluginCache:
-    def __init__(self, root: Path, background: Callable[[Callable[[], None]], None] = lambda fn: fn()):
+    def __init__(self, root: Path, background: Callable[[Callable[[], None]], None] = lambda fn: fn(),
+                 max_bytes: int = 10 * 1024**3):
         self.root = root
         self.background = background
+        self.max_bytes = max_bytes
+
+    def _touch(self, key: str) -> None:
+        """Remember when an entry was last used, for eviction."""
+        used = self.root / key / ".used"
+        try:
+            used.touch()
+        except OSError:
+            pass
+
+    def evict(self, keep: str = "") -> list[str]:
+        """Remove the least recently used entries until the cache fits in ``max_bytes``."""
+        entries = []
+        for entry in self.root.glob("*"):
+            if entry.name.startswith(".") or not (entry / "node_modules").is_dir():
+                continue
+            used = entry / ".used"
+            when = used.stat().st_mtime if used.exists() else entry.stat().st_mtime
+            entries.append((when, entry))
+        sizes = {entry: tree_bytes(entry) for _, entry in entries}
+        total = sum(sizes.values())
+        removed = []
+        for _, entry in sorted(entries, key=lambda e: e[0]):
+            if total <= self.max_bytes:
+                break
+            if entry.name == keep:
+                continue
+            doomed = self.root / f".evict-{uuid.uuid4().hex}"
+            try:
+                entry.rename(doomed)  # out of sight first: a job never takes a half-deleted entry
+            except OSError:
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
+            total -= sizes[entry]
+            removed.append(entry.name)
+        return removed
 
     def _master(self, key: str) -> Path:
         return self.root / key / "node_modules"
@@ -51,6 +103,7 @@ class PluginCache:
             return False
         if not self._take_spare(key, target):
             link_tree(master, target)
+        self._touch(key)
         self.background(lambda: self._make_spare(key))
         return True
 
@@ -68,7 +121,9 @@ class PluginCache:
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # another job filled it first; fine
             return
+        self._touch(key)
         self.background(lambda: self._make_spare(key))
+        self.background(lambda: self.evict(keep=key))
 
     def _take_spare(self, key: str, target: Path) -> bool:
         for spare in sorted((self.root / key).glob("spare-*")):

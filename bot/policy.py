@@ -4,19 +4,34 @@
     requesters = ["U01ANA", "S0ONCALL"]     # user IDs, or user group IDs (S…)
     approvers = ["S0SRE"]
     approver_must_differ = true
-    channels = ["C0INCIDENT", "C0DEPLOYS"]  # where /rollback prod may be used
+    channels = ["C0INCIDENT", "C0DEPLOYS"]  # where prod may be rolled back, listed, cancelled…
     notify_channel = "C0DEPLOYS"
 
     [stages."*"]                            # any stage not named above
     approvers = ["S0SRE"]
 
-A missing list means anyone. With no policy file at all, anyone may do anything: the README says so.
+A missing list means anyone. The file fails closed: an unknown table or key stops start-up naming
+the key and its line, and a stage no rule covers (and no "*") is refused. With no file at all,
+anyone may do anything, and every plan card says so.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
+import time
+import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("rollback-bot.policy")
+RULE_KEYS = ("requesters", "approvers", "approver_must_differ", "channels", "notify_channel")
+TOP_KEYS = ("stages",)
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+STAGE_KEY_RE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")
+NO_POLICY = "No policy: anyone may approve"
 
 
 class PolicyError(Exception):
@@ -31,6 +46,18 @@ class StageRule:
     channels: tuple[str, ...] | None = None
     notify_channel: str = ""
 
+    def describe(self) -> str:
+        def who(ids):
+            return "anyone" if ids is None else ", ".join(ids) or "nobody"
+
+        parts = [f"requesters: {who(self.requesters)}", f"approvers: {who(self.approvers)}"]
+        if self.approver_must_differ:
+            parts.append("approver must differ from requester")
+        parts.append(f"channels: {'any' if self.channels is None else ', '.join(self.channels)}")
+        if self.notify_channel:
+            parts.append(f"notify: {self.notify_channel}")
+        return "; ".join(parts)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -38,48 +65,128 @@ class Decision:
     reason: str = ""
 
 
+def _line_of(text: str, pattern: str, start: int = 0) -> int:
+    """The 1-based line where ``pattern`` first matches at or after line ``start``; 0 when not found."""
+    rx = re.compile(pattern)
+    for n, line in enumerate(text.splitlines()[start:], start + 1):
+        if rx.search(line):
+            return n
+    return 0
+
+
+def _quoted(name: str) -> str:
+    return rf"(?:{re.escape(name)}|\"{re.escape(name)}\"|'{re.escape(name)}')"
+
+
 @dataclass(frozen=True)
 class Policy:
     rules: Mapping[str, StageRule] = field(default_factory=dict)
     configured: bool = False
+    source: str = ""  # the file it came from, named in refusals
 
     @classmethod
-    def from_toml(cls, doc: Mapping) -> Policy:
-        if not doc:
-            return cls()
-        problems = []
-        rules = {}
-        for stage, raw in (doc.get("stages") or {}).items():
-            if not isinstance(raw, Mapping):
-                problems.append(f"[stages.{stage}] must be a table")
-                continue
-            unknown = set(raw) - {"requesters", "approvers", "approver_must_differ", "channels", "notify_channel"}
-            if unknown:
-                problems.append(f"[stages.{stage}] has unknown keys: {', '.join(sorted(unknown))}")
+    def load(cls, path: Path) -> Policy:
+        try:
+            text = path.read_text()
+        except FileNotFoundError as exc:
+            raise PolicyError(f"{path} does not exist") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"{path} cannot be read: {exc}") from exc
+        return cls.parse(text, str(path))
 
-            def ids(key: str, stage=stage, raw=raw) -> tuple[str, ...] | None:
+    @classmethod
+    def parse(cls, text: str, source: str = "policy file") -> Policy:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"{source} is not valid TOML: {exc}") from exc
+        problems: list[str] = []
+
+        def at(line: int) -> str:
+            return f"{source}:{line}" if line else source
+
+        for key in doc:
+            if key not in TOP_KEYS:
+                line = _line_of(text, rf"^\s*\[{{1,2}}\s*{_quoted(key)}\s*[\].]|^\s*{_quoted(key)}\s*=")
+                problems.append(f"{at(line)}: unknown table or key `{key}` (known: {', '.join(TOP_KEYS)})")
+        stages = doc.get("stages", {})
+        if not isinstance(stages, Mapping):
+            problems.append(f"{source}: `stages` must be a table of [stages.<name>] tables")
+            stages = {}
+        rules = {}
+        for stage, raw in stages.items():
+            header = _line_of(text, rf"^\s*\[\s*stages\s*\.\s*{_quoted(stage)}\s*\]")
+            where = at(header)
+            if not STAGE_KEY_RE.match(stage):
+                problems.append(f"{where}: [stages.{stage}] is not a stage name (letters, digits, '-', '_' or \"*\")")
+            if not isinstance(raw, Mapping):
+                problems.append(f"{where}: stages.{stage} must be a table")
+                continue
+            for key in raw:
+                if key not in RULE_KEYS:
+                    line = _line_of(text, rf"^\s*{_quoted(key)}\s*=", max(header - 1, 0))
+                    problems.append(f"{at(line)}: unknown key `{key}` in [stages.{stage}] "
+                                    f"(known: {', '.join(RULE_KEYS)})")
+
+            def ids(key: str, stage=stage, raw=raw, header=header) -> tuple[str, ...] | None:
                 value = raw.get(key)
                 if value is None:
                     return None
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    problems.append(f"[stages.{stage}] {key} must be a list of Slack IDs")
+                line = _line_of(text, rf"^\s*{_quoted(key)}\s*=", max(header - 1, 0))
+                if not isinstance(value, list) or not all(isinstance(v, str) and ID_RE.match(v) for v in value):
+                    problems.append(f"{at(line)}: [stages.{stage}] {key} must be a list of Slack IDs "
+                                    "(U…, S… for a user group, C… for a channel) or CLI user names")
                     return None
                 return tuple(value)
 
+            must_differ = raw.get("approver_must_differ", False)
+            if not isinstance(must_differ, bool):
+                line = _line_of(text, r"^\s*approver_must_differ\s*=", max(header - 1, 0))
+                problems.append(f"{at(line)}: [stages.{stage}] approver_must_differ must be true or false")
+                must_differ = True  # fail closed, though start-up stops anyway
+            notify = raw.get("notify_channel", "")
+            if not isinstance(notify, str) or (notify and not ID_RE.match(notify)):
+                line = _line_of(text, r"^\s*notify_channel\s*=", max(header - 1, 0))
+                problems.append(f"{at(line)}: [stages.{stage}] notify_channel must be one channel ID")
+                notify = ""
             rules[stage] = StageRule(
-                requesters=ids("requesters"), approvers=ids("approvers"),
-                approver_must_differ=bool(raw.get("approver_must_differ", False)),
-                channels=ids("channels"), notify_channel=str(raw.get("notify_channel", "")),
+                requesters=ids("requesters"), approvers=ids("approvers"), approver_must_differ=must_differ,
+                channels=ids("channels"), notify_channel=notify,
             )
         if problems:
-            raise PolicyError("; ".join(problems))
-        return cls(rules, configured=True)
+            raise PolicyError("\n".join(problems))
+        return cls(rules, configured=True, source=source)
 
-    def rule(self, stage: str) -> StageRule:
-        return self.rules.get(stage) or self.rules.get("*") or StageRule()
+    # -- reading ---------------------------------------------------------------------------------
+
+    def rule(self, stage: str) -> StageRule | None:
+        """The stage's rule. None when a policy file exists and covers neither the stage nor "*"."""
+        if not self.configured:
+            return StageRule()
+        return self.rules.get(stage) or self.rules.get("*")
+
+    def uncovered(self, stage: str) -> Decision:
+        return Decision(False, f"The policy file {self.source} has no rule for stage `{stage}` and no "
+                               f"[stages.\"*\"], so nobody may act on it. Add [stages.{stage}] to {self.source}.")
 
     def notify_channel(self, stage: str, default: str) -> str:
-        return self.rule(stage).notify_channel or default
+        rule = self.rule(stage)
+        return (rule.notify_channel if rule else "") or default
+
+    def group_ids(self) -> set[str]:
+        return {i for r in self.rules.values() for i in (r.requesters or ()) + (r.approvers or ()) if i.startswith("S")}
+
+    def describe(self) -> list[str]:
+        """Each stage's effective rule, for the start-up log."""
+        if not self.configured:
+            return [f"{NO_POLICY} (set ROLLBACK_CONFIG): every stage, anyone may request and approve"]
+        lines = [f"policy {self.source}:"]
+        lines += [f"  {stage}: {rule.describe()}" for stage, rule in sorted(self.rules.items())]
+        if "*" not in self.rules:
+            lines.append("  any other stage: refused (no [stages.\"*\"])")
+        return lines
+
+    # -- deciding --------------------------------------------------------------------------------
 
     @staticmethod
     def _member(user: str, allowed: Iterable[str] | None, groups_of: Callable[[str], set[str]]) -> bool:
@@ -88,20 +195,89 @@ class Policy:
         allowed = set(allowed)
         return user in allowed or bool(groups_of(user) & allowed)
 
-    def may_request(self, stage: str, user: str, channel: str, groups_of=lambda u: set()) -> Decision:
+    def may_act_in(self, stage: str, channel: str | None) -> Decision:
+        """Whether anything about ``stage`` may be done in ``channel`` (None: not in Slack, the terminal)."""
         rule = self.rule(stage)
-        if rule.channels is not None and channel not in rule.channels:
+        if rule is None:
+            return self.uncovered(stage)
+        if channel is not None and rule.channels is not None and channel not in rule.channels:
             where = ", ".join(f"<#{c}>" for c in rule.channels)
             return Decision(False, f"Rollbacks of `{stage}` are requested in {where}, not here.")
-        if not self._member(user, rule.requesters, groups_of):
+        return Decision(True)
+
+    def may_request(self, stage: str, user: str, channel: str | None, groups_of=lambda u: set()) -> Decision:
+        decision = self.may_act_in(stage, channel)
+        if not decision.allowed:
+            return decision
+        if not self._member(user, self.rule(stage).requesters, groups_of):
             return Decision(False, f"You are not allowed to request rollbacks of `{stage}`. Ask someone on "
                                    "its requester list, or change the policy file.")
         return Decision(True)
 
-    def may_approve(self, stage: str, user: str, requester: str, groups_of=lambda u: set()) -> Decision:
+    def may_approve(self, stage: str, user: str, requester: str, channel: str | None = None,
+                    groups_of=lambda u: set()) -> Decision:
+        decision = self.may_act_in(stage, channel)
+        if not decision.allowed:
+            return decision
         rule = self.rule(stage)
         if not self._member(user, rule.approvers, groups_of):
             return Decision(False, f"You are not an approver for `{stage}`; ask one of its approvers to click.")
         if rule.approver_must_differ and user == requester:
             return Decision(False, f"`{stage}` needs a second person: someone other than the requester must approve.")
         return Decision(True)
+
+    def approval_needs(self, stage: str, requester: str) -> str:
+        """What approval needs, said before anyone clicks."""
+        rule = self.rule(stage)
+        if not self.configured:
+            return NO_POLICY
+        if rule is None:
+            return "nobody may approve: the stage is not in the policy file"
+        who = "anyone" if rule.approvers is None else "one of " + ", ".join(rule.approvers)
+        return who + (" other than the requester" if rule.approver_must_differ else "")
+
+
+class PolicySource:
+    """The policy in force, reloaded when its file changes. A new file is validated first: an invalid
+    one keeps the old policy in force and says why in the log (once per change of the file)."""
+
+    def __init__(self, policy: Policy, path: Path | None = None, check_every: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._policy = policy
+        self.path = path
+        self.check_every = check_every
+        self.clock = clock
+        self._seen = self._stamp()
+        self._checked = clock()
+        self._lock = threading.Lock()
+        self.last_error = ""
+
+    def _stamp(self) -> tuple | None:
+        if self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return ("missing",)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def current(self) -> Policy:
+        if self.path is None:
+            return self._policy
+        with self._lock:
+            if self.clock() - self._checked < self.check_every:
+                return self._policy
+            self._checked = self.clock()
+            stamp = self._stamp()
+            if stamp == self._seen:
+                return self._policy
+            self._seen = stamp
+            try:
+                new = Policy.load(self.path)
+            except PolicyError as exc:
+                self.last_error = str(exc)
+                log.error("the policy file changed but is invalid; the previous policy stays in force:\n%s", exc)
+                return self._policy
+            self._policy, self.last_error = new, ""
+            log.info("policy reloaded from %s:\n%s", self.path, "\n".join(new.describe()))
+            return new

@@ -13,17 +13,37 @@ import git
 
 LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml")
 PLUGIN_FILES = ("package.json", *LOCKFILES)
+GIT_TIMEOUT = 300  # seconds a fetch or clone may take before git is stopped
+SHA_RE = re.compile(r"^[0-9a-f]{4,64}$")
+# git must never wait for a person (a credential prompt) or on a stalled connection.
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
+           "GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "60",
+           "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20"}
 
 
 class SourceError(Exception):
     """The repository cannot give us what a rollback needs; the message says what to do."""
 
 
+def without_credentials(url: str) -> str:
+    """A repository URL fit to show: https://user:token@host/x becomes https://***@host/x."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]+@", r"\1***@", url or "")
+
+
 def _git_says(exc: git.GitCommandError) -> str:
-    """git's own words from a failed command, without gitpython's wrapping."""
+    """git's own words from a failed command, without gitpython's wrapping, and without any URL's
+    credentials (git quotes the URL it could not reach)."""
     text = str(exc.stderr or exc).strip()
     text = text.removeprefix("stderr:").strip().strip("'").strip()
+    text = re.sub(r"([a-z][a-z0-9+.-]*://)[^/\s@]+@", r"\1***@", text)
     return " ".join(text.split())
+
+
+def _sha(value: str) -> str:
+    """A commit id for git: hex only, so nothing from the index or a user is ever read as an option."""
+    if not isinstance(value, str) or not SHA_RE.match(value):
+        raise SourceError(f"{str(value)[:80]!r} is not a commit SHA")
+    return value
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,8 @@ class PluginChange:
 def local_commit(ref: str, path: Path | str = ".") -> CommitInfo | None:
     """What the repository around ``path`` says about ``ref``; None outside a repository or
     when the commit is not there (CI may publish from a shallow or foreign checkout)."""
+    if not ref or ref.startswith("-") or not re.match(r"^[\w./@^~{}-]+$", ref):
+        return None  # never an option, never anything but a plain revision
     try:
         repo = git.Repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
@@ -82,8 +104,8 @@ def local_commits_between(old: str, new: str, path: Path | str = ".", limit: int
         return []
     try:
         return [CommitInfo(c.hexsha, c.author.name or "", str(c.summary or ""))
-                for c in repo.iter_commits(f"{old}..{new}", max_count=limit)]
-    except (git.GitCommandError, ValueError):
+                for c in repo.iter_commits(f"{_sha(old)}..{_sha(new)}", max_count=limit)]
+    except (git.GitCommandError, ValueError, SourceError):
         return []
     finally:
         repo.close()
@@ -123,42 +145,52 @@ def plugins_of(serverless_yml: str) -> tuple[str, ...] | None:
 class SourceRepo:
     """A bare mirror of ROLLBACK_REPO under the data dir; checkouts are worktrees of it."""
 
-    def __init__(self, url: str, mirror_dir: Path, service_dir: str = "."):
+    def __init__(self, url: str, mirror_dir: Path, service_dir: str = ".", timeout: float = GIT_TIMEOUT):
         self.url = url
+        self.shown_url = without_credentials(url)  # the only form of the URL that goes into a message
         self.mirror_dir = mirror_dir
         self.service_dir = service_dir
-        self._lock = threading.Lock()  # git does not like two fetches into one mirror at once
+        self.timeout = timeout
+        # Two locks: a fetch (network, slow) must never make a running job's checkout (local) wait.
+        self._fetch_lock = threading.Lock()  # git does not like two fetches into one mirror at once
+        self._tree_lock = threading.Lock()  # worktree add/prune
 
     def _repo(self) -> git.Repo:
-        return git.Repo(self.mirror_dir)
+        repo = git.Repo(self.mirror_dir)
+        repo.git.update_environment(**GIT_ENV)
+        return repo
 
     def fetch(self) -> None:
-        """Create the mirror, or bring it up to date."""
-        with self._lock:
+        """Create the mirror, or bring it up to date (stopped after ``timeout`` seconds)."""
+        with self._fetch_lock:
             try:
                 if (self.mirror_dir / "HEAD").exists():
                     with self._repo() as repo:
-                        repo.git.fetch("--prune", "--tags", "origin", "+refs/heads/*:refs/heads/*")
+                        repo.git.fetch("--prune", "--tags", "origin", "+refs/heads/*:refs/heads/*",
+                                       kill_after_timeout=self.timeout)
                 else:
                     self.mirror_dir.parent.mkdir(parents=True, exist_ok=True)
-                    git.Repo.clone_from(self.url, self.mirror_dir, mirror=True).close()
+                    git.Repo.clone_from(self.url, self.mirror_dir, mirror=True, env=GIT_ENV,
+                                        kill_after_timeout=self.timeout).close()
             except git.GitCommandError as exc:
                 raise SourceError(
-                    f"cannot fetch {self.url}: {_git_says(exc)}. Check ROLLBACK_REPO and access to it"
+                    f"cannot fetch {self.shown_url}: {_git_says(exc)}. Check ROLLBACK_REPO and access to it"
                 ) from exc
 
     def commit(self, sha: str) -> CommitInfo:
         with self._repo() as repo:
             try:
-                c = repo.commit(sha)
-            except (git.BadName, ValueError, git.GitCommandError) as exc:
+                c = repo.commit(_sha(sha))
+            except (git.BadName, ValueError, git.GitCommandError, SourceError) as exc:
                 raise SourceError(
-                    f"commit {sha[:12]} is not in {self.url}: it may have been force-pushed away. "
+                    f"commit {str(sha)[:12]} is not in {self.shown_url}: it may have been force-pushed away. "
                     "Roll back to another build, or push that commit again"
                 ) from exc
             return CommitInfo(c.hexsha, c.author.name or "", str(c.summary or ""))
 
     def has(self, sha: str) -> bool:
+        if not (self.mirror_dir / "HEAD").exists():
+            return False
         try:
             self.commit(sha)
             return True
@@ -169,16 +201,16 @@ class SourceRepo:
         """Commits in ``live`` that ``target`` does not have: what a rollback undoes."""
         with self._repo() as repo:
             try:
-                commits = list(repo.iter_commits(f"{target}..{live}", max_count=limit))
-            except git.GitCommandError:
+                commits = list(repo.iter_commits(f"{_sha(target)}..{_sha(live)}", max_count=limit))
+            except (git.GitCommandError, SourceError):
                 return []
             return [CommitInfo(c.hexsha, c.author.name or "", str(c.summary or "")) for c in commits]
 
     def _read(self, repo: git.Repo, sha: str, name: str) -> str | None:
         path = (Path(self.service_dir) / name).as_posix().removeprefix("./")
         try:
-            return repo.git.show(f"{sha}:{path}")
-        except git.GitCommandError:
+            return repo.git.show(f"{_sha(sha)}:{path}", "--")
+        except (git.GitCommandError, SourceError):
             return None
 
     def plugin_change(self, live: str, target: str) -> PluginChange:
@@ -201,10 +233,10 @@ class SourceRepo:
         self.commit(sha)  # a clear error before anything is created
         if dest.exists():
             self.remove_checkout(dest)
-        with self._lock, self._repo() as repo:
+        with self._tree_lock, self._repo() as repo:
             try:
                 repo.git.worktree("prune")
-                repo.git.worktree("add", "--detach", "--force", str(dest), sha)
+                repo.git.worktree("add", "--detach", "--force", "--", str(dest), _sha(sha))
             except git.GitCommandError as exc:
                 raise SourceError(f"cannot check out {sha[:12]}: {_git_says(exc)}") from exc
         service = dest / self.service_dir
@@ -216,5 +248,5 @@ class SourceRepo:
 
     def remove_checkout(self, dest: Path) -> None:
         shutil.rmtree(dest, ignore_errors=True)
-        with self._lock, self._repo() as repo, contextlib.suppress(git.GitCommandError):
+        with self._tree_lock, self._repo() as repo, contextlib.suppress(git.GitCommandError):
             repo.git.worktree("prune")

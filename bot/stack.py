@@ -14,6 +14,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from bot.archive import TEMPLATE_NAME, PackageError
 
+STATE_NAME = "serverless-state.json"
+
 
 @dataclass(frozen=True)
 class PackageInfo:
@@ -27,17 +29,33 @@ class PackageInfo:
 
     @classmethod
     def read(cls, package_dir: Path, stage: str, default_service: str = "") -> PackageInfo:
-        try:
-            template = json.loads((package_dir / TEMPLATE_NAME).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PackageError(f"the package's {TEMPLATE_NAME} cannot be read ({exc})") from exc
-        state: dict = {}
-        state_file = package_dir / "serverless-state.json"
-        if state_file.is_file():
+        def raw(name: str) -> bytes | None:
             try:
-                raw = json.loads(state_file.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise PackageError(f"the package's serverless-state.json cannot be read ({exc})") from exc
+                return (package_dir / name).read_bytes()
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise PackageError(f"the package's {name} cannot be read ({exc})") from exc
+
+        return cls.parse(raw(TEMPLATE_NAME), raw(STATE_NAME), stage, default_service)
+
+    @classmethod
+    def parse(cls, template_raw: bytes | None, state_raw: bytes | None, stage: str,
+              default_service: str = "") -> PackageInfo:
+        if template_raw is None:
+            raise PackageError(f"the package has no {TEMPLATE_NAME}")
+        try:
+            template = json.loads(template_raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PackageError(f"the package's {TEMPLATE_NAME} cannot be read ({exc})") from exc
+        if not isinstance(template, dict):
+            raise PackageError(f"the package's {TEMPLATE_NAME} is not a CloudFormation template")
+        state: dict = {}
+        if state_raw is not None:
+            try:
+                raw = json.loads(state_raw)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise PackageError(f"the package's {STATE_NAME} cannot be read ({exc})") from exc
             found = raw.get("service") if isinstance(raw, dict) else None
             state = found if isinstance(found, dict) else {}  # an unexpected shape: use the defaults
         provider = state.get("provider") if isinstance(state.get("provider"), dict) else {}
@@ -46,7 +64,31 @@ class PackageInfo:
             service = service.get("name", "") or default_service
         region = provider.get("region") or "us-east-1"
         stack_name = provider.get("stackName") or f"{service}-{stage}"
-        return cls(service, stage, region, stack_name, template)
+        return cls(str(service), stage, str(region), str(stack_name), template)
+
+    def built_for(self) -> set[str]:
+        """The stages the package's code was built for, read from where Serverless puts the code
+        (``serverless/<service>/<stage>/…`` in each function's S3Key). Empty when it has no functions."""
+        stages = set()
+        for res in (self.template.get("Resources") or {}).values():
+            if not isinstance(res, dict) or res.get("Type") != "AWS::Lambda::Function":
+                continue
+            code = (res.get("Properties") or {}).get("Code") or {}
+            key = code.get("S3Key") if isinstance(code, dict) else None
+            if isinstance(key, str):
+                parts = key.split("/")
+                if len(parts) >= 4 and parts[0] == "serverless":
+                    stages.add(parts[2])
+        return stages
+
+    def check_stage(self) -> None:
+        """A prod rollback never deploys a package built for another stage."""
+        others = self.built_for() - {self.stage}
+        if others:
+            raise PackageError(
+                f"this package was built for stage {', '.join(sorted(others))}, not {self.stage}: "
+                "deploying it would put another stage's code and settings here. Nothing was deployed; "
+                "check which package CI published under this stage")
 
     def functions(self, package_dir: Path) -> dict[str, Path]:
         """Lambda function name -> the zip in the package that holds its code."""

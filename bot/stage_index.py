@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 SCHEMA_VERSION = 1
 HEX_RE = re.compile(r"^[0-9a-f]+$")
 MIN_PREFIX = 4
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # sha1, or sha256 repositories
+BUILD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_PACKAGE_BYTES = 10 * 1024**3  # no Serverless package is near this; a larger size is a lie
+MAX_TEXT = 2000  # author, message, reasons: longer values are cut, never trusted to be short
 
 
 class IndexFormatError(Exception):
@@ -93,6 +99,9 @@ class StageIndex:
     freeze: Mark | None = None
     in_use: list[InUse] = field(default_factory=list)
     schema: int = SCHEMA_VERSION
+    # Entries that failed validation on read: (section, the raw entry, why). Never resolved or
+    # deployed, and written back unchanged so nothing is lost.
+    refused: list[tuple[str, dict, str]] = field(default_factory=list)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -207,9 +216,23 @@ class StageIndex:
         artifact.bad = None  # a successful deploy of a build clears its bad mark
         return True
 
+    def is_forward(self, target: Artifact) -> bool:
+        """Whether moving to ``target`` is a roll forward: it was published after the live build."""
+        live = self.live_artifact()
+        if live is None or live.ident == target.ident:
+            return False
+        if self.find(*target.ident) is None:
+            return target.created > live.created
+        return self.artifacts.index(self.find(*target.ident)) < self.artifacts.index(live)
+
+    def _newer_than(self, art: Artifact, than: Artifact) -> bool:
+        if art in self.artifacts and than in self.artifacts:
+            return self.artifacts.index(art) < self.artifacts.index(than)
+        return art.created > than.created
+
     def record_rollback(self, target: Artifact, by: str, at: float, reason: str) -> list[Artifact]:
-        """After a successful rollback: the target is live, every build that went live after it is
-        marked bad, and CI is frozen. Returns the builds newly marked bad."""
+        """After a successful rollback: the target is live, every build newer than it that went live
+        after it is marked bad, and CI is frozen. Returns the builds newly marked bad."""
         current = self.find(*target.ident)
         if current is None:  # pruned meanwhile: put the entry back, it is live now
             current = Artifact(**{**vars(target), "bad": None})
@@ -221,12 +244,27 @@ class StageIndex:
             if record.at <= since or record.ident == current.ident:
                 continue
             art = self.find(*record.ident)
-            if art is not None and art.bad is None and art not in marked:
+            # An older build that went live later (a previous rollback to it) is not what we undo.
+            if art is not None and art.bad is None and art not in marked and self._newer_than(art, current):
                 art.bad = Mark(by, reason, at)
                 marked.append(art)
         self.set_live(current, by, at, via="rollback")
         self.freeze = Mark(by, reason, at)
         return marked
+
+    def record_forward(self, target: Artifact, by: str, at: float, unfreeze: bool = False) -> Mark | None:
+        """After a successful roll forward: the target is live and its own bad mark cleared; nothing
+        else is marked. The freeze stays unless the person asked to lift it. Returns a lifted freeze."""
+        current = self.find(*target.ident)
+        if current is None:
+            current = Artifact(**{**vars(target), "bad": None})
+            self.add(current)
+        self.set_live(current, by, at, via="forward")
+        current.bad = None
+        lifted = None
+        if unfreeze:
+            lifted, self.freeze = self.freeze, None
+        return lifted
 
     def bad_mark_for(self, commit: str) -> Mark | None:
         """The bad mark of a commit, named in full or by a prefix of 7+ characters (as CI may)."""
@@ -242,11 +280,17 @@ class StageIndex:
 
     def to_json(self) -> bytes:
         doc = asdict(self)
+        refused = doc.pop("refused")
+        for section, raw, _why in refused:  # written back as found: refusing to use is not deleting
+            doc[section].append(raw)
         doc["live"] = asdict(self.live) if self.live else None  # for people and scripts reading it
         return json.dumps(doc, indent=1, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes, where: str) -> StageIndex:
+    def from_json(cls, raw: bytes, where: str,
+                  key_for: Callable[[str, str], str] | None = None) -> StageIndex:
+        """Parse an index, validating every entry: ``key_for(commit, build_id)`` is the layout path
+        an artifact must have. An entry that fails is refused (kept aside, never deployed)."""
         try:
             doc = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -262,26 +306,100 @@ class StageIndex:
                 f"{SCHEMA_VERSION}); upgrade rollback-bot here."
             )
         try:
-            return cls(
-                service=doc["service"],
-                stage=doc["stage"],
-                artifacts=[_artifact(a) for a in doc.get("artifacts", [])],
-                history=[_build(LiveRecord, h) for h in doc.get("history", [])],
-                freeze=_build(Mark, doc["freeze"]) if doc.get("freeze") else None,
-                in_use=[_build(InUse, u) for u in doc.get("in_use", [])],
+            refused: list[tuple[str, dict, str]] = []
+
+            def each(section: str, make):
+                items = doc.get(section, [])
+                if not isinstance(items, list):
+                    raise TypeError(f"{section} is not a list")
+                for item in items:
+                    try:
+                        yield make(item)
+                    except EntryError as exc:
+                        refused.append((section, item, str(exc)))
+
+            index = cls(
+                service=_text(doc["service"], "service"),
+                stage=_text(doc["stage"], "stage"),
+                artifacts=list(each("artifacts", lambda a: _artifact(a, key_for))),
+                history=list(each("history", _live_record)),
+                freeze=_mark(doc["freeze"]) if doc.get("freeze") else None,
+                in_use=list(each("in_use", _in_use)),
                 schema=doc["schema"],
             )
-        except (KeyError, TypeError) as exc:
-            raise IndexFormatError(f"{where} is missing a field ({exc}); it was left untouched.") from exc
+            index.refused = refused
+            return index
+        except (KeyError, TypeError, EntryError) as exc:
+            raise IndexFormatError(f"{where} is missing a field or has a wrong one ({exc}); it was left "
+                                   "untouched.") from exc
+
+
+class EntryError(ValueError):
+    """One entry of the index is not what rollback-bot writes."""
 
 
 def _build(cls, data: dict):
+    if not isinstance(data, dict):
+        raise EntryError(f"expected an object, got {type(data).__name__}")
     names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise EntryError(str(exc)) from exc
 
 
-def _artifact(data: dict) -> Artifact:
+def _text(value, what: str, limit: int = MAX_TEXT) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise EntryError(f"{what} is not text")
+    return value[:limit]
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EntryError(f"{what} is not a number")
+    return float(value)
+
+
+def _ident(commit, build_id) -> tuple[str, str]:
+    if not isinstance(commit, str) or not COMMIT_RE.match(commit):
+        raise EntryError(f"commit {str(commit)[:80]!r} is not a full lowercase SHA")
+    if not isinstance(build_id, str) or not BUILD_RE.match(build_id):
+        raise EntryError(f"build id {str(build_id)[:80]!r} is not letters, digits, '.', '_' or '-'")
+    return commit, build_id
+
+
+def _mark(data) -> Mark:
+    m = _build(Mark, data)
+    return Mark(_text(m.by, "by", 200), _text(m.reason, "reason"), _number(m.at, "at"))
+
+
+def _live_record(data) -> LiveRecord:
+    r = _build(LiveRecord, data)
+    _ident(r.commit, r.build_id)
+    return LiveRecord(r.commit, r.build_id, _number(r.at, "at"), _text(r.by, "by", 200), _text(r.via, "via", 20))
+
+
+def _in_use(data) -> InUse:
+    u = _build(InUse, data)
+    _ident(u.commit, u.build_id)
+    return InUse(u.commit, u.build_id, _text(u.job, "job", 40), _number(u.since, "since"))
+
+
+def _artifact(data, key_for: Callable[[str, str], str] | None = None) -> Artifact:
     art = _build(Artifact, data)
-    if art.bad is not None:
-        art.bad = _build(Mark, art.bad)
-    return art
+    commit, build_id = _ident(art.commit, art.build_id)
+    label = f"{commit[:7]} (build {build_id})"
+    if key_for is not None and art.key != key_for(commit, build_id):
+        raise EntryError(f"{label}: key {str(art.key)[:200]!r} is not this stage's layout path "
+                         f"{key_for(commit, build_id)!r}")
+    if not isinstance(art.sha256, str) or not SHA256_RE.match(art.sha256):
+        raise EntryError(f"{label}: sha256 is not 64 hex characters")
+    if isinstance(art.size, bool) or not isinstance(art.size, int) or not 0 < art.size <= MAX_PACKAGE_BYTES:
+        raise EntryError(f"{label}: size {str(art.size)[:40]!r} is out of bounds")
+    return Artifact(
+        commit=commit, build_id=build_id, key=art.key, sha256=art.sha256, size=art.size,
+        created=_number(art.created, "created"), author=_text(art.author, "author", 200),
+        message=_text(art.message, "message"), bad=_mark(art.bad) if art.bad else None,
+    )

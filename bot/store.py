@@ -14,8 +14,10 @@ from pathlib import Path
 
 import sqlite_utils
 
-ACTIVE_STATES = ("running",)
-FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted", "expired")
+ACTIVE_STATES = ("pending", "approving", "running")
+FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted", "expired", "withdrawn", "refused", "outdated")
+OUTPUT_HEAD = 2000  # lines of a job's output kept in sqlite from its start…
+OUTPUT_TAIL = 3000  # …and from its end; the full log is on disk (jobs' log files)
 
 # Each entry migrates the schema from version i to i+1; append, never edit.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
@@ -58,6 +60,19 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["audit"].create_index(["stage", "at"])
 
 
+@_migration
+def _v2(db: sqlite_utils.Database) -> None:
+    # plan_json: what the plan card showed, compared at the click; pid_start: the runner's process
+    # start time, so a reused pid is not taken for it; recorded: whether index.json took the result.
+    db["jobs"].add_column("plan_json", str)
+    db["jobs"].add_column("pid_start", str)
+    db["jobs"].add_column("recorded", int)
+    db["jobs"].add_column("unfreeze", int)
+    db["jobs"].add_column("output_dropped", int)
+    db["jobs"].add_column("policy", str)
+    db["audit"].create_index(["at"])
+
+
 class StageBusy(Exception):
     def __init__(self, stage: str, lock: dict):
         self.stage = stage
@@ -69,9 +84,12 @@ class StageBusy(Exception):
 
 
 class Store:
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time,
+                 mask: Callable[[str], str] = lambda text: text):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
+        self.mask = mask  # everything stored is masked: reasons, output, audit details
+        self._out_counts: dict[int, int] = {}
         # One connection shared by the worker threads, serialised by our lock; WAL lets a CLI
         # process read while the bot writes.
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
@@ -113,6 +131,8 @@ class Store:
         return rows[0] if rows else None
 
     def update_job(self, job_id: int, **fields) -> None:
+        if isinstance(fields.get("reason"), str):
+            fields["reason"] = self.mask(fields["reason"])
         with self._lock:
             self.db["jobs"].update(job_id, fields)
 
@@ -145,7 +165,7 @@ class Store:
     def add_event(self, job_id: int, step: str, status: str, text: str = "", duration: float | None = None) -> None:
         with self._lock:
             self.db["events"].insert(
-                {"job_id": job_id, "at": self.clock(), "step": step, "status": status, "text": text,
+                {"job_id": job_id, "at": self.clock(), "step": step, "status": status, "text": self.mask(text),
                  "duration": duration}
             )
 
@@ -154,12 +174,35 @@ class Store:
             return list(self.db["events"].rows_where("job_id = ?", [job_id], order_by="id"))
 
     def add_output(self, job_id: int, step: str, lines: list[str]) -> None:
+        """Keep the first OUTPUT_HEAD and the last OUTPUT_TAIL lines: a deploy printing a million
+        lines costs sqlite a bounded amount (the full log is on disk)."""
         with self._lock:
-            self.db["output"].insert_all({"job_id": job_id, "step": step, "line": line} for line in lines)
+            self.db["output"].insert_all(
+                {"job_id": job_id, "step": step, "line": self.mask(line)[:4000]} for line in lines)
+            count = self._out_counts.get(job_id)
+            if count is None:
+                count = self.db.execute("SELECT COUNT(*) FROM output WHERE job_id = ?", [job_id]).fetchone()[0]
+            else:
+                count += len(lines)
+            if count > OUTPUT_HEAD + OUTPUT_TAIL + 500:  # trim in batches, not per line
+                cur = self.db.execute(
+                    "DELETE FROM output WHERE job_id = ? AND id > (SELECT id FROM output WHERE job_id = ? "
+                    "ORDER BY id LIMIT 1 OFFSET ?) AND id <= (SELECT id FROM output WHERE job_id = ? "
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    [job_id, job_id, OUTPUT_HEAD - 1, job_id, OUTPUT_TAIL])
+                self.db.execute("UPDATE jobs SET output_dropped = COALESCE(output_dropped, 0) + ? WHERE id = ?",
+                                [cur.rowcount, job_id])
+                count -= cur.rowcount
+            self._out_counts[job_id] = count
 
     def output(self, job_id: int) -> list[str]:
+        """The stored lines; when the middle was dropped, a line says how many and where they are."""
         with self._lock:
-            return [r[0] for r in self.db.execute("SELECT line FROM output WHERE job_id = ? ORDER BY id", [job_id])]
+            lines = [r[0] for r in self.db.execute("SELECT line FROM output WHERE job_id = ? ORDER BY id", [job_id])]
+            row = self.db.execute("SELECT output_dropped FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if row and row[0]:
+            lines.insert(OUTPUT_HEAD, f"… {row[0]} lines not kept here; the job's log file has every line")
+        return lines
 
     def log_tail(self, job_id: int, lines: int = 20) -> list[str]:
         with self._lock:
@@ -184,6 +227,7 @@ class Store:
     def release_lock(self, stage: str, job_id: int) -> None:
         with self._lock:
             self.db.execute("DELETE FROM locks WHERE stage = ? AND job_id = ?", [stage, job_id])
+            self._out_counts.pop(job_id, None)
 
     def lock_of(self, stage: str) -> dict | None:
         with self._lock:
@@ -200,8 +244,32 @@ class Store:
         with self._lock:
             self.db["audit"].insert(
                 {"at": self.clock(), "actor": actor, "action": action, "stage": stage, "job_id": job_id,
-                 "detail": json.dumps(detail, sort_keys=True, default=str)}
+                 "detail": self.mask(json.dumps(detail, sort_keys=True, default=str))}
             )
+
+    def count_jobs(self, requested_by: str, since: float, states: Iterable[str] | None = None) -> int:
+        where, args = "requested_by = ? AND created >= ?", [requested_by, since]
+        if states:
+            states = list(states)
+            where += f" AND state IN ({', '.join('?' * len(states))})"
+            args += states
+        with self._lock:
+            return self.db.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0]
+
+    def prune(self, before: float) -> dict[str, int]:
+        """Forget finished jobs (with their events and output) and audit entries older than ``before``."""
+        final = list(FINAL_STATES)
+        marks = ", ".join("?" * len(final))
+        with self._lock, self.db.conn:
+            old = f"SELECT id FROM jobs WHERE COALESCE(finished, created) < ? AND state IN ({marks})"
+            args = [before, *final]
+            counts = {
+                "output": self.db.execute(f"DELETE FROM output WHERE job_id IN ({old})", args).rowcount,
+                "events": self.db.execute(f"DELETE FROM events WHERE job_id IN ({old})", args).rowcount,
+                "jobs": self.db.execute(f"DELETE FROM jobs WHERE id IN ({old})", args).rowcount,
+                "audit": self.db.execute("DELETE FROM audit WHERE at < ?", [before]).rowcount,
+            }
+        return counts
 
     def audit_trail(self, stage: str | None = None, limit: int = 50) -> list[dict]:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import asdict
 from typing import TextIO
@@ -9,6 +10,14 @@ from typing import TextIO
 from bot.pipeline import STEPS, Event
 from bot.plan import Plan
 from bot.stage_index import Artifact, StageIndex
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    """Text from outside (commit subjects, log lines) without control characters: no escape
+    sequence in a commit subject can rewrite the operator's terminal."""
+    return CONTROL.sub("?", text)
 
 
 def age(seconds: float) -> str:
@@ -49,7 +58,7 @@ def render_listing(index: StageIndex, limit: int, now: float) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
     if len(index.artifacts) > limit:
         lines.append(f"… {len(index.artifacts) - limit} older builds (--limit to see more)")
-    return "\n".join(lines)
+    return clean("\n".join(lines))
 
 
 def artifact_json(index: StageIndex, art: Artifact) -> dict:
@@ -60,7 +69,8 @@ def artifact_json(index: StageIndex, art: Artifact) -> dict:
 
 def render_plan(plan: Plan, now: float) -> str:
     t = plan.target
-    lines = [f"Roll back {plan.stage} to {t.commit[:12]} (build {t.build_id}), {age(now - t.created)} old"]
+    lines = [f"{plan.verb} {plan.stage} to {t.commit[:12]} (build {t.build_id}), {age(now - t.created)} old"]
+    lines.append(f"  package sha256 {t.sha256[:12]}…, {t.size:,} bytes")
     lines.append(f"  {t.author}: {t.message}")
     if plan.chosen_because:
         lines.append(f"  chosen as `previous`: {plan.chosen_because}")
@@ -68,7 +78,7 @@ def render_plan(plan: Plan, now: float) -> str:
         live = plan.live
         lines.append(f"Live now: {live.commit[:12]} (build {live.build_id})  {live.author}: {live.message}")
     if plan.commits:
-        lines.append(f"Commits undone ({len(plan.commits)}):")
+        lines.append(f"Commits {'brought back' if plan.forward else 'undone'} ({len(plan.commits)}):")
         lines += [f"  {c.sha[:7]} {c.author}: {c.subject}" for c in plan.commits]
     if plan.plugins is not None:
         lines.append(plan.plugins.summary().capitalize())
@@ -82,7 +92,7 @@ def render_plan(plan: Plan, now: float) -> str:
     if plan.freeze:
         lines.append(f"CI is frozen on {plan.stage} (by {plan.freeze.by}: {plan.freeze.reason})")
     lines += [f"WARNING: {w}" for w in plan.warnings]
-    return "\n".join(lines)
+    return clean("\n".join(lines))
 
 
 class ProgressPrinter:
@@ -100,12 +110,12 @@ class ProgressPrinter:
             return
         if event.status == "output":
             if self.show_output:
-                print(f"    {event.text}", file=self.out, flush=True)
+                print(f"    {clean(event.text)}", file=self.out, flush=True)
             return
         if event.step in STEPS:
             n = STEPS.index(event.step) + 1
             took = f" ({event.duration:.1f}s)" if event.duration is not None else ""
-            detail = f": {event.text}" if event.text else ""
+            detail = f": {clean(event.text)}" if event.text else ""
             print(f"[{n}/{len(STEPS)}] {self.ICONS.get(event.status, '')} {event.step}{took}{detail}",
                   file=self.out, flush=True)
 
@@ -121,4 +131,4 @@ def render_history(jobs: list[dict], now: float) -> str:
             f"#{j['id']:<4} {j['state']:<11} {j['target_commit'][:7]} (build {j['target_build']}) "
             f"by {who} {age(now - j['created'])} ago {took}" + (f"  {j['reason']}" if j["reason"] else "")
         )
-    return "\n".join(lines)
+    return clean("\n".join(lines))

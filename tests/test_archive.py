@@ -2,10 +2,11 @@ import io
 import os
 import stat
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from bot.archive import PackageError, UnsafeArchiveError, file_digest, safe_extract, zip_package
+from bot.archive import Limits, PackageError, UnsafeArchiveError, file_digest, safe_extract, zip_package
 from tests.conftest import make_package
 
 
@@ -82,10 +83,40 @@ def test_zip_slip_entries_are_refused_and_nothing_is_written(tmp_path, name, dat
     assert not (tmp_path / "escape.txt").exists()
 
 
-def test_a_link_inside_the_folder_is_allowed(tmp_path):
+def test_every_link_is_refused_even_one_inside_the_folder(tmp_path):
     archive = _zip_with(tmp_path, "alias.txt", b"ok.txt", link=True)
-    safe_extract(archive, tmp_path / "out")
-    assert (tmp_path / "out" / "alias.txt").read_text() == "fine"
+    with pytest.raises(UnsafeArchiveError, match="a link"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "ok.txt").exists()
+
+
+def _bomb(tmp_path, entries: dict[str, int]) -> Path:
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, size in entries.items():
+            zf.writestr(name, b"\0" * size)
+    return path
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    archive = _bomb(tmp_path, {"ok.txt": 10, "bomb.bin": 50 * 1024 * 1024})  # 50 MB of zeros: ~1000:1
+    assert archive.stat().st_size < 200_000
+    with pytest.raises(UnsafeArchiveError, match="ratio over 200:1"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "ok.txt").exists()
+
+
+def test_too_many_entries_or_too_many_bytes_are_refused(tmp_path):
+    many = _bomb(tmp_path, {f"f{i}.txt": 1 for i in range(30)})
+    with pytest.raises(UnsafeArchiveError, match="30 entries, more than 20"):
+        safe_extract(many, tmp_path / "out", Limits(max_entries=20))
+    big = tmp_path / "big.zip"
+    with zipfile.ZipFile(big, "w") as zf:  # stored, so the ratio is 1:1: only the total catches it
+        zf.writestr("a.bin", os.urandom(600_000))
+        zf.writestr("b.bin", os.urandom(600_000))
+    with pytest.raises(UnsafeArchiveError, match="unpacks to 1200000 bytes, more than 1000000"):
+        safe_extract(big, tmp_path / "out2", Limits(max_total=1_000_000))
+    assert safe_extract(big, tmp_path / "out3", Limits(max_total=2_000_000))  # within the limit: fine
 
 
 def test_a_corrupt_zip_is_a_clear_error(tmp_path):

@@ -107,11 +107,24 @@ def test_download_verifies_and_unpacks(store, package, tmp_path):
 
 def test_a_tampered_artifact_is_refused_and_nothing_unpacked(store, s3, package, tmp_path):
     art = store.publish("prod", SHA1, package("v1"), build_id="1").artifact
-    s3.put_object(Bucket=BUCKET, Key=art.key, Body=b"PK\x03\x04 something else")
+    # swapped contents under the original metadata: the bytes' own sha256 catches it
+    s3.put_object(Bucket=BUCKET, Key=art.key, Body=b"PK\x03\x04 something else", Metadata={"sha256": art.sha256})
     dest = tmp_path / "restore"
     with pytest.raises(ChecksumError, match="corrupt in S3.*Nothing was unpacked"):
         store.download(art, dest)
     assert list(dest.iterdir()) == []
+
+
+def test_an_object_whose_metadata_disagrees_with_the_index_is_refused(store, s3, package, tmp_path):
+    art = store.publish("prod", SHA1, package("v1"), build_id="1").artifact
+    other = store.publish("prod", SHA2, package("v2"), build_id="2").artifact
+    # someone copies build 2's object (with its own metadata) over build 1's key
+    s3.copy_object(Bucket=BUCKET, Key=art.key, CopySource={"Bucket": BUCKET, "Key": other.key})
+    with pytest.raises(ChecksumError, match="sha256 metadata .* does not match the index"):
+        store.download(art, tmp_path / "restore")
+    with pytest.raises(ArtifactError, match="sha256 metadata .* does not match the index"):
+        store.read_members(art, ["cloudformation-template-update-stack.json"])
+    assert not (tmp_path / "restore" / "package").exists()
 
 
 def test_missing_bucket_is_a_clear_error(aws_env, package):

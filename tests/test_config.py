@@ -54,4 +54,5 @@ def test_a_policy_with_mistakes_stops_start_up(tmp_path):
     policy.write_text('[stages.prod]\napprovers = "U1"\napprover = ["U2"]\n')
     with pytest.raises(ConfigError) as err:
         load_settings({"ROLLBACK_CONFIG": str(policy)})
-    assert "approvers must be a list of Slack IDs" in str(err.value) and "unknown keys: approver" in str(err.value)
+    assert "policy.toml:2: [stages.prod] approvers must be a list of Slack IDs" in str(err.value)
+    assert "policy.toml:3: unknown key `approver` in [stages.prod]" in str(err.value)

@@ -19,7 +19,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.playground.slack import SlackStandIn, SlackUser
 from bot.playground.socket_mode import SocketModeStandIn
-from bot.slack.server import assemble, socket_mode, wsgi_app
+from bot.slack.server import assemble, socket_mode, start_up, wsgi_app
 from tests.conftest import BUCKET, SERVICE, code_of, live_code
 from tests.serverless_fixture import sls_env
 from tests.waiting import wait_for
@@ -93,6 +93,7 @@ def workspace(make_engine, tmp_path):
             env["ROLLBACK_CONFIG"] = str(tmp_path / "policy.toml")
         engine = make_engine(**env)
         app, engine, approvals = assemble(engine.settings, engine)
+        start_up(engine.settings, engine, approvals)
         if socket:
             far_end = SocketModeStandIn()
             standin.socket_url = far_end.url

@@ -30,7 +30,7 @@ from bot.playground.sample import FUNCTION, HISTORY, SERVICE, STAGE, SampleServi
 from bot.playground.slack import SlackStandIn, SlackUser
 from bot.playground.web import ChannelPage
 from bot.plugin_cache import PluginCache
-from bot.slack.server import assemble, http_server
+from bot.slack.server import assemble, http_server, start_up
 
 BUCKET = "rollback-demo-artifacts"
 CHANNEL = ("C-OPS", "ops")
@@ -158,7 +158,8 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
             _ci(out, "mark-deployed", "--stage", STAGE, "--commit", commit, "--build-id", f"demo-{change.version}")
     out(f"  ready in {time.monotonic() - started:.0f} s")
 
-    app, engine, _ = assemble(settings)
+    app, engine, approvals = assemble(settings)
+    start_up(settings, engine, approvals)
     running.callback(engine.jobs.shutdown)  # cancels a running rollback: its processes are stopped
     bot = http_server(settings, app, engine, host="127.0.0.1", port=0)
     threading.Thread(target=_serve, args=(bot,), daemon=True).start()

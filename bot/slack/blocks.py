@@ -1,4 +1,9 @@
-"""Block Kit for every message the bot sends. Pure functions: data in, blocks out, no I/O."""
+"""Block Kit for every message the bot sends. Pure functions: data in, blocks out, no I/O.
+
+Every value that came from outside (commit subjects, authors, build ids, reasons, log lines, stage
+names, who did what) goes through ``mrkdwn.esc``/``code``/``user``: nothing people wrote becomes a
+mention, a link or a broken code span.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,17 @@ import json
 
 from bot.pipeline import STEPS
 from bot.plan import Plan
+from bot.policy import NO_POLICY
 from bot.slack.commands import USAGE
-from bot.stage_index import Artifact, StageIndex
+from bot.slack.mrkdwn import code, esc, user
+from bot.stage_index import Artifact, Mark, StageIndex
 from bot.terminal import age
 
 STEP_LABELS = {"restore": "Restore artifact", "checkout": "Check out source", "install": "Install plugins",
                "deploy": "Deploy", "verify": "Verify Lambda code"}
 ICONS = {"pending": "▫️", "started": "⏳", "finished": "✅", "failed": "❌", "skipped": "➖"}
 MAX_TEXT = 2900  # a section's text may hold 3,000 characters
+LIFT_FREEZE = "lift_freeze"  # the checkbox on a roll forward's card
 
 
 def _clip(text: str, n: int = MAX_TEXT) -> str:
@@ -28,6 +36,10 @@ def context(text: str) -> dict:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(text)}]}
 
 
+def header(text: str) -> dict:
+    return {"type": "header", "text": {"type": "plain_text", "text": _clip(text, 150)}}
+
+
 def button(text: str, action_id: str, value: str, style: str | None = None) -> dict:
     b = {"type": "button", "text": {"type": "plain_text", "text": text}, "action_id": action_id, "value": value}
     if style:
@@ -36,12 +48,23 @@ def button(text: str, action_id: str, value: str, style: str | None = None) -> d
 
 
 def _build(a: Artifact, now: float) -> str:
-    who = a.author or "unknown"
-    return f"`{a.short}` build `{a.build_id}` · {who} · {age(now - a.created)} ago\n>{a.message or '(no message)'}"
+    first_line = (a.message or "(no message)").splitlines()[0] if (a.message or "").strip() else "(no message)"
+    return (f"{code(a.short)} build {code(a.build_id)} · {esc(a.author or 'unknown')} · {age(now - a.created)} ago"
+            f"\n>{esc(first_line)}")
+
+
+def _commit_lines(commits, limit: int) -> str:
+    lines = "\n".join(f"• {code(c.sha[:7])} {esc(c.author)}: {esc(c.subject)}" for c in commits[:limit])
+    more = f"\n…and {len(commits) - limit} more" if len(commits) > limit else ""
+    return lines + more
+
+
+def _mark(m: Mark) -> str:
+    return f"{user(m.by)}: {esc(m.reason)}"
 
 
 def help_blocks(stages: list[str]) -> list[dict]:
-    known = ", ".join(f"`{s}`" for s in stages) or "none yet (CI adds builds with `rollback-bot publish`)"
+    known = ", ".join(code(s) for s in stages) or "none yet (CI adds builds with `rollback-bot publish`)"
     return [
         section("*rollback-bot* rolls a stage back to an earlier build: the stored package, the source at "
                 "its commit, its plugins, `serverless deploy --package`, then a check that Lambda runs it."),
@@ -54,19 +77,22 @@ def help_blocks(stages: list[str]) -> list[dict]:
 
 def listing_blocks(index: StageIndex, now: float, limit: int = 10) -> list[dict]:
     live = index.live
-    head = f"*{index.stage}* · {len(index.artifacts)} builds"
+    head = f"*{esc(index.stage)}* · {len(index.artifacts)} builds"
     if live:
-        head += f" · live `{live.commit[:7]}` (build `{live.build_id}`) for {age(now - live.at)}"
+        head += f" · live {code(live.commit[:7])} (build {code(live.build_id)}) for {age(now - live.at)}"
     blocks = [section(head)]
     if index.freeze:
         f = index.freeze
-        blocks.append(section(f"🧊 *CI is frozen* by <@{f.by}> {age(now - f.at)} ago: {f.reason}"))
+        blocks.append(section(f"🧊 *CI is frozen* by {user(f.by)} {age(now - f.at)} ago: {esc(f.reason)}"))
+    if index.refused:
+        blocks.append(section(f"⚠️ {len(index.refused)} entries of index.json failed validation and are ignored: "
+                              + esc("; ".join(why for _, _, why in index.refused[:3]))))
     for art in index.artifacts[:limit]:
         tags = []
         if index.is_live(art):
             tags.append("*LIVE*")
         if art.bad:
-            tags.append(f"*BAD* ({art.bad.reason})")
+            tags.append(f"*BAD* ({esc(art.bad.reason)})")
         block = section(("  ".join(tags) + "\n" if tags else "") + _build(art, now))
         if not index.is_live(art):
             block["accessory"] = button("Roll back to this", "plan_build",
@@ -77,92 +103,130 @@ def listing_blocks(index: StageIndex, now: float, limit: int = 10) -> list[dict]
     return blocks
 
 
-def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, now: float) -> list[dict]:
+def plan_title(plan: Plan) -> str:
+    return f"{plan.verb} {plan.stage} to {plan.target.short}?"
+
+
+def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, now: float,
+                needs: str = NO_POLICY, policy_configured: bool = False) -> list[dict]:
     t = plan.target
     blocks = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"Roll back {plan.stage} to {t.short}?"}},
-        section(f"*Target*\n{_build(t, now)}"
-                + (f"\n_chosen as `previous`: {plan.chosen_because}_" if plan.chosen_because else "")),
+        header(plan_title(plan)),
+        section(f"*Target*\n{_build(t, now)}\npackage sha256 {code(t.sha256[:12])} · {t.size:,} bytes"
+                + (f"\n_chosen as `previous`: {esc(plan.chosen_because)}_" if plan.chosen_because else "")),
     ]
     if plan.live:
         blocks.append(section(f"*Live now*\n{_build(plan.live, now)}"))
     if plan.commits:
-        lines = "\n".join(f"• `{c.sha[:7]}` {c.author}: {c.subject}" for c in plan.commits[:15])
-        more = f"\n…and {len(plan.commits) - 15} more" if len(plan.commits) > 15 else ""
-        blocks.append(section(f"*Commits undone ({len(plan.commits)})*\n{lines}{more}"))
+        what = "Commits brought back" if plan.forward else "Commits undone"
+        blocks.append(section(f"*{what} ({len(plan.commits)})*\n{_commit_lines(plan.commits, 15)}"))
     fields = []
     if plan.plugins is not None:
-        fields.append({"type": "mrkdwn", "text": f"*Plugins*\n{plan.plugins.summary()}"})
+        fields.append({"type": "mrkdwn", "text": f"*Plugins*\n{esc(plan.plugins.summary())}"})
     if plan.template is not None:
         d = plan.template
         text = "no resources added or removed" if d.empty else ""
-        text += "".join(f"\n– removes `{k}` ({t})" for k, t in d.removed[:10])
-        text += "".join(f"\n+ adds `{k}` ({t})" for k, t in d.added[:10])
+        text += "".join(f"\n– removes {code(k)} ({esc(kind)})" for k, kind in d.removed[:10])
+        text += "".join(f"\n+ adds {code(k)} ({esc(kind)})" for k, kind in d.added[:10])
         fields.append({"type": "mrkdwn", "text": _clip(f"*CloudFormation*\n{text.strip()}", 1900)})
     if fields:
         blocks.append({"type": "section", "fields": fields})
     for warning in plan.warnings:
-        blocks.append(section(f"⚠️ {warning}"))
+        blocks.append(section(f"⚠️ {esc(warning)}"))
     if plan.freeze:
-        blocks.append(context(f"🧊 CI is frozen on {plan.stage}: {plan.freeze.reason}"))
-    blocks.append(context(f"Requested by <@{requested_by}> · the buttons expire in {age(expires_at - now)}"))
-    blocks.append({"type": "actions", "block_id": "plan_actions", "elements": [
-        button("Approve", "approve", str(job_id), "primary"),
-        button("Cancel", "cancel_plan", str(job_id), "danger"),
-    ]})
+        blocks.append(context(f"🧊 CI is frozen on {esc(plan.stage)}: {esc(plan.freeze.reason)}"))
+    if not policy_configured:
+        blocks.append(section(f"⚠️ *{NO_POLICY}* (no policy file is set: ROLLBACK_CONFIG)"))
+    blocks.append(context(f"Requested by {user(requested_by)} · approval needs {esc(needs)} · "
+                          f"the buttons expire in {age(expires_at - now)}"))
+    elements = [button("Approve", "approve", str(job_id), "primary"),
+                button("Cancel", "cancel_plan", str(job_id), "danger")]
+    if plan.forward and plan.freeze:
+        elements.append({"type": "checkboxes", "action_id": LIFT_FREEZE, "options": [{
+            "text": {"type": "plain_text", "text": "Also lift the CI freeze"}, "value": "unfreeze"}]})
+    blocks.append({"type": "actions", "block_id": "plan_actions", "elements": elements})
     return blocks
+
+
+def outdated_plan_blocks(stage: str, target_commit: str, changes: list[str], ref: str) -> list[dict]:
+    """A card whose plan changed before approval: nothing was deployed; one click plans again."""
+    return [
+        section(f"~Roll {esc(stage)} to {code(target_commit[:7])}~"),
+        section("⚠️ *Out of date: nothing was deployed.* Since this card was posted:\n"
+                + "\n".join(f"• {esc(c)}" for c in changes)),
+        {"type": "actions", "elements": [
+            button("Plan again", "plan_build", json.dumps({"stage": stage, "ref": ref}), "primary")]},
+    ]
 
 
 def deployed_blocks(stage: str, art: Artifact, previous: Artifact | None, commits: list, by: str,
                     now: float) -> list[dict]:
     """The deploy notification CI posts: what went live, who, what changed, and a way back."""
-    blocks = [section(f"🚀 *{stage}* is now running {_build(art, now)}" + (f"\nDeployed by {by}" if by else ""))]
+    blocks = [section(f"🚀 *{esc(stage)}* is now running {_build(art, now)}"
+                      + (f"\nDeployed by {user(by)}" if by else ""))]
     if commits:
-        lines = "\n".join(f"• `{c.sha[:7]}` {c.author}: {c.subject}" for c in commits[:10])
-        blocks.append(section(f"*Commits since `{previous.short if previous else '?'}`*\n{lines}"))
+        blocks.append(section(f"*Commits since {code(previous.short if previous else '?')}*\n"
+                              f"{_commit_lines(commits, 10)}"))
     elif previous:
-        blocks.append(context(f"Previous live build: `{previous.short}` build `{previous.build_id}`"))
+        blocks.append(context(f"Previous live build: {code(previous.short)} build {code(previous.build_id)}"))
     if previous:
         blocks.append({"type": "actions", "elements": [
             button("Roll back", "plan_build", json.dumps({"stage": stage, "ref": "previous"}), "danger")]})
     return blocks
 
 
-def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[dict], now: float) -> list[dict]:
+def _job_line(j: dict, now: float) -> str:
+    return (f"• job {j['id']} *{esc(j['state'])}* {code(j['stage'])} → {code(j['target_commit'][:7])} "
+            f"{age(now - j['created'])} ago")
+
+
+def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[dict], now: float,
+                policy_configured: bool = True) -> list[dict]:
     """The App Home tab: each stage's live build, lock holder and freeze, then recent jobs."""
-    blocks = [{"type": "header", "text": {"type": "plain_text", "text": "rollback-bot"}}]
+    blocks = [header("rollback-bot")]
+    if not policy_configured:
+        blocks.append(section(f"⚠️ *{NO_POLICY}*: set ROLLBACK_CONFIG to a policy file before real use."))
     for index, lock in stages:
         live = index.live
-        text = f"*{index.stage}*: " + (f"live `{live.commit[:7]}` (build `{live.build_id}`) for {age(now - live.at)}"
-                                       if live else "nothing live recorded")
+        text = f"*{esc(index.stage)}*: " + (
+            f"live {code(live.commit[:7])} (build {code(live.build_id)}) for {age(now - live.at)}"
+            if live else "nothing live recorded")
         if lock:
-            text += f"\n⏳ job {lock['job_id']} running, started by <@{lock['holder']}>"
+            text += f"\n⏳ job {lock['job_id']} running, started by {user(lock['holder'])}"
         if index.freeze:
-            text += f"\n🧊 frozen by <@{index.freeze.by}>: {index.freeze.reason}"
+            text += f"\n🧊 frozen by {_mark(index.freeze)}"
         blocks.append(section(text))
     if not stages:
         blocks.append(section("No stage has builds yet: CI adds them with `rollback-bot publish`."))
     blocks.append({"type": "divider"})
-    recent = "\n".join(f"• job {j['id']} *{j['state']}* `{j['stage']}` → `{j['target_commit'][:7]}` "
-                        f"{age(now - j['created'])} ago" for j in jobs) or "none yet"
+    recent = "\n".join(_job_line(j, now) for j in jobs) or "none yet"
     blocks.append(section(f"*Recent rollbacks*\n{recent}"))
     return blocks
 
 
-def closed_plan_blocks(plan_title: str, why: str) -> list[dict]:
-    """A plan card that can no longer be approved (cancelled or expired): no buttons."""
-    return [section(f"~{plan_title}~"), context(why)]
+def closed_plan_blocks(stage: str, target_commit: str, why: str) -> list[dict]:
+    """A plan card that can no longer be approved (cancelled or expired): no buttons. ``why`` is
+    the bot's own mrkdwn."""
+    return [section(f"~Roll {esc(stage)} to {code(target_commit[:7])}~"), context(why)]
+
+
+def job_title(job: dict) -> str:
+    state = job["state"]
+    forward = bool(json.loads(job.get("plan_json") or "{}").get("forward"))
+    done = "✅ Rolled forward" if forward else "✅ Rolled back"
+    if state == "succeeded" and job.get("recorded") == 0:
+        done = "🟥 Deployed, CI NOT frozen"
+    running = "⏳ Rolling forward" if forward else "⏳ Rolling back"
+    if state == "running" and job.get("cancelled_by"):
+        running = "🛑 Stopping…"
+    return {"running": running, "succeeded": done, "failed": "❌ Rollback failed",
+            "cancelled": "🛑 Rollback cancelled", "interrupted": "⚠️ Rollback interrupted"}.get(state, state)
 
 
 def progress_blocks(job: dict, steps: dict[str, tuple[str, float | None]], tail: list[str], now: float) -> list[dict]:
     """The live checklist. ``steps`` maps a step to (status, duration)."""
     state = job["state"]
-    title = {"running": "⏳ Rolling back", "succeeded": "✅ Rolled back", "failed": "❌ Rollback failed",
-             "cancelled": "🛑 Rollback cancelled", "interrupted": "⚠️ Rollback interrupted"}.get(state, state)
-    blocks = [
-        {"type": "header", "text": {"type": "plain_text",
-                                    "text": f"{title}: {job['stage']} → {job['target_commit'][:7]}"}},
-    ]
+    blocks = [header(f"{job_title(job)}: {job['stage']} → {job['target_commit'][:7]}")]
     lines = []
     for step in STEPS:
         status, duration = steps.get(step, ("pending", None))
@@ -170,24 +234,44 @@ def progress_blocks(job: dict, steps: dict[str, tuple[str, float | None]], tail:
         lines.append(f"{ICONS.get(status, '▫️')} {STEP_LABELS[step]}{took}")
     blocks.append(section("\n".join(lines)))
     elapsed = (job.get("finished") or now) - (job.get("started") or now)
-    who = f"approved by <@{job['approved_by']}>" if job.get("approved_by") else ""
-    blocks.append(context(f"Job {job['id']} · requested by <@{job['requested_by']}> {who} · {elapsed:.0f}s"))
+    who = f"approved by {user(job['approved_by'])}" if job.get("approved_by") else ""
+    blocks.append(context(f"Job {job['id']} · requested by {user(job['requested_by'])} {who} · {elapsed:.0f}s"))
     if state in ("failed", "cancelled", "interrupted") and job.get("reason"):
-        blocks.append(section(f"*Why:* {job['reason']}"))
+        blocks.append(section(f"*Why:* {esc(job['reason'])}"))
         if tail:
-            blocks.append(section("```" + _clip("\n".join(tail), 2800) + "```"))
+            blocks.append(section("```" + _clip("\n".join(esc(line) for line in tail), 2800) + "```"))
+    if state == "running" and job.get("cancelled_by"):
+        blocks.append(section(f"🛑 {user(job['cancelled_by'])} cancelled: stopping the job's processes…"))
     if state == "succeeded":
-        blocks.append(section(f"Lambda runs the target's code (verified). CI is frozen on `{job['stage']}`: "
-                              f"`/rollback unfreeze {job['stage']}` when the fix is in."))
-    if state == "running":
+        stage = esc(job["stage"])
+        if job.get("recorded") == 0:
+            blocks.append(section(f"🟥 *Succeeded, CI NOT frozen.* Lambda runs the target's code (verified), but "
+                                  f"index.json could not be updated: CI may deploy over it and nothing is marked "
+                                  f"bad yet. rollback-bot keeps retrying and will say here when it lands. "
+                                  f"{esc(job.get('reason') or '')}"))
+        elif json.loads(job.get("plan_json") or "{}").get("forward"):
+            freeze = "the CI freeze was lifted" if job.get("unfreeze") else "a CI freeze, if any, stays"
+            blocks.append(section(f"Lambda runs the target's code (verified). Rolled forward: nothing was marked "
+                                  f"bad; {freeze} on `{stage}`."))
+        else:
+            blocks.append(section(f"Lambda runs the target's code (verified). CI is frozen on `{stage}`: "
+                                  f"`/rollback unfreeze {stage}` when the fix is in."))
+    if state == "running" and not job.get("cancelled_by"):
         blocks.append({"type": "actions", "elements": [button("Cancel", "cancel_job", str(job["id"]), "danger")]})
     return blocks
 
 
-def status_blocks(running: list[dict], freezes: dict[str, str], now: float) -> list[dict]:
+def status_blocks(running: list[dict], freezes: dict[str, Mark], now: float) -> list[dict]:
     blocks = [section("*Running rollbacks*\n" + ("\n".join(
-        f"• `{j['stage']}` → `{j['target_commit'][:7]}` job {j['id']} by <@{j['approved_by'] or j['requested_by']}>"
-        f" for {age(now - (j['started'] or now))}" for j in running) or "none"))]
-    blocks.append(section("*Frozen stages*\n" + ("\n".join(f"• `{s}`: {why}" for s, why in freezes.items())
+        f"• {code(j['stage'])} → {code(j['target_commit'][:7])} job {j['id']} by "
+        f"{user(j['approved_by'] or j['requested_by'])} for {age(now - (j['started'] or now))}" for j in running)
+        or "none"))]
+    blocks.append(section("*Frozen stages*\n" + ("\n".join(f"• {code(s)}: {_mark(m)}" for s, m in freezes.items())
                                                  or "none")))
     return blocks
+
+
+def history_text(stage: str, jobs: list[dict]) -> str:
+    lines = [f"• job {j['id']} *{esc(j['state'])}* → {code(j['target_commit'][:7])} by "
+             f"{user(j['approved_by'] or j['requested_by'])} {esc(j['reason'] or '')}" for j in jobs]
+    return "\n".join(lines) or f"No rollbacks of {code(stage)} yet."

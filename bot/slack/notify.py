@@ -6,7 +6,6 @@ import sys
 import time
 
 from bot.config import Settings
-from bot.policy import Policy
 from bot.slack.app import make_client
 from bot.slack.blocks import deployed_blocks
 from bot.source import local_commits_between
@@ -15,7 +14,7 @@ from bot.stage_index import StageIndex
 
 def notify_deployed(settings: Settings, index: StageIndex, by: str) -> None:
     """Post what went live on ``index.stage`` to its channel, with a button to roll it back."""
-    channel = Policy.from_toml(settings.policy).notify_channel(index.stage, settings.channel)
+    channel = settings.policy.notify_channel(index.stage, settings.channel)
     if not settings.slack_bot_token or not channel:
         return
     live = index.live_artifact()

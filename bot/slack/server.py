@@ -7,7 +7,6 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from urllib.parse import parse_qs
 
@@ -18,8 +17,10 @@ from slack_sdk.signature import SignatureVerifier
 from bot.approvals import Approvals
 from bot.config import Settings
 from bot.engine import Engine, build_engine
-from bot.policy import Policy
-from bot.slack.app import build_app, make_client
+from bot.masking import Masker, mask_logs
+from bot.policy import PolicySource
+from bot.slack.app import BUSY, BoundedWork, build_app, make_client, sweep_expired
+from bot.slack.mrkdwn import esc
 
 log = logging.getLogger("rollback-bot")
 
@@ -33,7 +34,7 @@ def wsgi_app(app: App, engine: Engine, signing_secret: str):
     """
     slack = SlackRequestHandler(app, path="/slack/events")
     verifier = SignatureVerifier(signing_secret)
-    later = ThreadPoolExecutor(max_workers=2, thread_name_prefix="slack-dispatch")
+    later = BoundedWork(2, DISPATCH_QUEUE, "slack-dispatch")
     turns = AnswersFirst()
 
     def dispatch(body: str, headers: dict[str, list[str]]) -> None:
@@ -58,13 +59,23 @@ def wsgi_app(app: App, engine: Engine, signing_secret: str):
             return _answer(environ, start_response)
 
     def _answer(environ, start_response):
-        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-        body = raw.decode("utf-8")
-        timestamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP")
-        if not verifier.is_valid(body, timestamp, environ.get("HTTP_X_SLACK_SIGNATURE")):
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _plain(start_response, "400 Bad Request", "bad Content-Length")
+        if length > MAX_BODY:  # refused before a byte of it is read
+            return _plain(start_response, "413 Payload Too Large", "request body over 1 MB")
+        raw = environ["wsgi.input"].read(length)
+        timestamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP") or ""
+        # The signature is checked on the raw bytes, so a body that is not UTF-8 is checked, then refused;
+        # a timestamp that is not a number is a bad signature, not a crash.
+        if not timestamp.isdigit() or not verifier.is_valid(raw, timestamp, environ.get("HTTP_X_SLACK_SIGNATURE")):
             log.warning("refused a Slack request with a bad or stale signature")
-            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("Content-Length", "12")])
-            return [b"Unauthorized"]
+            return _plain(start_response, "401 Unauthorized", "Unauthorized")
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return _plain(start_response, "400 Bad Request", "body is not UTF-8")
         headers = {k[5:].replace("_", "-").lower(): [v] for k, v in environ.items() if k.startswith("HTTP_")}
         headers["content-type"] = [environ.get("CONTENT_TYPE", "")]
         if not _acknowledge_early(body, headers["content-type"][0]):
@@ -72,11 +83,24 @@ def wsgi_app(app: App, engine: Engine, signing_secret: str):
             start_response(f"{resp.status} {'OK' if resp.status == 200 else 'Error'}",
                            [(k, v) for k, vs in resp.headers.items() for v in vs])
             return [resp.body.encode("utf-8")]
-        later.submit(dispatch, body, headers)
+        if not later.submit(dispatch, body, headers):
+            log.warning("dispatch queue full: told the sender to try again")
+            if "command" in parse_qs(body):  # a slash command's reply body is shown to its sender
+                return _plain(start_response, "200 OK", BUSY)
         start_response("200 OK", [("Content-Length", "0")])
         return [b""]
 
     return application
+
+
+MAX_BODY = 1024 * 1024
+DISPATCH_QUEUE = 256
+
+
+def _plain(start_response, status: str, text: str) -> list[bytes]:
+    data = text.encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))])
+    return [data]
 
 
 class AnswersFirst:
@@ -129,19 +153,47 @@ def _acknowledge_early(body: str, content_type: str) -> bool:
 
 
 def assemble(settings: Settings, engine: Engine | None = None) -> tuple[App, Engine, Approvals]:
+    """The app and its services, with no side effects: start-up work is ``start_up``."""
     engine = engine or build_engine(settings)
-    approvals = Approvals(engine, Policy.from_toml(settings.policy))
-    client = make_client(settings)
+    approvals = Approvals(engine, PolicySource(settings.policy, settings.config_path))
+    return build_app(settings, engine, approvals, make_client(settings)), engine, approvals
+
+
+def start_up(settings: Settings, engine: Engine, approvals: Approvals, client=None) -> None:
+    """What the bot does once when it starts: log the policy in force, recover jobs a crash cut short
+    (telling their channels), forget what is past retention, and start the housekeeping thread."""
+    client = client or make_client(settings)
+    for line in approvals.policy.describe():
+        log.info("%s", line)
+    if not approvals.policy.configured:
+        log.warning("NO POLICY FILE (ROLLBACK_CONFIG): anyone in the workspace may request AND approve rollbacks")
     for job in engine.jobs.recover():
         # Tell the stage's channel that a rollback was cut short and must be checked by a person.
         channel = approvals.policy.notify_channel(job["stage"], settings.channel) or job.get("channel")
         if channel:
             try:
                 client.chat_postMessage(channel=channel, text=f"⚠️ Rollback job {job['id']} of `{job['stage']}` "
-                                        f"was interrupted by a restart. {job['reason']}")
+                                        f"was interrupted by a restart. {esc(job['reason'])}")
             except Exception as exc:  # a Slack failure here must not stop the bot from starting
                 log.warning("could not announce interrupted job %s: %s", job["id"], exc)
-    return build_app(settings, engine, approvals, client), engine, approvals
+    housekeeping(settings, engine, approvals, client)
+    threading.Thread(target=_housekeeping_loop, args=(settings, engine, approvals, client),
+                     name="rollback-housekeeping", daemon=True).start()
+
+
+def housekeeping(settings: Settings, engine: Engine, approvals: Approvals, client) -> None:
+    """Close expired plans and prune what is past retention; never raises."""
+    try:
+        sweep_expired(approvals, client)
+        engine.store.prune(time.time() - settings.retention_days * 86400)
+    except Exception:
+        log.exception("housekeeping failed; trying again later")
+
+
+def _housekeeping_loop(settings, engine, approvals, client, every: float = 30.0) -> None:
+    while True:
+        time.sleep(every)
+        housekeeping(settings, engine, approvals, client)
 
 
 def socket_mode(app: App, settings: Settings):
@@ -154,9 +206,9 @@ def socket_mode(app: App, settings: Settings):
 
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    mask_logs(Masker(settings.secrets()))
     app, engine, approvals = assemble(settings)
-    if not approvals.policy.configured:
-        log.warning("NO POLICY FILE (ROLLBACK_CONFIG): anyone in the workspace may request AND approve rollbacks")
+    start_up(settings, engine, approvals)
     if settings.slack_app_token:
         log.info("rollback-bot: Socket Mode")
         socket_mode(app, settings).start()
@@ -176,4 +228,5 @@ def http_server(settings: Settings, app: App, engine: Engine, host: str = "0.0.0
     import waitress
 
     return waitress.create_server(wsgi_app(app, engine, settings.slack_signing_secret), host=host,
-                                  port=settings.port if port is None else port, threads=16)
+                                  port=settings.port if port is None else port, threads=16,
+                                  max_request_body_size=MAX_BODY)
