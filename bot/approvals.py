@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bot.artifacts import validate_stage
 from bot.engine import Engine
-from bot.plan import Plan, summary_changes
+from bot.plan import Plan, load_stage, summary_changes
 from bot.policy import Policy, PolicySource
 from bot.store import StageBusy
 
@@ -80,7 +81,10 @@ class Approvals:
         raise Refused(message, kind)
 
     def _check(self, decision, user: str, action: str, stage: str, job_id: int | None = None) -> None:
+        validate_stage(stage)  # refusals quote the stage: only a valid name may appear in them
         if not decision.allowed:
+            if self.policy.rule(stage) is None and job_id is None:
+                load_stage(self.engine.artifacts, stage)  # a typo'd stage: "no builds, known stages: …" helps more
             self._refuse(user, action, stage, job_id, decision.reason)
 
     def may_view(self, stage: str, user: str, channel: str | None) -> None:
@@ -94,11 +98,12 @@ class Approvals:
         together with what its card shows."""
         self._check(self.policy.may_request(stage, user, channel, groups_of), user, "request", stage)
         now = self.clock()
-        recent = self.store.count_jobs(user, now - 60)
+        recent = self.store.count_audit(user, ("request", "request.refused"), now - 60)  # refusals count too
         if recent >= self.limits.plans_per_minute:
             self._refuse(user, "request", stage, None, f"You asked for {recent} plans in the last minute; wait a "
                          "minute and ask again.", "limited")
-        waiting = self.store.count_jobs(user, now - self.ttl, states=["pending"])
+        waiting = sum(1 for j in self.store.jobs(states=["pending"], limit=1000)
+                      if j["requested_by"] == user and (j.get("expires") or 0) > now)
         if waiting >= self.limits.pending_per_user:
             self._refuse(user, "request", stage, None, f"You have {waiting} plans waiting for approval; approve or "
                          "cancel one of them first.", "limited")

@@ -148,7 +148,7 @@ class StageIndex:
 
     def resolve(self, ref: str) -> Artifact:
         """A full SHA, a unique SHA prefix (4+ hex), a build id, or ``previous``."""
-        ref = ref.strip()
+        ref = ref.strip().replace("`", "'")[:200]  # quoted in messages: it must not close their code spans
         if not ref:
             raise RefError("Give a build: a commit SHA (4+ characters), a build id, or `previous`.")
         if ref.lower() == "previous":

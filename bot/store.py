@@ -247,14 +247,12 @@ class Store:
                  "detail": self.mask(json.dumps(detail, sort_keys=True, default=str))}
             )
 
-    def count_jobs(self, requested_by: str, since: float, states: Iterable[str] | None = None) -> int:
-        where, args = "requested_by = ? AND created >= ?", [requested_by, since]
-        if states:
-            states = list(states)
-            where += f" AND state IN ({', '.join('?' * len(states))})"
-            args += states
+    def count_audit(self, actor: str, actions: Iterable[str], since: float) -> int:
+        actions = list(actions)
+        marks = ", ".join("?" * len(actions))
         with self._lock:
-            return self.db.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0]
+            return self.db.execute(f"SELECT COUNT(*) FROM audit WHERE actor = ? AND at >= ? AND action IN ({marks})",
+                                   [actor, since, *actions]).fetchone()[0]
 
     def prune(self, before: float) -> dict[str, int]:
         """Forget finished jobs (with their events and output) and audit entries older than ``before``."""

@@ -142,3 +142,68 @@ def prod(make_engine, service_history, aws_env):
         art.mark_deployed("prod", b.commit, f"b-{name}", by="ci")
     assert live_code() == code_of(service_history, "v2")
     return engine
+
+
+# -- the fast tier: no Node.js, a small real deploy script ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fast_service(tmp_path_factory):
+    from tests.support.fast_service import build_fast_service
+
+    return build_fast_service(tmp_path_factory.mktemp("fast-service"))
+
+
+@pytest.fixture
+def make_fast_engine(aws_env, s3, fast_service, tmp_path):
+    """Engines whose deploy step is tests/support/deploy_script.py (real processes, moto's Lambda)."""
+    from tests.support.fast_service import DEPLOY_COMMAND
+
+    engines = []
+
+    def make(data_dir: Path | None = None, **overrides):
+        data_dir = data_dir or tmp_path / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **sls_env(aws_env),
+            "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
+            "ROLLBACK_REPO": str(fast_service.origin), "ROLLBACK_DATA_DIR": str(data_dir),
+            "ROLLBACK_DEPLOY_COMMAND": DEPLOY_COMMAND, "SLACK_BOT_TOKEN": "xoxb-test-token-123456",
+            **overrides,
+        }
+        engine = build_engine(load_settings(env, needs=["engine"]))
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.jobs.shutdown()
+
+
+def fast_code(fast_service, version: str) -> str:
+    return code_sha256(fast_service.packages[version] / "hello-service.zip")
+
+
+@pytest.fixture
+def fast_prod(make_fast_engine, fast_service, aws_env):
+    """prod with v1 then v2 published and deployed by CI (v2 live); v3 published, not deployed."""
+    from tests.support.fast_service import deploy
+
+    engine = make_fast_engine()
+    art = engine.artifacts
+    for name in ("v1", "v2", "v3"):
+        art.publish("prod", fast_service.commits[name], fast_service.packages[name], build_id=f"b-{name}",
+                    author="Ana Dev", message=name)
+        if name != "v3":
+            deploy(fast_service.packages[name], sls_env(aws_env))
+            art.mark_deployed("prod", fast_service.commits[name], f"b-{name}", by="ci")
+    assert live_code() == fast_code(fast_service, "v2")
+    return engine
+
+
+@pytest.fixture
+def fast_workspace(make_fast_engine, tmp_path):
+    """The real Slack app (signed HTTP into Bolt) in front of the fast engine."""
+    from tests.support.slack_session import workspaces
+
+    yield from workspaces(make_fast_engine, tmp_path)

@@ -17,6 +17,7 @@ class FaultyProxy:
         self.requests = 0
         self.failed = 0
         self.delay = 0.0  # seconds to hold each request before answering, to make callers overlap
+        self.only: tuple[str, str] | None = None  # (method, path part): fail only matching requests
         self._lock = threading.Lock()
         proxy = self
 
@@ -31,7 +32,9 @@ class FaultyProxy:
                 body = self.rfile.read(length) if length else b""
                 with proxy._lock:
                     proxy.requests += 1
-                    fail = proxy.failures_left != 0
+                    matches = proxy.only is None or (
+                        self.command == proxy.only[0] and proxy.only[1] in self.path)
+                    fail = proxy.failures_left != 0 and matches
                     if fail and proxy.failures_left > 0:
                         proxy.failures_left -= 1
                     if fail:
@@ -66,11 +69,13 @@ class FaultyProxy:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
-    def fail(self, count: int, status: int = 503) -> None:
-        """Answer the next ``count`` requests with ``status`` (-1: every request from now on)."""
+    def fail(self, count: int, status: int = 503, only: tuple[str, str] | None = None) -> None:
+        """Answer the next ``count`` requests with ``status`` (-1: every request from now on);
+        with ``only`` = (method, path part), only the requests that match."""
         with self._lock:
             self.failures_left = count
             self.status = status
+            self.only = only
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -27,6 +27,7 @@ class SlackStandIn:
         self.home: dict[str, dict] = {}  # user -> the App Home view published for them
         self.socket_url: str | None = None  # what apps.connections.open hands out (Socket Mode)
         self._fail: dict[str, list[int]] = defaultdict(list)  # method -> Retry-After seconds to answer 429 with
+        self.errors: dict[str, str] = {}  # method -> the error it answers with (ok: false), until removed
         self._seq = itertools.count(1)
         self._owners: dict[str, str] = {}  # response_url id -> the user who will see the reply
         self._lock = threading.Lock()
@@ -129,6 +130,8 @@ class SlackStandIn:
                 retry_after = self._fail[method].pop(0)
                 return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)}
         handler = getattr(self, "_api_" + method.replace(".", "_"), None)
+        if method in self.errors:
+            return 200, {"ok": False, "error": self.errors[method]}, {}
         if handler is None:
             return 200, {"ok": False, "error": "unknown_method"}, {}
         with self._lock:
@@ -238,8 +241,9 @@ class SlackUser:
             "response_url": self.standin.response_url(self.user_id), "trigger_id": f"trig-{time.time()}",
         }, **signing)
 
-    def click(self, message: dict, action_id: str, value: str | None = None) -> int:
-        """Click the button ``action_id`` (the one with ``value``, when several share the id)."""
+    def click(self, message: dict, action_id: str, value: str | None = None, ticked: tuple[str, ...] = ()) -> int:
+        """Click the button ``action_id`` (the one with ``value``, when several share the id), with the
+        checkboxes named in ``ticked`` ticked, as Slack reports them in the payload's ``state``."""
         action, block_id = None, None
         for block in message["blocks"]:
             for el in block.get("elements", []) + ([block["accessory"]] if "accessory" in block else []):
@@ -247,7 +251,15 @@ class SlackUser:
                     action, block_id = el, block.get("block_id", "b")
         if action is None:
             raise LookupError(f"no {action_id} button on the message")
+        values: dict = {}
+        for block in message["blocks"]:
+            for el in block.get("elements", []):
+                if el.get("type") == "checkboxes":
+                    chosen = el["options"] if el.get("action_id") in ticked else []
+                    values.setdefault(block.get("block_id", "b"), {})[el["action_id"]] = {
+                        "type": "checkboxes", "selected_options": chosen}
         return self._send("interactive", {
+            "state": {"values": values},
             "type": "block_actions", "team": {"id": "T1", "domain": "test"}, "api_app_id": "A1",
             "user": {"id": self.user_id, "name": self.user_id.lower(), "team_id": "T1"},
             "channel": {"id": self.channel, "name": "ops"}, "container": {

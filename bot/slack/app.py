@@ -23,7 +23,7 @@ from bot.pipeline import Event
 from bot.plan import load_stage
 from bot.slack import blocks as kit
 from bot.slack.commands import parse
-from bot.slack.mrkdwn import code, esc, user
+from bot.slack.mrkdwn import code, esc, esc_message, user
 from bot.slack.progress import ProgressReporter
 from bot.source import SourceError
 from bot.stage_index import RefError
@@ -124,12 +124,12 @@ class BoundedWork:
 
 def _error_text(exc: Exception) -> str:
     if isinstance(exc, RefError) and exc.candidates:
-        return esc(str(exc)) + "\n" + "\n".join(
+        return esc_message(str(exc)) + "\n" + "\n".join(
             f"• {code(a.commit[:12])} build {code(a.build_id)} {esc(a.author)}: {esc(a.message)}"
             for a in exc.candidates)
     if isinstance(exc, Refused):
         return str(exc)  # the service's own words: stage names and policy IDs, validated
-    return esc(str(exc))
+    return esc_message(str(exc))
 
 
 USER_ERRORS = (Refused, RefError, ArtifactError, SourceError)

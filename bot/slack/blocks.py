@@ -218,7 +218,7 @@ def job_title(job: dict) -> str:
         done = "🟥 Deployed, CI NOT frozen"
     running = "⏳ Rolling forward" if forward else "⏳ Rolling back"
     if state == "running" and job.get("cancelled_by"):
-        running = "🛑 Stopping…"
+        running = "⏳ Stopping…"
     return {"running": running, "succeeded": done, "failed": "❌ Rollback failed",
             "cancelled": "🛑 Rollback cancelled", "interrupted": "⚠️ Rollback interrupted"}.get(state, state)
 
@@ -241,7 +241,7 @@ def progress_blocks(job: dict, steps: dict[str, tuple[str, float | None]], tail:
         if tail:
             blocks.append(section("```" + _clip("\n".join(esc(line) for line in tail), 2800) + "```"))
     if state == "running" and job.get("cancelled_by"):
-        blocks.append(section(f"🛑 {user(job['cancelled_by'])} cancelled: stopping the job's processes…"))
+        blocks.append(section(f"⏳ {user(job['cancelled_by'])} cancelled: stopping the job's processes…"))
     if state == "succeeded":
         stage = esc(job["stage"])
         if job.get("recorded") == 0:

@@ -21,6 +21,13 @@ def esc(text: object) -> str:
             .replace("`", BACKTICK_LOOKALIKE))
 
 
+def esc_message(text: object) -> str:
+    """A message of the bot's own (an error, a refusal) that quotes values in backticks: no mention or
+    link can survive, and the values it quotes are validated names or have had backticks removed."""
+    s = "" if text is None else str(text)
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def code(text: object) -> str:
     """Inline code that the text cannot break out of."""
     return f"`{esc(text)}`"

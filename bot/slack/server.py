@@ -66,16 +66,15 @@ def wsgi_app(app: App, engine: Engine, signing_secret: str):
         if length > MAX_BODY:  # refused before a byte of it is read
             return _plain(start_response, "413 Payload Too Large", "request body over 1 MB")
         raw = environ["wsgi.input"].read(length)
-        timestamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP") or ""
-        # The signature is checked on the raw bytes, so a body that is not UTF-8 is checked, then refused;
-        # a timestamp that is not a number is a bad signature, not a crash.
-        if not timestamp.isdigit() or not verifier.is_valid(raw, timestamp, environ.get("HTTP_X_SLACK_SIGNATURE")):
-            log.warning("refused a Slack request with a bad or stale signature")
-            return _plain(start_response, "401 Unauthorized", "Unauthorized")
         try:
-            body = raw.decode("utf-8")
+            body = raw.decode("utf-8")  # Slack sends UTF-8; anything else is junk, whoever signed it
         except UnicodeDecodeError:
             return _plain(start_response, "400 Bad Request", "body is not UTF-8")
+        timestamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP") or ""
+        # A timestamp that is not a number is a bad signature, not a crash.
+        if not timestamp.isdigit() or not verifier.is_valid(body, timestamp, environ.get("HTTP_X_SLACK_SIGNATURE")):
+            log.warning("refused a Slack request with a bad or stale signature")
+            return _plain(start_response, "401 Unauthorized", "Unauthorized")
         headers = {k[5:].replace("_", "-").lower(): [v] for k, v in environ.items() if k.startswith("HTTP_")}
         headers["content-type"] = [environ.get("CONTENT_TYPE", "")]
         if not _acknowledge_early(body, headers["content-type"][0]):

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""deploy_script.py STAGE PACKAGE: a small real deploy command for the fast test tier.
+
+It does what matters of `serverless deploy --package` for rollback-bot: each Lambda function in the
+package's template gets the code from the package's zip, in moto's Lambda, so the verify step checks
+a real CodeSha256. Settings come from SLS_TEST_* variables (the bot passes SLS_* to its children).
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import boto3
+
+stage, package = sys.argv[1], Path(sys.argv[2])
+print(f"Deploying hello-service to stage {stage} from {package.name}", flush=True)
+for n in range(int(os.environ.get("SLS_TEST_DEPLOY_LINES", "0"))):
+    print(f"line {n} of the deploy output", flush=True)
+if os.environ.get("SLS_TEST_DEPLOY_PRINT"):
+    print(os.environ["SLS_TEST_DEPLOY_PRINT"], flush=True)
+marker = os.environ.get("SLS_TEST_DEPLOY_WAIT_FOR")  # hold the deploy until a test removes this file
+while marker and Path(marker).exists():
+    time.sleep(0.05)
+time.sleep(float(os.environ.get("SLS_TEST_DEPLOY_SLEEP", "0")))
+if os.environ.get("SLS_TEST_DEPLOY_FAIL"):
+    print("Error: CloudFormation said no (injected)", flush=True)
+    sys.exit(1)
+template = json.loads((package / "cloudformation-template-update-stack.json").read_text())
+iam, lam = boto3.client("iam"), boto3.client("lambda")
+try:
+    role = iam.get_role(RoleName="hello-service-lambda")["Role"]["Arn"]
+except iam.exceptions.NoSuchEntityException:
+    role = iam.create_role(RoleName="hello-service-lambda", AssumeRolePolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": []}))["Role"]["Arn"]
+for res in template["Resources"].values():
+    if res["Type"] != "AWS::Lambda::Function":
+        continue
+    props = res["Properties"]
+    code = (package / Path(props["Code"]["S3Key"]).name).read_bytes()
+    try:
+        lam.update_function_code(FunctionName=props["FunctionName"], ZipFile=code)
+    except lam.exceptions.ResourceNotFoundException:
+        lam.create_function(FunctionName=props["FunctionName"], Runtime="nodejs20.x", Role=role,
+                            Handler="handler.hello", Code={"ZipFile": code})
+print(f"Service deployed to stage {stage}", flush=True)

@@ -1,0 +1,74 @@
+"""The fast tier's service: real git commits and packages shaped like `serverless package` output
+(a CloudFormation template with a Lambda function, serverless-state.json, the code zip), deployed by
+``deploy_script.py`` into moto's Lambda. No Node.js."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import git
+
+from tests.gitrepo import ServiceRepo
+
+SERVICE = "hello-service"
+FUNCTION = "hello-service-prod-hello"
+DEPLOY_SCRIPT = Path(__file__).with_name("deploy_script.py")
+DEPLOY_COMMAND = f"{sys.executable} {DEPLOY_SCRIPT} {{stage}} {{package}}"
+SERVERLESS_YML = "service: hello-service\nprovider:\n  name: aws\n  runtime: nodejs20.x\nfunctions:\n  hello:\n" \
+                 "    handler: handler.hello\n"
+
+
+def handler(version: str) -> str:
+    return f"module.exports.hello = async () => ({{ statusCode: 200, body: '{version}' }});\n"
+
+
+def fast_package(root: Path, version: str, stage: str = "prod", extra: dict[str, bytes] | None = None) -> Path:
+    """A package folder as `serverless package --stage STAGE` writes it; the same version gives the same bytes."""
+    root.mkdir(parents=True, exist_ok=True)
+    code_key = f"serverless/{SERVICE}/{stage}/1700000000000-2023-11-14T22:13:20.000Z/{SERVICE}.zip"
+    template = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {
+        "ServerlessDeploymentBucket": {"Type": "AWS::S3::Bucket"},
+        "HelloLambdaFunction": {"Type": "AWS::Lambda::Function", "Properties": {
+            "FunctionName": f"{SERVICE}-{stage}-hello", "Handler": "handler.hello",
+            "Code": {"S3Bucket": {"Ref": "ServerlessDeploymentBucket"}, "S3Key": code_key}}},
+    }}
+    (root / "cloudformation-template-update-stack.json").write_text(json.dumps(template))
+    (root / "serverless-state.json").write_text(json.dumps(
+        {"service": {"service": SERVICE, "provider": {"name": "aws", "stage": "dev", "region": "us-east-1"}}}))
+    with zipfile.ZipFile(root / f"{SERVICE}.zip", "w") as zf:
+        zf.writestr(zipfile.ZipInfo("handler.js", date_time=(2020, 1, 1, 0, 0, 0)), handler(version))
+        for name, data in (extra or {}).items():
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
+    return root
+
+
+@dataclass
+class FastService:
+    origin: Path  # what ROLLBACK_REPO points to
+    work: ServiceRepo
+    commits: dict[str, str] = field(default_factory=dict)
+    packages: dict[str, Path] = field(default_factory=dict)
+
+
+def build_fast_service(root: Path) -> FastService:
+    work = ServiceRepo(root / "work")
+    service = FastService(root / "origin.git", work)
+    service.commits["v1"] = work.commit("Hello v1", {"serverless.yml": SERVERLESS_YML, "handler.js": handler("v1")})
+    service.commits["v2"] = work.commit("Make hello say v2", {"handler.js": handler("v2")}, author="Bo Ops")
+    service.commits["v3"] = work.commit("Make hello say v3", {"handler.js": handler("v3")}, author="Cy Hasty")
+    git.Repo.clone_from(work.path, service.origin, bare=True).close()
+    for name in service.commits:
+        service.packages[name] = fast_package(root / f"pkg-{name}", name)
+    return service
+
+
+def deploy(package: Path, env: dict, stage: str = "prod") -> None:
+    """What CI does: deploy the package (here with the fast deploy script)."""
+    proc = subprocess.run([sys.executable, str(DEPLOY_SCRIPT), stage, str(package)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

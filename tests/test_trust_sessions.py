@@ -1,0 +1,235 @@
+"""Trust, as people in Slack would test it: an approval approves what the card showed, the policy fails
+closed everywhere, hostile text stays text, secrets stay secret. The real Bolt app with signed
+requests, the fast engine (real git, moto, a small real deploy script): no Node.js."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+
+from bot.playground.slack import SlackUser
+from bot.slack.app import make_client, sweep_expired
+from bot.slack.server import housekeeping
+from tests.conftest import fast_code, live_code
+from tests.serverless_fixture import sls_env
+from tests.support.fast_service import deploy
+from tests.support.slack_session import CHANNEL, SECRET, all_text, header, seen
+from tests.waiting import wait_for
+
+POLICY = """
+[stages.prod]
+requesters = ["U-ANA", "U-BO"]
+approvers = ["U-BO", "U-CY"]
+approver_must_differ = true
+channels = ["C-OPS"]
+"""
+
+
+def card_text(ws, card) -> str:
+    return all_text(ws.standin.message(CHANNEL, card["ts"]))
+
+
+def test_approving_a_card_after_ci_deployed_again_deploys_nothing_and_offers_the_new_plan(
+        fast_prod, fast_workspace, fast_service, aws_env):
+    ws = fast_workspace()
+    c = fast_service.commits
+    card = seen(ws.card(0) if ws.ana.command("prod previous") == 200 else None)
+    shown = all_text(card)
+    target = ws.engine.artifacts.read_index("prod").find(c["v1"], "b-v1")
+    assert "Commits undone (1)" in shown and f"package sha256 `{target.sha256[:12]}`" in shown
+
+    # CI deploys v3 while the card waits: approving the old card must not roll back v3 unseen
+    deploy(fast_service.packages["v3"], sls_env(aws_env))
+    ws.engine.artifacts.mark_deployed("prod", c["v3"], "b-v3", by="ci")
+    said = ws.clicks(ws.bo, card, "approve")
+    assert "Nothing was deployed" in said
+    assert f"the live build changed from {c['v2'][:7]} to {c['v3'][:7]}" in said
+    assert "the commits undone changed (1 shown, 2 now, 1 new)" in said
+    assert live_code() == fast_code(fast_service, "v3")
+    outdated = wait_for(lambda: "Out of date" in card_text(ws, card) and ws.standin.message(CHANNEL, card["ts"]),
+                        10, "the card marked out of date")
+    assert not any(e.get("action_id") == "approve" for b in outdated["blocks"] for e in b.get("elements", []))
+    job = ws.engine.store.jobs(stage="prod")[0]
+    assert job["state"] == "outdated" and "out of date at approval" in job["reason"]
+    assert [a["action"] for a in ws.engine.store.audit_trail("prod")][0] == "approve.outdated"
+
+    # "Plan again" plans `previous` afresh: now v2, undoing v3 only; approving that one runs it
+    ws.bo.click(seen(outdated), "plan_build")
+    fresh = seen(ws.card(1))
+    assert header(fresh) == f"Roll back prod to {c['v2'][:7]}?" and "Commits undone (1)" in all_text(fresh)
+    ws.cy.click(fresh, "approve")
+    wait_for(lambda: header(ws.standin.message(CHANNEL, fresh["ts"])).startswith(("✅", "❌")), 60, "the result")
+    assert header(ws.standin.message(CHANNEL, fresh["ts"])).startswith("✅ Rolled back")
+    assert live_code() == fast_code(fast_service, "v2")
+
+
+def test_requester_approver_and_channel_are_all_checked_again_at_the_click(fast_prod, fast_workspace, tmp_path):
+    ws = fast_workspace(POLICY)
+    ws.approvals.policies.check_every = 0  # see a changed policy file at once
+    card = seen(ws.card(0) if ws.ana.command("prod previous") == 200 else None)
+    assert "approval needs one of U-BO, U-CY other than the requester" in all_text(card)
+
+    elsewhere = SlackUser(ws.standin, ws.url, SECRET, "U-CY", "C-RANDOM")
+    assert "are requested in <#C-OPS>, not here" in ws.clicks(elsewhere, card, "approve")
+
+    # Ana is taken off the requesters after posting: her plan can no longer be approved
+    (tmp_path / "policy.toml").write_text(POLICY.replace('"U-ANA", "U-BO"', '"U-BO"') + "\n")
+    said = ws.clicks(ws.cy, card, "approve")
+    assert "The requester may no longer request rollbacks of `prod`" in said
+    assert ws.engine.store.jobs(stage="prod")[0]["state"] == "pending"
+    refused = [a for a in ws.engine.store.audit_trail("prod") if a["action"] == "approve.refused"]
+    assert [a["actor"] for a in refused] == ["U-CY", "U-CY"]
+
+
+def test_channel_rules_cover_every_action_and_an_uncovered_stage_is_refused(fast_prod, fast_workspace, tmp_path):
+    ws = fast_workspace(POLICY)
+    elsewhere = SlackUser(ws.standin, ws.url, SECRET, "U-BO", "C-RANDOM")
+    for text in ("prod", "history prod", "cancel prod", "unfreeze prod", "prod previous"):
+        assert "are requested in <#C-OPS>, not here" in ws.says(elsewhere, text), text
+    assert ws.cards() == 0
+
+    # a policy that names only staging: prod (which has builds) is refused, naming the file to edit
+    (tmp_path / "policy.toml").write_text('[stages.staging]\napprovers = ["U-BO"]\n')
+    ws.approvals.policies.check_every = 0
+    said = ws.says(ws.bo, "prod previous")
+    assert f"The policy file {tmp_path / 'policy.toml'} has no rule for stage `prod`" in said
+    assert "Add [stages.prod]" in said and ws.cards() == 0
+
+
+def test_without_a_policy_every_card_and_the_home_tab_say_so_and_the_audit_records_it(
+        fast_prod, fast_workspace):
+    ws = fast_workspace()
+    ws.ana.command("prod previous")
+    assert "No policy: anyone may approve" in all_text(ws.card(0))
+    ws.ana.open_home()
+    home = wait_for(lambda: ws.standin.home.get("U-ANA"), 10, "the home tab")
+    assert "No policy: anyone may approve" in json.dumps(home)
+    assert json.loads(ws.engine.store.audit_trail("prod")[0]["detail"])["policy"] == "none"
+
+
+def test_the_start_up_log_prints_each_stage_rule_and_a_broken_new_file_keeps_the_old_one(
+        fast_prod, fast_workspace, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="rollback-bot"):
+        ws = fast_workspace(POLICY)
+    assert "prod: requesters: U-ANA, U-BO; approvers: U-BO, U-CY; approver must differ" in caplog.text
+    assert 'any other stage: refused (no [stages."*"])' in caplog.text
+    ws.approvals.policies.check_every = 0
+    (tmp_path / "policy.toml").write_text(POLICY + "aprovers = []\n")  # a typo in the new file
+    with caplog.at_level(logging.ERROR, logger="rollback-bot"):
+        assert "not allowed to request" in ws.says(ws.cy, "prod previous")  # the old rules still hold
+    assert "the policy file changed but is invalid; the previous policy stays in force" in caplog.text
+    assert "unknown key `aprovers` in [stages.prod]" in caplog.text
+
+
+HOSTILE = "<!channel> see <https://evil.example|the runbook> ``` `x` &"
+
+
+def test_what_people_wrote_reaches_the_card_as_text(fast_prod, fast_workspace, fast_service, aws_env):
+    ws = fast_workspace()
+    ws.engine.artifacts.publish("prod", fast_service.commits["v1"], fast_service.packages["v1"],
+                                build_id="b-evil", author=HOSTILE, message=HOSTILE)
+    ws.ana.command("prod b-evil")
+    text = all_text(ws.card(0))
+    assert "&lt;!channel&gt; see &lt;https://evil.example|the runbook&gt;" in text
+    assert "<!channel>" not in text and "<https://evil" not in text and "```" not in text
+    listing = ws.says(ws.ana, "prod")
+    assert "<!channel>" not in listing and "&lt;!channel&gt;" in listing
+
+
+def test_a_token_in_the_repository_url_never_reaches_slack_sqlite_or_the_log(
+        fast_prod, fast_workspace, caplog):
+    token = "ghs_" + "T0pSecretInstallationToken1234"
+    ws = fast_workspace(ROLLBACK_REPO=f"https://x-access-token:{token}@127.0.0.1:9/org/hello.git")
+    with caplog.at_level(logging.DEBUG):
+        said = ws.says(ws.ana, "prod previous")
+    assert "cannot fetch https://***@127.0.0.1:9/org/hello.git" in said
+    everything = [json.dumps(ws.standin.responses), json.dumps(dict(ws.standin.messages)), caplog.text,
+                  json.dumps(ws.engine.store.audit_trail(limit=100)), json.dumps(ws.engine.store.jobs(limit=100))]
+    assert not any(token in part or "x-access-token" in part for part in everything)
+
+
+def test_secrets_printed_by_a_deploy_are_masked_in_slack_sqlite_and_the_log_file(fast_prod, fast_workspace):
+    pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7secretkeymaterial\n-----END RSA PRIVATE KEY-----"
+    secrets = ["ghp_" + "a1" * 18, "npm_" + "b2" * 18, "AKIA" + "C" * 16, "xoxb-1234-5678-abcdefgh"]
+    ws = fast_workspace(SLS_TEST_DEPLOY_PRINT="\n".join([*secrets, pem, "//registry/:_authToken=hunter2hunter2"]))
+    ws.ana.command("prod previous")
+    card = seen(ws.card(0))
+    ws.bo.click(card, "approve")
+    wait_for(lambda: header(ws.standin.message(CHANNEL, card["ts"])).startswith("✅"), 60, "a green card")
+    job_id = ws.engine.store.jobs(stage="prod")[0]["id"]
+    stored = "\n".join(ws.engine.store.output(job_id))
+    log_file = ws.engine.jobs.log_path(job_id).read_text()
+    thread = json.dumps(ws.standin.thread(CHANNEL, card["ts"]))
+    for where in (stored, log_file, thread):
+        assert "Deploying hello-service" in where or "Deploying hello-service" in stored
+        for secret in [*secrets, "MIIEowIBAAKCAQEA7secretkeymaterial", "hunter2hunter2"]:
+            assert secret not in where
+
+
+def test_junk_requests_get_4xx_not_500(fast_prod, fast_workspace):
+    ws = fast_workspace()
+
+    def post(body: bytes, ts: str, sign: bool = True, length: int | None = None) -> int:
+        mac = hmac.new(SECRET.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
+        sig = f"v0={mac}" if sign else "v0=00"
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
+                   "X-Slack-Signature": sig}
+        req = urllib.request.Request(ws.url, data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    now = str(int(time.time()))
+    assert post(b"x" * (1024 * 1024 + 1), now) == 413
+    assert post(b"command=%2Frollback&text=help", "not-a-number") == 401
+    assert post(b"command=%2Frollback&text=\xff\xfe", now) == 400  # signed, but not UTF-8
+    assert post(b"command=%2Frollback&text=help", now, sign=False) == 401
+    assert ws.engine.store.jobs() == []
+
+
+def test_per_person_limits_and_expired_plans_are_swept(fast_prod, fast_workspace):
+    ws = fast_workspace()
+    ws.approvals.limits = type(ws.approvals.limits)(plans_per_minute=3, pending_per_user=2)
+    ws.approvals.ttl = 1.0
+    ws.ana.command("prod previous")
+    first = seen(ws.card(0))
+    ws.ana.command("prod b-v1")
+    ws.card(1)
+    assert "You have 2 plans waiting for approval" in ws.says(ws.ana, "prod b-v1")
+    assert ws.cards() == 2
+    time.sleep(1.2)  # both plans expire
+    housekeeping(ws.engine.settings, ws.engine, ws.approvals, make_client(ws.engine.settings))
+    assert "This plan expired" in card_text(ws, first)
+    assert [j["state"] for j in ws.engine.store.jobs(stage="prod")] == ["expired", "expired"]
+    assert "You asked for 3 plans in the last minute" in ws.says(ws.ana, "prod previous")
+    assert sweep_expired(ws.approvals, make_client(ws.engine.settings)) == 0
+
+
+def test_a_stale_cancel_button_cancels_only_its_own_job(fast_prod, fast_workspace, fast_service, tmp_path):
+    hold = tmp_path / "hold-deploy"
+    ws = fast_workspace(SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
+    ws.ana.command("prod previous")
+    first = seen(ws.card(0))
+    ws.bo.click(first, "approve")
+    running = wait_for(lambda: any(e.get("action_id") == "cancel_job" for b in ws.standin.message(
+        CHANNEL, first["ts"])["blocks"] for e in b.get("elements", [])) and seen(
+        ws.standin.message(CHANNEL, first["ts"])), 30, "the running card with its Cancel button")
+    wait_for(lambda: header(ws.standin.message(CHANNEL, first["ts"])).startswith("✅"), 60, "job 1 done")
+    hold.touch()  # the next deploy waits until the file goes
+    ws.ana.command("prod b-v2")
+    second = seen(ws.card(1))
+    ws.bo.click(second, "approve")
+    wait_for(lambda: ws.engine.jobs.running_job("prod"), 30, "job 2 running")
+    said = ws.clicks(ws.cy, running, "cancel_job")  # job 1's old button
+    assert "already ended" in said and ws.engine.jobs.running_job("prod") is not None
+    hold.unlink()
+    wait_for(lambda: header(ws.standin.message(CHANNEL, second["ts"])).startswith("✅"), 60, "job 2 done")
+    assert live_code() == fast_code(fast_service, "v2")
+    assert ws.engine.jobs.subscriber_count() == 0  # both jobs' card reporters were dropped when they ended
