@@ -164,14 +164,15 @@ class SourceRepo:
         """Create the mirror, or bring it up to date (stopped after ``timeout`` seconds)."""
         with self._fetch_lock:
             try:
-                if (self.mirror_dir / "HEAD").exists():
+                if not (self.mirror_dir / "HEAD").exists():
+                    # init + fetch rather than clone: gitpython cannot time a clone out, but can a fetch
+                    self.mirror_dir.mkdir(parents=True, exist_ok=True)
+                    git.Repo.init(self.mirror_dir, bare=True).close()
                     with self._repo() as repo:
-                        repo.git.fetch("--prune", "--tags", "origin", "+refs/heads/*:refs/heads/*",
-                                       kill_after_timeout=self.timeout)
-                else:
-                    self.mirror_dir.parent.mkdir(parents=True, exist_ok=True)
-                    git.Repo.clone_from(self.url, self.mirror_dir, mirror=True, env=GIT_ENV,
-                                        kill_after_timeout=self.timeout).close()
+                        repo.git.remote("add", "--mirror=fetch", "--", "origin", self.url)
+                with self._repo() as repo:
+                    repo.git.fetch("--prune", "--tags", "origin", "+refs/heads/*:refs/heads/*",
+                                   kill_after_timeout=self.timeout)
             except git.GitCommandError as exc:
                 raise SourceError(
                     f"cannot fetch {self.shown_url}: {_git_says(exc)}. Check ROLLBACK_REPO and access to it"

@@ -162,7 +162,7 @@ class Stack:
     def _client(self, service: str):
         # Made on first use: creating a boto3 client costs ~0.1 s, and most callers need only one.
         if service not in self._clients:
-            config = Config(retries={"mode": "standard", "total_max_attempts": 5})
+            config = Config(retries={"mode": "standard", "total_max_attempts": 5}, connect_timeout=5, read_timeout=60)
             self._clients[service] = boto3.session.Session().client(service, region_name=self.region, config=config)
         return self._clients[service]
 

@@ -145,7 +145,8 @@ def test_a_commit_missing_from_the_repository_stops_before_anything_runs(prod, s
 
 def test_checksum_mismatch_fails_at_restore(prod, s3, service_history):
     plan = prod.plan("prod", "previous")
-    s3.put_object(Bucket=BUCKET, Key=plan.target.key, Body=b"PK\x03\x04tampered")
+    s3.put_object(Bucket=BUCKET, Key=plan.target.key, Body=b"PK\x03\x04tampered",
+                  Metadata={"sha256": plan.target.sha256})  # the metadata kept: the bytes' sha256 catches it
     job_id = prod.jobs.start(plan, requested_by="U-ANA", approved_by="U-BO")
     job = prod.jobs.wait(job_id, timeout=120)
     assert_failed_cleanly(prod, job, "restore: ")

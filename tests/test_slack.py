@@ -154,7 +154,7 @@ def test_socket_mode_session_needs_no_public_url(prod, workspace, service_histor
     ws.bo.socket_mode.wait_connected()
     n = len(ws.standin.responses)
     assert ws.ana.command("help") == 200
-    assert "/rollback <stage>" in json.dumps(ws.reply(n)["blocks"])
+    assert "/rollback &lt;stage&gt;" in json.dumps(ws.reply(n)["blocks"])  # shown as /rollback <stage>
 
     assert ws.ana.command("prod previous") == 200
     card = seen(ws.card(0))
@@ -186,7 +186,7 @@ def test_help_list_and_status(prod, workspace, service_history):
     n = len(s.responses)
     ws.ana.command("help")
     help_text = all_text(ws.reply(n))
-    assert "/rollback <stage> <sha|build-id|previous>" in help_text and "Stages: `prod`" in help_text
+    assert "/rollback &lt;stage&gt; &lt;sha|build-id|previous&gt;" in help_text and "Stages: `prod`" in help_text
     n = len(s.responses)
     ws.ana.command("prod")
     listing = ws.reply(n)
@@ -248,8 +248,12 @@ def test_a_50000_line_deploy_edits_the_card_at_most_every_2_seconds_and_loses_no
         "❌") else None, 300, "the final card")
     assert "*Why:* verify:" in all_text(final)  # nothing was really deployed, and verify says so
     job = ws.engine.store.jobs()[0]
-    out = ws.engine.store.output(job["id"])
-    assert [line for line in out if line.startswith("line ")] == [f"line {i}" for i in range(50000)]
+    full = ws.engine.jobs.log_path(job["id"]).read_text().splitlines()  # the full log, on disk
+    assert [line for line in full if line.startswith("line ")] == [f"line {i}" for i in range(50000)]
+    stored = [line for line in ws.engine.store.output(job["id"]) if line.startswith("line ")]
+    assert len(stored) < 6000 and stored[:1000] == [f"line {i}" for i in range(1000)]  # sqlite: head and tail
+    assert stored[-1] == "line 49999"
+    assert next(f for f in s.files if f["filename"] == f"rollback-job-{job['id']}.log")["length"] > 50000 * 6
     updates = [t for t, m in s.calls if m == "chat.update"]
     gaps = [b - a for a, b in zip(updates, updates[1:], strict=False)]
     assert all(g >= 1.9 for g in gaps[:-1]), gaps  # the last one is the final state, sent at once

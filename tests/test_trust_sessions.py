@@ -8,6 +8,8 @@ import hashlib
 import hmac
 import json
 import logging
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -233,3 +235,61 @@ def test_a_stale_cancel_button_cancels_only_its_own_job(fast_prod, fast_workspac
     wait_for(lambda: header(ws.standin.message(CHANNEL, second["ts"])).startswith("✅"), 60, "job 2 done")
     assert live_code() == fast_code(fast_service, "v2")
     assert ws.engine.jobs.subscriber_count() == 0  # both jobs' card reporters were dropped when they ended
+
+
+def check_freeze(engine, commit: str) -> tuple[int, str]:
+    """What CI asks before deploying: `rollback-bot check-freeze`, a real process reading S3 only."""
+    s = engine.settings
+    env = {**s.child_env, "ROLLBACK_BUCKET": s.bucket, "ROLLBACK_SERVICE": s.service, "ROLLBACK_PREFIX": s.prefix}
+    proc = subprocess.run([sys.executable, "-m", "bot", "check-freeze", "--stage", "prod", "--commit", commit],
+                          env=env, capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_rolling_forward_again_marks_nothing_bad_and_lifts_the_freeze_only_when_asked(
+        fast_prod, fast_workspace, fast_service):
+    ws = fast_workspace()
+    c = fast_service.commits
+
+    def run(ref: str, n: int, ticked=()) -> dict:
+        ws.ana.command(f"prod {ref}")
+        card = seen(ws.card(n))
+        ws.bo.click(card, "approve", ticked=ticked)
+        wait_for(lambda: header(ws.standin.message(CHANNEL, card["ts"])).startswith(("✅", "❌")), 60, "the result")
+        return card
+
+    run("previous", 0)  # v2 → v1: v2 is bad, CI frozen
+    assert check_freeze(ws.engine, c["v2"])[0] == 1 and live_code() == fast_code(fast_service, "v1")
+    assert "is frozen" in check_freeze(ws.engine, c["v1"])[1]
+
+    ws.ana.command("prod b-v2")  # the fix was fine after all: v2 again is a roll forward
+    forward = seen(ws.card(1))
+    assert header(forward) == f"Roll forward prod to {c['v2'][:7]}?"
+    assert "Commits brought back (1)" in all_text(forward)
+    assert any(e.get("type") == "checkboxes" for b in forward["blocks"] for e in b.get("elements", []))
+    ws.bo.click(forward, "approve")  # the box left unticked: the freeze stays
+    wait_for(lambda: header(ws.standin.message(CHANNEL, forward["ts"])).startswith("✅"), 60, "rolled forward")
+    assert header(ws.standin.message(CHANNEL, forward["ts"])) == f"✅ Rolled forward: prod → {c['v2'][:7]}"
+    index = ws.engine.artifacts.read_index("prod")
+    assert index.find(c["v2"], "b-v2").bad is None and index.find(c["v1"], "b-v1").bad is None
+    assert index.freeze is not None and index.previous()[0].build_id == "b-v1"
+    code, said = check_freeze(ws.engine, c["v2"])
+    assert code == 1 and "is frozen" in said and "marked bad" not in said
+
+    run("b-v1", 2)  # back to v1 once more: only v2, newer than v1, is marked
+    run("b-v2", 3, ticked=("lift_freeze",))  # and forward, lifting the freeze this time
+    index = ws.engine.artifacts.read_index("prod")
+    assert index.freeze is None and index.find(c["v2"], "b-v2").bad is None
+    assert check_freeze(ws.engine, c["v2"]) == (0, f"prod: not frozen, {c['v2'][:12]} not marked bad\n")
+    assert live_code() == fast_code(fast_service, "v2")
+
+
+def test_deploy_output_in_the_thread_is_text(fast_prod, fast_workspace):
+    ws = fast_workspace(SLS_TEST_DEPLOY_PRINT=HOSTILE)
+    ws.ana.command("prod previous")
+    card = seen(ws.card(0))
+    ws.bo.click(card, "approve")
+    wait_for(lambda: header(ws.standin.message(CHANNEL, card["ts"])).startswith("✅"), 60, "a green card")
+    thread = "\n".join(m["text"] for m in ws.standin.thread(CHANNEL, card["ts"]))
+    assert "&lt;!channel&gt;" in thread and "<!channel>" not in thread and "<https://evil" not in thread
+    assert thread.count("```") % 2 == 0

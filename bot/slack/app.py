@@ -251,7 +251,8 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
         channel, ts = body["channel"]["id"], body["message"]["ts"]
         lift = _checked(body, kit.LIFT_FREEZE)
         # Listen before starting, so not one event of the job is missed; the subscription ends with the job.
-        reporter = ProgressReporter(client, store, job_id, channel, ts, on_final=announce, start=False)
+        reporter = ProgressReporter(client, store, job_id, channel, ts, on_final=announce, start=False,
+                                    full_log=lambda: _read_log(engine.jobs.log_path(job_id)))
         unsubscribe = engine.jobs.subscribe(job_id, reporter)
         try:
             approvals.approve(job_id, user_id, channel, groups_of, unfreeze=lift)
@@ -333,6 +334,16 @@ def sweep_expired(approvals: Approvals, client: WebClient) -> int:
             except Exception as exc:
                 log.warning("could not close expired plan %s: %s", job["id"], exc)
     return len(swept)
+
+
+def _read_log(path, limit: int = 50 * 1024**2) -> str:
+    """The job's log file (already masked when written), at most ``limit`` bytes from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _job_id(action: dict) -> int:

@@ -13,7 +13,7 @@ from bot.pipeline import STEPS
 from bot.plan import Plan
 from bot.policy import NO_POLICY
 from bot.slack.commands import USAGE
-from bot.slack.mrkdwn import code, esc, user
+from bot.slack.mrkdwn import code, esc, esc_message, user
 from bot.stage_index import Artifact, Mark, StageIndex
 from bot.terminal import age
 
@@ -68,7 +68,7 @@ def help_blocks(stages: list[str]) -> list[dict]:
     return [
         section("*rollback-bot* rolls a stage back to an earlier build: the stored package, the source at "
                 "its commit, its plugins, `serverless deploy --package`, then a check that Lambda runs it."),
-        section(USAGE.replace(" · ", "\n")),
+        section(esc_message(USAGE).replace(" · ", "\n")),  # `<stage>` is markup to Slack unless escaped
         section("*Examples*\n`/rollback prod` · `/rollback prod previous` · `/rollback prod 3f2a9c1` · "
                 "`/rollback prod 1234`"),
         context(f"Stages: {known}"),

@@ -8,6 +8,7 @@ import time
 from bot.config import Settings
 from bot.slack.app import make_client
 from bot.slack.blocks import deployed_blocks
+from bot.slack.mrkdwn import esc
 from bot.source import local_commits_between
 from bot.stage_index import StageIndex
 
@@ -24,7 +25,7 @@ def notify_deployed(settings: Settings, index: StageIndex, by: str) -> None:
     commits = local_commits_between(previous.commit, live.commit) if previous else []
     try:
         make_client(settings).chat_postMessage(
-            channel=channel, text=f"{index.stage} is now running {live.label()}",
+            channel=channel, text=esc(f"{index.stage} is now running {live.label()}"),
             blocks=deployed_blocks(index.stage, live, previous, commits, by, time.time()))
     except Exception as exc:  # CI must not fail because Slack did
         print(f"warning: could not post the deploy notification to Slack ({exc}); the deploy is recorded",

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from bot.pipeline import STEPS, Event
 from bot.slack import blocks as kit
+from bot.slack.mrkdwn import esc
 from bot.store import Store
 
 log = logging.getLogger("rollback-bot.slack")
@@ -26,7 +27,7 @@ class ProgressReporter:
 
     def __init__(self, client, store: Store, job_id: int, channel: str, ts: str,
                  clock: Callable[[], float] = time.monotonic, on_final: Callable[[dict], None] = lambda job: None,
-                 start: bool = True):
+                 start: bool = True, full_log: Callable[[], str] = lambda: ""):
         self.client = client
         self.store = store
         self.job_id = job_id
@@ -34,6 +35,7 @@ class ProgressReporter:
         self.ts = ts
         self.clock = clock
         self.on_final = on_final
+        self.full_log = full_log  # the job's whole log (from its file), uploaded when it fails
         self.steps: dict[str, tuple[str, float | None]] = {}
         self.lines: list[str] = []
         self.skipped = 0
@@ -118,6 +120,7 @@ class ProgressReporter:
         self.last_thread = self.clock()
         text, kept = "", 0
         for line in reversed(lines):  # keep the newest lines when a batch is too long
+            line = esc(line)  # deploy output is data: no mention, link or end of the code block in it
             if len(text) + len(line) + 1 > THREAD_CHARS:
                 break
             text = line + "\n" + text
@@ -142,7 +145,8 @@ class ProgressReporter:
             self._post_lines()
         job = self.store.job(self.job_id)
         if job["state"] in ("failed", "cancelled", "interrupted"):
-            log = "\n".join(self.store.output(self.job_id))
+            log = self.full_log() or "\n".join(self.store.output(self.job_id))
+            log = getattr(self.client, "mask", lambda text: text)(log)  # the upload bypasses api_call's masking
             with contextlib.suppress(Exception):
                 self.client.files_upload_v2(channel=self.channel, thread_ts=self.ts, content=log or "(no output)",
                                             filename=f"rollback-job-{self.job_id}.log",

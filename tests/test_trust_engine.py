@@ -1,0 +1,180 @@
+"""No lock sticks, nothing hangs, nothing is claimed that did not happen: the engine with real git,
+moto, sqlite and the fast deploy script, and real faults (a full database, S3 answering 503, a git
+server that never answers, a pid that was reused)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import boto3
+import pytest
+
+from bot.artifacts import ArtifactError, ArtifactStore
+from bot.source import SourceError, SourceRepo
+from tests.conftest import BUCKET, SERVICE, fast_code, live_code
+from tests.faulty_proxy import FaultyProxy
+from tests.support.fast_service import fast_package
+from tests.waiting import wait_for
+
+
+@pytest.fixture
+def proxy(moto_server, fast_prod):
+    p = FaultyProxy(moto_server.url)
+    yield p
+    p.stop()
+
+
+def through(engine, proxy) -> None:
+    """Send the engine's S3 traffic (only that) through the fault-injecting proxy."""
+    s3 = boto3.session.Session().client("s3", endpoint_url=proxy.url, config=engine.artifacts.s3.meta.config)
+    engine.artifacts.s3 = s3
+    engine.jobs.artifacts.s3 = s3
+
+
+def test_a_full_database_during_a_job_still_releases_the_lock(fast_prod, make_fast_engine, tmp_path):
+    hold = tmp_path / "hold"
+    hold.touch()
+    engine = make_fast_engine(SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
+    plan = engine.plan("prod", "previous")
+    job_id = engine.jobs.start(plan, "U-ANA", "U-BO")
+    wait_for(lambda: any(e["step"] == "deploy" for e in engine.store.events(job_id)), 30, "the deploy")
+    pages = engine.store.db.execute("PRAGMA page_count").fetchone()[0]
+    engine.store.db.execute(f"PRAGMA max_page_count={pages}")  # sqlite is now really full
+    hold.unlink()
+    engine.jobs.wait(job_id, timeout=60)
+    assert engine.store.lock_of("prod") is None
+    # the next bot start (same process, same pid) does not take the job for a live one
+    engine.store.db.execute("PRAGMA max_page_count=1073741823")
+    again = make_fast_engine()
+    again.jobs.recover()
+    assert again.store.job(job_id)["state"] in ("succeeded", "interrupted")
+    assert again.store.lock_of("prod") is None
+
+
+def test_s3_failing_when_the_job_starts_fails_it_cleanly(fast_prod, proxy, fast_service):
+    through(fast_prod, proxy)
+    plan = fast_prod.plan("prod", "previous")
+    proxy.fail(-1)  # S3 is gone from here on
+    job_id = fast_prod.jobs.start(plan, "U-ANA", "U-BO")
+    job = fast_prod.jobs.wait(job_id, timeout=120)
+    assert job["state"] == "failed" and job["reason"].startswith("restore: S3 kept failing")
+    assert fast_prod.store.lock_of("prod") is None
+    assert live_code() == fast_code(fast_service, "v2")  # nothing deployed
+
+
+def test_when_index_json_cannot_be_written_the_job_says_ci_is_not_frozen_and_retries_until_it_lands(
+        fast_prod, proxy, fast_service):
+    through(fast_prod, proxy)
+    plan = fast_prod.plan("prod", "previous")
+    seen = []
+    fast_prod.jobs.listeners.append(lambda job_id, event: seen.append(event))
+    proxy.fail(-1, only=("PUT", "index.json"))  # reads work; every write of the index fails
+    job_id = fast_prod.jobs.start(plan, "U-ANA", "U-BO")
+    job = fast_prod.jobs.wait(job_id, timeout=120)
+    assert job["state"] == "succeeded" and job["recorded"] == 0
+    assert "CI is NOT frozen" in job["reason"]
+    assert live_code() == fast_code(fast_service, "v1")  # the deploy itself worked
+    assert fast_prod.artifacts.read_index("prod").freeze is None
+    assert fast_prod.store.lock_of("prod") is None
+
+    proxy.fail(0)  # S3 recovers: the background retry lands and says so
+    wait_for(lambda: any(e.step == "index" and e.status == "recorded" for e in seen), 30, "the retried write")
+    index = ArtifactStore(fast_prod.artifacts.s3, BUCKET, SERVICE, "rollback/").read_index("prod")
+    assert index.freeze is not None and index.live.commit == fast_service.commits["v1"]
+    assert index.find(fast_service.commits["v2"], "b-v2").bad is not None
+    assert fast_prod.store.job(job_id)["recorded"] == 1 and index.in_use == []
+
+
+def test_recovery_knows_its_own_pid_and_a_reused_one_and_removes_work_folders(fast_prod, make_fast_engine):
+    store = fast_prod.store
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        jobs = {}
+        for name, pid, start in (("own pid", os.getpid(), fast_prod.jobs.pid_start),
+                                 ("reused pid", other.pid, "1")):  # alive, but it started at another time
+            jobs[name] = store.create_job(stage=name.replace(" ", "-"), target_commit="a" * 40, state="running",
+                                          host=socket.gethostname(), pid=pid, pid_start=start, started=time.time())
+            store.acquire_lock(name.replace(" ", "-"), jobs[name], "U-BO")
+            (fast_prod.settings.data_dir / "jobs" / str(jobs[name])).mkdir(parents=True)
+        alive = store.create_job(stage="dev", target_commit="a" * 40, state="running", host=socket.gethostname(),
+                                 pid=other.pid, pid_start=_start_of(other.pid), started=time.time())
+        store.acquire_lock("dev", alive, "U-BO")
+        fresh = make_fast_engine()  # a restarted bot: same pid as the one that ran "own pid"
+        fresh.jobs.recover()
+        fresh.jobs.idle()
+        for job_id in jobs.values():
+            assert fresh.store.job(job_id)["state"] == "interrupted"
+            assert not (fast_prod.settings.data_dir / "jobs" / str(job_id)).exists()
+        assert fresh.store.lock_of("own-pid") is None and fresh.store.lock_of("reused-pid") is None
+        assert fresh.store.job(alive)["state"] == "running" and fresh.store.lock_of("dev") is not None
+    finally:
+        other.kill()
+
+
+def _start_of(pid: int) -> str:
+    from bot.jobs import process_start
+
+    return process_start(pid)
+
+
+def test_cancel_of_a_job_whose_bot_died_releases_the_lock_and_says_so(fast_prod):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    job_id = fast_prod.store.create_job(stage="prod", target_commit="a" * 40, state="running",
+                                        host=socket.gethostname(), pid=dead.pid, started=time.time())
+    fast_prod.store.acquire_lock("prod", job_id, "U-BO")
+    from bot.approvals import Approvals
+    from bot.policy import Policy
+
+    said = Approvals(fast_prod, Policy()).cancel_running("prod", "U-BO")
+    assert "bot process is gone: the job is marked interrupted and the stage's lock released" in said
+    assert fast_prod.store.lock_of("prod") is None and fast_prod.store.job(job_id)["state"] == "interrupted"
+
+
+def test_a_git_server_that_never_answers_is_given_up_on(tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)  # accepts connections, never says a word
+    try:
+        repo = SourceRepo(f"http://127.0.0.1:{silent.getsockname()[1]}/org/hello.git", tmp_path / "m.git", timeout=2)
+        started = time.monotonic()
+        with pytest.raises(SourceError, match="cannot fetch http://127.0.0.1"):
+            repo.fetch()
+        assert time.monotonic() - started < 20
+    finally:
+        silent.close()
+
+
+def test_a_slow_fetch_for_a_plan_never_holds_up_a_running_jobs_checkout(fast_prod, fast_service, tmp_path):
+    source = fast_prod.source
+    source.fetch()
+    done = threading.Event()
+    with source._fetch_lock:  # a plan's fetch is stuck on the network
+        threading.Thread(target=lambda: (source.checkout(fast_service.commits["v1"], tmp_path / "wt"), done.set()),
+                         daemon=True).start()
+        assert done.wait(20), "the checkout waited for the fetch"
+
+
+def test_a_package_built_for_another_stage_is_never_deployed(fast_prod, fast_service, tmp_path):
+    staging = fast_package(tmp_path / "staging-pkg", "v1", stage="staging")
+    fast_prod.artifacts.publish("prod", fast_service.commits["v1"], staging, build_id="from-staging")
+    with pytest.raises(ArtifactError, match="built for stage staging, not prod"):
+        fast_prod.plan("prod", "from-staging")
+    assert live_code() == fast_code(fast_service, "v2")
+
+
+def test_planning_reads_the_template_not_the_package(fast_prod, fast_service, tmp_path):
+    big = fast_package(tmp_path / "big", "v1", extra={"blob.bin": os.urandom(20 * 1024 * 1024)})
+    fast_prod.artifacts.publish("prod", fast_service.commits["v1"], big, build_id="big")
+    received = []
+    fast_prod.artifacts.s3.meta.events.register(
+        "after-call.s3.GetObject",
+        lambda http_response, **kw: received.append(int(http_response.headers.get("content-length", 0))))
+    plan = fast_prod.plan("prod", "big")
+    assert plan.target.size > 20 * 1024 * 1024 and plan.template is not None
+    assert sum(received) < 1024 * 1024, f"planning downloaded {sum(received)} bytes"
