@@ -58,10 +58,13 @@ class _RangeReader(io.RawIOBase):
     """A stored package as a seekable file, read with ranged GETs; the first answer's metadata is
     checked against the index like a full download's."""
 
+    WINDOW = 256 * 1024
+
     def __init__(self, store: ArtifactStore, artifact: Artifact):
         self.store, self.artifact = store, artifact
         self.pos = 0
         self.checked = False
+        self.windows: list[tuple[int, bytes]] = []  # (offset, bytes) already fetched
 
     def readable(self) -> bool:
         return True
@@ -81,9 +84,27 @@ class _RangeReader(io.RawIOBase):
         want = min(len(buffer), self.artifact.size - self.pos)
         if want <= 0:
             return 0
+        for start, data in self.windows:
+            if start <= self.pos < start + len(data):
+                chunk = data[self.pos - start: self.pos - start + want]
+                buffer[: len(chunk)] = chunk
+                self.pos += len(chunk)
+                return len(chunk)
+        # A miss fetches a window around what is asked: the first one is the archive's tail (the
+        # directory and serverless-state.json), the next the head (the template): two requests.
+        start = self.pos if self.windows else max(0, self.artifact.size - self.WINDOW)
+        end = min(self.artifact.size, max(start + self.WINDOW, self.pos + want)) - 1
+        data = self._get(start, end)
+        if len(data) != end - start + 1:
+            raise ChecksumError(f"{self.artifact.label()}: S3 returned {len(data)} bytes for a range of "
+                                f"{end - start + 1}; the object is not the one the index describes")
+        self.windows.append((start, data))
+        return self.readinto(buffer)
+
+    def _get(self, start: int, end: int) -> bytes:
         where = f"reading {self.store.where(self.artifact.key)}"
         resp = self.store._call(where, self.store.s3.get_object, Bucket=self.store.bucket,
-                                Key=self.artifact.key, Range=f"bytes={self.pos}-{self.pos + want - 1}")
+                                Key=self.artifact.key, Range=f"bytes={start}-{end}")
         if not self.checked:
             self.store._check_object(self.artifact, resp)
             total = str(resp.get("ContentRange", "")).rpartition("/")[2]
@@ -91,10 +112,7 @@ class _RangeReader(io.RawIOBase):
                 raise ChecksumError(f"{self.artifact.label()} is {total} bytes in S3, not the {self.artifact.size} "
                                     "the index says. Republish that build from CI, or roll back to another build")
             self.checked = True
-        data = resp["Body"].read(want)
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+        return resp["Body"].read(end - start + 1)
 
 
 class ArtifactError(Exception):
@@ -521,7 +539,7 @@ class ArtifactStore:
         entries only): planning a rollback of a 250 MB package reads a few kilobytes."""
         reader = _RangeReader(self, artifact)
         try:
-            with zipfile.ZipFile(io.BufferedReader(reader, buffer_size=256 * 1024)) as zf:
+            with zipfile.ZipFile(reader) as zf:
                 check_limits(zf, Limits(max_total=MAX_PACKAGE_BYTES * 4, max_ratio=10**9))
                 return read_members(zf, names)
         except zipfile.BadZipFile as exc:
