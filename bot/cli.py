@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict
@@ -13,7 +14,7 @@ from bot import __version__
 from bot.artifacts import ArtifactError, validate_stage
 from bot.config import ConfigError, Settings, load_settings
 from bot.engine import artifact_store, build_engine, open_store
-from bot.masking import Masker
+from bot.masking import Masker, mask_logs
 from bot.source import SourceError, local_commit
 from bot.stage_index import RefError
 from bot.store import StageBusy
@@ -330,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     mask = Masker(settings.secrets())
+    if command != "serve":  # serve configures its own logging, masked the same way
+        logging.basicConfig(level=logging.WARNING, format="rollback-bot: %(levelname)s %(name)s: %(message)s")
+        mask_logs(mask)
     try:
         return handler(args, settings)
     except RefError as exc:
