@@ -103,28 +103,37 @@ def code_of(history, build: str) -> str:
     return code_sha256(history.builds[build].package / "hello-service.zip")
 
 
-@pytest.fixture
-def make_engine(aws_env, s3, service_history, shared_plugin_cache, tmp_path):
+def engine_factory(aws_env, data_root: Path, repo: Path, prepare=lambda data_dir, overrides: None, **base):
+    """``make(data_dir=None, **env)`` builds engines on moto and a repository; returns it and the list
+    of engines made, to shut down."""
     engines = []
 
     def make(data_dir: Path | None = None, **overrides):
-        data_dir = data_dir or tmp_path / "data"
+        data_dir = data_dir or data_root / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
-        cache = data_dir / "plugin-cache"
-        if not cache.exists() and not overrides.pop("cold_cache", False):
-            cache.symlink_to(shared_plugin_cache)
-        overrides.pop("cold_cache", None)
+        prepare(data_dir, overrides)
         env = {
             **sls_env(aws_env),
             "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
-            "ROLLBACK_REPO": str(service_history.origin), "ROLLBACK_DATA_DIR": str(data_dir),
-            "SLACK_BOT_TOKEN": "xoxb-test-token-123456",
-            **overrides,
+            "ROLLBACK_REPO": str(repo), "ROLLBACK_DATA_DIR": str(data_dir),
+            "SLACK_BOT_TOKEN": "xoxb-test-token-123456", **base, **overrides,
         }
         engine = build_engine(load_settings(env, needs=["engine"]))
         engines.append(engine)
         return engine
 
+    return make, engines
+
+
+@pytest.fixture
+def make_engine(aws_env, s3, service_history, shared_plugin_cache, tmp_path):
+    def share_plugin_cache(data_dir: Path, overrides: dict) -> None:
+        cache = data_dir / "plugin-cache"
+        if not cache.exists() and not overrides.pop("cold_cache", False):
+            cache.symlink_to(shared_plugin_cache)
+        overrides.pop("cold_cache", None)
+
+    make, engines = engine_factory(aws_env, tmp_path, service_history.origin, share_plugin_cache)
     yield make
     for engine in engines:
         engine.jobs.shutdown()
@@ -159,22 +168,7 @@ def make_fast_engine(aws_env, s3, fast_service, tmp_path):
     """Engines whose deploy step is tests/support/deploy_script.py (real processes, moto's Lambda)."""
     from tests.support.fast_service import DEPLOY_COMMAND
 
-    engines = []
-
-    def make(data_dir: Path | None = None, **overrides):
-        data_dir = data_dir or tmp_path / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        env = {
-            **sls_env(aws_env),
-            "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
-            "ROLLBACK_REPO": str(fast_service.origin), "ROLLBACK_DATA_DIR": str(data_dir),
-            "ROLLBACK_DEPLOY_COMMAND": DEPLOY_COMMAND, "SLACK_BOT_TOKEN": "xoxb-test-token-123456",
-            **overrides,
-        }
-        engine = build_engine(load_settings(env, needs=["engine"]))
-        engines.append(engine)
-        return engine
-
+    make, engines = engine_factory(aws_env, tmp_path, fast_service.origin, ROLLBACK_DEPLOY_COMMAND=DEPLOY_COMMAND)
     yield make
     for engine in engines:
         engine.jobs.shutdown()
