@@ -156,7 +156,7 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
             try:
                 client.chat_postMessage(channel=channel, text=f"{verdict}: {code(job['stage'])} → "
                                         f"{code(job['target_commit'][:7])} (job {job['id']}) "
-                                        f"{esc(job.get('reason') or '')}")
+                                        f"{esc_message(job.get('reason') or '')}")
             except Exception as exc:  # Slack unreachable or refusing: the card already shows the result
                 log.warning("could not announce job %s in %s: %s", job["id"], channel, exc)
 
@@ -247,7 +247,11 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
 
     def on_approve(body, respond):
         action = body["actions"][0]
-        job_id, user_id = _job_id(action), body["user"]["id"]
+        try:
+            job_id, user_id = _job_id(action), body["user"]["id"]
+        except Refused as exc:
+            respond(text=_error_text(exc), response_type="ephemeral", replace_original=False)
+            return
         channel, ts = body["channel"]["id"], body["message"]["ts"]
         lift = _checked(body, kit.LIFT_FREEZE)
         # Listen before starting, so not one event of the job is missed; the subscription ends with the job.

@@ -237,7 +237,7 @@ def progress_blocks(job: dict, steps: dict[str, tuple[str, float | None]], tail:
     who = f"approved by {user(job['approved_by'])}" if job.get("approved_by") else ""
     blocks.append(context(f"Job {job['id']} · requested by {user(job['requested_by'])} {who} · {elapsed:.0f}s"))
     if state in ("failed", "cancelled", "interrupted") and job.get("reason"):
-        blocks.append(section(f"*Why:* {esc(job['reason'])}"))
+        blocks.append(section(f"*Why:* {esc_message(job['reason'])}"))
         if tail:
             blocks.append(section("```" + _clip("\n".join(esc(line) for line in tail), 2800) + "```"))
     if state == "running" and job.get("cancelled_by"):
@@ -248,7 +248,7 @@ def progress_blocks(job: dict, steps: dict[str, tuple[str, float | None]], tail:
             blocks.append(section(f"🟥 *Succeeded, CI NOT frozen.* Lambda runs the target's code (verified), but "
                                   f"index.json could not be updated: CI may deploy over it and nothing is marked "
                                   f"bad yet. rollback-bot keeps retrying and will say here when it lands. "
-                                  f"{esc(job.get('reason') or '')}"))
+                                  f"{esc_message(job.get('reason') or '')}"))
         elif json.loads(job.get("plan_json") or "{}").get("forward"):
             freeze = "the CI freeze was lifted" if job.get("unfreeze") else "a CI freeze, if any, stays"
             blocks.append(section(f"Lambda runs the target's code (verified). Rolled forward: nothing was marked "
@@ -273,5 +273,5 @@ def status_blocks(running: list[dict], freezes: dict[str, Mark], now: float) -> 
 
 def history_text(stage: str, jobs: list[dict]) -> str:
     lines = [f"• job {j['id']} *{esc(j['state'])}* → {code(j['target_commit'][:7])} by "
-             f"{user(j['approved_by'] or j['requested_by'])} {esc(j['reason'] or '')}" for j in jobs]
+             f"{user(j['approved_by'] or j['requested_by'])} {esc_message(j['reason'] or '')}" for j in jobs]
     return "\n".join(lines) or f"No rollbacks of {code(stage)} yet."

@@ -22,10 +22,14 @@ def esc(text: object) -> str:
 
 
 def esc_message(text: object) -> str:
-    """A message of the bot's own (an error, a refusal) that quotes values in backticks: no mention or
-    link can survive, and the values it quotes are validated names or have had backticks removed."""
+    """A message of the bot's own (an error, a refusal, a job's reason) that may quote values in
+    backticks: no mention or link survives, and its code spans are kept only when every one of them
+    closes; otherwise (a quoted value had a backtick) all backticks become the look-alike."""
     s = "" if text is None else str(text)
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if s.count("```") % 2 or s.replace("```", "").count("`") % 2:
+        s = s.replace("`", BACKTICK_LOOKALIKE)
+    return s
 
 
 def code(text: object) -> str:

@@ -20,7 +20,7 @@ from bot.engine import Engine, build_engine
 from bot.masking import Masker, mask_logs
 from bot.policy import PolicySource
 from bot.slack.app import BUSY, BoundedWork, build_app, make_client, sweep_expired
-from bot.slack.mrkdwn import esc
+from bot.slack.mrkdwn import esc_message
 
 log = logging.getLogger("rollback-bot")
 
@@ -172,7 +172,7 @@ def start_up(settings: Settings, engine: Engine, approvals: Approvals, client=No
         if channel:
             try:
                 client.chat_postMessage(channel=channel, text=f"⚠️ Rollback job {job['id']} of `{job['stage']}` "
-                                        f"was interrupted by a restart. {esc(job['reason'])}")
+                                        f"was interrupted by a restart. {esc_message(job['reason'])}")
             except Exception as exc:  # a Slack failure here must not stop the bot from starting
                 log.warning("could not announce interrupted job %s: %s", job["id"], exc)
     housekeeping(settings, engine, approvals, client)
