@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -37,6 +36,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from bot import aws_clients
 from bot.archive import CHUNK, Limits, PackageError, check_limits, read_members, safe_extract, zip_package
 from bot.stage_index import (
     BUILD_RE,
@@ -148,7 +148,7 @@ def make_s3_client(max_attempts: int = 5):
         connect_timeout=5,
         read_timeout=60,
     )
-    return boto3.session.Session().client("s3", config=config)
+    return aws_clients.client("s3", config=config)
 
 
 def validate_stage(stage: str) -> str:

@@ -8,10 +8,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from bot import aws_clients
 from bot.archive import TEMPLATE_NAME, PackageError
 
 STATE_NAME = "serverless-state.json"
@@ -163,7 +163,7 @@ class Stack:
         # Made on first use: creating a boto3 client costs ~0.1 s, and most callers need only one.
         if service not in self._clients:
             config = Config(retries={"mode": "standard", "total_max_attempts": 5}, connect_timeout=5, read_timeout=60)
-            self._clients[service] = boto3.session.Session().client(service, region_name=self.region, config=config)
+            self._clients[service] = aws_clients.client(service, self.region, config)
         return self._clients[service]
 
     @property

@@ -14,9 +14,29 @@ from bot.playground.aws import MotoServer
 from bot.stack import code_sha256
 from tests.serverless_fixture import ci_deploy, sls_env
 
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 BUCKET = "rollback-artifacts"
 SERVICE = "hello-service"
 FUNCTION = "hello-service-prod-hello"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-docs", action="store_true",
+                     help="write the browser test's screenshots into docs/ (default: a temporary folder)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier must stay fast: a test that deploys with the real Serverless CLI is marked e2e."""
+    for item in items:
+        real = {"service_history", "make_engine", "prod"} & set(getattr(item, "fixturenames", ()))
+        if real and item.get_closest_marker("e2e") is None:
+            raise pytest.UsageError(f"{item.nodeid} uses {', '.join(sorted(real))} (real deploys): mark it e2e")
+
+
+@pytest.fixture(scope="session")
+def screenshots(request, tmp_path_factory) -> Path:
+    """Where the browser test saves its screenshots: docs/ only when asked (--update-docs)."""
+    return DOCS if request.config.getoption("--update-docs") else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="session")
@@ -189,7 +209,7 @@ def fast_prod(make_fast_engine, fast_service, aws_env):
         art.publish("prod", fast_service.commits[name], fast_service.packages[name], build_id=f"b-{name}",
                     author="Ana Dev", message=name)
         if name != "v3":
-            deploy(fast_service.packages[name], sls_env(aws_env))
+            deploy(fast_service.packages[name])
             art.mark_deployed("prod", fast_service.commits[name], f"b-{name}", by="ci")
     assert live_code() == fast_code(fast_service, "v2")
     return engine

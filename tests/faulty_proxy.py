@@ -67,7 +67,8 @@ class FaultyProxy:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # a short poll: stop() returns at once instead of after half a second
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def fail(self, count: int, status: int = 503, only: tuple[str, str] | None = None) -> None:
         """Answer the next ``count`` requests with ``status`` (-1: every request from now on);

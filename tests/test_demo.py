@@ -24,7 +24,7 @@ from bot.store import Store
 from tests.waiting import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]  # the demo deploys with the real Serverless CLI
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -93,7 +93,7 @@ def card_with_header(page, text: str, timeout: float = 60):
     return card
 
 
-def test_roll_back_in_the_browser_with_two_people(demo, page):
+def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
     # CI deployed v2 then v3; the channel shows both notifications and the panel shows v3 running
     page.wait_for_selector("#lambda-version[data-version='v3']", timeout=30_000)
     assert page.locator(".message", has_text="is now running").count() == 2
@@ -105,7 +105,7 @@ def test_roll_back_in_the_browser_with_two_people(demo, page):
     assert "plugin set unchanged" in text and "Requested by @Ana (on call)" in text
     assert card.locator("button.bk-button.primary", has_text="Approve").is_visible()
     assert card.locator("button.bk-button.danger", has_text="Cancel").is_visible()
-    page.screenshot(path=str(DOCS / "demo-plan.png"))
+    page.screenshot(path=str(screenshots / "demo-plan.png"))
 
     # prod needs a second person: Ana's own approval is refused, and only she sees why
     card.locator("button", has_text="Approve").click()
@@ -121,7 +121,7 @@ def test_roll_back_in_the_browser_with_two_people(demo, page):
     page.wait_for_selector("#lambda-version[data-version='v2']", timeout=30_000)
     done.locator("button.thread-toggle").click()
     assert "Service deployed to stack hello-service-prod" in page.locator(".thread").inner_text()
-    page.screenshot(path=str(DOCS / "demo-done.png"))
+    page.screenshot(path=str(screenshots / "demo-done.png"))
 
 
 def test_the_page_renders_what_the_bot_sends(demo, page):

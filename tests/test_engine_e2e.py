@@ -18,6 +18,8 @@ from tests.waiting import wait_for
 
 SHA_MISSING = "d" * 40
 
+pytestmark = pytest.mark.e2e
+
 
 def run_job(engine, stage: str, ref: str, who: str = "U-ANA"):
     plan = engine.plan(stage, ref)

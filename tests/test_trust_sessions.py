@@ -18,7 +18,6 @@ from bot.playground.slack import SlackUser
 from bot.slack.app import make_client, sweep_expired
 from bot.slack.server import housekeeping
 from tests.conftest import fast_code, live_code
-from tests.serverless_fixture import sls_env
 from tests.support.fast_service import deploy
 from tests.support.slack_session import CHANNEL, SECRET, all_text, header, seen
 from tests.waiting import wait_for
@@ -46,7 +45,7 @@ def test_approving_a_card_after_ci_deployed_again_deploys_nothing_and_offers_the
     assert "Commits undone (1)" in shown and f"package sha256 `{target.sha256[:12]}`" in shown
 
     # CI deploys v3 while the card waits: approving the old card must not roll back v3 unseen
-    deploy(fast_service.packages["v3"], sls_env(aws_env))
+    deploy(fast_service.packages["v3"])
     ws.engine.artifacts.mark_deployed("prod", c["v3"], "b-v3", by="ci")
     said = ws.clicks(ws.bo, card, "approve")
     assert "Nothing was deployed" in said
@@ -199,15 +198,15 @@ def test_junk_requests_get_4xx_not_500(fast_prod, fast_workspace):
 def test_per_person_limits_and_expired_plans_are_swept(fast_prod, fast_workspace):
     ws = fast_workspace()
     ws.approvals.limits = type(ws.approvals.limits)(plans_per_minute=3, pending_per_user=2)
-    ws.approvals.ttl = 1.0
     ws.ana.command("prod previous")
     first = seen(ws.card(0))
     ws.ana.command("prod b-v1")
     ws.card(1)
     assert "You have 2 plans waiting for approval" in ws.says(ws.ana, "prod b-v1")
     assert ws.cards() == 2
-    time.sleep(1.2)  # both plans expire
+    ws.approvals.clock = lambda: time.time() + 16 * 60  # the buttons' 15 minutes pass: both plans expire
     housekeeping(ws.engine.settings, ws.engine, ws.approvals, make_client(ws.engine.settings))
+    ws.approvals.clock = time.time
     assert "This plan expired" in card_text(ws, first)
     assert [j["state"] for j in ws.engine.store.jobs(stage="prod")] == ["expired", "expired"]
     assert "You asked for 3 plans in the last minute" in ws.says(ws.ana, "prod previous")

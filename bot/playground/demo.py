@@ -159,7 +159,7 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
     out(f"  ready in {time.monotonic() - started:.0f} s")
 
     app, engine, approvals = assemble(settings)
-    start_up(settings, engine, approvals)
+    running.callback(start_up(settings, engine, approvals).set)
     running.callback(engine.jobs.shutdown)  # cancels a running rollback: its processes are stopped
     bot = http_server(settings, app, engine, host="127.0.0.1", port=0)
     threading.Thread(target=_serve, args=(bot,), daemon=True).start()

@@ -28,6 +28,7 @@ class SlackStandIn:
         self.socket_url: str | None = None  # what apps.connections.open hands out (Socket Mode)
         self._fail: dict[str, list[int]] = defaultdict(list)  # method -> Retry-After seconds to answer 429 with
         self.errors: dict[str, str] = {}  # method -> the error it answers with (ok: false), until removed
+        self.rate_limited: list[str] = []  # the methods answered 429, in order
         self._seq = itertools.count(1)
         self._owners: dict[str, str] = {}  # response_url id -> the user who will see the reply
         self._lock = threading.Lock()
@@ -55,7 +56,8 @@ class SlackStandIn:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.api_url = self.base + "/api/"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # a short poll: stop() returns at once instead of after half a second
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -128,6 +130,7 @@ class SlackStandIn:
             self.calls.append((time.monotonic(), method))
             if self._fail[method]:
                 retry_after = self._fail[method].pop(0)
+                self.rate_limited.append(method)
                 return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)}
         handler = getattr(self, "_api_" + method.replace(".", "_"), None)
         if method in self.errors:

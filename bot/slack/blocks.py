@@ -95,7 +95,8 @@ def listing_blocks(index: StageIndex, now: float, limit: int = 10) -> list[dict]
             tags.append(f"*BAD* ({esc(art.bad.reason)})")
         block = section(("  ".join(tags) + "\n" if tags else "") + _build(art, now))
         if not index.is_live(art):
-            block["accessory"] = button("Roll back to this", "plan_build",
+            label = "Roll forward to this" if index.is_forward(art) else "Roll back to this"
+            block["accessory"] = button(label, "plan_build",
                                         json.dumps({"stage": index.stage, "ref": art.build_id}))
         blocks.append(block)
     if len(index.artifacts) > limit:

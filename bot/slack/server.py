@@ -158,9 +158,10 @@ def assemble(settings: Settings, engine: Engine | None = None) -> tuple[App, Eng
     return build_app(settings, engine, approvals, make_client(settings)), engine, approvals
 
 
-def start_up(settings: Settings, engine: Engine, approvals: Approvals, client=None) -> None:
+def start_up(settings: Settings, engine: Engine, approvals: Approvals, client=None) -> threading.Event:
     """What the bot does once when it starts: log the policy in force, recover jobs a crash cut short
-    (telling their channels), forget what is past retention, and start the housekeeping thread."""
+    (telling their channels), forget what is past retention, and start the housekeeping thread.
+    Returns the event that stops that thread."""
     client = client or make_client(settings)
     for line in approvals.policy.describe():
         log.info("%s", line)
@@ -176,8 +177,10 @@ def start_up(settings: Settings, engine: Engine, approvals: Approvals, client=No
             except Exception as exc:  # a Slack failure here must not stop the bot from starting
                 log.warning("could not announce interrupted job %s: %s", job["id"], exc)
     housekeeping(settings, engine, approvals, client)
-    threading.Thread(target=_housekeeping_loop, args=(settings, engine, approvals, client),
+    stop = threading.Event()
+    threading.Thread(target=_housekeeping_loop, args=(settings, engine, approvals, client, stop),
                      name="rollback-housekeeping", daemon=True).start()
+    return stop
 
 
 def housekeeping(settings: Settings, engine: Engine, approvals: Approvals, client) -> None:
@@ -189,9 +192,8 @@ def housekeeping(settings: Settings, engine: Engine, approvals: Approvals, clien
         log.exception("housekeeping failed; trying again later")
 
 
-def _housekeeping_loop(settings, engine, approvals, client, every: float = 30.0) -> None:
-    while True:
-        time.sleep(every)
+def _housekeeping_loop(settings, engine, approvals, client, stop: threading.Event, every: float = 30.0) -> None:
+    while not stop.wait(every):
         housekeeping(settings, engine, approvals, client)
 
 

@@ -14,34 +14,55 @@ from pathlib import Path
 
 import boto3
 
-stage, package = sys.argv[1], Path(sys.argv[2])
-print(f"Deploying hello-service to stage {stage} from {package.name}", flush=True)
-for n in range(int(os.environ.get("SLS_TEST_DEPLOY_LINES", "0"))):
-    print(f"line {n} of the deploy output", flush=True)
-if os.environ.get("SLS_TEST_DEPLOY_PRINT"):
-    print(os.environ["SLS_TEST_DEPLOY_PRINT"], flush=True)
-marker = os.environ.get("SLS_TEST_DEPLOY_WAIT_FOR")  # hold the deploy until a test removes this file
-while marker and Path(marker).exists():
-    time.sleep(0.05)
-time.sleep(float(os.environ.get("SLS_TEST_DEPLOY_SLEEP", "0")))
-if os.environ.get("SLS_TEST_DEPLOY_FAIL"):
-    print("Error: CloudFormation said no (injected)", flush=True)
-    sys.exit(1)
-template = json.loads((package / "cloudformation-template-update-stack.json").read_text())
-iam, lam = boto3.client("iam"), boto3.client("lambda")
-try:
-    role = iam.get_role(RoleName="hello-service-lambda")["Role"]["Arn"]
-except iam.exceptions.NoSuchEntityException:
-    role = iam.create_role(RoleName="hello-service-lambda", AssumeRolePolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": []}))["Role"]["Arn"]
-for res in template["Resources"].values():
-    if res["Type"] != "AWS::Lambda::Function":
-        continue
-    props = res["Properties"]
-    code = (package / Path(props["Code"]["S3Key"]).name).read_bytes()
+_clients: dict[tuple, object] = {}
+
+
+def _client(name: str):
+    """One client per service and endpoint in this process: making one costs ~0.1 s, a fixture deploys often."""
+    key = (name, os.environ.get("AWS_ENDPOINT_URL"), os.environ.get("AWS_ACCESS_KEY_ID"))
+    if key not in _clients:
+        _clients[key] = boto3.client(name)
+    return _clients[key]
+
+
+def deploy_package(package: Path) -> None:
+    """Each Lambda function of the package's template gets its code from the package."""
+    template = json.loads((package / "cloudformation-template-update-stack.json").read_text())
+    iam, lam = _client("iam"), _client("lambda")
     try:
-        lam.update_function_code(FunctionName=props["FunctionName"], ZipFile=code)
-    except lam.exceptions.ResourceNotFoundException:
-        lam.create_function(FunctionName=props["FunctionName"], Runtime="nodejs20.x", Role=role,
-                            Handler="handler.hello", Code={"ZipFile": code})
-print(f"Service deployed to stage {stage}", flush=True)
+        role = iam.get_role(RoleName="hello-service-lambda")["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        role = iam.create_role(RoleName="hello-service-lambda", AssumeRolePolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": []}))["Role"]["Arn"]
+    for res in template["Resources"].values():
+        if res["Type"] != "AWS::Lambda::Function":
+            continue
+        props = res["Properties"]
+        code = (package / Path(props["Code"]["S3Key"]).name).read_bytes()
+        try:
+            lam.update_function_code(FunctionName=props["FunctionName"], ZipFile=code)
+        except lam.exceptions.ResourceNotFoundException:
+            lam.create_function(FunctionName=props["FunctionName"], Runtime="nodejs20.x", Role=role,
+                                Handler="handler.hello", Code={"ZipFile": code})
+
+
+def main(stage: str, package: Path) -> int:
+    print(f"Deploying hello-service to stage {stage} from {package.name}", flush=True)
+    for n in range(int(os.environ.get("SLS_TEST_DEPLOY_LINES", "0"))):
+        print(f"line {n} of the deploy output", flush=True)
+    if os.environ.get("SLS_TEST_DEPLOY_PRINT"):
+        print(os.environ["SLS_TEST_DEPLOY_PRINT"], flush=True)
+    marker = os.environ.get("SLS_TEST_DEPLOY_WAIT_FOR")  # hold the deploy until a test removes this file
+    while marker and Path(marker).exists():
+        time.sleep(0.05)
+    time.sleep(float(os.environ.get("SLS_TEST_DEPLOY_SLEEP", "0")))
+    if os.environ.get("SLS_TEST_DEPLOY_FAIL"):
+        print("Error: CloudFormation said no (injected)", flush=True)
+        return 1
+    deploy_package(package)
+    print(f"Service deployed to stage {stage}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], Path(sys.argv[2])))

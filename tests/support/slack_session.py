@@ -95,7 +95,7 @@ def workspaces(make_engine, tmp_path):
             env["ROLLBACK_CONFIG"] = str(tmp_path / "policy.toml")
         engine = make_engine(**env)
         app, engine, approvals = assemble(engine.settings, engine)
-        start_up(engine.settings, engine, approvals)
+        closers.append(start_up(engine.settings, engine, approvals).set)
         if socket:
             far_end = SocketModeStandIn()
             standin.socket_url = far_end.url
