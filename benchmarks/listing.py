@@ -17,8 +17,8 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bot.artifacts import ArtifactStore  # noqa: E402
-from bot.stage_index import Artifact, StageIndex  # noqa: E402
+from bot.adapters.artifacts import ArtifactStore  # noqa: E402
+from bot.core.stage_index import Artifact, StageIndex  # noqa: E402
 
 BUCKET = "bench-artifacts"
 SERVICE = "svc"

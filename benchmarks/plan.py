@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bot.config import load_settings  # noqa: E402
-from bot.engine import build_engine  # noqa: E402
+from bot.core.config import load_settings  # noqa: E402
+from bot.engine.build import build_engine  # noqa: E402
 from bot.playground.aws import MotoServer  # noqa: E402
 from tests.support.fast_service import build_fast_service, fast_package  # noqa: E402
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bot.config import load_settings  # noqa: E402
-from bot.engine import build_engine  # noqa: E402
+from bot.core.config import load_settings  # noqa: E402
+from bot.engine.build import build_engine  # noqa: E402
 from bot.playground.aws import MotoServer  # noqa: E402
-from tests.serverless_fixture import SLS_BIN, build_history, ci_deploy, sls_env  # noqa: E402
+from tests.support.serverless_fixture import SLS_BIN, build_history, ci_deploy, sls_env  # noqa: E402
 
 BUCKET = "bench-rollback"
 SERVICE = "hello-service"

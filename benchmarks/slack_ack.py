@@ -38,14 +38,14 @@ def main() -> None:
     import boto3
     import git
 
-    from bot.config import load_settings
-    from bot.engine import build_engine
+    from bot.core.config import load_settings
+    from bot.core.stage_index import Artifact, StageIndex
+    from bot.engine.build import build_engine
     from bot.playground.aws import MotoServer
     from bot.playground.slack import SlackStandIn, SlackUser
-    from bot.stage_index import Artifact, StageIndex
     from tests.conftest import make_package
-    from tests.gitrepo import ServiceRepo
-    from tests.waiting import wait_for
+    from tests.support.gitrepo import ServiceRepo
+    from tests.support.waiting import wait_for
 
     moto = MotoServer()
     os.environ.update({"AWS_ENDPOINT_URL": moto.url, "AWS_ACCESS_KEY_ID": "b", "AWS_SECRET_ACCESS_KEY": "bsecret1",

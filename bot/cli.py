@@ -11,13 +11,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bot import __version__
-from bot.artifacts import ArtifactError, validate_stage
-from bot.config import ConfigError, Settings, load_settings
-from bot.engine import artifact_store, build_engine, open_store
-from bot.masking import Masker, mask_logs
-from bot.source import SourceError, local_commit
-from bot.stage_index import RefError
-from bot.store import StageBusy
+from bot.adapters.artifacts import ArtifactError, validate_stage
+from bot.adapters.source import SourceError, local_commit
+from bot.adapters.store import StageBusy
+from bot.core.config import ConfigError, Settings, load_settings
+from bot.core.masking import Masker, mask_logs
+from bot.core.stage_index import RefError
+from bot.engine.build import artifact_store, build_engine, open_store
 from bot.terminal import ProgressPrinter, age, artifact_json, clean, render_history, render_listing, render_plan
 
 EXIT_FAILED = 1

@@ -7,9 +7,9 @@ import sys
 from dataclasses import asdict
 from typing import TextIO
 
-from bot.pipeline import STEPS, Event
-from bot.plan import Plan
-from bot.stage_index import Artifact, StageIndex
+from bot.core.stage_index import Artifact, StageIndex
+from bot.engine.pipeline import STEPS, Event
+from bot.engine.planner import Plan
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from bot.artifacts import ArtifactStore, make_s3_client
-from bot.config import load_settings
-from bot.engine import build_engine
+from bot.adapters.artifacts import ArtifactStore, make_s3_client
+from bot.adapters.stack import code_sha256
+from bot.core.config import load_settings
+from bot.engine.build import build_engine
 from bot.playground.aws import MotoServer
-from bot.stack import code_sha256
-from tests.serverless_fixture import ci_deploy, sls_env
+from tests.support.serverless_fixture import ci_deploy, sls_env
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BUCKET = "rollback-artifacts"
@@ -101,7 +101,7 @@ def package(tmp_path):
 
 @pytest.fixture(scope="session")
 def service_history(tmp_path_factory, moto_server):
-    from tests.serverless_fixture import build_history
+    from tests.support.serverless_fixture import build_history
 
     env = {"AWS_ENDPOINT_URL": moto_server.url, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.archive import Limits, PackageError, UnsafeArchiveError, file_digest, safe_extract, zip_package
+from bot.adapters.archive import Limits, PackageError, UnsafeArchiveError, file_digest, safe_extract, zip_package
 from tests.conftest import make_package
 
 

@@ -3,10 +3,10 @@ import threading
 import boto3
 import pytest
 
-from bot.archive import file_digest
-from bot.artifacts import ArtifactError, ArtifactStore, ChecksumError, make_s3_client
+from bot.adapters.archive import file_digest
+from bot.adapters.artifacts import ArtifactError, ArtifactStore, ChecksumError, make_s3_client
 from tests.conftest import BUCKET, SERVICE
-from tests.faulty_proxy import FaultyProxy
+from tests.support.faulty_proxy import FaultyProxy
 
 SHA1 = "a" * 40
 SHA2 = "b" * 40
@@ -210,7 +210,7 @@ def test_prune_keeps_live_last_good_and_in_use(store, s3, package, tmp_path):
     store.mark_deployed("prod", arts[1].commit, "1")
 
     def in_use(index):
-        from bot.stage_index import InUse
+        from bot.core.stage_index import InUse
         index.in_use.append(InUse(arts[2].commit, "2", "job-7", 1.0))
 
     store.update_index("prod", in_use)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BUCKET, SERVICE, make_package
-from tests.gitrepo import ServiceRepo
+from tests.support.gitrepo import ServiceRepo
 
 SCRIPT = shutil.which("rollback-bot", path=str(Path(sys.executable).parent)) or shutil.which("rollback-bot")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.adapters.store import Store
 from bot.slack.blocks import help_blocks, progress_blocks
-from bot.store import Store
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]  # the demo deploys with the real Serverless CLI

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from bot.source import SourceError
-from bot.store import StageBusy, Store
+from bot.adapters.source import SourceError
+from bot.adapters.store import StageBusy, Store
 from tests.conftest import BUCKET, SERVICE, code_of, live_code
-from tests.serverless_fixture import ci_deploy, sls_env
-from tests.waiting import wait_for
+from tests.support.serverless_fixture import ci_deploy, sls_env
+from tests.support.waiting import wait_for
 
 SHA_MISSING = "d" * 40
 

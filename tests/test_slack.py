@@ -16,9 +16,9 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.playground.slack import SlackUser
 from tests.conftest import BUCKET, SERVICE, fast_code, live_code
-from tests.serverless_fixture import sls_env
+from tests.support.serverless_fixture import sls_env
 from tests.support.slack_session import CHANNEL, SECRET, all_text, header, seen
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 POLICY = """
 [stages.prod]

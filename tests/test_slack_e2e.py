@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import code_of, live_code
 from tests.support.slack_session import CHANNEL, all_text, header, seen, workspaces
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -1,8 +1,8 @@
 import git
 import pytest
 
-from bot.source import SourceError, SourceRepo, plugins_of
-from tests.gitrepo import ServiceRepo
+from bot.adapters.source import SourceError, SourceRepo, plugins_of
+from tests.support.gitrepo import ServiceRepo
 
 YML = ("service: s\nplugins:\n  - serverless-offline  # local dev\n  - 'serverless-prune-plugin'\n"
        "provider:\n  name: aws\n")

@@ -1,6 +1,6 @@
 import pytest
 
-from bot.stage_index import Artifact, IndexFormatError, Mark, RefError, StageIndex
+from bot.core.stage_index import Artifact, IndexFormatError, Mark, RefError, StageIndex
 
 
 def art(commit_prefix: str, build: str, created: float, bad: bool = False) -> Artifact:

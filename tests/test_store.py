@@ -1,7 +1,7 @@
 import pytest
 
-from bot.masking import Masker
-from bot.store import StageBusy, Store
+from bot.adapters.store import StageBusy, Store
+from bot.core.masking import Masker
 
 
 def test_schema_is_created_once_and_reopened(tmp_path):

@@ -14,12 +14,12 @@ import time
 import boto3
 import pytest
 
-from bot.artifacts import ArtifactError, ArtifactStore
-from bot.source import SourceError, SourceRepo
+from bot.adapters.artifacts import ArtifactError, ArtifactStore
+from bot.adapters.source import SourceError, SourceRepo
 from tests.conftest import BUCKET, SERVICE, fast_code, live_code
-from tests.faulty_proxy import FaultyProxy
 from tests.support.fast_service import fast_package
-from tests.waiting import wait_for
+from tests.support.faulty_proxy import FaultyProxy
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_recovery_knows_its_own_pid_and_a_reused_one_and_removes_work_folders(fa
 
 
 def _start_of(pid: int) -> str:
-    from bot.jobs import process_start
+    from bot.engine.runner import process_start
 
     return process_start(pid)
 
@@ -128,8 +128,8 @@ def test_cancel_of_a_job_whose_bot_died_releases_the_lock_and_says_so(fast_prod)
     job_id = fast_prod.store.create_job(stage="prod", target_commit="a" * 40, state="running",
                                         host=socket.gethostname(), pid=dead.pid, started=time.time())
     fast_prod.store.acquire_lock("prod", job_id, "U-BO")
-    from bot.approvals import Approvals
-    from bot.policy import Policy
+    from bot.core.policy import Policy
+    from bot.engine.service import Approvals
 
     said = Approvals(fast_prod, Policy()).cancel_running("prod", "U-BO")
     assert "bot process is gone: the job is marked interrupted and the stage's lock released" in said

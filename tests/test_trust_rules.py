@@ -12,16 +12,16 @@ import time
 
 import pytest
 
-from bot.masking import Masker, MaskingFilter
-from bot.plan import Plan
-from bot.plugin_cache import PluginCache
-from bot.policy import Policy, PolicyError, PolicySource
+from bot.adapters.plugin_cache import PluginCache
+from bot.adapters.source import CommitInfo, PluginChange
+from bot.adapters.stack import TemplateDiff
+from bot.adapters.store import OUTPUT_HEAD, OUTPUT_TAIL, Store
+from bot.core.masking import Masker, MaskingFilter
+from bot.core.policy import Policy, PolicyError, PolicySource
+from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
+from bot.engine.planner import Plan
 from bot.slack import blocks as kit
 from bot.slack.app import BoundedWork, GroupDirectory, make_client
-from bot.source import CommitInfo, PluginChange
-from bot.stack import TemplateDiff
-from bot.stage_index import Artifact, LiveRecord, Mark, StageIndex
-from bot.store import OUTPUT_HEAD, OUTPUT_TAIL, Store
 
 HOSTILE = "<!channel> <!here> see <https://evil.example|the runbook> <@U0ADMIN> <#C0SECRET> ``` `x` & *b* _i_"
 SHA = "a" * 40
@@ -190,7 +190,7 @@ def test_the_policy_reloads_when_its_file_changes_and_keeps_the_old_one_when_the
 
 
 def test_a_removed_group_member_stays_removed_when_slack_cannot_say(tmp_path):
-    from bot.config import load_settings
+    from bot.core.config import load_settings
     from bot.playground.slack import SlackStandIn
 
     standin = SlackStandIn()

@@ -20,7 +20,7 @@ from bot.slack.server import housekeeping
 from tests.conftest import fast_code, live_code
 from tests.support.fast_service import deploy
 from tests.support.slack_session import CHANNEL, SECRET, all_text, header, seen
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 POLICY = """
 [stages.prod]

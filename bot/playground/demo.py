@@ -24,12 +24,12 @@ from urllib.parse import urlsplit
 import boto3
 
 from bot import cli
-from bot.config import ConfigError, load_settings
+from bot.adapters.plugin_cache import PluginCache
+from bot.core.config import ConfigError, load_settings
 from bot.playground.aws import MotoServer
 from bot.playground.sample import FUNCTION, HISTORY, SERVICE, STAGE, SampleService, version_in
 from bot.playground.slack import SlackStandIn, SlackUser
 from bot.playground.web import ChannelPage
-from bot.plugin_cache import PluginCache
 from bot.slack.server import assemble, http_server, start_up
 
 BUCKET = "rollback-demo-artifacts"

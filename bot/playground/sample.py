@@ -13,8 +13,8 @@ from pathlib import Path
 
 import git
 
-from bot.pipeline import install_command
-from bot.plugin_cache import PluginCache, cache_key
+from bot.adapters.plugin_cache import PluginCache, cache_key
+from bot.engine.pipeline import install_command
 
 SOURCE = Path(__file__).parent / "sample_service"  # serverless.yml, package.json and its lockfile
 SERVICE = "hello-service"

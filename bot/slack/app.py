@@ -14,19 +14,19 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot.approvals import Approvals, Outdated, Refused
-from bot.artifacts import ArtifactError
-from bot.config import Settings
-from bot.engine import Engine
-from bot.masking import Masker
-from bot.pipeline import Event
-from bot.plan import load_stage
+from bot.adapters.artifacts import ArtifactError
+from bot.adapters.source import SourceError
+from bot.core.config import Settings
+from bot.core.masking import Masker
+from bot.core.stage_index import RefError
+from bot.engine.build import Engine
+from bot.engine.pipeline import Event
+from bot.engine.planner import load_stage
+from bot.engine.service import Approvals, Outdated, Refused
 from bot.slack import blocks as kit
 from bot.slack.commands import parse
 from bot.slack.mrkdwn import code, esc, esc_message, user
 from bot.slack.progress import ProgressReporter
-from bot.source import SourceError
-from bot.stage_index import RefError
 
 GROUP_TTL = 60.0
 WORK_QUEUE = 64  # requests waiting for a worker; past that, people are told to try again

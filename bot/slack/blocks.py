@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 
-from bot.pipeline import STEPS
-from bot.plan import Plan
-from bot.policy import NO_POLICY
+from bot.core.policy import NO_POLICY
+from bot.core.stage_index import Artifact, Mark, StageIndex
+from bot.engine.pipeline import STEPS
+from bot.engine.planner import Plan
 from bot.slack.commands import USAGE
 from bot.slack.mrkdwn import code, esc, esc_message, user
-from bot.stage_index import Artifact, Mark, StageIndex
 from bot.terminal import age
 
 STEP_LABELS = {"restore": "Restore artifact", "checkout": "Check out source", "install": "Install plugins",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 import time
 
-from bot.config import Settings
+from bot.adapters.source import local_commits_between
+from bot.core.config import Settings
+from bot.core.stage_index import StageIndex
 from bot.slack.app import make_client
 from bot.slack.blocks import deployed_blocks
 from bot.slack.mrkdwn import esc
-from bot.source import local_commits_between
-from bot.stage_index import StageIndex
 
 
 def notify_deployed(settings: Settings, index: StageIndex, by: str) -> None:

@@ -9,10 +9,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from bot.pipeline import STEPS, Event
+from bot.adapters.store import Store
+from bot.engine.pipeline import STEPS, Event
 from bot.slack import blocks as kit
 from bot.slack.mrkdwn import esc
-from bot.store import Store
 
 log = logging.getLogger("rollback-bot.slack")
 UPDATE_INTERVAL = 2.0  # Slack allows about one chat.update per second per message; we do half

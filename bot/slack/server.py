@@ -14,11 +14,11 @@ from slack_bolt import App, BoltRequest
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
 
-from bot.approvals import Approvals
-from bot.config import Settings
-from bot.engine import Engine, build_engine
-from bot.masking import Masker, mask_logs
-from bot.policy import PolicySource
+from bot.core.config import Settings
+from bot.core.masking import Masker, mask_logs
+from bot.core.policy import PolicySource
+from bot.engine.build import Engine, build_engine
+from bot.engine.service import Approvals
 from bot.slack.app import BUSY, BoundedWork, build_app, make_client, sweep_expired
 from bot.slack.mrkdwn import esc_message
 

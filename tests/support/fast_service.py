@@ -12,7 +12,7 @@ from pathlib import Path
 
 import git
 
-from tests.gitrepo import ServiceRepo
+from tests.support.gitrepo import ServiceRepo
 
 SERVICE = "hello-service"
 FUNCTION = "hello-service-prod-hello"

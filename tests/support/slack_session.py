@@ -11,7 +11,7 @@ import waitress
 from bot.playground.slack import SlackStandIn, SlackUser
 from bot.playground.socket_mode import SocketModeStandIn
 from bot.slack.server import assemble, socket_mode, start_up, wsgi_app
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 SECRET = "signing-secret-for-tests"
 CHANNEL = "C-OPS"

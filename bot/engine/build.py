@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.archive import Limits
-from bot.artifacts import ArtifactStore, make_s3_client
-from bot.config import Settings
-from bot.jobs import EngineConfig, JobRunner
-from bot.masking import Masker
-from bot.plan import Plan, make_plan
-from bot.source import SourceRepo
-from bot.store import Store
+from bot.adapters.archive import Limits
+from bot.adapters.artifacts import ArtifactStore, make_s3_client
+from bot.adapters.source import SourceRepo
+from bot.adapters.store import Store
+from bot.core.config import Settings
+from bot.core.masking import Masker
+from bot.engine.planner import Plan, make_plan
+from bot.engine.runner import EngineConfig, JobRunner
 
 
 @dataclass

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger("rollback-bot.policy")
+log = logging.getLogger("rollback-bot.core.policy")
 RULE_KEYS = ("requesters", "approvers", "approver_must_differ", "channels", "notify_channel")
 TOP_KEYS = ("stages",)
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")

@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.archive import PackageError
-from bot.artifacts import ArtifactError, ArtifactStore
-from bot.plugin_cache import PluginCache, cache_key
-from bot.source import LOCKFILES, SourceError, SourceRepo
-from bot.stack import FunctionCheck, PackageInfo, Stack, StackError
-from bot.stage_index import Artifact
+from bot.adapters.archive import PackageError
+from bot.adapters.artifacts import ArtifactError, ArtifactStore
+from bot.adapters.plugin_cache import PluginCache, cache_key
+from bot.adapters.source import LOCKFILES, SourceError, SourceRepo
+from bot.adapters.stack import FunctionCheck, PackageInfo, Stack, StackError
+from bot.core.stage_index import Artifact
 
 STEPS = ("restore", "checkout", "install", "deploy", "verify")
 KILL_GRACE = 5.0

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.artifacts import validate_stage
-from bot.engine import Engine
-from bot.plan import Plan, load_stage, summary_changes
-from bot.policy import Policy, PolicySource
-from bot.store import StageBusy
+from bot.adapters.artifacts import validate_stage
+from bot.adapters.store import StageBusy
+from bot.core.policy import Policy, PolicySource
+from bot.engine.build import Engine
+from bot.engine.planner import Plan, load_stage, summary_changes
 
 DEFAULT_TTL = 15 * 60
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.archive import TEMPLATE_NAME, PackageError
-from bot.artifacts import ArtifactError, ArtifactStore
-from bot.source import CommitInfo, PluginChange, SourceRepo
-from bot.stack import STATE_NAME, PackageInfo, Stack, StackError, TemplateDiff
-from bot.stage_index import Artifact, Mark, StageIndex
+from bot.adapters.archive import TEMPLATE_NAME, PackageError
+from bot.adapters.artifacts import ArtifactError, ArtifactStore
+from bot.adapters.source import CommitInfo, PluginChange, SourceRepo
+from bot.adapters.stack import STATE_NAME, PackageInfo, Stack, StackError, TemplateDiff
+from bot.core.stage_index import Artifact, Mark, StageIndex
 
 
 class UnknownStage(ArtifactError):

@@ -11,8 +11,8 @@ from pathlib import Path, PurePosixPath
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from bot import aws_clients
-from bot.archive import TEMPLATE_NAME, PackageError
+from bot.adapters import aws_clients
+from bot.adapters.archive import TEMPLATE_NAME, PackageError
 
 STATE_NAME = "serverless-state.json"
 

@@ -15,21 +15,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.artifacts import ArtifactError, ArtifactStore
-from bot.masking import Masker
-from bot.pipeline import Cancelled, Event, Pipeline, StepFailed, kill_group
-from bot.plan import Plan
-from bot.plugin_cache import PluginCache
-from bot.source import SourceRepo
-from bot.stack import Stack
-from bot.stage_index import InUse, StageIndex
-from bot.store import StageBusy, Store
+from bot.adapters.artifacts import ArtifactError, ArtifactStore
+from bot.adapters.plugin_cache import PluginCache
+from bot.adapters.source import SourceRepo
+from bot.adapters.stack import Stack
+from bot.adapters.store import StageBusy, Store
+from bot.core.masking import Masker
+from bot.core.stage_index import InUse, StageIndex
+from bot.engine.pipeline import Cancelled, Event, Pipeline, StepFailed, kill_group
+from bot.engine.planner import Plan
 
 Listener = Callable[[int, Event], None]
 OUTPUT_BATCH = 200
 OUTPUT_FLUSH_SECONDS = 0.5
 RECORD_RETRY_MAX = 300.0  # the longest pause between attempts to record a result in index.json
-log = logging.getLogger("rollback-bot.jobs")
+log = logging.getLogger("rollback-bot.engine.runner")
 
 
 def process_start(pid: int) -> str:

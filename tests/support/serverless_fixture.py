@@ -13,7 +13,7 @@ import pytest
 
 from bot.playground.sample import SOURCE as SERVICE_SRC  # the service the demo deploys too
 from bot.playground.sample import handler, worktree
-from tests.gitrepo import ServiceRepo
+from tests.support.gitrepo import ServiceRepo
 
 SLS_BIN = SERVICE_SRC / "node_modules" / ".bin" / "serverless"
 BROKEN_YML = "service: hello-service\nprovider:\n  name: aws\n  runtime: [unclosed\n"

@@ -36,9 +36,9 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from bot import aws_clients
-from bot.archive import CHUNK, Limits, PackageError, check_limits, read_members, safe_extract, zip_package
-from bot.stage_index import (
+from bot.adapters import aws_clients
+from bot.adapters.archive import CHUNK, Limits, PackageError, check_limits, read_members, safe_extract, zip_package
+from bot.core.stage_index import (
     BUILD_RE,
     COMMIT_RE,
     MAX_PACKAGE_BYTES,
