@@ -247,7 +247,8 @@ def test_job_output_keeps_head_and_tail_and_old_records_are_pruned(tmp_path):
     assert lines[OUTPUT_HEAD - 1] == f"line {OUTPUT_HEAD - 1}" and "lines not kept here" in lines[OUTPUT_HEAD]
     assert len(lines) <= OUTPUT_HEAD + OUTPUT_TAIL + 501
     store.update_job(job, state="succeeded", finished=2.0)
-    recent = store.create_job(stage="prod", state="succeeded", created=time.time(), finished=time.time())
+    recent = store.create_job(stage="prod", state="running", created=time.time())
+    store.update_job(recent, state="succeeded", finished=time.time())
     store.audit("U1", "old", "prod", job)
     store.db.execute("UPDATE audit SET at = 1.0")
     store.audit("U1", "new", "prod", recent)
@@ -268,6 +269,22 @@ def test_the_plugin_cache_evicts_the_least_recently_used_sets(tmp_path):
     cache._touch("old")  # used just now: it stays, "mid" is the least recently used
     assert cache.evict() == ["mid"]
     assert sorted(p.name for p in cache.root.iterdir()) == ["new", "old"]
+
+
+def test_job_states_move_only_along_the_written_down_transitions(tmp_path):
+    from bot.core.jobs import IllegalTransition, Job, JobState
+
+    store = Store(tmp_path / "s.sqlite")
+    with pytest.raises(IllegalTransition):
+        store.create_job(stage="prod", state="succeeded")  # a job starts as a plan or a run
+    plan = store.create_job(stage="prod", state="pending")
+    with pytest.raises(IllegalTransition, match="cannot go from pending to succeeded"):
+        store.update_job(plan, state="succeeded")  # a plan nobody approved never succeeded
+    assert store.claim(plan, "pending", "withdrawn")
+    with pytest.raises(IllegalTransition):
+        store.update_job(plan, state="running")  # withdrawn is final
+    job = Job.from_row(store.job(plan))
+    assert job.state is JobState.WITHDRAWN and job.state.final and not job.ran
 
 
 def test_a_bounded_queue_says_no_instead_of_growing():

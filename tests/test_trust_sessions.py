@@ -165,7 +165,8 @@ def test_secrets_printed_by_a_deploy_are_masked_in_slack_sqlite_and_the_log_file
     job_id = ws.engine.store.jobs(stage="prod")[0]["id"]
     stored = "\n".join(ws.engine.store.output(job_id))
     log_file = ws.engine.jobs.log_path(job_id).read_text()
-    thread = json.dumps(ws.standin.thread(CHANNEL, card["ts"]))
+    thread = wait_for(lambda: [m for m in ws.standin.thread(CHANNEL, card["ts"]) if "Service deployed" in m["text"]]
+                      and json.dumps(ws.standin.thread(CHANNEL, card["ts"])), 10, "the whole thread")
     for where in (stored, log_file, thread):
         assert "Deploying hello-service" in where or "Deploying hello-service" in stored
         for secret in [*secrets, "MIIEowIBAAKCAQEA7secretkeymaterial", "hunter2hunter2"]:
@@ -289,6 +290,8 @@ def test_deploy_output_in_the_thread_is_text(fast_prod, fast_workspace):
     card = seen(ws.card(0))
     ws.bo.click(card, "approve")
     wait_for(lambda: header(ws.standin.message(CHANNEL, card["ts"])).startswith("✅"), 60, "a green card")
-    thread = "\n".join(m["text"] for m in ws.standin.thread(CHANNEL, card["ts"]))
-    assert "&lt;!channel&gt;" in thread and "<!channel>" not in thread and "<https://evil" not in thread
+    # the last batch of output goes to the thread right after the final card
+    thread = wait_for(lambda: "\n".join(m["text"] for m in ws.standin.thread(CHANNEL, card["ts"])) if any(
+        "&lt;!channel&gt;" in m["text"] for m in ws.standin.thread(CHANNEL, card["ts"])) else None, 10, "the thread")
+    assert "<!channel>" not in thread and "<https://evil" not in thread
     assert thread.count("```") % 2 == 0

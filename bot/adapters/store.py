@@ -14,8 +14,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-ACTIVE_STATES = ("pending", "approving", "running")
-FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted", "expired", "withdrawn", "refused", "outdated")
+from bot.core.jobs import FINAL_STATES, STARTING_STATES, IllegalTransition, can_move
+
 OUTPUT_HEAD = 2000  # lines of a job's output kept in sqlite from its start…
 OUTPUT_TAIL = 3000  # …and from its end; the full log is on disk (jobs' log files)
 
@@ -120,9 +120,11 @@ class Store:
     # -- jobs ------------------------------------------------------------------------------------
 
     def create_job(self, **fields) -> int:
+        fields.setdefault("state", "pending")
+        if fields["state"] not in STARTING_STATES:
+            raise IllegalTransition(0, "nothing", fields["state"])
         with self._lock:
             fields.setdefault("created", self.clock())
-            fields.setdefault("state", "pending")
             return self.db["jobs"].insert(fields).last_pk
 
     def job(self, job_id: int) -> dict | None:
@@ -134,11 +136,17 @@ class Store:
         if isinstance(fields.get("reason"), str):
             fields["reason"] = self.mask(fields["reason"])
         with self._lock:
+            if "state" in fields:  # the legal moves are in bot.core.jobs; nothing else decides them
+                row = self.db.execute("SELECT state FROM jobs WHERE id = ?", [job_id]).fetchone()
+                if row and not can_move(row[0], fields["state"]):
+                    raise IllegalTransition(job_id, row[0], fields["state"])
             self.db["jobs"].update(job_id, fields)
 
     def claim(self, job_id: int, from_state: str, to_state: str, **fields) -> bool:
         """Move a job from one state to another only if it is still in the first: of two
         concurrent callers exactly one gets True."""
+        if not can_move(from_state, to_state):
+            raise IllegalTransition(job_id, from_state, to_state)
         with self._lock:
             cur = self.db.execute(
                 f"UPDATE jobs SET state = ?{''.join(f', {k} = ?' for k in fields)} WHERE id = ? AND state = ?",
@@ -256,7 +264,7 @@ class Store:
 
     def prune(self, before: float) -> dict[str, int]:
         """Forget finished jobs (with their events and output) and audit entries older than ``before``."""
-        final = list(FINAL_STATES)
+        final = [str(state) for state in FINAL_STATES]
         marks = ", ".join("?" * len(final))
         with self._lock, self.db.conn:
             old = f"SELECT id FROM jobs WHERE COALESCE(finished, created) < ? AND state IN ({marks})"

@@ -1,0 +1,105 @@
+"""Jobs as data: a plan waits for a person; a run deploys. Their states and the legal moves between
+them, written down once and enforced by the store.
+
+    plan:  pending ─▶ approving ─▶ running (a run)
+              │           ├──▶ outdated   (the plan changed before the click: nothing deployed)
+              │           ├──▶ refused    (the stage was busy)
+              │           └──▶ failed     (planning again failed)
+              ├──▶ expired │ withdrawn
+    run:   running ─▶ succeeded │ failed │ cancelled │ interrupted │ refused (busy at start)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    APPROVING = "approving"
+    OUTDATED = "outdated"
+    EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"
+    REFUSED = "refused"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def final(self) -> bool:
+        return not TRANSITIONS.get(self)
+
+
+PLAN_STATES = frozenset({JobState.PENDING, JobState.APPROVING, JobState.OUTDATED, JobState.EXPIRED,
+                         JobState.WITHDRAWN})
+RUN_STATES = frozenset({JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED,
+                        JobState.INTERRUPTED})
+ACTIVE_STATES = frozenset({JobState.PENDING, JobState.APPROVING, JobState.RUNNING})
+FINAL_STATES = frozenset(set(JobState) - ACTIVE_STATES)
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.APPROVING, JobState.EXPIRED, JobState.WITHDRAWN}),
+    JobState.APPROVING: frozenset({JobState.RUNNING, JobState.OUTDATED, JobState.REFUSED, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED,
+                                 JobState.REFUSED}),
+}
+STARTING_STATES = frozenset({JobState.PENDING, JobState.RUNNING})  # what a new job may be created as
+
+
+class IllegalTransition(Exception):
+    def __init__(self, job_id: int, before: str, after: str):
+        super().__init__(f"job {job_id} cannot go from {before} to {after}")
+
+
+def can_move(before: str, after: str) -> bool:
+    return before == after or JobState(after) in TRANSITIONS.get(JobState(before), frozenset())
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job row as the faces see it."""
+
+    id: int
+    stage: str
+    state: JobState
+    target_commit: str = ""
+    target_build: str = ""
+    live_commit: str = ""
+    live_build: str = ""
+    requested_by: str = ""
+    approved_by: str = ""
+    cancelled_by: str = ""
+    reason: str = ""
+    origin: str = ""
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    channel: str = ""
+    message_ts: str = ""
+    recorded: int | None = None
+    unfreeze: int | None = None
+    plan_json: str = ""
+
+    @classmethod
+    def from_row(cls, row: dict) -> Job:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in row.items() if k in names and v is not None}
+        values["state"] = JobState(row["state"])
+        return cls(**values)
+
+    @property
+    def ran(self) -> bool:
+        return self.state in RUN_STATES
+
+    @property
+    def forward(self) -> bool:
+        return bool(json.loads(self.plan_json or "{}").get("forward"))
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or self.started) - self.started
