@@ -11,14 +11,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bot import __version__
-from bot.adapters.artifacts import ArtifactError, validate_stage
-from bot.adapters.source import SourceError, local_commit
-from bot.adapters.store import StageBusy
+from bot.adapters.source import local_commit
 from bot.core.config import ConfigError, Settings, load_settings
+from bot.core.errors import UserError
 from bot.core.masking import Masker, mask_logs
 from bot.core.stage_index import RefError
-from bot.engine.build import artifact_store, build_engine, open_store
-from bot.terminal import ProgressPrinter, age, artifact_json, clean, render_history, render_listing, render_plan
+from bot.engine.build import artifact_store, build_engine
+from bot.engine.service import RollbackService
+from bot.terminal import ProgressPrinter, artifact_json, clean, render_history, render_listing, render_plan
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -114,10 +114,16 @@ def cmd_prune(args, settings: Settings) -> int:
     return 0
 
 
+def _service(settings: Settings) -> RollbackService:
+    return RollbackService(build_engine(settings), settings.policy)
+
+
 def cmd_rollback(args, settings: Settings) -> int:
-    engine = build_engine(settings)
+    service = _service(settings)
+    engine = service.engine
     engine.jobs.recover()
-    plan = engine.plan(args.stage, args.ref)
+    who = args.by or settings.actor or "cli"
+    plan = service.plan_for_terminal(args.stage, args.ref, who)
     print(render_plan(plan, time.time()))
     if not args.yes:
         if not sys.stdin.isatty():
@@ -126,16 +132,7 @@ def cmd_rollback(args, settings: Settings) -> int:
         if input(f"Deploy this to {args.stage}? Type the stage name to confirm: ").strip() != args.stage:
             print("Nothing was done.")
             return EXIT_FAILED
-    who = args.by or settings.actor or "cli"
-    if args.unfreeze and not plan.forward:
-        print("rollback-bot: --unfreeze applies to a roll forward only; a rollback freezes CI", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        job_id = engine.jobs.start(plan, requested_by=who, approved_by=who, origin="cli", unfreeze=args.unfreeze,
-                                   plan_json=json.dumps({**plan.summary(), "ref": args.ref}))
-    except StageBusy as exc:
-        print(f"rollback-bot: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    job_id = service.start_from_terminal(plan, who, args.ref, args.unfreeze)
     engine.jobs.subscribe(job_id, ProgressPrinter(job_id, show_output=not args.quiet))
     print(f"job {job_id} started")
     try:
@@ -151,12 +148,12 @@ def cmd_rollback(args, settings: Settings) -> int:
               f"up to {RECORD_WAIT:.0f}s…", file=sys.stderr)
         job = _wait_recorded(engine, job_id, RECORD_WAIT)
         if job.get("recorded") != 1:
-            engine.jobs.shutdown()
+            engine.shutdown()
             print(f"index.json is still not updated. Start `rollback-bot serve` with this data dir (it keeps "
                   f"retrying), or freeze CI by hand; then check `rollback-bot list {args.stage}`.", file=sys.stderr)
             return 0
         print(f"index.json updated after retrying: {job['reason']}", file=sys.stderr)
-    engine.jobs.shutdown()
+    engine.shutdown()
     if job["state"] == "succeeded":
         if plan.forward:
             lifted = "; the CI freeze was lifted" if args.unfreeze else ""
@@ -166,10 +163,10 @@ def cmd_rollback(args, settings: Settings) -> int:
         print(f"job {job_id} succeeded in {took:.1f}s: {args.stage} runs {plan.target.label()}; CI is frozen "
               f"on {args.stage} until `rollback-bot unfreeze {args.stage}`")
         return 0
-    print(f"job {job_id} {job['state']} after {took:.1f}s: {job['reason']}", file=sys.stderr)
+    print(clean(f"job {job_id} {job['state']} after {took:.1f}s: {job['reason']}"), file=sys.stderr)
     tail = engine.store.log_tail(job_id, 20)
     if tail:
-        print("last lines of the log:\n  " + "\n  ".join(tail), file=sys.stderr)
+        print(clean("last lines of the log:\n  " + "\n  ".join(tail)), file=sys.stderr)
     return EXIT_FAILED
 
 
@@ -187,41 +184,24 @@ def _wait_recorded(engine, job_id: int, timeout: float) -> dict:
 
 def cmd_check_freeze(args, settings: Settings) -> int:
     """For CI: may this stage be deployed (with this commit)? Needs only read access to the bucket."""
-    index = artifact_store(settings).read_index(validate_stage(args.stage))
-    now = time.time()
-    problems = []
-    if index.freeze:
-        f = index.freeze
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(f.at))
-        problems.append(f"stage {args.stage} is frozen by {f.by or 'unknown'} {when} ({age(now - f.at)} ago): "
-                        f"{f.reason}. "
-                        f"Lift it with `rollback-bot unfreeze {args.stage}` or `/rollback unfreeze {args.stage}`")
-    if args.commit:
-        commit = args.commit.strip().lower()
-        mark = index.bad_mark_for(commit)
-        if mark:
-            problems.append(f"commit {commit[:12]} is marked bad on {args.stage} by {mark.by} "
-                            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(mark.at))}: {mark.reason}. "
-                            "Deploy a fixed commit instead")
-    for p in problems:
-        print(f"rollback-bot: {p}", file=sys.stderr)
-    if not problems:
+    check = _service(settings).check_freeze(args.stage, args.commit or "")
+    for p in check.problems:
+        print(clean(f"rollback-bot: {p}"), file=sys.stderr)
+    if not check.problems:
         print(f"{args.stage}: not frozen" + (f", {args.commit[:12]} not marked bad" if args.commit else ""))
-    return EXIT_FAILED if problems else 0
+    return EXIT_FAILED if check.problems else 0
 
 
 def cmd_unfreeze(args, settings: Settings) -> int:
-    who = args.by or settings.actor
-    was = artifact_store(settings).unfreeze(args.stage)
-    print(f"{args.stage}: unfrozen (was frozen by {was.by}: {was.reason})" if was else f"{args.stage}: was not frozen")
-    if was:
-        open_store(settings).audit(who, "unfreeze", args.stage, reason=was.reason)
+    """The policy decides, as in Slack: the operator (--by, ROLLBACK_ACTOR) must be one of the stage's approvers."""
+    was = _service(settings).unfreeze(args.stage, args.by or settings.actor or "cli", channel=None)
+    print(f"{args.stage}: unfrozen (was: {was})" if was else f"{args.stage}: was not frozen")
     return 0
 
 
 def cmd_history(args, settings: Settings) -> int:
-    store = open_store(settings)
-    print(render_history(store.jobs(stage=validate_stage(args.stage), limit=args.limit), time.time()))
+    jobs = _service(settings).history(args.stage, args.by or settings.actor or "cli", None, args.limit)
+    print(render_history(jobs, time.time()))
     return 0
 
 
@@ -311,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("history", help="past rollback jobs of a stage (this machine's record)")
     s.add_argument("stage")
+    s.add_argument("--by", help="who is asking (the policy's channel rules do not apply at a terminal)")
     s.add_argument("--limit", type=int, default=20)
 
     sub.add_parser("serve", help="run the Slack bot")
@@ -342,6 +323,6 @@ def main(argv: list[str] | None = None) -> int:
             print(clean(mask(f"  {art.commit[:12]}  build {art.build_id}  {art.author}: {art.message}")),
                   file=sys.stderr)
         return EXIT_FAILED
-    except (ArtifactError, SourceError) as exc:
+    except UserError as exc:
         print(clean(mask(f"rollback-bot: {exc}")), file=sys.stderr)
         return EXIT_FAILED

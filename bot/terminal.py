@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 from typing import TextIO
 
+from bot.core.jobs import Job
 from bot.core.stage_index import Artifact, StageIndex
 from bot.engine.pipeline import STEPS, Event
 from bot.engine.planner import Plan
@@ -120,15 +121,15 @@ class ProgressPrinter:
                   file=self.out, flush=True)
 
 
-def render_history(jobs: list[dict], now: float) -> str:
+def render_history(jobs: list[Job], now: float) -> str:
     if not jobs:
         return "No rollbacks yet."
     lines = []
     for j in jobs:
-        took = f"{(j['finished'] or now) - j['started']:.0f}s" if j.get("started") else ""
-        who = j["approved_by"] or j["requested_by"]
+        took = f"{(j.finished or now) - j.started:.0f}s" if j.started else ""
         lines.append(
-            f"#{j['id']:<4} {j['state']:<11} {j['target_commit'][:7]} (build {j['target_build']}) "
-            f"by {who} {age(now - j['created'])} ago {took}" + (f"  {j['reason']}" if j["reason"] else "")
+            f"#{j.id:<4} {j.state:<11} {j.target_commit[:7]} (build {j.target_build}) "
+            f"by {j.approved_by or j.requested_by} {age(now - j.created)} ago {took}"
+            + (f"  {j.reason}" if j.reason else "")
         )
     return clean("\n".join(lines))

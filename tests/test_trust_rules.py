@@ -16,6 +16,7 @@ from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.source import CommitInfo, PluginChange
 from bot.adapters.stack import TemplateDiff
 from bot.adapters.store import OUTPUT_HEAD, OUTPUT_TAIL, Store
+from bot.core.jobs import Job
 from bot.core.masking import Masker, MaskingFilter
 from bot.core.policy import Policy, PolicyError, PolicySource
 from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
@@ -83,13 +84,14 @@ def test_hostile_text_comes_out_of_every_builder_as_text():
         kit.plan_blocks(plan, 1, "U-ANA", 100.0, 10.0, needs=HOSTILE),
         kit.outdated_plan_blocks(HOSTILE, SHA, [HOSTILE], HOSTILE),
         kit.deployed_blocks(HOSTILE, art, art, commits, HOSTILE, 10.0),
-        kit.home_blocks([(index, {"job_id": 1, "holder": HOSTILE})], [job], 10.0, policy_configured=False),
+        kit.home_blocks([(index, {"job_id": 1, "holder": HOSTILE})], [Job.from_row(job)], 10.0,
+                        policy_configured=False),
         kit.closed_plan_blocks(HOSTILE, SHA, "Cancelled by <@U-BO>"),
         kit.progress_blocks(job, {"deploy": ("failed", 1.0)}, [HOSTILE, "```", HOSTILE], 10.0),
         kit.progress_blocks({**job, "state": "running", "cancelled_by": HOSTILE}, {}, [], 10.0),
         kit.progress_blocks({**job, "state": "succeeded", "recorded": 0}, {}, [], 10.0),
-        kit.status_blocks([{**job, "started": 1.0}], {HOSTILE: Mark(HOSTILE, HOSTILE, 1.0)}, 10.0),
-        [kit.section(kit.history_text(HOSTILE, [job]))],
+        kit.status_blocks([Job.from_row(job)], {HOSTILE: Mark(HOSTILE, HOSTILE, 1.0)}, 10.0),
+        [kit.section(kit.history_text(HOSTILE, [Job.from_row(job)]))],
     ]
     for blocks in every:
         assert_inert(blocks)

@@ -38,6 +38,7 @@ from botocore.exceptions import (
 
 from bot.adapters import aws_clients
 from bot.adapters.archive import CHUNK, Limits, PackageError, check_limits, read_members, safe_extract, zip_package
+from bot.core.errors import UserError
 from bot.core.stage_index import (
     BUILD_RE,
     COMMIT_RE,
@@ -115,7 +116,7 @@ class _RangeReader(io.RawIOBase):
         return resp["Body"].read(end - start + 1)
 
 
-class ArtifactError(Exception):
+class ArtifactError(UserError):
     """Something the person running the command can act on; the message says what to do."""
 
 

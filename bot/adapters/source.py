@@ -11,6 +11,8 @@ from pathlib import Path
 
 import git
 
+from bot.core.errors import UserError
+
 LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml")
 PLUGIN_FILES = ("package.json", *LOCKFILES)
 GIT_TIMEOUT = 300  # seconds a fetch or clone may take before git is stopped
@@ -21,7 +23,7 @@ GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "tr
            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=20"}
 
 
-class SourceError(Exception):
+class SourceError(UserError):
     """The repository cannot give us what a rollback needs; the message says what to do."""
 
 

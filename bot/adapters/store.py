@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from bot.core.errors import UserError
 from bot.core.jobs import FINAL_STATES, STARTING_STATES, IllegalTransition, can_move
 
 OUTPUT_HEAD = 2000  # lines of a job's output kept in sqlite from its start…
@@ -73,7 +74,7 @@ def _v2(db: sqlite_utils.Database) -> None:
     db["audit"].create_index(["at"])
 
 
-class StageBusy(Exception):
+class StageBusy(UserError):
     def __init__(self, stage: str, lock: dict):
         self.stage = stage
         self.lock = lock

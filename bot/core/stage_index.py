@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
+from bot.core.errors import UserError
+
 SCHEMA_VERSION = 1
 HEX_RE = re.compile(r"^[0-9a-f]+$")
 MIN_PREFIX = 4
@@ -24,7 +26,7 @@ class IndexFormatError(Exception):
     """index.json cannot be understood; it is never overwritten in that case."""
 
 
-class RefError(Exception):
+class RefError(UserError):
     """A ref names no build, or more than one. ``candidates`` are what the user can pick from."""
 
     def __init__(self, message: str, candidates: list[Artifact] | None = None):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import cached_property
 
 from bot.adapters.archive import Limits
 from bot.adapters.artifacts import ArtifactStore, make_s3_client
 from bot.adapters.source import SourceRepo
+from bot.adapters.stack import Stack
 from bot.adapters.store import Store
 from bot.core.config import Settings
 from bot.core.masking import Masker
@@ -14,17 +15,35 @@ from bot.engine.planner import Plan, make_plan
 from bot.engine.runner import EngineConfig, JobRunner
 
 
-@dataclass
 class Engine:
-    settings: Settings
-    artifacts: ArtifactStore
-    store: Store
-    source: SourceRepo
-    jobs: JobRunner
-    mask: Masker
+    """The engine's parts for one deployment. The sqlite store and the job runner are made on first
+    use, so CI's read-only commands (check-freeze, list, show) never touch the local data dir."""
+
+    def __init__(self, settings: Settings, artifacts: ArtifactStore, source: SourceRepo, mask: Masker):
+        self.settings = settings
+        self.artifacts = artifacts
+        self.source = source
+        self.mask = mask
+
+    @cached_property
+    def store(self) -> Store:
+        return open_store(self.settings, self.mask)
+
+    @cached_property
+    def jobs(self) -> JobRunner:
+        s = self.settings
+        config = EngineConfig(
+            data_dir=s.data_dir, env=s.child_env, step_timeout=float(s.step_timeout),
+            deploy_template=s.deploy_command, install_template=s.install_command, plugin_cache_max=s.plugin_cache_max,
+        )
+        return JobRunner(config, self.store, self.artifacts, self.source, self.mask)
+
+    def shutdown(self) -> None:
+        if "jobs" in self.__dict__:
+            self.jobs.shutdown()
 
     def plan(self, stage: str, ref: str, build_id: str | None = None) -> Plan:
-        return make_plan(self.artifacts, self.source, stage, ref, self.jobs.stack_factory, build_id)
+        return make_plan(self.artifacts, self.source, stage, ref, Stack, build_id)
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
@@ -37,14 +56,5 @@ def open_store(settings: Settings, mask: Masker | None = None) -> Store:
 
 
 def build_engine(settings: Settings) -> Engine:
-    data = settings.data_dir
-    artifacts = artifact_store(settings)
-    mask = Masker(settings.secrets())
-    store = open_store(settings, mask)
-    source = SourceRepo(settings.repo, data / "mirror.git", settings.service_dir)
-    config = EngineConfig(
-        data_dir=data, env=settings.child_env, step_timeout=float(settings.step_timeout),
-        deploy_template=settings.deploy_command, install_template=settings.install_command,
-        plugin_cache_max=settings.plugin_cache_max,
-    )
-    return Engine(settings, artifacts, store, source, JobRunner(config, store, artifacts, source, mask), mask)
+    source = SourceRepo(settings.repo, settings.data_dir / "mirror.git", settings.service_dir)
+    return Engine(settings, artifact_store(settings), source, Masker(settings.secrets()))

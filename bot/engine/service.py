@@ -1,4 +1,7 @@
-"""Requesting and approving rollbacks: a plan waits for a person, who is checked at the click.
+"""The rollback service: every face (the CLI, Slack, the App Home, the demo) calls it and renders what
+it returns. Nobody else reads indexes, filters job rows or writes audit entries.
+
+Requesting and approving rollbacks: a plan waits for a person, who is checked at the click.
 
 An approval approves exactly what the card showed: the plan is made again at the click and compared
 with what was stored when the card was posted; any difference deploys nothing. The policy is
@@ -16,14 +19,17 @@ from dataclasses import dataclass
 
 from bot.adapters.artifacts import validate_stage
 from bot.adapters.store import StageBusy
+from bot.core.errors import UserError
+from bot.core.jobs import RUN_STATES, Job, JobState
 from bot.core.policy import Policy, PolicySource
+from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.build import Engine
 from bot.engine.planner import Plan, load_stage, summary_changes
 
 DEFAULT_TTL = 15 * 60
 
 
-class Refused(Exception):
+class Refused(UserError):
     """The person cannot do this now; the message says why and what to do instead."""
 
     def __init__(self, message: str, kind: str = "not_allowed"):
@@ -56,11 +62,34 @@ class Pending:
     policy_configured: bool
 
 
-class Approvals:
+@dataclass(frozen=True)
+class Status:
+    running: list[Job]
+    freezes: dict[str, Mark]
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The App Home: each stage's index and lock holder, recent runs, and whether a policy is set."""
+
+    stages: list[tuple[StageIndex, dict | None]]
+    jobs: list[Job]
+    policy_configured: bool
+
+
+@dataclass(frozen=True)
+class FreezeCheck:
+    """What CI is told before it deploys: empty ``problems`` means go ahead."""
+
+    stage: str
+    commit: str
+    problems: list[str]
+
+
+class RollbackService:
     def __init__(self, engine: Engine, policy: Policy | PolicySource, ttl: float = DEFAULT_TTL,
                  clock: Callable[[], float] = time.time, limits: RequestLimits = RequestLimits()):
         self.engine = engine
-        self.store = engine.store
         self.policies = policy if isinstance(policy, PolicySource) else PolicySource(policy)
         self.ttl = ttl
         self.clock = clock
@@ -69,6 +98,10 @@ class Approvals:
     @property
     def policy(self) -> Policy:
         return self.policies.current()
+
+    @property
+    def store(self):
+        return self.engine.store  # opened on first use: CI's read-only commands never create it
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -246,3 +279,73 @@ class Approvals:
         was = self.engine.artifacts.unfreeze(stage)
         self._audit(user, "unfreeze", stage, None, was=was.reason if was else None)
         return was.reason if was else None
+
+    # -- what people read ------------------------------------------------------------------------
+
+    def listing(self, stage: str, user: str, channel: str | None) -> StageIndex:
+        self.may_view(stage, user, channel)
+        return load_stage(self.engine.artifacts, stage)
+
+    def show(self, stage: str, ref: str) -> tuple[StageIndex, Artifact]:
+        index = self.engine.artifacts.read_index(validate_stage(stage))
+        return index, index.resolve(ref)
+
+    def history(self, stage: str, user: str, channel: str | None, limit: int = 20) -> list[Job]:
+        """The stage's runs, newest first: plans that never ran are not history."""
+        self.may_view(stage, user, channel)
+        return self._runs(stage, limit)
+
+    def _runs(self, stage: str | None, limit: int) -> list[Job]:
+        rows = self.store.jobs(stage=stage, states=[str(s) for s in RUN_STATES], limit=limit)
+        return [Job.from_row(r) for r in rows]
+
+    def status(self) -> Status:
+        running = [Job.from_row(r) for r in self.store.jobs(states=[JobState.RUNNING])]
+        freezes = {}
+        for stage in self.engine.artifacts.stages():
+            freeze = self.engine.artifacts.read_index(stage).freeze
+            if freeze:
+                freezes[stage] = freeze
+        return Status(running, freezes)
+
+    def overview(self) -> Overview:
+        stages = [(self.engine.artifacts.read_index(s), self.store.lock_of(s)) for s in self.engine.artifacts.stages()]
+        return Overview(stages, self._runs(None, 10), self.policy.configured)
+
+    def check_freeze(self, stage: str, commit: str = "") -> FreezeCheck:
+        """For CI: may this stage be deployed (with this commit)? Reads S3 only."""
+        index = self.engine.artifacts.read_index(validate_stage(stage))
+        problems = []
+        if index.freeze:
+            f = index.freeze
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(f.at))
+            problems.append(f"stage {stage} is frozen by {f.by or 'unknown'} {when}: {f.reason}. "
+                            f"Lift it with `rollback-bot unfreeze {stage}` or `/rollback unfreeze {stage}`")
+        commit = commit.strip().lower()
+        if commit:
+            mark = index.bad_mark_for(commit)
+            if mark:
+                problems.append(f"commit {commit[:12]} is marked bad on {stage} by {mark.by} "
+                                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(mark.at))}: {mark.reason}. "
+                                "Deploy a fixed commit instead")
+        return FreezeCheck(stage, commit, problems)
+
+    # -- the terminal ----------------------------------------------------------------------------
+
+    def plan_for_terminal(self, stage: str, ref: str, actor: str) -> Plan:
+        """A rollback from a shell: the operator, named by --by or ROLLBACK_ACTOR, must be one the policy
+        lets request and approve. (A second person cannot be asked for at a terminal: the typed
+        confirmation is the approval, and the audit trail records it as the CLI's.)"""
+        policy = self.policy
+        self._check(policy.may_request(stage, actor, None), actor, "request", stage)
+        self._check(policy.may_approve(stage, actor, "", None), actor, "approve", stage)
+        return self.engine.plan(stage, ref)
+
+    def start_from_terminal(self, plan: Plan, actor: str, ref: str, unfreeze: bool) -> int:
+        if unfreeze and not plan.forward:
+            raise Refused("--unfreeze applies to a roll forward only; a rollback freezes CI", "not_allowed")
+        policy = self.policy
+        return self.engine.jobs.start(plan, requested_by=actor, approved_by=actor, origin="cli", unfreeze=unfreeze,
+                                      plan_json=json.dumps({**plan.summary(), "ref": ref}),
+                                      audit={"policy": policy.source if policy.configured else "none"})
+

@@ -21,8 +21,7 @@ from bot.core.masking import Masker
 from bot.core.stage_index import RefError
 from bot.engine.build import Engine
 from bot.engine.pipeline import Event
-from bot.engine.planner import load_stage
-from bot.engine.service import Approvals, Outdated, Refused
+from bot.engine.service import Outdated, Refused, RollbackService
 from bot.slack import blocks as kit
 from bot.slack.commands import parse
 from bot.slack.mrkdwn import code, esc, esc_message, user
@@ -135,7 +134,7 @@ def _error_text(exc: Exception) -> str:
 USER_ERRORS = (Refused, RefError, ArtifactError, SourceError)
 
 
-def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: WebClient | None = None) -> App:
+def build_app(settings: Settings, engine: Engine, approvals: RollbackService, client: WebClient | None = None) -> App:
     client = client or make_client(settings)
     mask = Masker(settings.secrets())
     # Acknowledge in the request thread and do the work afterwards on our own pool: an ack never waits
@@ -206,23 +205,16 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
             elif cmd.action == "invalid":
                 respond(cmd.error)
             elif cmd.action == "list":
-                approvals.may_view(cmd.stage, user_id, channel)
-                index = load_stage(engine.artifacts, cmd.stage)
+                index = approvals.listing(cmd.stage, user_id, channel)
                 respond(blocks=kit.listing_blocks(index, time.time()), text=f"Builds of {esc(cmd.stage)}")
             elif cmd.action == "plan":
                 post_plan(cmd.stage, cmd.ref, user_id, channel, respond)
             elif cmd.action == "status":
-                running = store.jobs(states=["running"])
-                freezes = {}
-                for stage in engine.artifacts.stages():
-                    f = engine.artifacts.read_index(stage).freeze
-                    if f:
-                        freezes[stage] = f
-                respond(blocks=kit.status_blocks(running, freezes, time.time()), text="rollback-bot status")
+                status = approvals.status()
+                respond(blocks=kit.status_blocks(status.running, status.freezes, time.time()),
+                        text="rollback-bot status")
             elif cmd.action == "history":
-                approvals.may_view(cmd.stage, user_id, channel)
-                jobs = [j for j in store.jobs(stage=cmd.stage) if j["state"] not in ("pending", "withdrawn")]
-                respond(kit.history_text(cmd.stage, jobs))
+                respond(kit.history_text(cmd.stage, approvals.history(cmd.stage, user_id, channel)))
             elif cmd.action == "unfreeze":
                 was = approvals.unfreeze(cmd.stage, user_id, channel, groups_of)
                 respond(f"{code(cmd.stage)} unfrozen: CI may deploy again." if was
@@ -301,11 +293,9 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
         respond(text=said, response_type="ephemeral", replace_original=False)
 
     def on_home(body, respond):
-        event = body["event"]
-        stages = [(engine.artifacts.read_index(s), store.lock_of(s)) for s in engine.artifacts.stages()]
-        jobs = [j for j in store.jobs(limit=30) if j["state"] not in ("pending", "withdrawn")][:10]
-        client.views_publish(user_id=event["user"], view={"type": "home", "blocks": kit.home_blocks(
-            stages, jobs, time.time(), approvals.policy.configured)})
+        view = approvals.overview()
+        client.views_publish(user_id=body["event"]["user"], view={"type": "home", "blocks": kit.home_blocks(
+            view.stages, view.jobs, time.time(), view.policy_configured)})
 
     def after_ack(handler):
         def listener(ack, body, respond):
@@ -326,7 +316,7 @@ def build_app(settings: Settings, engine: Engine, approvals: Approvals, client: 
     return app
 
 
-def sweep_expired(approvals: Approvals, client: WebClient) -> int:
+def sweep_expired(approvals: RollbackService, client: WebClient) -> int:
     """Close the cards of plans whose buttons expired. Returns how many."""
     swept = approvals.sweep_expired()
     for job in swept:

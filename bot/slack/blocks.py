@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from bot.core.jobs import Job
 from bot.core.policy import NO_POLICY
 from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.pipeline import STEPS
@@ -176,12 +177,12 @@ def deployed_blocks(stage: str, art: Artifact, previous: Artifact | None, commit
     return blocks
 
 
-def _job_line(j: dict, now: float) -> str:
-    return (f"• job {j['id']} *{esc(j['state'])}* {code(j['stage'])} → {code(j['target_commit'][:7])} "
-            f"{age(now - j['created'])} ago")
+def _job_line(j: Job, now: float) -> str:
+    return (f"• job {j.id} *{esc(j.state)}* {code(j.stage)} → {code(j.target_commit[:7])} "
+            f"{age(now - j.created)} ago")
 
 
-def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[dict], now: float,
+def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], now: float,
                 policy_configured: bool = True) -> list[dict]:
     """The App Home tab: each stage's live build, lock holder and freeze, then recent jobs."""
     blocks = [header("rollback-bot")]
@@ -262,17 +263,17 @@ def progress_blocks(job: dict, steps: dict[str, tuple[str, float | None]], tail:
     return blocks
 
 
-def status_blocks(running: list[dict], freezes: dict[str, Mark], now: float) -> list[dict]:
+def status_blocks(running: list[Job], freezes: dict[str, Mark], now: float) -> list[dict]:
     blocks = [section("*Running rollbacks*\n" + ("\n".join(
-        f"• {code(j['stage'])} → {code(j['target_commit'][:7])} job {j['id']} by "
-        f"{user(j['approved_by'] or j['requested_by'])} for {age(now - (j['started'] or now))}" for j in running)
+        f"• {code(j.stage)} → {code(j.target_commit[:7])} job {j.id} by "
+        f"{user(j.approved_by or j.requested_by)} for {age(now - (j.started or now))}" for j in running)
         or "none"))]
     blocks.append(section("*Frozen stages*\n" + ("\n".join(f"• {code(s)}: {_mark(m)}" for s, m in freezes.items())
                                                  or "none")))
     return blocks
 
 
-def history_text(stage: str, jobs: list[dict]) -> str:
-    lines = [f"• job {j['id']} *{esc(j['state'])}* → {code(j['target_commit'][:7])} by "
-             f"{user(j['approved_by'] or j['requested_by'])} {esc_message(j['reason'] or '')}" for j in jobs]
+def history_text(stage: str, jobs: list[Job]) -> str:
+    lines = [f"• job {j.id} *{esc(j.state)}* → {code(j.target_commit[:7])} by "
+             f"{user(j.approved_by or j.requested_by)} {esc_message(j.reason)}" for j in jobs]
     return "\n".join(lines) or f"No rollbacks of {code(stage)} yet."

@@ -18,7 +18,7 @@ from bot.core.config import Settings
 from bot.core.masking import Masker, mask_logs
 from bot.core.policy import PolicySource
 from bot.engine.build import Engine, build_engine
-from bot.engine.service import Approvals
+from bot.engine.service import RollbackService
 from bot.slack.app import BUSY, BoundedWork, build_app, make_client, sweep_expired
 from bot.slack.mrkdwn import esc_message
 
@@ -151,14 +151,14 @@ def _acknowledge_early(body: str, content_type: str) -> bool:
         return False
 
 
-def assemble(settings: Settings, engine: Engine | None = None) -> tuple[App, Engine, Approvals]:
+def assemble(settings: Settings, engine: Engine | None = None) -> tuple[App, Engine, RollbackService]:
     """The app and its services, with no side effects: start-up work is ``start_up``."""
     engine = engine or build_engine(settings)
-    approvals = Approvals(engine, PolicySource(settings.policy, settings.config_path))
+    approvals = RollbackService(engine, PolicySource(settings.policy, settings.config_path))
     return build_app(settings, engine, approvals, make_client(settings)), engine, approvals
 
 
-def start_up(settings: Settings, engine: Engine, approvals: Approvals, client=None) -> threading.Event:
+def start_up(settings: Settings, engine: Engine, approvals: RollbackService, client=None) -> threading.Event:
     """What the bot does once when it starts: log the policy in force, recover jobs a crash cut short
     (telling their channels), forget what is past retention, and start the housekeeping thread.
     Returns the event that stops that thread."""
@@ -183,7 +183,7 @@ def start_up(settings: Settings, engine: Engine, approvals: Approvals, client=No
     return stop
 
 
-def housekeeping(settings: Settings, engine: Engine, approvals: Approvals, client) -> None:
+def housekeeping(settings: Settings, engine: Engine, approvals: RollbackService, client) -> None:
     """Close expired plans and prune what is past retention; never raises."""
     try:
         sweep_expired(approvals, client)

@@ -1,0 +1,50 @@
+"""One service for every face: the CLI and Slack get the same answers, and the policy is checked in the
+service, so it holds at a terminal too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from bot.core.jobs import JobState
+from bot.core.policy import Policy
+from bot.engine.service import RollbackService
+
+
+def cli(engine, *args, **extra_env) -> subprocess.CompletedProcess:
+    s = engine.settings
+    env = {**s.child_env, "ROLLBACK_BUCKET": s.bucket, "ROLLBACK_SERVICE": s.service, "ROLLBACK_PREFIX": s.prefix,
+           "ROLLBACK_REPO": s.repo, "ROLLBACK_DATA_DIR": str(s.data_dir), **extra_env}
+    return subprocess.run([sys.executable, "-m", "bot", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_history_is_runs_only_in_every_face(fast_prod):
+    service = RollbackService(fast_prod, Policy())
+    store = fast_prod.store
+    waiting = store.create_job(stage="prod", target_commit="a" * 40, requested_by="U-ANA", state="pending")
+    gone = store.create_job(stage="prod", target_commit="b" * 40, requested_by="U-ANA", state="pending")
+    store.claim(gone, "pending", "withdrawn")
+    ran = store.create_job(stage="prod", target_commit="c" * 40, target_build="7", requested_by="U-ANA",
+                           state="running", started=time.time())
+    store.update_job(ran, state="failed", finished=time.time(), reason="deploy: boom")
+    assert [(j.id, j.state) for j in service.history("prod", "U-ANA", None)] == [(ran, JobState.FAILED)]
+    out = cli(fast_prod, "history", "prod").stdout
+    assert f"#{ran}" in out and f"#{waiting} " not in out and f"#{gone} " not in out
+
+
+def test_the_terminal_follows_the_policy_as_slack_does(fast_prod, tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[stages.prod]\napprovers = ["ana"]\nrequesters = ["ana"]\n')
+    from bot.core.stage_index import Mark
+
+    fast_prod.artifacts.update_index("prod", lambda index: setattr(index, "freeze", Mark("U-BO", "rolled back", 1.0)))
+    refused = cli(fast_prod, "unfreeze", "prod", "--by", "bo", ROLLBACK_CONFIG=str(policy))
+    assert refused.returncode == 1 and "not an approver for `prod`" in refused.stderr
+    assert fast_prod.artifacts.read_index("prod").freeze is not None
+    done = cli(fast_prod, "unfreeze", "prod", "--by", "ana", ROLLBACK_CONFIG=str(policy))
+    assert done.returncode == 0 and "prod: unfrozen" in done.stdout
+    actions = [(a["actor"], a["action"]) for a in fast_prod.store.audit_trail("prod")]
+    assert actions[:2] == [("ana", "unfreeze"), ("bo", "unfreeze.refused")]
+    nobody = cli(fast_prod, "rollback", "prod", "previous", "--yes", "--by", "bo", ROLLBACK_CONFIG=str(policy))
+    assert nobody.returncode == 1 and "not allowed to request rollbacks of `prod`" in nobody.stderr
