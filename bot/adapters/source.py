@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import threading
@@ -10,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import git
+import yaml
 
 from bot.core.errors import UserError
 
 LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml")
 PLUGIN_FILES = ("package.json", *LOCKFILES)
+# Where Serverless reads a service's configuration, in its own order of preference.
+SERVICE_FILES = ("serverless.yml", "serverless.yaml", "serverless.json", "serverless.js", "serverless.ts")
 GIT_TIMEOUT = 300  # seconds a fetch or clone may take before git is stopped
 SHA_RE = re.compile(r"^[0-9a-f]{4,64}$")
 # git must never wait for a person (a credential prompt) or on a stalled connection.
@@ -73,10 +77,10 @@ class PluginChange:
                 parts.append("adds " + ", ".join(added))
             if removed:
                 parts.append("removes " + ", ".join(removed))
-        others = [f for f in self.files if not f.endswith("serverless.yml")]
+        others = [f for f in self.files if not f.startswith(SERVICE_FILES) or "(compared as a whole)" in f]
         if others:
             parts.append("changes " + ", ".join(others))
-        return "plugin set changed: " + ("; ".join(parts) or "serverless.yml plugins section differs")
+        return "plugin set changed: " + ("; ".join(parts) or "the service file's plugins section differs")
 
 
 def local_commit(ref: str, path: Path | str = ".") -> CommitInfo | None:
@@ -113,35 +117,40 @@ def local_commits_between(old: str, new: str, path: Path | str = ".", limit: int
         repo.close()
 
 
-def plugins_of(serverless_yml: str) -> tuple[str, ...] | None:
-    """The ``plugins`` list of a serverless.yml, read without a YAML library.
+class _ServerlessLoader(yaml.SafeLoader):
+    """YAML as Serverless reads it: CloudFormation's short tags (!Ref, !Sub, !GetAtt, …) are values,
+    not errors."""
 
-    Handles the block list, the flow list and the ``modules:`` form; None when it is some other
-    shape (the caller then reports the file as changed rather than guessing).
-    """
-    lines = serverless_yml.splitlines()
-    for i, line in enumerate(lines):
-        m = re.match(r"^plugins:\s*(.*?)\s*(#.*)?$", line)
-        if not m:
-            continue
-        rest = m.group(1)
-        if rest.startswith("["):
-            return tuple(p.strip().strip("'\"") for p in rest.strip("[]").split(",") if p.strip())
-        if rest:
-            return None
-        found: list[str] = []
-        for item in lines[i + 1 :]:
-            if not item.strip() or item.lstrip().startswith("#"):
-                continue
-            if not item.startswith((" ", "\t", "-")):
-                break
-            entry = re.match(r"^\s*-\s*(.+?)\s*(#.*)?$", item)
-            if entry:
-                found.append(entry.group(1).strip("'\""))
-            elif not re.match(r"^\s*(modules|localPath):", item):
-                return None
-        return tuple(found)
-    return ()
+
+def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node):
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_mapping(node, deep=True)
+
+
+_ServerlessLoader.add_multi_constructor("!", _any_tag)
+
+
+def plugins_of(text: str, name: str = "serverless.yml") -> tuple[str, ...] | None:
+    """The ``plugins`` of a serverless.yml, .yaml or .json: the list, or the ``modules:`` form. None when
+    it cannot be told (not parseable, a variable like ``${file(…)}``): the caller then reports the file
+    as changed rather than guessing."""
+    try:
+        doc = json.loads(text) if name.endswith(".json") else yaml.load(text, Loader=_ServerlessLoader)
+    except (ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(doc, dict):
+        return None if doc else ()
+    plugins = doc.get("plugins", [])
+    if isinstance(plugins, dict):
+        plugins = plugins.get("modules", [])
+    if plugins is None:
+        return ()
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        return None
+    return tuple(plugins)
 
 
 class SourceRepo:
@@ -217,19 +226,28 @@ class SourceRepo:
             return None
 
     def plugin_change(self, live: str, target: str) -> PluginChange:
+        """What changes in the plugin set: package.json and the lockfiles, and the ``plugins`` of the
+        service file, whichever Serverless reads (yml, yaml, json; a .js or .ts file, which cannot be read
+        without running it, is compared as a whole and the summary says so)."""
         with self._repo() as repo:
-            files = []
-            for name in ("serverless.yml", *PLUGIN_FILES):
-                if self._read(repo, live, name) != self._read(repo, target, name):
-                    files.append(name)
-            yml_live = self._read(repo, live, "serverless.yml") or ""
-            yml_target = self._read(repo, target, "serverless.yml") or ""
-        before, after = plugins_of(yml_live), plugins_of(yml_target)
-        plugin_files = [f for f in files if f != "serverless.yml"]
-        yml_plugins_changed = "serverless.yml" in files and (before is None or after is None or before != after)
-        changed = bool(plugin_files) or yml_plugins_changed
-        shown = tuple(plugin_files + (["serverless.yml"] if yml_plugins_changed else []))
-        return PluginChange(changed, before, after, shown)
+            files = [n for n in PLUGIN_FILES if self._read(repo, live, n) != self._read(repo, target, n)]
+            config = {sha: next(((n, t) for n in SERVICE_FILES if (t := self._read(repo, sha, n)) is not None),
+                                ("", None)) for sha in (live, target)}
+        (name_live, text_live), (name_target, text_target) = config[live], config[target]
+        before = after = None
+        if name_live != name_target or text_live != text_target:
+            shown_name = name_target or name_live or "serverless.yml"
+            if name_live != name_target:  # the service moved to another file format: compared whole
+                files.append(f"{name_live or 'no service file'} → {name_target or 'none'} (compared as a whole)")
+            elif shown_name.endswith((".js", ".ts")):  # cannot be read without running it
+                files.append(f"{shown_name} (compared as a whole)")
+            else:
+                before, after = plugins_of(text_live or "", name_live), plugins_of(text_target or "", name_target)
+                if before is None or after is None or before != after:
+                    files.append(shown_name)
+        elif text_live is not None and not name_live.endswith((".js", ".ts")):
+            before = after = plugins_of(text_live, name_live)
+        return PluginChange(bool(files), before, after, tuple(files))
 
     def checkout(self, sha: str, dest: Path) -> Path:
         """A clean worktree at ``sha`` in ``dest``; returns the service folder inside it."""
