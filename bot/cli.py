@@ -1,208 +1,14 @@
-"""`rollback-bot` / `python -m bot`: the commands CI and people run in a terminal."""
+"""`rollback-bot` / `python -m bot`: read the settings once, then run a command, serve Slack, or the demo."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 
-from bot import __version__
-from bot.adapters.source import local_commit
+from bot.commands import COMMANDS, EXIT_CONFIG, build_parser, dispatch
 from bot.core.config import ConfigError, Settings, load_settings
-from bot.core.errors import UserError
 from bot.core.masking import Masker, mask_logs
-from bot.core.stage_index import RefError
-from bot.engine.build import artifact_store, build_engine
-from bot.engine.service import RollbackService
-from bot.terminal import ProgressPrinter, artifact_json, clean, render_history, render_listing, render_plan
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-
-
-# -- commands --------------------------------------------------------------------------------------
-
-
-def cmd_publish(args, settings: Settings) -> int:
-    commit = args.commit.strip()
-    info = local_commit(commit)
-    if info is not None:
-        commit = info.sha  # a short SHA is fine inside the repository
-    author = args.author if args.author is not None else (info.author if info else "")
-    message = args.message if args.message is not None else (info.subject if info else "")
-    result = artifact_store(settings).publish(
-        args.stage, commit, Path(args.package), build_id=args.build_id, author=author,
-        message=message, deployed=args.deployed, by=args.by or settings.actor,
-    )
-    art = result.artifact
-    verb = "published" if result.uploaded else "already published (unchanged)"
-    print(f"{verb}: {args.stage} {art.label()} {art.size} bytes sha256 {art.sha256[:12]}…")
-    if args.deployed:
-        print(f"live on {args.stage}: {art.label()}" + ("" if result.went_live else " (already was)"))
-        if result.went_live:
-            _notify(settings, args.stage, args.by or settings.actor)
-    return 0
-
-
-def _notify(settings: Settings, stage: str, by: str) -> None:
-    if not settings.slack_bot_token:
-        return
-    from bot.slack.notify import notify_deployed  # Slack is optional for CI commands
-
-    notify_deployed(settings, artifact_store(settings).read_index(stage), by)
-
-
-def cmd_mark_deployed(args, settings: Settings) -> int:
-    info = local_commit(args.commit.strip())
-    commit = info.sha if info else args.commit
-    who = args.by or settings.actor
-    art, changed = artifact_store(settings).mark_deployed(args.stage, commit, args.build_id, by=who)
-    print(f"live on {args.stage}: {art.label()}" + ("" if changed else " (already was)"))
-    if changed:
-        _notify(settings, args.stage, who)
-    return 0
-
-
-def cmd_list(args, settings: Settings) -> int:
-    index = artifact_store(settings).read_index(args.stage)
-    if args.json:
-        json.dump(
-            {
-                "service": index.service,
-                "stage": index.stage,
-                "live": asdict(index.live) if index.live else None,
-                "freeze": asdict(index.freeze) if index.freeze else None,
-                "builds": [artifact_json(index, a) for a in index.artifacts[: args.limit]],
-            },
-            sys.stdout,
-            indent=2,
-        )
-        print()
-    else:
-        print(render_listing(index, args.limit, time.time()))
-    return 0
-
-
-def cmd_show(args, settings: Settings) -> int:
-    index = artifact_store(settings).read_index(args.stage)
-    art = index.resolve(args.ref)
-    if args.json:
-        json.dump(artifact_json(index, art), sys.stdout, indent=2)
-        print()
-    else:
-        state = "live" if index.is_live(art) else ("marked bad" if art.bad else "not live")
-        print(f"{args.stage} `{args.ref}` → {art.commit} build {art.build_id} ({state})")
-        print(f"  {art.author}: {art.message}")
-        print(f"  {art.size} bytes, sha256 {art.sha256}, s3://{settings.bucket}/{art.key}")
-    return 0
-
-
-def cmd_prune(args, settings: Settings) -> int:
-    result = artifact_store(settings).prune(args.stage, args.keep, dry_run=args.dry_run)
-    verb = "would remove" if args.dry_run else "removed"
-    for art in result.removed:
-        print(f"{verb} {art.label()}")
-    for ident, why in result.protected.items():
-        print(f"kept {ident[0][:7]} (build {ident[1]}): {why}")
-    print(f"{verb} {len(result.removed)}, kept {len(result.kept)}")
-    for key in result.failed_deletes:
-        print(f"warning: s3://{settings.bucket}/{key} could not be deleted; remove it by hand", file=sys.stderr)
-    return 0
-
-
-def _service(settings: Settings) -> RollbackService:
-    return RollbackService(build_engine(settings), settings.policy)
-
-
-def cmd_rollback(args, settings: Settings) -> int:
-    service = _service(settings)
-    engine = service.engine
-    engine.jobs.recover()
-    who = args.by or settings.actor or "cli"
-    plan = service.plan_for_terminal(args.stage, args.ref, who)
-    print(render_plan(plan, time.time()))
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("rollback-bot: not a terminal, so nothing to confirm with; pass --yes to go ahead", file=sys.stderr)
-            return EXIT_FAILED
-        if input(f"Deploy this to {args.stage}? Type the stage name to confirm: ").strip() != args.stage:
-            print("Nothing was done.")
-            return EXIT_FAILED
-    job_id = service.start_from_terminal(plan, who, args.ref, args.unfreeze)
-    engine.jobs.subscribe(job_id, ProgressPrinter(job_id, show_output=not args.quiet))
-    print(f"job {job_id} started")
-    try:
-        job = engine.jobs.wait(job_id)
-    except KeyboardInterrupt:
-        print("\ncancelling: stopping the job's processes…", file=sys.stderr)
-        engine.jobs.cancel(job_id, who)
-        job = engine.jobs.wait(job_id)
-    took = job["finished"] - job["started"]
-    if job["state"] == "succeeded" and job.get("recorded") == 0:
-        print(f"job {job_id} SUCCEEDED, CI NOT FROZEN: {args.stage} runs {plan.target.label()} (verified), but "
-              "index.json could not be updated, so CI may deploy over it and nothing is marked bad. Retrying for "
-              f"up to {RECORD_WAIT:.0f}s…", file=sys.stderr)
-        job = _wait_recorded(engine, job_id, RECORD_WAIT)
-        if job.get("recorded") != 1:
-            engine.shutdown()
-            print(f"index.json is still not updated. Start `rollback-bot serve` with this data dir (it keeps "
-                  f"retrying), or freeze CI by hand; then check `rollback-bot list {args.stage}`.", file=sys.stderr)
-            return 0
-        print(f"index.json updated after retrying: {job['reason']}", file=sys.stderr)
-    engine.shutdown()
-    if job["state"] == "succeeded":
-        if plan.forward:
-            lifted = "; the CI freeze was lifted" if args.unfreeze else ""
-            print(f"job {job_id} succeeded in {took:.1f}s: rolled forward, {args.stage} runs {plan.target.label()}"
-                  f"; nothing marked bad{lifted}")
-            return 0
-        print(f"job {job_id} succeeded in {took:.1f}s: {args.stage} runs {plan.target.label()}; CI is frozen "
-              f"on {args.stage} until `rollback-bot unfreeze {args.stage}`")
-        return 0
-    print(clean(f"job {job_id} {job['state']} after {took:.1f}s: {job['reason']}"), file=sys.stderr)
-    tail = engine.store.log_tail(job_id, 20)
-    if tail:
-        print(clean("last lines of the log:\n  " + "\n  ".join(tail)), file=sys.stderr)
-    return EXIT_FAILED
-
-
-RECORD_WAIT = 120.0
-
-
-def _wait_recorded(engine, job_id: int, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    job = engine.store.job(job_id)
-    while job.get("recorded") == 0 and time.monotonic() < deadline:
-        time.sleep(1)
-        job = engine.store.job(job_id)
-    return job
-
-
-def cmd_check_freeze(args, settings: Settings) -> int:
-    """For CI: may this stage be deployed (with this commit)? Needs only read access to the bucket."""
-    check = _service(settings).check_freeze(args.stage, args.commit or "")
-    for p in check.problems:
-        print(clean(f"rollback-bot: {p}"), file=sys.stderr)
-    if not check.problems:
-        print(f"{args.stage}: not frozen" + (f", {args.commit[:12]} not marked bad" if args.commit else ""))
-    return EXIT_FAILED if check.problems else 0
-
-
-def cmd_unfreeze(args, settings: Settings) -> int:
-    """The policy decides, as in Slack: the operator (--by, ROLLBACK_ACTOR) must be one of the stage's approvers."""
-    was = _service(settings).unfreeze(args.stage, args.by or settings.actor or "cli", channel=None)
-    print(f"{args.stage}: unfrozen (was: {was})" if was else f"{args.stage}: was not frozen")
-    return 0
-
-
-def cmd_history(args, settings: Settings) -> int:
-    jobs = _service(settings).history(args.stage, args.by or settings.actor or "cli", None, args.limit)
-    print(render_history(jobs, time.time()))
-    return 0
 
 
 def cmd_serve(args, settings: Settings) -> int:
@@ -221,108 +27,20 @@ def cmd_demo(args, settings: Settings) -> int:
     return main(Path(args.data_dir) if args.data_dir else settings.data_dir / "demo", args.port)
 
 
-COMMANDS = {
-    # name: (handler, what settings it needs)
-    "publish": (cmd_publish, ("artifacts",)),
-    "mark-deployed": (cmd_mark_deployed, ("artifacts",)),
-    "list": (cmd_list, ("artifacts",)),
-    "show": (cmd_show, ("artifacts",)),
-    "prune": (cmd_prune, ("artifacts",)),
-    "rollback": (cmd_rollback, ("engine",)),
-    "check-freeze": (cmd_check_freeze, ("artifacts",)),
-    "unfreeze": (cmd_unfreeze, ("artifacts",)),
-    "history": (cmd_history, ()),
-    "serve": (cmd_serve, ("engine", "slack")),
-    "demo": (cmd_demo, ()),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rollback-bot", description=__doc__)
-    p.add_argument("--version", action="version", version=f"rollback-bot {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    s = sub.add_parser("publish", help="store a `serverless package` folder for a stage (run by CI)")
-    s.add_argument("--stage", required=True)
-    s.add_argument("--commit", required=True, help="the commit the package was built from")
-    s.add_argument("--package", required=True, help="the folder given to `serverless package --package`")
-    s.add_argument("--build-id", help="CI's build id (default: derived from the package's contents)")
-    s.add_argument("--author", help="default: the commit's author, from git")
-    s.add_argument("--message", help="default: the commit's subject, from git")
-    s.add_argument("--deployed", action="store_true", help="also record it as live on the stage")
-    s.add_argument("--by", help="who is publishing (default: CI's actor variable or $USER)")
-
-    s = sub.add_parser("mark-deployed", help="record a published build as live (run by CI after deploy)")
-    s.add_argument("--stage", required=True)
-    s.add_argument("--commit", required=True)
-    s.add_argument("--build-id", help="default: the newest build of that commit")
-    s.add_argument("--by")
-
-    s = sub.add_parser("list", help="a stage's builds, newest first")
-    s.add_argument("stage")
-    s.add_argument("--limit", type=int, default=20)
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-
-    s = sub.add_parser("show", help="the build a ref names: SHA, SHA prefix, build id or `previous`")
-    s.add_argument("stage")
-    s.add_argument("ref")
-    s.add_argument("--json", action="store_true")
-
-    s = sub.add_parser("prune", help="delete old builds (never the live or last known-good one)")
-    s.add_argument("--stage", required=True)
-    s.add_argument("--keep", type=int, required=True, help="how many of the newest builds to keep")
-    s.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
-
-    s = sub.add_parser("rollback", help="roll a stage back from the terminal (for when Slack is down)")
-    s.add_argument("stage")
-    s.add_argument("ref", help="a commit SHA (4+ characters), a build id, or `previous`")
-    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    s.add_argument("--quiet", action="store_true", help="show the steps, not the deploy output")
-    s.add_argument("--by", help="who is rolling back (default: $USER)")
-    s.add_argument("--unfreeze", action="store_true", help="for a roll forward: also lift the CI freeze")
-
-    s = sub.add_parser("check-freeze", help="for CI: exit 1 while the stage is frozen or the commit is marked bad")
-    s.add_argument("--stage", required=True)
-    s.add_argument("--commit", help="the commit CI is about to deploy")
-
-    s = sub.add_parser("unfreeze", help="let CI deploy the stage again after a rollback")
-    s.add_argument("stage")
-    s.add_argument("--by")
-
-    s = sub.add_parser("history", help="past rollback jobs of a stage (this machine's record)")
-    s.add_argument("stage")
-    s.add_argument("--by", help="who is asking (the policy's channel rules do not apply at a terminal)")
-    s.add_argument("--limit", type=int, default=20)
-
-    sub.add_parser("serve", help="run the Slack bot")
-
-    s = sub.add_parser("demo", help="try rollback-bot in the browser: a local Slack channel on an embedded AWS")
-    s.add_argument("--port", type=int, default=8080, help="the page's port on 127.0.0.1 (default 8080; 0: any free)")
-    s.add_argument("--data-dir", help="where the demo keeps its state (default: $ROLLBACK_DATA_DIR/demo)")
-    return p
+FACES = {"serve": (cmd_serve, ("engine", "slack")), "demo": (cmd_demo, ())}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = args.command or "serve"
-    handler, needs = COMMANDS[command]
+    args.command = args.command or "serve"
+    handler, needs = FACES.get(args.command) or COMMANDS[args.command]
     try:
         settings = load_settings(needs=needs)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    mask = Masker(settings.secrets())
-    if command != "serve":  # serve configures its own logging, masked the same way
-        logging.basicConfig(level=logging.WARNING, format="rollback-bot: %(levelname)s %(name)s: %(message)s")
-        mask_logs(mask)
-    try:
+    if args.command in FACES:
         return handler(args, settings)
-    except RefError as exc:
-        print(clean(mask(f"rollback-bot: {exc}")), file=sys.stderr)
-        for art in exc.candidates:
-            print(clean(mask(f"  {art.commit[:12]}  build {art.build_id}  {art.author}: {art.message}")),
-                  file=sys.stderr)
-        return EXIT_FAILED
-    except UserError as exc:
-        print(clean(mask(f"rollback-bot: {exc}")), file=sys.stderr)
-        return EXIT_FAILED
+    logging.basicConfig(level=logging.WARNING, format="rollback-bot: %(levelname)s %(name)s: %(message)s")
+    mask_logs(Masker(settings.secrets()))
+    return dispatch(args, settings)

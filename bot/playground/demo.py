@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import boto3
 
-from bot import cli
+from bot import commands
 from bot.adapters.plugin_cache import PluginCache
 from bot.core.config import ConfigError, load_settings
 from bot.playground.aws import MotoServer
@@ -127,17 +127,19 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
     (state / "plugin-cache").symlink_to(root / "plugin-cache")  # installed plugins survive between runs
     (state / "policy.toml").write_text(POLICY)
     secret = secrets.token_hex(16)
-    os.environ.update({
-        "AWS_ENDPOINT_URL": moto.url, "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret-key",
-        "AWS_DEFAULT_REGION": "us-east-1", "SLS_TELEMETRY_DISABLED": "1", "SLS_AWS_MONITORING_FREQUENCY": "200",
-        "NODE_NO_WARNINGS": "1", "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "",
-        "ROLLBACK_REPO": str(root / "repo"), "ROLLBACK_DATA_DIR": str(state), "ROLLBACK_CHANNEL": CHANNEL[0],
-        "ROLLBACK_CONFIG": str(state / "policy.toml"), "SLACK_BOT_TOKEN": "xoxb-demo-bot-token",
-        "SLACK_SIGNING_SECRET": secret, "SLACK_API_URL": standin.api_url, "ROLLBACK_ACTOR": "ci",
-    })
-    os.environ.pop("SLACK_APP_TOKEN", None)
-    try:
-        settings = load_settings(needs=["engine", "slack"])
+    # The embedded AWS: boto3 in this process reads its endpoint and keys from the environment.
+    aws = {"AWS_ENDPOINT_URL": moto.url, "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret-key",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(aws)
+    outside = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACK_", "SLACK_"))}
+    try:  # the bot's own settings are handed in, never written to the environment
+        settings = load_settings({
+            **outside, **aws, "SLS_TELEMETRY_DISABLED": "1", "SLS_AWS_MONITORING_FREQUENCY": "200",
+            "NODE_NO_WARNINGS": "1", "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "",
+            "ROLLBACK_REPO": str(root / "repo"), "ROLLBACK_DATA_DIR": str(state), "ROLLBACK_CHANNEL": CHANNEL[0],
+            "ROLLBACK_CONFIG": str(state / "policy.toml"), "SLACK_BOT_TOKEN": "xoxb-demo-bot-token",
+            "SLACK_SIGNING_SECRET": secret, "SLACK_API_URL": standin.api_url, "ROLLBACK_ACTOR": "ci",
+        }, needs=["engine", "slack"])
     except ConfigError as exc:
         raise OSError(str(exc)) from exc
     boto3.client("s3").create_bucket(Bucket=BUCKET)
@@ -150,12 +152,13 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
     for change, commit in zip(HISTORY, commits, strict=True):
         out(f"  serverless package  {change.version}  {commit[:7]}  {change.message}")
         package = sample.package(commit)
-        _ci(out, "publish", "--stage", STAGE, "--commit", commit, "--build-id", f"demo-{change.version}",
+        _ci(out, settings, "publish", "--stage", STAGE, "--commit", commit, "--build-id", f"demo-{change.version}",
             "--package", str(package), "--author", change.author, "--message", change.message)
         if change is not HISTORY[0]:  # CI deployed v2, then v3: v3 is live and `previous` means v2
             out(f"  serverless deploy --package  {change.version}")
             sample.deploy(commit, package)
-            _ci(out, "mark-deployed", "--stage", STAGE, "--commit", commit, "--build-id", f"demo-{change.version}")
+            _ci(out, settings, "mark-deployed", "--stage", STAGE, "--commit", commit,
+                "--build-id", f"demo-{change.version}")
     out(f"  ready in {time.monotonic() - started:.0f} s")
 
     app, engine, approvals = assemble(settings)
@@ -171,11 +174,11 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
     return page
 
 
-def _ci(out, *argv: str) -> None:
+def _ci(out, settings, *argv: str) -> None:
     """A CI command, run by the same code as `rollback-bot …` on a CI machine."""
     shown = [a[:7] if len(a) == 40 and a.isalnum() else a for a in argv]
     out("  $ rollback-bot " + " ".join(f"'{a}'" if " " in a else a for a in shown))
-    if cli.main(list(argv)) != 0:
+    if commands.run(list(argv), settings) != 0:
         raise RuntimeError(f"`rollback-bot {argv[0]}` failed; see its message above")
 
 
