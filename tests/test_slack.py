@@ -104,7 +104,7 @@ def test_an_expired_card_cannot_be_approved(fast_prod, fast_workspace):
     ws = fast_workspace()
     ws.ana.command("prod previous")
     card = seen(ws.card(0))
-    ws.approvals.clock = lambda: time.time() + 15 * 60 + 1  # the buttons' 15 minutes have passed
+    ws.service.clock = lambda: time.time() + 15 * 60 + 1  # the buttons' 15 minutes have passed
     n = len(ws.standin.responses)
     ws.bo.click(card, "approve")
     assert "This plan expired. Ask again with `/rollback prod" in ws.reply(n)["text"]

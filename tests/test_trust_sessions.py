@@ -71,7 +71,7 @@ def test_approving_a_card_after_ci_deployed_again_deploys_nothing_and_offers_the
 
 def test_requester_approver_and_channel_are_all_checked_again_at_the_click(fast_prod, fast_workspace, tmp_path):
     ws = fast_workspace(POLICY)
-    ws.approvals.policies.check_every = 0  # see a changed policy file at once
+    ws.service.policies.check_every = 0  # see a changed policy file at once
     card = seen(ws.card(0) if ws.ana.command("prod previous") == 200 else None)
     assert "approval needs one of U-BO, U-CY other than the requester" in all_text(card)
 
@@ -96,7 +96,7 @@ def test_channel_rules_cover_every_action_and_an_uncovered_stage_is_refused(fast
 
     # a policy that names only staging: prod (which has builds) is refused, naming the file to edit
     (tmp_path / "policy.toml").write_text('[stages.staging]\napprovers = ["U-BO"]\n')
-    ws.approvals.policies.check_every = 0
+    ws.service.policies.check_every = 0
     said = ws.says(ws.bo, "prod previous")
     assert f"The policy file {tmp_path / 'policy.toml'} has no rule for stage `prod`" in said
     assert "Add [stages.prod]" in said and ws.cards() == 0
@@ -119,7 +119,7 @@ def test_the_start_up_log_prints_each_stage_rule_and_a_broken_new_file_keeps_the
         ws = fast_workspace(POLICY)
     assert "prod: requesters: U-ANA, U-BO; approvers: U-BO, U-CY; approver must differ" in caplog.text
     assert 'any other stage: refused (no [stages."*"])' in caplog.text
-    ws.approvals.policies.check_every = 0
+    ws.service.policies.check_every = 0
     (tmp_path / "policy.toml").write_text(POLICY + "aprovers = []\n")  # a typo in the new file
     with caplog.at_level(logging.ERROR, logger="rollback-bot"):
         assert "not allowed to request" in ws.says(ws.cy, "prod previous")  # the old rules still hold
@@ -198,20 +198,20 @@ def test_junk_requests_get_4xx_not_500(fast_prod, fast_workspace):
 
 def test_per_person_limits_and_expired_plans_are_swept(fast_prod, fast_workspace):
     ws = fast_workspace()
-    ws.approvals.limits = type(ws.approvals.limits)(plans_per_minute=3, pending_per_user=2)
+    ws.service.limits = type(ws.service.limits)(plans_per_minute=3, pending_per_user=2)
     ws.ana.command("prod previous")
     first = seen(ws.card(0))
     ws.ana.command("prod b-v1")
     ws.card(1)
     assert "You have 2 plans waiting for approval" in ws.says(ws.ana, "prod b-v1")
     assert ws.cards() == 2
-    ws.approvals.clock = lambda: time.time() + 16 * 60  # the buttons' 15 minutes pass: both plans expire
-    housekeeping(ws.engine.settings, ws.engine, ws.approvals, make_client(ws.engine.settings))
-    ws.approvals.clock = time.time
+    ws.service.clock = lambda: time.time() + 16 * 60  # the buttons' 15 minutes pass: both plans expire
+    housekeeping(ws.engine.settings, ws.engine, ws.service, make_client(ws.engine.settings))
+    ws.service.clock = time.time
     assert "This plan expired" in card_text(ws, first)
     assert [j["state"] for j in ws.engine.store.jobs(stage="prod")] == ["expired", "expired"]
     assert "You asked for 3 plans in the last minute" in ws.says(ws.ana, "prod previous")
-    assert sweep_expired(ws.approvals, make_client(ws.engine.settings)) == 0
+    assert sweep_expired(ws.service, make_client(ws.engine.settings)) == 0
 
 
 def test_a_stale_cancel_button_cancels_only_its_own_job(fast_prod, fast_workspace, fast_service, tmp_path):

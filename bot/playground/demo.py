@@ -161,8 +161,8 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
                 "--build-id", f"demo-{change.version}")
     out(f"  ready in {time.monotonic() - started:.0f} s")
 
-    app, engine, approvals = assemble(settings)
-    running.callback(start_up(settings, engine, approvals).set)
+    app, engine, service = assemble(settings)
+    running.callback(start_up(settings, engine, service).set)
     running.callback(engine.jobs.shutdown)  # cancels a running rollback: its processes are stopped
     bot = http_server(settings, app, engine, host="127.0.0.1", port=0)
     threading.Thread(target=_serve, args=(bot,), daemon=True).start()

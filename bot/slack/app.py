@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import threading
 import time
@@ -14,18 +14,15 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot.adapters.artifacts import ArtifactError
-from bot.adapters.source import SourceError
 from bot.core.config import Settings
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
 from bot.engine.build import Engine
 from bot.engine.pipeline import Event
-from bot.engine.service import Outdated, Refused, RollbackService
+from bot.engine.service import Refused, RollbackService
 from bot.slack import blocks as kit
-from bot.slack.commands import parse
-from bot.slack.mrkdwn import code, esc, esc_message, user
-from bot.slack.progress import ProgressReporter
+from bot.slack.mrkdwn import code, esc, esc_message
+from bot.slack.notifier import Notifier
 
 GROUP_TTL = 60.0
 WORK_QUEUE = 64  # requests waiting for a worker; past that, people are told to try again
@@ -121,7 +118,7 @@ class BoundedWork:
         return True
 
 
-def _error_text(exc: Exception) -> str:
+def error_text(exc: Exception) -> str:
     if isinstance(exc, RefError) and exc.candidates:
         return esc_message(str(exc)) + "\n" + "\n".join(
             f"• {code(a.commit[:12])} build {code(a.build_id)} {esc(a.author)}: {esc(a.message)}"
@@ -131,220 +128,110 @@ def _error_text(exc: Exception) -> str:
     return esc_message(str(exc))
 
 
-USER_ERRORS = (Refused, RefError, ArtifactError, SourceError)
+class Slack:
+    """What every listener needs: settings, the rollback service, the client and notifier, the group
+    directory and the work pool. Listeners parse, call the service, and render blocks."""
 
+    def __init__(self, settings: Settings, service: RollbackService, client: WebClient):
+        self.settings = settings
+        self.service = service
+        self.client = client
+        self.notify = Notifier(client)
+        self.mask = Masker(settings.secrets())
+        self.groups = GroupDirectory(client, lambda: service.policy.group_ids())
+        self.work = BoundedWork(4, WORK_QUEUE, "slack-work")
 
-def build_app(settings: Settings, engine: Engine, approvals: RollbackService, client: WebClient | None = None) -> App:
-    client = client or make_client(settings)
-    mask = Masker(settings.secrets())
-    # Acknowledge in the request thread and do the work afterwards on our own pool: an ack never waits
-    # behind other people's slow work. (Bolt's lazy listeners do the same but deep-copy every request,
-    # which is half of its per-request cost.)
-    app = App(signing_secret=settings.slack_signing_secret or None, client=client, process_before_response=True)
-    work = BoundedWork(4, WORK_QUEUE, "slack-work")
-    groups_of = GroupDirectory(client, lambda: approvals.policy.group_ids())
-    store = engine.store
+    @property
+    def store(self):
+        return self.service.store
 
-    def announce(job: dict) -> None:
-        """Rollback results go to the stage's notification channel too, when that is elsewhere."""
-        channel = approvals.policy.notify_channel(job["stage"], settings.channel)
-        if channel and channel != job.get("channel"):
-            verdict = {"succeeded": "✅ rolled back", "failed": "❌ rollback failed"}.get(job["state"], job["state"])
-            if job["state"] == "succeeded" and job.get("recorded") == 0:
-                verdict = "🟥 deployed but CI NOT frozen"
-            try:
-                client.chat_postMessage(channel=channel, text=f"{verdict}: {code(job['stage'])} → "
-                                        f"{code(job['target_commit'][:7])} (job {job['id']}) "
-                                        f"{esc_message(job.get('reason') or '')}")
-            except Exception as exc:  # Slack unreachable or refusing: the card already shows the result
-                log.warning("could not announce job %s in %s: %s", job["id"], channel, exc)
+    def after_ack(self, handler):
+        """A Bolt listener that acknowledges at once and runs ``handler(body, respond, groups_of)`` on our
+        pool (Bolt's lazy listeners would deep-copy every request, half of their per-request cost)."""
 
-    def on_job_event(job_id: int, event: Event) -> None:
-        """A result that reached index.json late (after retries) is announced where the card is."""
-        if event.step != "index" or event.status != "recorded":
-            return
-        job = store.job(job_id)
-        if not job or not job.get("channel"):
-            return
-        try:
-            if job.get("message_ts"):
-                client.chat_update(channel=job["channel"], ts=job["message_ts"], text=f"Rollback job {job_id}",
-                                   blocks=kit.progress_blocks(job, _steps(store, job_id), [], time.time()))
-            client.chat_postMessage(channel=job["channel"], thread_ts=job.get("message_ts"),
-                                    text=f"✅ Job {job_id}: {esc(event.text)}")
-        except Exception as exc:
-            log.warning("could not announce that job %s was recorded: %s", job_id, exc)
-
-    engine.jobs.listeners.append(on_job_event)
-
-    def post_plan(stage: str, ref: str, user_id: str, channel: str, respond) -> None:
-        pending = approvals.request(stage, ref, user_id, channel, groups_of)
-        now = time.time()
-        try:
-            posted = client.chat_postMessage(
-                channel=channel, text=esc(kit.plan_title(pending.plan)),
-                blocks=kit.plan_blocks(pending.plan, pending.job_id, user_id, pending.expires_at, now,
-                                       pending.needs, pending.policy_configured))
-        except SlackApiError as exc:
-            approvals.withdraw(pending.job_id, user_id, channel)
-            respond(f"I could not post the plan here ({esc(exc.response.get('error'))}). "
-                    "Invite me to the channel with `/invite @rollback-bot` and try again.")
-            return
-        except Exception as exc:  # Slack unreachable: nothing was posted, so nothing may stay pending
-            approvals.withdraw(pending.job_id, user_id, channel)
-            log.warning("could not post a plan card: %s", exc)
-            return
-        approvals.attach_message(pending.job_id, posted["channel"], posted["ts"])
-
-    def on_rollback(command, respond):  # the body of a slash command is the command
-        cmd = parse(command.get("text", ""))
-        user_id, channel = command["user_id"], command["channel_id"]
-        try:
-            if cmd.action == "help":
-                respond(blocks=kit.help_blocks(engine.artifacts.stages()), text="rollback-bot help")
-            elif cmd.action == "invalid":
-                respond(cmd.error)
-            elif cmd.action == "list":
-                index = approvals.listing(cmd.stage, user_id, channel)
-                respond(blocks=kit.listing_blocks(index, time.time()), text=f"Builds of {esc(cmd.stage)}")
-            elif cmd.action == "plan":
-                post_plan(cmd.stage, cmd.ref, user_id, channel, respond)
-            elif cmd.action == "status":
-                status = approvals.status()
-                respond(blocks=kit.status_blocks(status.running, status.freezes, time.time()),
-                        text="rollback-bot status")
-            elif cmd.action == "history":
-                respond(kit.history_text(cmd.stage, approvals.history(cmd.stage, user_id, channel)))
-            elif cmd.action == "unfreeze":
-                was = approvals.unfreeze(cmd.stage, user_id, channel, groups_of)
-                respond(f"{code(cmd.stage)} unfrozen: CI may deploy again." if was
-                        else f"{code(cmd.stage)} was not frozen.")
-            elif cmd.action == "cancel":
-                respond(approvals.cancel_running(cmd.stage, user_id, channel, groups_of))
-        except USER_ERRORS as exc:
-            respond(_error_text(exc))
-
-    def on_plan_build(body, respond):
-        action = body["actions"][0]
-        try:
-            value = json.loads(action["value"])
-            stage, ref = str(value["stage"]), str(value["ref"])
-        except (ValueError, KeyError, TypeError):
-            respond(text="That button is not one of mine.", response_type="ephemeral", replace_original=False)
-            return
-        try:
-            post_plan(stage, ref, body["user"]["id"], body["channel"]["id"], respond)
-        except USER_ERRORS as exc:
-            respond(text=_error_text(exc), response_type="ephemeral", replace_original=False)
-
-    def on_approve(body, respond):
-        action = body["actions"][0]
-        try:
-            job_id, user_id = _job_id(action), body["user"]["id"]
-        except Refused as exc:
-            respond(text=_error_text(exc), response_type="ephemeral", replace_original=False)
-            return
-        channel, ts = body["channel"]["id"], body["message"]["ts"]
-        lift = _checked(body, kit.LIFT_FREEZE)
-        # Listen before starting, so not one event of the job is missed; the subscription ends with the job.
-        reporter = ProgressReporter(client, store, job_id, channel, ts, on_final=announce, start=False,
-                                    full_log=lambda: _read_log(engine.jobs.log_path(job_id)))
-        unsubscribe = engine.jobs.subscribe(job_id, reporter)
-        try:
-            approvals.approve(job_id, user_id, channel, groups_of, unfreeze=lift)
-        except Outdated as exc:
-            unsubscribe()
-            respond(text=_error_text(exc), response_type="ephemeral", replace_original=False)
-            client.chat_update(channel=channel, ts=ts, text="Plan out of date: nothing was deployed",
-                               blocks=kit.outdated_plan_blocks(exc.job["stage"], exc.job["target_commit"],
-                                                               exc.changes, exc.plan.ref))
-            return
-        except USER_ERRORS as exc:
-            unsubscribe()
-            respond(text=_error_text(exc), response_type="ephemeral", replace_original=False)
-            if isinstance(exc, Refused) and exc.kind == "expired":
-                job = store.job(job_id)
-                client.chat_update(channel=channel, ts=ts, text="Plan expired",
-                                   blocks=kit.closed_plan_blocks(job["stage"], job["target_commit"],
-                                                                 "This plan expired."))
-            return
-        reporter.start()
-
-    def on_cancel_plan(body, respond):
-        action = body["actions"][0]
-        user_id, channel = body["user"]["id"], body["channel"]["id"]
-        try:
-            job = approvals.withdraw(_job_id(action), user_id, channel, groups_of)
-        except USER_ERRORS as exc:
-            respond(text=_error_text(exc), response_type="ephemeral", replace_original=False)
-            return
-        client.chat_update(channel=channel, ts=body["message"]["ts"], text="Plan cancelled",
-                           blocks=kit.closed_plan_blocks(job["stage"], job["target_commit"],
-                                                         f"Cancelled by {user(user_id)}; nothing was deployed."))
-
-    def on_cancel_job(body, respond):
-        action = body["actions"][0]
-        try:
-            # The job this button was drawn for, never whatever runs on the stage now.
-            said = approvals.cancel_job(_job_id(action), body["user"]["id"], body["channel"]["id"], groups_of)
-        except USER_ERRORS as exc:
-            respond(text=_error_text(exc), response_type="ephemeral", replace_original=False)
-            return
-        respond(text=said, response_type="ephemeral", replace_original=False)
-
-    def on_home(body, respond):
-        view = approvals.overview()
-        client.views_publish(user_id=body["event"]["user"], view={"type": "home", "blocks": kit.home_blocks(
-            view.stages, view.jobs, time.time(), view.policy_configured)})
-
-    def after_ack(handler):
-        def listener(ack, body, respond):
+        def listener(ack, body, respond, context):
             ack()
-            masked = _masking_respond(respond, mask)
-            if not work.submit(_run, handler, body, masked):
+            masked = _masking_respond(respond, self.mask)
+            if not self.work.submit(_run, handler, body, masked, context.get("groups_of", self.groups)):
                 masked(text=BUSY, response_type="ephemeral", replace_original=False)
 
         return listener
 
-    app.command("/rollback")(after_ack(on_rollback))
-    app.action("plan_build")(after_ack(on_plan_build))
-    app.action("approve")(after_ack(on_approve))
-    app.action("cancel_plan")(after_ack(on_cancel_plan))
-    app.action("cancel_job")(after_ack(on_cancel_job))
-    app.action(kit.LIFT_FREEZE)(lambda ack: ack())  # its state is read when Approve is clicked
-    app.event("app_home_opened")(after_ack(on_home))
+    def announce(self, job: dict) -> None:
+        """Rollback results go to the stage's notification channel too, when that is elsewhere."""
+        channel = self.service.policy.notify_channel(job["stage"], self.settings.channel)
+        if channel and channel != job.get("channel"):
+            verdict = {"succeeded": "✅ rolled back", "failed": "❌ rollback failed"}.get(job["state"], job["state"])
+            if job["state"] == "succeeded" and job.get("recorded") == 0:
+                verdict = "🟥 deployed but CI NOT frozen"
+            self.notify.post(channel, f"{verdict}: {code(job['stage'])} → {code(job['target_commit'][:7])} "
+                                      f"(job {job['id']}) {esc_message(job.get('reason') or '')}")
+
+    def on_job_event(self, job_id: int, event: Event) -> None:
+        """A result that reached index.json late (after retries) is announced where the card is."""
+        if event.step != "index" or event.status != "recorded":
+            return
+        job = self.store.job(job_id)
+        if not job or not job.get("channel"):
+            return
+        if job.get("message_ts"):
+            self.notify.update(job["channel"], job["message_ts"], f"Rollback job {job_id}",
+                               kit.progress_blocks(job, _steps(self.store, job_id), [], time.time()))
+        self.notify.post(job["channel"], f"✅ Job {job_id}: {esc(event.text)}", thread_ts=job.get("message_ts"))
+
+    def post_plan(self, stage: str, ref: str, user_id: str, channel: str, respond, groups_of) -> None:
+        pending = self.service.request(stage, ref, user_id, channel, groups_of)
+        try:
+            posted = self.notify.post(channel, esc(kit.plan_title(pending.plan)), kit.plan_blocks(
+                pending.plan, pending.job_id, user_id, pending.expires_at, time.time(), pending.needs,
+                pending.policy_configured), quiet=False)
+        except SlackApiError as exc:
+            self.service.withdraw(pending.job_id, user_id, channel)
+            respond(f"I could not post the plan here ({esc(exc.response.get('error'))}). "
+                    "Invite me to the channel with `/invite @rollback-bot` and try again.")
+            return
+        except Exception as exc:  # Slack unreachable: nothing was posted, so nothing may stay pending
+            self.service.withdraw(pending.job_id, user_id, channel)
+            log.warning("could not post a plan card: %s", exc)
+            return
+        self.service.attach_message(pending.job_id, posted["channel"], posted["ts"])
+
+    def close_card(self, channel: str, ts: str, job: dict, why: str) -> None:
+        self.notify.update(channel, ts, "Plan closed", kit.closed_plan_blocks(job["stage"], job["target_commit"], why))
+
+
+def groups_middleware(slack: Slack):
+    """Who the person is, group-wise, resolved at most once per request and only if a check needs it."""
+
+    def middleware(context, next):
+        context["groups_of"] = functools.lru_cache(maxsize=8)(slack.groups)
+        next()
+
+    return middleware
+
+
+def build_app(settings: Settings, engine: Engine, service: RollbackService, client: WebClient | None = None) -> App:
+    """The Bolt app: one middleware, then the listeners of each kind (bot/slack/listeners/)."""
+    from bot.slack.listeners import register
+
+    slack = Slack(settings, service, client or make_client(settings))
+    app = App(signing_secret=settings.slack_signing_secret or None, client=slack.client,
+              process_before_response=True)
+    app.use(groups_middleware(slack))
+    engine.jobs.listeners.append(slack.on_job_event)
+    register(app, slack)
     return app
 
 
-def sweep_expired(approvals: RollbackService, client: WebClient) -> int:
+def sweep_expired(service: RollbackService, client: WebClient) -> int:
     """Close the cards of plans whose buttons expired. Returns how many."""
-    swept = approvals.sweep_expired()
+    swept = service.sweep_expired()
+    notify = Notifier(client)
     for job in swept:
         if job.get("channel") and job.get("message_ts"):
-            try:
-                client.chat_update(channel=job["channel"], ts=job["message_ts"], text="Plan expired",
-                                   blocks=kit.closed_plan_blocks(job["stage"], job["target_commit"],
-                                                                 "This plan expired; nothing was deployed."))
-            except Exception as exc:
-                log.warning("could not close expired plan %s: %s", job["id"], exc)
+            notify.update(job["channel"], job["message_ts"], "Plan expired", kit.closed_plan_blocks(
+                job["stage"], job["target_commit"], "This plan expired; nothing was deployed."))
     return len(swept)
-
-
-def _read_log(path, limit: int = 50 * 1024**2) -> str:
-    """The job's log file (already masked when written), at most ``limit`` bytes from its end."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - limit))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _job_id(action: dict) -> int:
-    try:
-        return int(action.get("value", ""))
-    except (TypeError, ValueError):
-        raise Refused("That button is not one of mine.", "gone") from None
 
 
 def _checked(body: dict, action_id: str) -> bool:
@@ -371,8 +258,18 @@ def _masking_respond(respond, mask):
     return masked
 
 
-def _run(handler, body, respond) -> None:
+def _run(handler, body, respond, groups_of) -> None:
     try:
-        handler(body, respond)
+        handler(body, respond, groups_of)
     except Exception:  # the person already got their ack; the failure must at least be logged
         log.exception("handling a Slack request failed")
+
+
+def read_log(path, limit: int = 50 * 1024**2) -> str:
+    """A job's log file (already masked when written), at most ``limit`` bytes from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""

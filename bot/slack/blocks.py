@@ -14,6 +14,7 @@ from bot.core.policy import NO_POLICY
 from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan
+from bot.slack import ids
 from bot.slack.commands import USAGE
 from bot.slack.mrkdwn import code, esc, esc_message, user
 from bot.terminal import age
@@ -22,7 +23,6 @@ STEP_LABELS = {"restore": "Restore artifact", "checkout": "Check out source", "i
                "deploy": "Deploy", "verify": "Verify Lambda code"}
 ICONS = {"pending": "▫️", "started": "⏳", "finished": "✅", "failed": "❌", "skipped": "➖"}
 MAX_TEXT = 2900  # a section's text may hold 3,000 characters
-LIFT_FREEZE = "lift_freeze"  # the checkbox on a roll forward's card
 
 
 def _clip(text: str, n: int = MAX_TEXT) -> str:
@@ -97,8 +97,7 @@ def listing_blocks(index: StageIndex, now: float, limit: int = 10) -> list[dict]
         block = section(("  ".join(tags) + "\n" if tags else "") + _build(art, now))
         if not index.is_live(art):
             label = "Roll forward to this" if index.is_forward(art) else "Roll back to this"
-            block["accessory"] = button(label, "plan_build",
-                                        json.dumps({"stage": index.stage, "ref": art.build_id}))
+            block["accessory"] = button(label, ids.PLAN_BUILD, ids.PlanRequest(index.stage, art.build_id).value())
         blocks.append(block)
     if len(index.artifacts) > limit:
         blocks.append(context(f"{len(index.artifacts) - limit} older builds not shown"))
@@ -141,10 +140,10 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
         blocks.append(section(f"⚠️ *{NO_POLICY}* (no policy file is set: ROLLBACK_CONFIG)"))
     blocks.append(context(f"Requested by {user(requested_by)} · approval needs {esc(needs)} · "
                           f"the buttons expire in {age(expires_at - now)}"))
-    elements = [button("Approve", "approve", str(job_id), "primary"),
-                button("Cancel", "cancel_plan", str(job_id), "danger")]
+    elements = [button("Approve", ids.APPROVE, ids.job_value(job_id), "primary"),
+                button("Cancel", ids.CANCEL_PLAN, ids.job_value(job_id), "danger")]
     if plan.forward and plan.freeze:
-        elements.append({"type": "checkboxes", "action_id": LIFT_FREEZE, "options": [{
+        elements.append({"type": "checkboxes", "action_id": ids.LIFT_FREEZE, "options": [{
             "text": {"type": "plain_text", "text": "Also lift the CI freeze"}, "value": "unfreeze"}]})
     blocks.append({"type": "actions", "block_id": "plan_actions", "elements": elements})
     return blocks
@@ -157,7 +156,7 @@ def outdated_plan_blocks(stage: str, target_commit: str, changes: list[str], ref
         section("⚠️ *Out of date: nothing was deployed.* Since this card was posted:\n"
                 + "\n".join(f"• {esc(c)}" for c in changes)),
         {"type": "actions", "elements": [
-            button("Plan again", "plan_build", json.dumps({"stage": stage, "ref": ref}), "primary")]},
+            button("Plan again", ids.PLAN_BUILD, ids.PlanRequest(stage, ref).value(), "primary")]},
     ]
 
 
@@ -173,7 +172,7 @@ def deployed_blocks(stage: str, art: Artifact, previous: Artifact | None, commit
         blocks.append(context(f"Previous live build: {code(previous.short)} build {code(previous.build_id)}"))
     if previous:
         blocks.append({"type": "actions", "elements": [
-            button("Roll back", "plan_build", json.dumps({"stage": stage, "ref": "previous"}), "danger")]})
+            button("Roll back", ids.PLAN_BUILD, ids.PlanRequest(stage, "previous").value(), "danger")]})
     return blocks
 
 
@@ -259,7 +258,8 @@ def progress_blocks(job: dict, steps: dict[str, tuple[str, float | None]], tail:
             blocks.append(section(f"Lambda runs the target's code (verified). CI is frozen on `{stage}`: "
                                   f"`/rollback unfreeze {stage}` when the fix is in."))
     if state == "running" and not job.get("cancelled_by"):
-        blocks.append({"type": "actions", "elements": [button("Cancel", "cancel_job", str(job["id"]), "danger")]})
+        blocks.append({"type": "actions", "elements": [
+            button("Cancel", ids.CANCEL_JOB, ids.job_value(job["id"]), "danger")]})
     return blocks
 
 

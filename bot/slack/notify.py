@@ -11,6 +11,7 @@ from bot.core.stage_index import StageIndex
 from bot.slack.app import make_client
 from bot.slack.blocks import deployed_blocks
 from bot.slack.mrkdwn import esc
+from bot.slack.notifier import Notifier
 
 
 def notify_deployed(settings: Settings, index: StageIndex, by: str) -> None:
@@ -23,10 +24,10 @@ def notify_deployed(settings: Settings, index: StageIndex, by: str) -> None:
         return
     previous = next((index.find(*h.ident) for h in index.history[1:] if h.commit != live.commit), None)
     commits = local_commits_between(previous.commit, live.commit) if previous else []
-    try:
-        make_client(settings).chat_postMessage(
-            channel=channel, text=esc(f"{index.stage} is now running {live.label()}"),
-            blocks=deployed_blocks(index.stage, live, previous, commits, by, time.time()))
-    except Exception as exc:  # CI must not fail because Slack did
+    try:  # CI must not fail because Slack did
+        Notifier(make_client(settings)).post(channel, esc(f"{index.stage} is now running {live.label()}"),
+                                             deployed_blocks(index.stage, live, previous, commits, by, time.time()),
+                                             quiet=False)
+    except Exception as exc:
         print(f"warning: could not post the deploy notification to Slack ({exc}); the deploy is recorded",
               file=sys.stderr)

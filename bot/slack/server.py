@@ -21,6 +21,7 @@ from bot.engine.build import Engine, build_engine
 from bot.engine.service import RollbackService
 from bot.slack.app import BUSY, BoundedWork, build_app, make_client, sweep_expired
 from bot.slack.mrkdwn import esc_message
+from bot.slack.notifier import Notifier
 
 log = logging.getLogger("rollback-bot")
 
@@ -154,47 +155,44 @@ def _acknowledge_early(body: str, content_type: str) -> bool:
 def assemble(settings: Settings, engine: Engine | None = None) -> tuple[App, Engine, RollbackService]:
     """The app and its services, with no side effects: start-up work is ``start_up``."""
     engine = engine or build_engine(settings)
-    approvals = RollbackService(engine, PolicySource(settings.policy, settings.config_path))
-    return build_app(settings, engine, approvals, make_client(settings)), engine, approvals
+    service = RollbackService(engine, PolicySource(settings.policy, settings.config_path))
+    return build_app(settings, engine, service, make_client(settings)), engine, service
 
 
-def start_up(settings: Settings, engine: Engine, approvals: RollbackService, client=None) -> threading.Event:
+def start_up(settings: Settings, engine: Engine, service: RollbackService, client=None) -> threading.Event:
     """What the bot does once when it starts: log the policy in force, recover jobs a crash cut short
     (telling their channels), forget what is past retention, and start the housekeeping thread.
     Returns the event that stops that thread."""
     client = client or make_client(settings)
-    for line in approvals.policy.describe():
+    for line in service.policy.describe():
         log.info("%s", line)
-    if not approvals.policy.configured:
+    if not service.policy.configured:
         log.warning("NO POLICY FILE (ROLLBACK_CONFIG): anyone in the workspace may request AND approve rollbacks")
     for job in engine.jobs.recover():
         # Tell the stage's channel that a rollback was cut short and must be checked by a person.
-        channel = approvals.policy.notify_channel(job["stage"], settings.channel) or job.get("channel")
-        if channel:
-            try:
-                client.chat_postMessage(channel=channel, text=f"⚠️ Rollback job {job['id']} of `{job['stage']}` "
-                                        f"was interrupted by a restart. {esc_message(job['reason'])}")
-            except Exception as exc:  # a Slack failure here must not stop the bot from starting
-                log.warning("could not announce interrupted job %s: %s", job["id"], exc)
-    housekeeping(settings, engine, approvals, client)
+        channel = service.policy.notify_channel(job["stage"], settings.channel) or job.get("channel")
+        if channel:  # a Slack failure here is logged and never stops the bot from starting
+            Notifier(client).post(channel, f"⚠️ Rollback job {job['id']} of `{job['stage']}` was interrupted by a "
+                                           f"restart. {esc_message(job['reason'])}")
+    housekeeping(settings, engine, service, client)
     stop = threading.Event()
-    threading.Thread(target=_housekeeping_loop, args=(settings, engine, approvals, client, stop),
+    threading.Thread(target=_housekeeping_loop, args=(settings, engine, service, client, stop),
                      name="rollback-housekeeping", daemon=True).start()
     return stop
 
 
-def housekeeping(settings: Settings, engine: Engine, approvals: RollbackService, client) -> None:
+def housekeeping(settings: Settings, engine: Engine, service: RollbackService, client) -> None:
     """Close expired plans and prune what is past retention; never raises."""
     try:
-        sweep_expired(approvals, client)
+        sweep_expired(service, client)
         engine.store.prune(time.time() - settings.retention_days * 86400)
     except Exception:
         log.exception("housekeeping failed; trying again later")
 
 
-def _housekeeping_loop(settings, engine, approvals, client, stop: threading.Event, every: float = 30.0) -> None:
+def _housekeeping_loop(settings, engine, service, client, stop: threading.Event, every: float = 30.0) -> None:
     while not stop.wait(every):
-        housekeeping(settings, engine, approvals, client)
+        housekeeping(settings, engine, service, client)
 
 
 def socket_mode(app: App, settings: Settings):
@@ -208,8 +206,8 @@ def socket_mode(app: App, settings: Settings):
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mask_logs(Masker(settings.secrets()))
-    app, engine, approvals = assemble(settings)
-    start_up(settings, engine, approvals)
+    app, engine, service = assemble(settings)
+    start_up(settings, engine, service)
     if settings.slack_app_token:
         log.info("rollback-bot: Socket Mode")
         socket_mode(app, settings).start()

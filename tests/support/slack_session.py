@@ -20,11 +20,11 @@ CHANNEL = "C-OPS"
 class Workspace:
     """The running bot, its Slack, and the people in the channel."""
 
-    def __init__(self, engine, standin, url, approvals, socket_mode=None):
+    def __init__(self, engine, standin, url, service, socket_mode=None):
         self.engine = engine
         self.standin = standin
         self.url = url
-        self.approvals = approvals
+        self.service = service
         self.ana, self.bo, self.cy = (SlackUser(standin, url, SECRET, user, CHANNEL, socket_mode)
                                       for user in ("U-ANA", "U-BO", "U-CY"))
 
@@ -94,19 +94,19 @@ def workspaces(make_engine, tmp_path):
             (tmp_path / "policy.toml").write_text(policy)
             env["ROLLBACK_CONFIG"] = str(tmp_path / "policy.toml")
         engine = make_engine(**env)
-        app, engine, approvals = assemble(engine.settings, engine)
-        closers.append(start_up(engine.settings, engine, approvals).set)
+        app, engine, service = assemble(engine.settings, engine)
+        closers.append(start_up(engine.settings, engine, service).set)
         if socket:
             far_end = SocketModeStandIn()
             standin.socket_url = far_end.url
             handler = socket_mode(app, engine.settings)
             handler.connect()
             closers.extend([handler.close, far_end.stop])
-            return Workspace(engine, standin, None, approvals, far_end)
+            return Workspace(engine, standin, None, service, far_end)
         server = waitress.create_server(wsgi_app(app, engine, SECRET), host="127.0.0.1", port=0, threads=8)
         threading.Thread(target=_serve_until_closed, args=(server,), daemon=True).start()
         servers.append(server)
-        return Workspace(engine, standin, f"http://127.0.0.1:{server.effective_port}/slack/events", approvals)
+        return Workspace(engine, standin, f"http://127.0.0.1:{server.effective_port}/slack/events", service)
 
     yield start
     for server in servers:

@@ -1,0 +1,48 @@
+"""Action ids and what their buttons carry: one place, typed, so a button drawn in one module is
+understood in another, and a value that is not ours is refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+PLAN_BUILD = "plan_build"  # "Roll back to this", "Roll back" on a notification, "Plan again"
+APPROVE = "approve"
+CANCEL_PLAN = "cancel_plan"
+CANCEL_JOB = "cancel_job"
+LIFT_FREEZE = "lift_freeze"  # the checkbox on a roll forward's card
+
+
+class NotOurs(ValueError):
+    """A button value rollback-bot did not write."""
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """The value of a PLAN_BUILD button: plan ``ref`` on ``stage``."""
+
+    stage: str
+    ref: str
+
+    def value(self) -> str:
+        return json.dumps({"stage": self.stage, "ref": self.ref})
+
+    @classmethod
+    def parse(cls, value: str) -> PlanRequest:
+        try:
+            data = json.loads(value)
+            return cls(str(data["stage"]), str(data["ref"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise NotOurs(value) from exc
+
+
+def job_value(job_id: int) -> str:
+    """The value of APPROVE, CANCEL_PLAN and CANCEL_JOB buttons: the job they were drawn for."""
+    return str(job_id)
+
+
+def parse_job(value: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise NotOurs(value) from exc

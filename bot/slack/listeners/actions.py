@@ -1,0 +1,86 @@
+"""Button clicks: plan a build, approve, cancel a plan, cancel a running job."""
+
+from __future__ import annotations
+
+from slack_bolt import App
+
+from bot.core.errors import UserError
+from bot.engine.service import Outdated, Refused
+from bot.slack import blocks as kit
+from bot.slack import ids
+from bot.slack.app import Slack, _checked, error_text, read_log
+from bot.slack.mrkdwn import user
+from bot.slack.progress import ProgressReporter
+
+
+def register(app: App, slack: Slack) -> None:
+    service, store = slack.service, slack.store
+
+    def ephemeral(respond, text: str) -> None:
+        respond(text=text, response_type="ephemeral", replace_original=False)
+
+    def on_plan_build(body, respond, groups_of):
+        try:
+            request = ids.PlanRequest.parse(body["actions"][0].get("value", ""))
+            slack.post_plan(request.stage, request.ref, body["user"]["id"], body["channel"]["id"], respond,
+                            groups_of)
+        except ids.NotOurs:
+            ephemeral(respond, "That button is not one of mine.")
+        except UserError as exc:
+            ephemeral(respond, error_text(exc))
+
+    def on_approve(body, respond, groups_of):
+        try:
+            job_id = ids.parse_job(body["actions"][0].get("value", ""))
+        except ids.NotOurs:
+            ephemeral(respond, "That button is not one of mine.")
+            return
+        user_id, channel, ts = body["user"]["id"], body["channel"]["id"], body["message"]["ts"]
+        # Listen before starting, so not one event of the job is missed; the subscription ends with the job.
+        reporter = ProgressReporter(slack.client, store, job_id, channel, ts, on_final=slack.announce, start=False,
+                                    full_log=lambda: read_log(service.engine.jobs.log_path(job_id)))
+        unsubscribe = service.engine.jobs.subscribe(job_id, reporter)
+        try:
+            service.approve(job_id, user_id, channel, groups_of, unfreeze=_checked(body, ids.LIFT_FREEZE))
+        except Outdated as exc:
+            unsubscribe()
+            ephemeral(respond, error_text(exc))
+            slack.notify.update(channel, ts, "Plan out of date: nothing was deployed", kit.outdated_plan_blocks(
+                exc.job["stage"], exc.job["target_commit"], exc.changes, exc.plan.ref))
+            return
+        except UserError as exc:
+            unsubscribe()
+            ephemeral(respond, error_text(exc))
+            if isinstance(exc, Refused) and exc.kind == "expired":
+                slack.close_card(channel, ts, store.job(job_id), "This plan expired.")
+            return
+        reporter.start()
+
+    def on_cancel_plan(body, respond, groups_of):
+        user_id, channel = body["user"]["id"], body["channel"]["id"]
+        try:
+            job = service.withdraw(ids.parse_job(body["actions"][0].get("value", "")), user_id, channel, groups_of)
+        except ids.NotOurs:
+            ephemeral(respond, "That button is not one of mine.")
+            return
+        except UserError as exc:
+            ephemeral(respond, error_text(exc))
+            return
+        slack.close_card(channel, body["message"]["ts"], job, f"Cancelled by {user(user_id)}; nothing was deployed.")
+
+    def on_cancel_job(body, respond, groups_of):
+        try:
+            # The job this button was drawn for, never whatever runs on the stage now.
+            said = service.cancel_job(ids.parse_job(body["actions"][0].get("value", "")), body["user"]["id"],
+                                      body["channel"]["id"], groups_of)
+        except ids.NotOurs:
+            said = "That button is not one of mine."
+        except UserError as exc:
+            said = error_text(exc)
+        ephemeral(respond, said)
+
+    app.action(ids.PLAN_BUILD)(slack.after_ack(on_plan_build))
+    app.action(ids.APPROVE)(slack.after_ack(on_approve))
+    app.action(ids.CANCEL_PLAN)(slack.after_ack(on_cancel_plan))
+    app.action(ids.CANCEL_JOB)(slack.after_ack(on_cancel_job))
+    app.action(ids.LIFT_FREEZE)(lambda ack: ack())  # its state is read when Approve is clicked

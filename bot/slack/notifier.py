@@ -1,0 +1,39 @@
+"""Every message the bot posts or edits goes through here: one place that knows Slack may be down."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_sdk import WebClient
+
+log = logging.getLogger("rollback-bot.slack")
+
+
+class Notifier:
+    def __init__(self, client: WebClient):
+        self.client = client
+
+    def post(self, channel: str, text: str, blocks: list | None = None, thread_ts: str | None = None,
+             quiet: bool = True) -> dict | None:
+        """Post a message; the answer, or None when Slack failed and ``quiet`` (it is logged)."""
+        try:
+            return self.client.chat_postMessage(channel=channel, text=text, blocks=blocks, thread_ts=thread_ts)
+        except Exception as exc:
+            if not quiet:
+                raise
+            log.warning("could not post to %s: %s", channel, exc)
+            return None
+
+    def update(self, channel: str, ts: str, text: str, blocks: list) -> bool:
+        try:
+            self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+            return True
+        except Exception as exc:
+            log.warning("could not update message %s in %s: %s", ts, channel, exc)
+            return False
+
+    def home(self, user: str, blocks: list) -> None:
+        try:
+            self.client.views_publish(user_id=user, view={"type": "home", "blocks": blocks})
+        except Exception as exc:
+            log.warning("could not publish the home tab of %s: %s", user, exc)
