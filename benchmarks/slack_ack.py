@@ -6,6 +6,9 @@
 
 The bot runs as `rollback-bot serve` in its own process; moto, the Slack stand-in and the load
 generator share this one. Run: `.venv/bin/python benchmarks/slack_ack.py` (no node needed).
+
+The HTTP answer comes from Bolt's own WSGI adapter: each listener calls `ack()` first and hands the
+work to the bot's pool.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def main() -> None:
     # a 10,000-build index, plus two real packages for the rollback
     index = StageIndex(service="hello-service", stage="prod")
     for i in range(BUILDS - 2):
-        index.artifacts.append(Artifact(f"{i:040x}", str(i), "k", "0" * 64, 1, float(i), "Ana", f"change {i}"))
+        key = engine.artifacts.artifact_key("prod", f"{i:040x}", str(i))  # valid entries: the index is checked
+        index.artifacts.append(Artifact(f"{i:040x}", str(i), key, "0" * 64, 1, float(i), "Ana", f"change {i}"))
     boto3.client("s3").put_object(Bucket="bench-slack", Key=engine.artifacts.index_key("prod"), Body=index.to_json())
     for sha, name in ((old, "v1"), (new, "v2")):
         engine.artifacts.publish("prod", sha, make_package(root / name, name), build_id=name)

@@ -103,7 +103,7 @@ def workspaces(make_engine, tmp_path):
             handler.connect()
             closers.extend([handler.close, far_end.stop])
             return Workspace(engine, standin, None, service, far_end)
-        server = waitress.create_server(wsgi_app(app, engine, SECRET), host="127.0.0.1", port=0, threads=8)
+        server = waitress.create_server(wsgi_app(app, engine), host="127.0.0.1", port=0, threads=8)
         threading.Thread(target=_serve_until_closed, args=(server,), daemon=True).start()
         servers.append(server)
         return Workspace(engine, standin, f"http://127.0.0.1:{server.effective_port}/slack/events", service)
