@@ -71,7 +71,7 @@ def cmd_mark_deployed(args, settings: Settings) -> int:
 
 
 def cmd_list(args, settings: Settings) -> int:
-    index = artifact_store(settings).read_index(args.stage)
+    index = _service(settings).index(args.stage)
     if args.json:
         json.dump(
             {
@@ -91,8 +91,7 @@ def cmd_list(args, settings: Settings) -> int:
 
 
 def cmd_show(args, settings: Settings) -> int:
-    index = artifact_store(settings).read_index(args.stage)
-    art = index.resolve(args.ref)
+    index, art = _service(settings).show(args.stage, args.ref)
     if args.json:
         json.dump(artifact_json(index, art), sys.stdout, indent=2)
         print()

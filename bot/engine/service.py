@@ -286,6 +286,10 @@ class RollbackService:
         self.may_view(stage, user, channel)
         return load_stage(self.engine.artifacts, stage)
 
+    def index(self, stage: str) -> StageIndex:
+        """A stage's index as CI reads it (S3 only; an unknown stage is simply empty)."""
+        return self.engine.artifacts.read_index(validate_stage(stage))
+
     def show(self, stage: str, ref: str) -> tuple[StageIndex, Artifact]:
         index = self.engine.artifacts.read_index(validate_stage(stage))
         return index, index.resolve(ref)

@@ -3,7 +3,6 @@ output batched into its thread, and the final state always delivered, however Sl
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -13,6 +12,7 @@ from bot.adapters.store import Store
 from bot.engine.pipeline import STEPS, Event
 from bot.slack import blocks as kit
 from bot.slack.mrkdwn import esc
+from bot.slack.notifier import Notifier
 
 log = logging.getLogger("rollback-bot.slack")
 UPDATE_INTERVAL = 2.0  # Slack allows about one chat.update per second per message; we do half
@@ -29,6 +29,7 @@ class ProgressReporter:
                  clock: Callable[[], float] = time.monotonic, on_final: Callable[[dict], None] = lambda job: None,
                  start: bool = True, full_log: Callable[[], str] = lambda: ""):
         self.client = client
+        self.notify = Notifier(client)
         self.store = store
         self.job_id = job_id
         self.channel = channel
@@ -104,15 +105,12 @@ class ProgressReporter:
         job = self.store.job(self.job_id)
         tail = self.store.log_tail(self.job_id, 15) if job["state"] not in ("running",) else []
         self.last_update = self.clock()
-        try:
-            self.client.chat_update(channel=self.channel, ts=self.ts, text=f"Rollback job {self.job_id}: "
-                                    f"{job['state']}", blocks=kit.progress_blocks(job, steps, tail, time.time()))
+        if self.notify.update(self.channel, self.ts, f"Rollback job {self.job_id}: {job['state']}",
+                              kit.progress_blocks(job, steps, tail, time.time())):
             return True
-        except Exception as exc:  # Slack down: the next update (or the final retry loop) will carry the state
-            log.warning("job %s: could not update its card: %s", self.job_id, exc)
-            with self.cond:
-                self.dirty = True
-            return False
+        with self.cond:  # Slack down: the next update (or the final retry loop) will carry the state
+            self.dirty = True
+        return False
 
     def _post_lines(self) -> None:
         with self.cond:
@@ -128,8 +126,7 @@ class ProgressReporter:
         dropped = len(lines) - kept
         header = f"…{dropped} earlier lines are in the job's full log\n" if dropped else ""
         # The stored log has every line; a batch lost in Slack is acceptable.
-        with contextlib.suppress(Exception):
-            self.client.chat_postMessage(channel=self.channel, thread_ts=self.ts, text=f"{header}```{text}```")
+        self.notify.post(self.channel, f"{header}```{text}```", thread_ts=self.ts)
 
     def _finish(self) -> None:
         deadline = self.clock() + FINAL_RETRY_SECONDS
@@ -146,11 +143,8 @@ class ProgressReporter:
         job = self.store.job(self.job_id)
         if job["state"] in ("failed", "cancelled", "interrupted"):
             log = self.full_log() or "\n".join(self.store.output(self.job_id))
-            log = getattr(self.client, "mask", lambda text: text)(log)  # the upload bypasses api_call's masking
-            with contextlib.suppress(Exception):
-                self.client.files_upload_v2(channel=self.channel, thread_ts=self.ts, content=log or "(no output)",
-                                            filename=f"rollback-job-{self.job_id}.log",
-                                            title=f"Full log of rollback job {self.job_id}")
+            self.notify.upload(self.channel, self.ts, log or "(no output)", f"rollback-job-{self.job_id}.log",
+                               f"Full log of rollback job {self.job_id}")
         self.on_final(job)
 
     def wait(self, timeout: float | None = None) -> None:
