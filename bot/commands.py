@@ -71,7 +71,8 @@ def cmd_mark_deployed(args, settings: Settings) -> int:
 
 
 def cmd_list(args, settings: Settings) -> int:
-    index = _service(settings).index(args.stage)
+    service = _service(settings)
+    index = service.index(service.key(args.stage))
     if args.json:
         json.dump(
             {
@@ -91,7 +92,8 @@ def cmd_list(args, settings: Settings) -> int:
 
 
 def cmd_show(args, settings: Settings) -> int:
-    index, art = _service(settings).show(args.stage, args.ref)
+    service = _service(settings)
+    index, art = service.show(service.key(args.stage), args.ref)
     if args.json:
         json.dump(artifact_json(index, art), sys.stdout, indent=2)
         print()
@@ -125,7 +127,7 @@ def cmd_rollback(args, settings: Settings) -> int:
     engine = service.engine
     engine.jobs.recover()
     who = args.by or settings.actor or "cli"
-    plan = service.plan_for_terminal(args.stage, args.ref, who)
+    plan = service.plan_for_terminal(service.key(args.stage), args.ref, who)
     print(render_plan(plan, time.time()))
     if not args.yes:
         if not sys.stdin.isatty():
@@ -186,7 +188,8 @@ def _wait_recorded(engine, job_id: int, timeout: float) -> dict:
 
 def cmd_check_freeze(args, settings: Settings) -> int:
     """For CI: may this stage be deployed (with this commit)? Needs only read access to the bucket."""
-    check = _service(settings).check_freeze(args.stage, args.commit or "")
+    service = _service(settings)
+    check = service.check_freeze(service.key(args.stage), args.commit or "")
     for p in check.problems:
         print(clean(f"rollback-bot: {p}"), file=sys.stderr)
     if not check.problems:
@@ -196,13 +199,15 @@ def cmd_check_freeze(args, settings: Settings) -> int:
 
 def cmd_unfreeze(args, settings: Settings) -> int:
     """The policy decides, as in Slack: the operator (--by, ROLLBACK_ACTOR) must be one of the stage's approvers."""
-    was = _service(settings).unfreeze(args.stage, args.by or settings.actor or "cli", channel=None)
+    service = _service(settings)
+    was = service.unfreeze(service.key(args.stage), args.by or settings.actor or "cli", channel=None)
     print(f"{args.stage}: unfrozen (was: {was})" if was else f"{args.stage}: was not frozen")
     return 0
 
 
 def cmd_history(args, settings: Settings) -> int:
-    jobs = _service(settings).history(args.stage, args.by or settings.actor or "cli", None, args.limit)
+    service = _service(settings)
+    jobs = service.history(service.key(args.stage), args.by or settings.actor or "cli", None, args.limit)
     print(render_history(jobs, time.time()))
     return 0
 

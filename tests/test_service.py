@@ -28,7 +28,7 @@ def test_history_is_runs_only_in_every_face(fast_prod):
     ran = store.create_job(stage="prod", target_commit="c" * 40, target_build="7", requested_by="U-ANA",
                            state="running", started=time.time())
     store.update_job(ran, state="failed", finished=time.time(), reason="deploy: boom")
-    assert [(j.id, j.state) for j in service.history("prod", "U-ANA", None)] == [(ran, JobState.FAILED)]
+    assert [(j.id, j.state) for j in service.history(service.key("prod"), "U-ANA", None)] == [(ran, JobState.FAILED)]
     out = cli(fast_prod, "history", "prod").stdout
     assert f"#{ran}" in out and f"#{waiting} " not in out and f"#{gone} " not in out
 
@@ -48,3 +48,19 @@ def test_the_terminal_follows_the_policy_as_slack_does(fast_prod, tmp_path):
     assert actions[:2] == [("ana", "unfreeze"), ("bo", "unfreeze.refused")]
     nobody = cli(fast_prod, "rollback", "prod", "previous", "--yes", "--by", "bo", ROLLBACK_CONFIG=str(policy))
     assert nobody.returncode == 1 and "not allowed to request rollbacks of `prod`" in nobody.stderr
+
+
+def test_every_request_names_a_stage_of_a_service_this_bot_serves(fast_prod):
+    from bot.core.keys import StageKey
+    from bot.engine.service import Refused
+
+    service = RollbackService(fast_prod, Policy())
+    assert service.key("prod") == StageKey("hello-service", "prod")
+    assert service.index(service.key("prod")).live is not None
+    for call in (lambda k: service.index(k), lambda k: service.check_freeze(k), lambda k: service.history(k, "U", None)):
+        try:
+            call(StageKey("billing", "prod"))
+        except Refused as exc:
+            assert "This bot serves `hello-service`, not `billing`" in str(exc)
+        else:
+            raise AssertionError("a stage of another service was answered")

@@ -131,7 +131,8 @@ def test_cancel_of_a_job_whose_bot_died_releases_the_lock_and_says_so(fast_prod)
     from bot.core.policy import Policy
     from bot.engine.service import RollbackService
 
-    said = RollbackService(fast_prod, Policy()).cancel_running("prod", "U-BO")
+    service = RollbackService(fast_prod, Policy())
+    said = service.cancel_running(service.key("prod"), "U-BO")
     assert "bot process is gone: the job is marked interrupted and the stage's lock released" in said
     assert fast_prod.store.lock_of("prod") is None and fast_prod.store.job(job_id)["state"] == "interrupted"
 

@@ -252,24 +252,21 @@ def test_rolling_forward_again_marks_nothing_bad_and_lifts_the_freeze_only_when_
     c = fast_service.commits
 
     def run(ref: str, n: int, ticked=()) -> dict:
-        ws.ana.command(f"prod {ref}")
-        card = seen(ws.card(n))
-        ws.bo.click(card, "approve", ticked=ticked)
-        wait_for(lambda: header(ws.standin.message(CHANNEL, card["ts"])).startswith(("✅", "❌")), 60, "the result")
-        return card
+        card = ws.posts_card(ws.ana, f"prod {ref}")
+        ws.bo.click(card.first, "approve", ticked=ticked)
+        return card.becomes("✅")
 
     run("previous", 0)  # v2 → v1: v2 is bad, CI frozen
     assert check_freeze(ws.engine, c["v2"])[0] == 1 and live_code() == fast_code(fast_service, "v1")
     assert "is frozen" in check_freeze(ws.engine, c["v1"])[1]
 
-    ws.ana.command("prod b-v2")  # the fix was fine after all: v2 again is a roll forward
-    forward = seen(ws.card(1))
+    card = ws.posts_card(ws.ana, "prod b-v2")  # the fix was fine after all: v2 again is a roll forward
+    forward = card.first
     assert header(forward) == f"Roll forward prod to {c['v2'][:7]}?"
     assert "Commits brought back (1)" in all_text(forward)
     assert any(e.get("type") == "checkboxes" for b in forward["blocks"] for e in b.get("elements", []))
     ws.bo.click(forward, "approve")  # the box left unticked: the freeze stays
-    wait_for(lambda: header(ws.standin.message(CHANNEL, forward["ts"])).startswith("✅"), 60, "rolled forward")
-    assert header(ws.standin.message(CHANNEL, forward["ts"])) == f"✅ Rolled forward: prod → {c['v2'][:7]}"
+    assert header(card.becomes("✅")) == f"✅ Rolled forward: prod → {c['v2'][:7]}"
     index = ws.engine.artifacts.read_index("prod")
     assert index.find(c["v2"], "b-v2").bad is None and index.find(c["v1"], "b-v1").bad is None
     assert index.freeze is not None and index.previous()[0].build_id == "b-v1"

@@ -21,6 +21,7 @@ from bot.adapters.artifacts import validate_stage
 from bot.adapters.store import StageBusy
 from bot.core.errors import UserError
 from bot.core.jobs import RUN_STATES, Job, JobState
+from bot.core.keys import StageKey
 from bot.core.policy import Policy, PolicySource
 from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.build import Engine
@@ -99,6 +100,15 @@ class RollbackService:
     def policy(self) -> Policy:
         return self.policies.current()
 
+    def key(self, stage: str) -> StageKey:
+        """The key of one of this deployment's stages (today: the one service, ROLLBACK_SERVICE)."""
+        return StageKey(self.engine.artifacts.service, stage)
+
+    def _stage(self, key: StageKey) -> str:
+        if key.service != self.engine.artifacts.service:
+            raise Refused(f"This bot serves `{self.engine.artifacts.service}`, not `{key.service}`.", "not_allowed")
+        return validate_stage(key.stage)
+
     @property
     def store(self):
         return self.engine.store  # opened on first use: CI's read-only commands never create it
@@ -120,15 +130,17 @@ class RollbackService:
                 load_stage(self.engine.artifacts, stage)  # a typo'd stage: "no builds, known stages: …" helps more
             self._refuse(user, action, stage, job_id, decision.reason)
 
-    def may_view(self, stage: str, user: str, channel: str | None) -> None:
+    def may_view(self, key: StageKey, user: str, channel: str | None) -> None:
         """Listing and history follow the stage's channel rule too."""
+        stage = self._stage(key)
         self._check(self.policy.may_act_in(stage, channel), user, "view", stage)
 
     # -- plans -----------------------------------------------------------------------------------
 
-    def request(self, stage: str, ref: str, user: str, channel: str | None, groups_of=lambda u: set()) -> Pending:
+    def request(self, key: StageKey, ref: str, user: str, channel: str | None, groups_of=lambda u: set()) -> Pending:
         """Check the requester and their limits, work out the plan, and record it as a pending job
         together with what its card shows."""
+        stage = self._stage(key)
         self._check(self.policy.may_request(stage, user, channel, groups_of), user, "request", stage)
         now = self.clock()
         recent = self.store.count_audit(user, ("request", "request.refused"), now - 60)  # refusals count too
@@ -267,14 +279,16 @@ class RollbackService:
             raise Refused(f"Job {job_id} already ended; nothing was cancelled.", "closed")
         return f"Cancelling job {job_id}: its processes are being stopped."
 
-    def cancel_running(self, stage: str, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str:
+    def cancel_running(self, key: StageKey, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str:
+        stage = self._stage(key)
         job = self.engine.jobs.running_job(stage)
         if job is None:
             self._check(self.policy.may_act_in(stage, channel), user, "cancel", stage)
             raise Refused(f"No rollback of `{stage}` is running here.", "gone")
         return self.cancel_job(job["id"], user, channel, groups_of)
 
-    def unfreeze(self, stage: str, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str | None:
+    def unfreeze(self, key: StageKey, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str | None:
+        stage = self._stage(key)
         self._check(self.policy.may_approve(stage, user, "", channel, groups_of), user, "unfreeze", stage)
         was = self.engine.artifacts.unfreeze(stage)
         self._audit(user, "unfreeze", stage, None, was=was.reason if was else None)
@@ -282,21 +296,25 @@ class RollbackService:
 
     # -- what people read ------------------------------------------------------------------------
 
-    def listing(self, stage: str, user: str, channel: str | None) -> StageIndex:
-        self.may_view(stage, user, channel)
+    def listing(self, key: StageKey, user: str, channel: str | None) -> StageIndex:
+        stage = self._stage(key)
+        self.may_view(key, user, channel)
         return load_stage(self.engine.artifacts, stage)
 
-    def index(self, stage: str) -> StageIndex:
+    def index(self, key: StageKey) -> StageIndex:
         """A stage's index as CI reads it (S3 only; an unknown stage is simply empty)."""
+        stage = self._stage(key)
         return self.engine.artifacts.read_index(validate_stage(stage))
 
-    def show(self, stage: str, ref: str) -> tuple[StageIndex, Artifact]:
+    def show(self, key: StageKey, ref: str) -> tuple[StageIndex, Artifact]:
+        stage = self._stage(key)
         index = self.engine.artifacts.read_index(validate_stage(stage))
         return index, index.resolve(ref)
 
-    def history(self, stage: str, user: str, channel: str | None, limit: int = 20) -> list[Job]:
+    def history(self, key: StageKey, user: str, channel: str | None, limit: int = 20) -> list[Job]:
         """The stage's runs, newest first: plans that never ran are not history."""
-        self.may_view(stage, user, channel)
+        stage = self._stage(key)
+        self.may_view(key, user, channel)
         return self._runs(stage, limit)
 
     def _runs(self, stage: str | None, limit: int) -> list[Job]:
@@ -316,8 +334,9 @@ class RollbackService:
         stages = [(self.engine.artifacts.read_index(s), self.store.lock_of(s)) for s in self.engine.artifacts.stages()]
         return Overview(stages, self._runs(None, 10), self.policy.configured)
 
-    def check_freeze(self, stage: str, commit: str = "") -> FreezeCheck:
+    def check_freeze(self, key: StageKey, commit: str = "") -> FreezeCheck:
         """For CI: may this stage be deployed (with this commit)? Reads S3 only."""
+        stage = self._stage(key)
         index = self.engine.artifacts.read_index(validate_stage(stage))
         problems = []
         if index.freeze:
@@ -336,10 +355,11 @@ class RollbackService:
 
     # -- the terminal ----------------------------------------------------------------------------
 
-    def plan_for_terminal(self, stage: str, ref: str, actor: str) -> Plan:
+    def plan_for_terminal(self, key: StageKey, ref: str, actor: str) -> Plan:
         """A rollback from a shell: the operator, named by --by or ROLLBACK_ACTOR, must be one the policy
         lets request and approve. (A second person cannot be asked for at a terminal: the typed
         confirmation is the approval, and the audit trail records it as the CLI's.)"""
+        stage = self._stage(key)
         policy = self.policy
         self._check(policy.may_request(stage, actor, None), actor, "request", stage)
         self._check(policy.may_approve(stage, actor, "", None), actor, "approve", stage)

@@ -180,7 +180,7 @@ class Slack:
         self.notify.post(job["channel"], f"✅ Job {job_id}: {esc(event.text)}", thread_ts=job.get("message_ts"))
 
     def post_plan(self, stage: str, ref: str, user_id: str, channel: str, respond, groups_of) -> None:
-        pending = self.service.request(stage, ref, user_id, channel, groups_of)
+        pending = self.service.request(self.service.key(stage), ref, user_id, channel, groups_of)
         try:
             posted = self.notify.post(channel, esc(kit.plan_title(pending.plan)), kit.plan_blocks(
                 pending.plan, pending.job_id, user_id, pending.expires_at, time.time(), pending.needs,

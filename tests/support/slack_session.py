@@ -50,8 +50,33 @@ class Workspace:
         msgs = lambda: [m for m in self.standin.messages[CHANNEL] if not m.get("thread_ts")]  # noqa: E731
         return wait_for(lambda: msgs()[n_before] if len(msgs()) > n_before else None, timeout, "a card")
 
+    def posts_card(self, who: SlackUser, text: str) -> Card:
+        """``who`` types ``/rollback text`` and the bot posts a card in the channel."""
+        n = self.cards()
+        assert who.command(text) == 200
+        return Card(self, self.card(n))
+
     def cards(self) -> int:
         return len([m for m in self.standin.messages[CHANNEL] if not m.get("thread_ts")])
+
+
+class Card:
+    """A message the bot posted in the channel, as people there see it while the bot edits it."""
+
+    def __init__(self, ws: Workspace, msg: dict):
+        self.ws, self.ts, self.first = ws, msg["ts"], copy.deepcopy(msg)
+
+    @property
+    def now(self) -> dict:
+        return copy.deepcopy(self.ws.standin.message(CHANNEL, self.ts))
+
+    def becomes(self, prefix: str, timeout: float = 60.0) -> dict:
+        """Wait until the card's header starts with ``prefix`` (a ✅ or ❌ …); the card at that moment."""
+        return wait_for(lambda: self.now if header(self.now).startswith(prefix) else None, timeout,
+                        f"the card to become {prefix!r} (it is {header(self.now)!r})")
+
+    def text(self) -> str:
+        return all_text(self.now)
 
 
 def header(msg: dict) -> str:

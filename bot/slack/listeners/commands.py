@@ -25,7 +25,7 @@ def register(app: App, slack: Slack) -> None:
             elif cmd.action == "invalid":
                 respond(cmd.error)
             elif cmd.action == "list":
-                index = service.listing(cmd.stage, user_id, channel)
+                index = service.listing(service.key(cmd.stage), user_id, channel)
                 respond(blocks=kit.listing_blocks(index, time.time()), text=f"Builds of {esc(cmd.stage)}")
             elif cmd.action == "plan":
                 slack.post_plan(cmd.stage, cmd.ref, user_id, channel, respond, groups_of)
@@ -34,13 +34,13 @@ def register(app: App, slack: Slack) -> None:
                 respond(blocks=kit.status_blocks(status.running, status.freezes, time.time()),
                         text="rollback-bot status")
             elif cmd.action == "history":
-                respond(kit.history_text(cmd.stage, service.history(cmd.stage, user_id, channel)))
+                respond(kit.history_text(cmd.stage, service.history(service.key(cmd.stage), user_id, channel)))
             elif cmd.action == "unfreeze":
-                was = service.unfreeze(cmd.stage, user_id, channel, groups_of)
+                was = service.unfreeze(service.key(cmd.stage), user_id, channel, groups_of)
                 respond(f"{code(cmd.stage)} unfrozen: CI may deploy again." if was
                         else f"{code(cmd.stage)} was not frozen.")
             elif cmd.action == "cancel":
-                respond(service.cancel_running(cmd.stage, user_id, channel, groups_of))
+                respond(service.cancel_running(service.key(cmd.stage), user_id, channel, groups_of))
         except UserError as exc:
             respond(error_text(exc))
 
