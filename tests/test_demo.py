@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bot.adapters.store import Store
+from bot.core.jobs import Job
 from bot.slack.blocks import help_blocks, progress_blocks
 from tests.support.waiting import wait_for
 
@@ -143,7 +144,7 @@ def test_the_page_renders_what_the_bot_sends(demo, page):
               "reason": "deploy: `serverless deploy` exited with code 1"}
     steps = {"restore": ("done", 0.1), "checkout": ("done", 0.2), "install": ("done", 0.0),
              "deploy": ("failed", 29.0)}
-    blocks = progress_blocks(failed, steps, ["Error: <img src=x onerror=window.pwned=1> & more"], 130.0)
+    blocks = progress_blocks(Job.from_row(failed), steps, ["Error: <img src=x onerror=window.pwned=1> & more"], 130.0)
     html = page.evaluate("""([blocks, users]) => {
         const root = window.BlockKit.renderBlocks(blocks, users);
         document.body.appendChild(root);

@@ -87,9 +87,9 @@ def test_hostile_text_comes_out_of_every_builder_as_text():
         kit.home_blocks([(index, {"job_id": 1, "holder": HOSTILE})], [Job.from_row(job)], 10.0,
                         policy_configured=False),
         kit.closed_plan_blocks(HOSTILE, SHA, "Cancelled by <@U-BO>"),
-        kit.progress_blocks(job, {"deploy": ("failed", 1.0)}, [HOSTILE, "```", HOSTILE], 10.0),
-        kit.progress_blocks({**job, "state": "running", "cancelled_by": HOSTILE}, {}, [], 10.0),
-        kit.progress_blocks({**job, "state": "succeeded", "recorded": 0}, {}, [], 10.0),
+        kit.progress_blocks(Job.from_row(job), {"deploy": ("failed", 1.0)}, [HOSTILE, "```", HOSTILE], 10.0),
+        kit.progress_blocks(Job.from_row({**job, "state": "running", "cancelled_by": HOSTILE}), {}, [], 10.0),
+        kit.progress_blocks(Job.from_row({**job, "state": "succeeded", "recorded": 0}), {}, [], 10.0),
         kit.status_blocks([Job.from_row(job)], {HOSTILE: Mark(HOSTILE, HOSTILE, 1.0)}, 10.0),
         [kit.section(kit.history_text(HOSTILE, [Job.from_row(job)]))],
     ]

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,17 +139,18 @@ class PruneResult:
     failed_deletes: list[str] = field(default_factory=list)
 
 
-def make_s3_client(max_attempts: int = 5):
+def make_s3_client(max_attempts: int = 5, env: Mapping[str, str] | None = None):
     """An S3 client that retries throttling and 5xx answers with backoff.
 
-    Endpoint and credentials come from the standard AWS variables (AWS_ENDPOINT_URL included).
+    Endpoint and credentials come from ``env`` (the settings' AWS variables, AWS_ENDPOINT_URL included),
+    or botocore's usual chain where it names none.
     """
     config = Config(
         retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=5,
         read_timeout=60,
     )
-    return aws_clients.client("s3", config=config)
+    return aws_clients.client("s3", config=config, env=env)
 
 
 def validate_stage(stage: str) -> str:

@@ -1,14 +1,17 @@
-"""boto3 clients that share one loader of botocore's service models.
+"""boto3 clients that share one loader of botocore's service models, made from explicit settings.
 
 A new boto3 Session loads and parses the service's model again (~0.1 s for S3), and a plan makes
-several clients. Each client still gets a session of its own, so credentials and the endpoint are
-read from the standard AWS variables as they are when it is made; only the parsed models are shared.
-Creation is serialised because the loader's cache is not thread-safe.
+several clients: clients here share the parsed models. Each client still gets a session of its own.
+``env`` is the AWS part of the bot's settings (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_SESSION_TOKEN, AWS_PROFILE, AWS_REGION/AWS_DEFAULT_REGION, AWS_ENDPOINT_URL); what it does not
+name comes from botocore's usual chain (profiles, an instance role). Creation is serialised because
+the loader's cache is not thread-safe.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
 import boto3
 import botocore.session
@@ -18,12 +21,20 @@ _lock = threading.Lock()
 _loader = None
 
 
-def client(service: str, region: str | None = None, config: Config | None = None):
+def client(service: str, region: str | None = None, config: Config | None = None, env: Mapping[str, str] | None = None):
     global _loader
+    env = env or {}
     with _lock:
-        session = botocore.session.Session()
+        session = botocore.session.Session(profile=env.get("AWS_PROFILE") or None)
         if _loader is None:
             _loader = session.get_component("data_loader")
         else:
             session.register_component("data_loader", _loader)
-        return boto3.session.Session(botocore_session=session).client(service, region_name=region, config=config)
+        boto = boto3.session.Session(
+            botocore_session=session,
+            aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
+        )
+        return boto.client(service, region_name=region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+                           config=config, endpoint_url=env.get("AWS_ENDPOINT_URL") or None)

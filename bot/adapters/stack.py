@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -154,16 +155,17 @@ class StackError(Exception):
 class Stack:
     """One CloudFormation stack, reached with the standard AWS variables."""
 
-    def __init__(self, name: str, region: str):
+    def __init__(self, name: str, region: str, env: Mapping[str, str] | None = None):
         self.name = name
         self.region = region
+        self.env = env  # the settings' AWS variables; None: botocore's usual chain
         self._clients: dict[str, object] = {}
 
     def _client(self, service: str):
         # Made on first use: creating a boto3 client costs ~0.1 s, and most callers need only one.
         if service not in self._clients:
             config = Config(retries={"mode": "standard", "total_max_attempts": 5}, connect_timeout=5, read_timeout=60)
-            self._clients[service] = aws_clients.client(service, self.region, config)
+            self._clients[service] = aws_clients.client(service, self.region, config, self.env)
         return self._clients[service]
 
     @property

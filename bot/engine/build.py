@@ -36,18 +36,23 @@ class Engine:
             data_dir=s.data_dir, env=s.child_env, step_timeout=float(s.step_timeout),
             deploy_template=s.deploy_command, install_template=s.install_command, plugin_cache_max=s.plugin_cache_max,
         )
-        return JobRunner(config, self.store, self.artifacts, self.source, self.mask)
+        return JobRunner(config, self.store, self.artifacts, self.source, self.mask, stack_factory=self.stack)
+
+    def stack(self, name: str, region: str) -> Stack:
+        """A CloudFormation stack reached with the settings' AWS credentials and endpoint."""
+        return Stack(name, region, self.settings.child_env)
 
     def shutdown(self) -> None:
         if "jobs" in self.__dict__:
             self.jobs.shutdown()
 
     def plan(self, stage: str, ref: str, build_id: str | None = None) -> Plan:
-        return make_plan(self.artifacts, self.source, stage, ref, Stack, build_id)
+        return make_plan(self.artifacts, self.source, stage, ref, self.stack, build_id)
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
-    return ArtifactStore(make_s3_client(settings.s3_max_attempts), settings.bucket, settings.service, settings.prefix,
+    return ArtifactStore(make_s3_client(settings.s3_max_attempts, settings.child_env), settings.bucket,
+                         settings.service, settings.prefix,
                          limits=Limits(max_total=settings.max_unpacked))
 
 

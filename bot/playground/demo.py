@@ -21,9 +21,8 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import boto3
-
 from bot import commands
+from bot.adapters import aws_clients
 from bot.adapters.plugin_cache import PluginCache
 from bot.core.config import ConfigError, load_settings
 from bot.playground.aws import MotoServer
@@ -45,10 +44,8 @@ notify_channel = "{CHANNEL[0]}"
 class LambdaView:
     """What the demo function runs now: the version string inside the deployed zip, read from AWS."""
 
-    def __init__(self) -> None:
-        self.lam = boto3.client("lambda")
-        self.cfn = boto3.client("cloudformation")
-        self.s3 = boto3.client("s3")
+    def __init__(self, aws: dict[str, str]) -> None:
+        self.lam, self.cfn, self.s3 = (aws_clients.client(name, env=aws) for name in ("lambda", "cloudformation", "s3"))
         self._known: dict[str, str] = {}  # CodeSha256 -> version
         self._lock = threading.Lock()
 
@@ -127,12 +124,12 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
     (state / "plugin-cache").symlink_to(root / "plugin-cache")  # installed plugins survive between runs
     (state / "policy.toml").write_text(POLICY)
     secret = secrets.token_hex(16)
-    # The embedded AWS: boto3 in this process reads its endpoint and keys from the environment.
+    # The embedded AWS, handed to the bot in its settings like everything else: nothing is written to
+    # this process's environment.
     aws = {"AWS_ENDPOINT_URL": moto.url, "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret-key",
            "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update(aws)
-    outside = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACK_", "SLACK_"))}
-    try:  # the bot's own settings are handed in, never written to the environment
+    outside = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACK_", "SLACK_", "AWS_"))}
+    try:
         settings = load_settings({
             **outside, **aws, "SLS_TELEMETRY_DISABLED": "1", "SLS_AWS_MONITORING_FREQUENCY": "200",
             "NODE_NO_WARNINGS": "1", "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "",
@@ -142,7 +139,7 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
         }, needs=["engine", "slack"])
     except ConfigError as exc:
         raise OSError(str(exc)) from exc
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    aws_clients.client("s3", env=aws).create_bucket(Bucket=BUCKET)
 
     out("Preparing the sample service (a git repository with three commits)")
     sample = SampleService(root, settings.child_env)
@@ -169,7 +166,7 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
     running.callback(bot.close)
     bot_url = f"http://127.0.0.1:{bot.effective_port}/slack/events"
     users = {uid: SlackUser(standin, bot_url, secret, uid, CHANNEL[0], name=name) for uid, name in USERS}
-    page = ChannelPage(standin, users, CHANNEL, LambdaView(), port=port).start()
+    page = ChannelPage(standin, users, CHANNEL, LambdaView(aws), port=port).start()
     running.callback(page.stop)
     return page
 

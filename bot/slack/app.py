@@ -15,6 +15,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.core.config import Settings
+from bot.core.jobs import Job
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
 from bot.engine.build import Engine
@@ -176,7 +177,7 @@ class Slack:
             return
         if job.get("message_ts"):
             self.notify.update(job["channel"], job["message_ts"], f"Rollback job {job_id}",
-                               kit.progress_blocks(job, _steps(self.store, job_id), [], time.time()))
+                               kit.progress_blocks(Job.from_row(job), _steps(self.store, job_id), [], time.time()))
         self.notify.post(job["channel"], f"✅ Job {job_id}: {esc(event.text)}", thread_ts=job.get("message_ts"))
 
     def post_plan(self, stage: str, ref: str, user_id: str, channel: str, respond, groups_of) -> None:

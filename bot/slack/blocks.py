@@ -7,9 +7,7 @@ mention, a link or a broken code span.
 
 from __future__ import annotations
 
-import json
-
-from bot.core.jobs import Job
+from bot.core.jobs import Job, JobState
 from bot.core.policy import NO_POLICY
 from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.pipeline import STEPS
@@ -211,55 +209,54 @@ def closed_plan_blocks(stage: str, target_commit: str, why: str) -> list[dict]:
     return [section(f"~Roll {esc(stage)} to {code(target_commit[:7])}~"), context(why)]
 
 
-def job_title(job: dict) -> str:
-    state = job["state"]
-    forward = bool(json.loads(job.get("plan_json") or "{}").get("forward"))
-    done = "✅ Rolled forward" if forward else "✅ Rolled back"
-    if state == "succeeded" and job.get("recorded") == 0:
+def job_title(job: Job) -> str:
+    done = "✅ Rolled forward" if job.forward else "✅ Rolled back"
+    if job.state is JobState.SUCCEEDED and job.recorded == 0:
         done = "🟥 Deployed, CI NOT frozen"
-    running = "⏳ Rolling forward" if forward else "⏳ Rolling back"
-    if state == "running" and job.get("cancelled_by"):
+    running = "⏳ Rolling forward" if job.forward else "⏳ Rolling back"
+    if job.state is JobState.RUNNING and job.cancelled_by:
         running = "⏳ Stopping…"
-    return {"running": running, "succeeded": done, "failed": "❌ Rollback failed",
-            "cancelled": "🛑 Rollback cancelled", "interrupted": "⚠️ Rollback interrupted"}.get(state, state)
+    return {JobState.RUNNING: running, JobState.SUCCEEDED: done, JobState.FAILED: "❌ Rollback failed",
+            JobState.CANCELLED: "🛑 Rollback cancelled",
+            JobState.INTERRUPTED: "⚠️ Rollback interrupted"}.get(job.state, str(job.state))
 
 
-def progress_blocks(job: dict, steps: dict[str, tuple[str, float | None]], tail: list[str], now: float) -> list[dict]:
+def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: list[str], now: float) -> list[dict]:
     """The live checklist. ``steps`` maps a step to (status, duration)."""
-    state = job["state"]
-    blocks = [header(f"{job_title(job)}: {job['stage']} → {job['target_commit'][:7]}")]
+    state = job.state
+    blocks = [header(f"{job_title(job)}: {job.stage} → {job.target_commit[:7]}")]
     lines = []
     for step in STEPS:
         status, duration = steps.get(step, ("pending", None))
         took = f" ({duration:.1f}s)" if duration is not None else ""
         lines.append(f"{ICONS.get(status, '▫️')} {STEP_LABELS[step]}{took}")
     blocks.append(section("\n".join(lines)))
-    elapsed = (job.get("finished") or now) - (job.get("started") or now)
-    who = f"approved by {user(job['approved_by'])}" if job.get("approved_by") else ""
-    blocks.append(context(f"Job {job['id']} · requested by {user(job['requested_by'])} {who} · {elapsed:.0f}s"))
-    if state in ("failed", "cancelled", "interrupted") and job.get("reason"):
-        blocks.append(section(f"*Why:* {esc_message(job['reason'])}"))
+    elapsed = (job.finished or now) - (job.started or now)
+    who = f"approved by {user(job.approved_by)}" if job.approved_by else ""
+    blocks.append(context(f"Job {job.id} · requested by {user(job.requested_by)} {who} · {elapsed:.0f}s"))
+    if state in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED) and job.reason:
+        blocks.append(section(f"*Why:* {esc_message(job.reason)}"))
         if tail:
             blocks.append(section("```" + _clip("\n".join(esc(line) for line in tail), 2800) + "```"))
-    if state == "running" and job.get("cancelled_by"):
-        blocks.append(section(f"⏳ {user(job['cancelled_by'])} cancelled: stopping the job's processes…"))
-    if state == "succeeded":
-        stage = esc(job["stage"])
-        if job.get("recorded") == 0:
+    if state is JobState.RUNNING and job.cancelled_by:
+        blocks.append(section(f"⏳ {user(job.cancelled_by)} cancelled: stopping the job's processes…"))
+    if state is JobState.SUCCEEDED:
+        stage = esc(job.stage)
+        if job.recorded == 0:
             blocks.append(section(f"🟥 *Succeeded, CI NOT frozen.* Lambda runs the target's code (verified), but "
                                   f"index.json could not be updated: CI may deploy over it and nothing is marked "
                                   f"bad yet. rollback-bot keeps retrying and will say here when it lands. "
-                                  f"{esc_message(job.get('reason') or '')}"))
-        elif json.loads(job.get("plan_json") or "{}").get("forward"):
-            freeze = "the CI freeze was lifted" if job.get("unfreeze") else "a CI freeze, if any, stays"
+                                  f"{esc_message(job.reason)}"))
+        elif job.forward:
+            freeze = "the CI freeze was lifted" if job.unfreeze else "a CI freeze, if any, stays"
             blocks.append(section(f"Lambda runs the target's code (verified). Rolled forward: nothing was marked "
                                   f"bad; {freeze} on `{stage}`."))
         else:
             blocks.append(section(f"Lambda runs the target's code (verified). CI is frozen on `{stage}`: "
                                   f"`/rollback unfreeze {stage}` when the fix is in."))
-    if state == "running" and not job.get("cancelled_by"):
+    if state is JobState.RUNNING and not job.cancelled_by:
         blocks.append({"type": "actions", "elements": [
-            button("Cancel", ids.CANCEL_JOB, ids.job_value(job["id"]), "danger")]})
+            button("Cancel", ids.CANCEL_JOB, ids.job_value(job.id), "danger")]})
     return blocks
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from bot.adapters.store import Store
+from bot.core.jobs import Job, JobState
 from bot.engine.pipeline import STEPS, Event
 from bot.slack import blocks as kit
 from bot.slack.mrkdwn import esc
@@ -102,10 +103,10 @@ class ProgressReporter:
         with self.cond:
             self.dirty = False
             steps = dict(self.steps)
-        job = self.store.job(self.job_id)
-        tail = self.store.log_tail(self.job_id, 15) if job["state"] not in ("running",) else []
+        job = Job.from_row(self.store.job(self.job_id))
+        tail = self.store.log_tail(self.job_id, 15) if job.state is not JobState.RUNNING else []
         self.last_update = self.clock()
-        if self.notify.update(self.channel, self.ts, f"Rollback job {self.job_id}: {job['state']}",
+        if self.notify.update(self.channel, self.ts, f"Rollback job {self.job_id}: {job.state}",
                               kit.progress_blocks(job, steps, tail, time.time())):
             return True
         with self.cond:  # Slack down: the next update (or the final retry loop) will carry the state
