@@ -41,7 +41,7 @@ class Refused(UserError):
 class Outdated(Refused):
     """What would run now differs from what the card showed; nothing was deployed."""
 
-    def __init__(self, message: str, changes: list[str], job: dict, plan: Plan):
+    def __init__(self, message: str, changes: list[str], job: Job, plan: Plan):
         super().__init__(message, "outdated")
         self.changes = changes
         self.job = job
@@ -169,7 +169,7 @@ class RollbackService:
         self.store.update_job(job_id, channel=channel, message_ts=ts)
 
     def approve(self, job_id: int, user: str, channel: str | None, groups_of=lambda u: set(),
-                unfreeze: bool = False) -> tuple[dict, Plan]:
+                unfreeze: bool = False) -> tuple[Job, Plan]:
         """Start the job of a pending plan, if the plan now is the plan the card showed. Exactly one
         of several concurrent clicks starts it."""
         job = self.store.job(job_id)
@@ -208,7 +208,7 @@ class RollbackService:
                 plan.ref = shown.get("ref") or plan.ref
                 raise Outdated("Nothing was deployed: the plan changed since the card was posted ("
                                + "; ".join(changes) + "). Read the new plan before approving.",
-                               changes, self.store.job(job_id), plan)
+                               changes, Job.from_row(self.store.job(job_id)), plan)
             self.engine.jobs.start(plan, job["requested_by"], approved_by=user, origin="slack", job_id=job_id,
                                    unfreeze=unfreeze and plan.forward,
                                    audit={"policy": policy.source if policy.configured else "none"})
@@ -222,9 +222,9 @@ class RollbackService:
             self.store.update_job(job_id, state="failed", reason=str(exc), finished=self.clock())
             raise
         self._audit(user, "approve", stage, job_id, sha256=plan.target.sha256)
-        return self.store.job(job_id), plan
+        return Job.from_row(self.store.job(job_id)), plan
 
-    def withdraw(self, job_id: int, user: str, channel: str | None = None, groups_of=lambda u: set()) -> dict:
+    def withdraw(self, job_id: int, user: str, channel: str | None = None, groups_of=lambda u: set()) -> Job:
         """Cancel a pending plan: its requester or anyone who may approve it."""
         job = self.store.job(job_id)
         if job is None or job["state"] != "pending":
@@ -237,16 +237,16 @@ class RollbackService:
         if not self.store.claim(job_id, "pending", "withdrawn", finished=self.clock(), cancelled_by=user):
             raise Refused("This plan is no longer waiting for approval.", "closed")
         self._audit(user, "withdraw", job["stage"], job_id)
-        return self.store.job(job_id)
+        return Job.from_row(self.store.job(job_id))
 
-    def sweep_expired(self) -> list[dict]:
+    def sweep_expired(self) -> list[Job]:
         """Close plans whose buttons expired; returns them so their cards can say so."""
         now = self.clock()
         swept = []
         for job in self.store.jobs(states=["pending"], limit=500):
             if (job.get("expires") or 0) < now and self.store.claim(job["id"], "pending", "expired", finished=now):
                 self._audit("rollback-bot", "plan.expired", job["stage"], job["id"])
-                swept.append(self.store.job(job["id"]))
+                swept.append(Job.from_row(self.store.job(job["id"])))
         return swept
 
     # -- running jobs ----------------------------------------------------------------------------

@@ -197,8 +197,8 @@ class Slack:
             return
         self.service.attach_message(pending.job_id, posted["channel"], posted["ts"])
 
-    def close_card(self, channel: str, ts: str, job: dict, why: str) -> None:
-        self.notify.update(channel, ts, "Plan closed", kit.closed_plan_blocks(job["stage"], job["target_commit"], why))
+    def close_card(self, channel: str, ts: str, job: Job, why: str) -> None:
+        self.notify.update(channel, ts, "Plan closed", kit.closed_plan_blocks(job.stage, job.target_commit, why))
 
 
 def groups_middleware(slack: Slack):
@@ -229,9 +229,9 @@ def sweep_expired(service: RollbackService, client: WebClient) -> int:
     swept = service.sweep_expired()
     notify = Notifier(client)
     for job in swept:
-        if job.get("channel") and job.get("message_ts"):
-            notify.update(job["channel"], job["message_ts"], "Plan expired", kit.closed_plan_blocks(
-                job["stage"], job["target_commit"], "This plan expired; nothing was deployed."))
+        if job.channel and job.message_ts:
+            notify.update(job.channel, job.message_ts, "Plan expired", kit.closed_plan_blocks(
+                job.stage, job.target_commit, "This plan expired; nothing was deployed."))
     return len(swept)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from slack_bolt import App
 
 from bot.core.errors import UserError
+from bot.core.jobs import Job
 from bot.engine.service import Outdated, Refused
 from bot.slack import blocks as kit
 from bot.slack import ids
@@ -46,13 +47,13 @@ def register(app: App, slack: Slack) -> None:
             unsubscribe()
             ephemeral(respond, error_text(exc))
             slack.notify.update(channel, ts, "Plan out of date: nothing was deployed", kit.outdated_plan_blocks(
-                exc.job["stage"], exc.job["target_commit"], exc.changes, exc.plan.ref))
+                exc.job.stage, exc.job.target_commit, exc.changes, exc.plan.ref))
             return
         except UserError as exc:
             unsubscribe()
             ephemeral(respond, error_text(exc))
             if isinstance(exc, Refused) and exc.kind == "expired":
-                slack.close_card(channel, ts, store.job(job_id), "This plan expired.")
+                slack.close_card(channel, ts, Job.from_row(store.job(job_id)), "This plan expired.")
             return
         reporter.start()
 
