@@ -11,12 +11,14 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bot import __version__
 from bot.adapters.source import local_commit
 from bot.core.config import Settings
 from bot.core.errors import UserError
+from bot.core.jobs import Job
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
 from bot.engine.build import artifact_store, build_engine
@@ -208,7 +210,46 @@ def cmd_unfreeze(args, settings: Settings) -> int:
 def cmd_history(args, settings: Settings) -> int:
     service = _service(settings)
     jobs = service.history(service.key(args.stage), args.by or settings.actor or "cli", None, args.limit)
-    print(render_history(jobs, time.time()))
+    if args.json:
+        json.dump([job_json(j) for j in jobs], sys.stdout, indent=2)
+        print()
+    else:
+        print(render_history(jobs, time.time()))
+    return 0
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def job_json(job: Job) -> dict:
+    """A run as the incident review reads it."""
+    return {
+        "id": job.id, "stage": job.stage, "state": str(job.state), "origin": job.origin,
+        "from": {"commit": job.live_commit, "build": job.live_build},
+        "to": {"commit": job.target_commit, "build": job.target_build},
+        "direction": "forward" if job.forward else "rollback",
+        "requested_by": job.requested_by, "approved_by": job.approved_by, "cancelled_by": job.cancelled_by or None,
+        "started": _iso(job.started), "finished": _iso(job.finished), "duration_s": job.duration,
+        "reason": job.reason or None, "index_recorded": None if job.recorded is None else bool(job.recorded),
+    }
+
+
+def cmd_audit(args, settings: Settings) -> int:
+    try:
+        since = datetime.fromisoformat(args.since)
+    except ValueError:
+        raise UserError(f"--since {args.since!r} is not a date: give YYYY-MM-DD or an ISO time") from None
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    service = _service(settings)
+    rows = service.audit(since.timestamp(), service.key(args.stage) if args.stage else None)
+    if args.json:
+        json.dump([{**r, "at": _iso(r["at"])} for r in rows], sys.stdout, indent=2)
+        print()
+    else:
+        for r in rows:
+            print(clean(f"{_iso(r['at'])}  {r['actor']:<14} {r['action']:<22} {r['stage'] or '-':<10} "
+                        f"{r['job_id'] or '':<5} {json.dumps(r['detail'], sort_keys=True)}"))
     return 0
 
 
@@ -223,6 +264,7 @@ COMMANDS = {
     "check-freeze": (cmd_check_freeze, ("artifacts",)),
     "unfreeze": (cmd_unfreeze, ("artifacts",)),
     "history": (cmd_history, ()),
+    "audit": (cmd_audit, ()),
 }
 
 
@@ -281,7 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("history", help="past rollback jobs of a stage (this machine's record)")
     s.add_argument("stage")
     s.add_argument("--by", help="who is asking (the policy's channel rules do not apply at a terminal)")
+    s.add_argument("--json", action="store_true", help="machine-readable, for the incident review")
     s.add_argument("--limit", type=int, default=20)
+
+    s = sub.add_parser("audit", help="the audit trail: requests, approvals, refusals, runs, unfreezes")
+    s.add_argument("--since", required=True, help="YYYY-MM-DD or an ISO time (UTC unless it says otherwise)")
+    s.add_argument("--stage", help="only this stage")
+    s.add_argument("--json", action="store_true", help="machine-readable")
 
     sub.add_parser("serve", help="run the Slack bot")
 

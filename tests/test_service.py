@@ -63,3 +63,25 @@ def test_every_request_names_a_stage_of_a_service_this_bot_serves(fast_prod):
     for call in (service.index, service.check_freeze, lambda k: service.history(k, "U", None)):
         with pytest.raises(Refused, match="This bot serves `hello-service`, not `billing`"):
             call(other)
+
+
+def test_history_and_the_audit_trail_export_as_json_for_the_incident_review(fast_prod):
+    import json
+
+    service = RollbackService(fast_prod, Policy())
+    plan = service.plan_for_terminal(service.key("prod"), "previous", "ana")
+    job_id = service.start_from_terminal(plan, "ana", "previous", unfreeze=False)
+    fast_prod.jobs.wait(job_id, timeout=60)
+    runs = json.loads(cli(fast_prod, "history", "prod", "--json").stdout)
+    assert len(runs) == 1 and runs[0]["id"] == job_id and runs[0]["state"] == "succeeded"
+    assert runs[0]["to"]["build"] == "b-v1" and runs[0]["from"]["build"] == "b-v2"
+    assert runs[0]["requested_by"] == runs[0]["approved_by"] == "ana" and runs[0]["direction"] == "rollback"
+    assert runs[0]["started"].endswith("+00:00") and runs[0]["duration_s"] > 0 and runs[0]["index_recorded"]
+    entries = json.loads(cli(fast_prod, "audit", "--since", "2020-01-01", "--json").stdout)
+    actions = [(e["actor"], e["action"]) for e in entries]
+    assert ("ana", "rollback.start") in actions and ("ana", "rollback.succeeded") in actions
+    start = next(e for e in entries if e["action"] == "rollback.start")
+    assert start["detail"]["origin"] == "cli" and start["detail"]["policy"] == "none"
+    assert json.loads(cli(fast_prod, "audit", "--since", "2999-01-01", "--json").stdout) == []
+    bad = cli(fast_prod, "audit", "--since", "last tuesday")
+    assert bad.returncode == 1 and "is not a date: give YYYY-MM-DD" in bad.stderr

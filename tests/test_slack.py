@@ -229,3 +229,14 @@ def test_a_rollback_cut_short_by_a_restart_is_announced_when_the_bot_starts(make
     assert f"Rollback job {job_id} of `prod` was interrupted by a restart" in note
     assert "stack hello-service-prod is DOES_NOT_EXIST" in note and "Check the stage" in note
     assert ws.engine.store.job(job_id)["state"] == "interrupted" and ws.engine.store.lock_of("prod") is None
+
+
+def test_help_says_each_command_in_one_line_and_a_typo_gets_a_suggestion(fast_prod, fast_workspace):
+    ws = fast_workspace()
+    help_text = ws.says(ws.ana, "help")
+    for syntax in ("/rollback &lt;stage&gt;`", "/rollback status`", "/rollback history &lt;stage&gt;`",
+                   "/rollback unfreeze &lt;stage&gt;`", "/rollback cancel &lt;stage&gt;`", "/rollback help`"):
+        line = next(x for x in help_text.splitlines() if syntax in x)
+        assert len(line.split("` ", 1)[1]) > 3, line  # a description follows the command, on its line
+    assert "`prd` has no builds: did you mean `prod`?" in ws.says(ws.ana, "prd previous")
+    assert "Too many words. Usage: `/rollback &lt;stage&gt;`" in ws.says(ws.ana, "prod a b c")

@@ -256,6 +256,15 @@ class Store:
                  "detail": self.mask(json.dumps(detail, sort_keys=True, default=str))}
             )
 
+    def audit_since(self, since: float, stage: str | None = None) -> list[dict]:
+        """Audit entries from ``since`` on, oldest first (an export for the incident review)."""
+        where, args = "at >= ?", [since]
+        if stage:
+            where += " AND stage = ?"
+            args.append(stage)
+        with self._lock:
+            return list(self.db["audit"].rows_where(where, args, order_by="id"))
+
     def count_audit(self, actor: str, actions: Iterable[str], since: float) -> int:
         actions = list(actions)
         marks = ", ".join("?" * len(actions))

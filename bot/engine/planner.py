@@ -9,6 +9,7 @@ from bot.adapters.archive import TEMPLATE_NAME, PackageError
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
 from bot.adapters.source import CommitInfo, PluginChange, SourceRepo
 from bot.adapters.stack import STATE_NAME, PackageInfo, Stack, StackError, TemplateDiff
+from bot.core.names import closest
 from bot.core.stage_index import Artifact, Mark, StageIndex
 
 
@@ -78,6 +79,9 @@ def load_stage(artifacts: ArtifactStore, stage: str) -> StageIndex:
     if not index.artifacts:
         known = artifacts.stages()
         hint = f" Known stages: {', '.join(known)}." if known else " No stage has builds yet."
+        guess = closest(stage, known)
+        if guess:
+            raise UnknownStage(f"Stage `{stage}` has no builds: did you mean `{guess}`?{hint}")
         raise UnknownStage(f"Stage `{stage}` has no builds.{hint} CI adds builds with `rollback-bot publish`.")
     return index
 

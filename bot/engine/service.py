@@ -353,6 +353,11 @@ class RollbackService:
                                 "Deploy a fixed commit instead")
         return FreezeCheck(stage, commit, problems)
 
+    def audit(self, since: float, key: StageKey | None = None) -> list[dict]:
+        """The audit trail from ``since`` on (every request, approval, refusal, run and unfreeze)."""
+        rows = self.store.audit_since(since, self._stage(key) if key else None)
+        return [{**r, "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
     # -- the terminal ----------------------------------------------------------------------------
 
     def plan_for_terminal(self, key: StageKey, ref: str, actor: str) -> Plan:

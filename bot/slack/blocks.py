@@ -13,7 +13,7 @@ from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan
 from bot.slack import ids
-from bot.slack.commands import USAGE
+from bot.slack.commands import COMMANDS
 from bot.slack.mrkdwn import code, esc, esc_message, user
 from bot.terminal import age
 
@@ -67,7 +67,7 @@ def help_blocks(stages: list[str]) -> list[dict]:
     return [
         section("*rollback-bot* rolls a stage back to an earlier build: the stored package, the source at "
                 "its commit, its plugins, `serverless deploy --package`, then a check that Lambda runs it."),
-        section(esc_message(USAGE).replace(" · ", "\n")),  # `<stage>` is markup to Slack unless escaped
+        section("\n".join(f"`{esc_message(syntax)}` {esc(what)}" for syntax, what in COMMANDS)),
         section("*Examples*\n`/rollback prod` · `/rollback prod previous` · `/rollback prod 3f2a9c1` · "
                 "`/rollback prod 1234`"),
         context(f"Stages: {known}"),

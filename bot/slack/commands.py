@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-USAGE = (
-    "`/rollback <stage>` builds of a stage · `/rollback <stage> <sha|build-id|previous>` plan a rollback · "
-    "`/rollback status` · `/rollback history <stage>` · `/rollback unfreeze <stage>` · "
-    "`/rollback cancel <stage>` · `/rollback help`"
+COMMANDS = (  # one line each, for help
+    ("/rollback <stage>", "the stage's recent builds: live and bad ones marked, a button on each"),
+    ("/rollback <stage> <sha|build-id|previous>", "a plan card: what would change, with Approve and Cancel"),
+    ("/rollback status", "running rollbacks and frozen stages"),
+    ("/rollback history <stage>", "past rollbacks of the stage: who, when, from → to, outcome"),
+    ("/rollback unfreeze <stage>", "let CI deploy the stage again (approvers)"),
+    ("/rollback cancel <stage>", "stop the stage's running rollback"),
+    ("/rollback help", "this"),
 )
+USAGE = " · ".join(f"`{syntax}`" for syntax, _ in COMMANDS)
 KEYWORDS = {"help", "status", "history", "unfreeze", "cancel"}
 
 

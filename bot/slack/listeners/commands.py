@@ -10,7 +10,7 @@ from bot.core.errors import UserError
 from bot.slack import blocks as kit
 from bot.slack.app import Slack, error_text
 from bot.slack.commands import parse
-from bot.slack.mrkdwn import code, esc
+from bot.slack.mrkdwn import code, esc, esc_message
 
 
 def register(app: App, slack: Slack) -> None:
@@ -23,7 +23,7 @@ def register(app: App, slack: Slack) -> None:
             if cmd.action == "help":
                 respond(blocks=kit.help_blocks(service.engine.artifacts.stages()), text="rollback-bot help")
             elif cmd.action == "invalid":
-                respond(cmd.error)
+                respond(esc_message(cmd.error))  # it quotes the usage: `<stage>` is markup unless escaped
             elif cmd.action == "list":
                 index = service.listing(service.key(cmd.stage), user_id, channel)
                 respond(blocks=kit.listing_blocks(index, time.time()), text=f"Builds of {esc(cmd.stage)}")
