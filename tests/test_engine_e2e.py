@@ -126,7 +126,9 @@ def test_deploy_fails_on_a_broken_serverless_yml(prod, service_history):
                            build_id="b-broken")
     _, job = run_job(prod, "prod", "b-broken")
     assert_failed_cleanly(prod, job, "deploy: ")
-    assert "Stack hello-service-prod is UPDATE_COMPLETE: check it" in job["reason"]
+    v2 = service_history.builds["v2"].commit[:7]
+    assert (f"Stack hello-service-prod is UPDATE_COMPLETE; Lambda runs {v2} (build b-v2, live before the job): "
+            "check it") in job["reason"]
     assert live_code() == code_of(service_history, "v2")
     assert prod.store.log_tail(job["id"], 20)  # the log's tail is kept for the report
 

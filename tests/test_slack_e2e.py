@@ -109,6 +109,7 @@ def test_busy_stage_is_refused_naming_the_holder_and_cancel_stops_the_deploy(pro
         "🛑") else None, 60, "the cancelled card")
     assert "*Why:* deploy: cancelled while running" in all_text(final)
     assert "Stack hello-service-prod is UPDATE_COMPLETE" in all_text(final)
+    assert "Cancelled by <@U-ANA>" in all_text(final) and "Lambda runs" in all_text(final)
     assert not any(b["type"] == "actions" for b in final["blocks"])  # no Cancel button any more
     log_file = wait_for(lambda: [f for f in s.files if f.get("thread_ts") == first["ts"]], 10, "the log file")
     assert log_file[0]["filename"] == "rollback-job-1.log"

@@ -179,3 +179,23 @@ def test_planning_reads_the_template_not_the_package(fast_prod, fast_service, tm
     plan = fast_prod.plan("prod", "big")
     assert plan.target.size > 20 * 1024 * 1024 and plan.template is not None
     assert sum(received) < 1024 * 1024, f"planning downloaded {sum(received)} bytes"
+
+
+def test_a_failed_or_unverified_deploy_says_which_build_lambda_runs_now(fast_prod, make_fast_engine, fast_service):
+    c = fast_service.commits
+    failing = make_fast_engine(SLS_TEST_DEPLOY_FAIL="1")
+    job = failing.jobs.wait(failing.jobs.start(failing.plan("prod", "previous"), "U-ANA", "U-BO"), timeout=60)
+    assert job["state"] == "failed" and job["reason"].startswith("deploy: ")
+    assert f"Lambda runs {c['v2'][:7]} (build b-v2, live before the job): check it" in job["reason"]
+
+    # a deploy that "succeeds" without deploying: verify fails, and the card still says what runs
+    idle = make_fast_engine(ROLLBACK_DEPLOY_COMMAND=f"{sys.executable} -c pass")
+    job = idle.jobs.wait(idle.jobs.start(idle.plan("prod", "previous"), "U-ANA", "U-BO"), timeout=60)
+    assert job["reason"].startswith("verify: ") and f"Lambda runs {c['v2'][:7]} (build b-v2" in job["reason"]
+
+    # something else entirely runs: none of the builds compared
+    from tests.support.deploy_script import deploy_package
+
+    deploy_package(fast_package(fast_service.work.path.parent / "odd", "hotfix-by-hand"))
+    job = failing.jobs.wait(failing.jobs.start(failing.plan("prod", "previous"), "U-ANA", "U-BO"), timeout=60)
+    assert "Lambda runs none of the stored builds compared" in job["reason"]

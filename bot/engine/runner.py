@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +20,7 @@ from pathlib import Path
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
 from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.source import SourceRepo
-from bot.adapters.stack import Stack
+from bot.adapters.stack import Stack, code_sha256
 from bot.adapters.store import StageBusy, Store
 from bot.core.masking import Masker
 from bot.core.stage_index import InUse, StageIndex
@@ -246,7 +248,7 @@ class JobRunner:
         workdir = self.config.data_dir / "jobs" / str(job_id)
         marker = InUse(plan.target.commit, plan.target.build_id, str(job_id), self.clock())
         state, reason, in_index, recorded = "failed", "", False, None
-        buffer = None
+        buffer = pipeline = None
         try:
             buffer = _OutputBuffer(self.store, job_id, self.log_path(job_id))
             mask_line = self.mask.lines()
@@ -269,9 +271,9 @@ class JobRunner:
             if recorded:
                 in_index = False  # the success write dropped the in-use mark too
         except Cancelled as exc:
-            state, reason = "cancelled", f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan)
+            state, reason = "cancelled", f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, pipeline)
         except StepFailed as exc:
-            reason = f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan)
+            reason = f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, pipeline)
         except Exception as exc:  # anything unexpected still ends the job cleanly and recorded
             reason = f"internal error: {exc.__class__.__name__}: {self.mask(str(exc))}"
         finally:
@@ -311,12 +313,37 @@ class JobRunner:
     def _later_thread(self, fn: Callable[[], None]) -> None:
         threading.Thread(target=fn, name="rollback-record-retry", daemon=True).start()
 
-    def _stack_note(self, step: str, plan: Plan) -> str:
-        """After a deploy that did not finish, what CloudFormation says: it may still be updating."""
-        if step != "deploy" or not plan.stack_name:
+    def _stack_note(self, step: str, plan: Plan, pipeline: Pipeline | None) -> str:
+        """After a deploy that did not finish (or a verify that failed), what runs now: the stack's
+        status, and which build Lambda's code is, so the card answers "what runs now?"."""
+        if step not in ("deploy", "verify") or not plan.stack_name:
             return ""
-        status = self.stack_factory(plan.stack_name, plan.region or "us-east-1").status()
-        return f". Stack {plan.stack_name} is {status}: check it before doing anything else"
+        stack = self.stack_factory(plan.stack_name, plan.region or "us-east-1")
+        note = f". Stack {plan.stack_name} is {stack.status()}"
+        try:
+            runs = self._what_runs(stack, plan, pipeline)
+        except Exception as exc:  # a question we could not answer must not hide the failure itself
+            runs = f"what Lambda runs could not be read ({exc.__class__.__name__})"
+        return f"{note}; {runs}: check it before doing anything else"
+
+    def _what_runs(self, stack: Stack, plan: Plan, pipeline: Pipeline | None) -> str:
+        outcome = pipeline.outcome if pipeline else None
+        if outcome is None or outcome.info is None or outcome.package_dir is None:
+            return "what Lambda runs is unknown"
+        functions = outcome.info.functions(outcome.package_dir)
+        if not functions:
+            return "the package has no Lambda code to compare"
+        name, zip_path = sorted(functions.items())[0]
+        actual = next((c.actual for c in stack.verify({name: zip_path})), None)
+        if actual is None:
+            return f"Lambda has no function {name}"
+        if actual == code_sha256(zip_path):
+            return f"Lambda runs {plan.target.short} (build {plan.target.build_id}, the target)"
+        if plan.live is not None:
+            member = self.artifacts.read_members(plan.live, [zip_path.name]).get(zip_path.name)
+            if member is not None and actual == base64.b64encode(hashlib.sha256(member).digest()).decode():
+                return f"Lambda runs {plan.live.short} (build {plan.live.build_id}, live before the job)"
+        return "Lambda runs none of the stored builds compared (the target and the build live before)"
 
     def _remove_workdir(self, workdir: Path) -> None:
         if (workdir / "src").exists():

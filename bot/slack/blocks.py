@@ -234,6 +234,8 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
     elapsed = (job.finished or now) - (job.started or now)
     who = f"approved by {user(job.approved_by)}" if job.approved_by else ""
     blocks.append(context(f"Job {job.id} · requested by {user(job.requested_by)} {who} · {elapsed:.0f}s"))
+    if state is JobState.CANCELLED and job.cancelled_by:
+        blocks.append(section(f"🛑 Cancelled by {user(job.cancelled_by)}"))
     if state in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED) and job.reason:
         blocks.append(section(f"*Why:* {esc_message(job.reason)}"))
         if tail:
