@@ -127,8 +127,8 @@ def test_deploy_fails_on_a_broken_serverless_yml(prod, service_history):
     _, job = run_job(prod, "prod", "b-broken")
     assert_failed_cleanly(prod, job, "deploy: ")
     v2 = service_history.builds["v2"].commit[:7]
-    assert (f"Stack hello-service-prod is UPDATE_COMPLETE; Lambda runs {v2} (build b-v2, live before the job): "
-            "check it") in job["reason"]
+    assert (f"Stack hello-service-prod is UPDATE_COMPLETE; Lambda runs {v2} (build b-v2, live before the job; "
+            "the target has the same code): check it") in job["reason"]  # the fixture's broken build reuses v2's
     assert live_code() == code_of(service_history, "v2")
     assert prod.store.log_tail(job["id"], 20)  # the log's tail is kept for the report
 

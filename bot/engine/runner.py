@@ -337,12 +337,16 @@ class JobRunner:
         actual = next((c.actual for c in stack.verify({name: zip_path})), None)
         if actual is None:
             return f"Lambda has no function {name}"
-        if actual == code_sha256(zip_path):
-            return f"Lambda runs {plan.target.short} (build {plan.target.build_id}, the target)"
+        is_target = actual == code_sha256(zip_path)
+        is_live = False
         if plan.live is not None:
             member = self.artifacts.read_members(plan.live, [zip_path.name]).get(zip_path.name)
-            if member is not None and actual == base64.b64encode(hashlib.sha256(member).digest()).decode():
-                return f"Lambda runs {plan.live.short} (build {plan.live.build_id}, live before the job)"
+            is_live = member is not None and actual == base64.b64encode(hashlib.sha256(member).digest()).decode()
+        if is_live:  # a deploy that did not finish most often left the old build running
+            same = "; the target has the same code" if is_target else ""
+            return f"Lambda runs {plan.live.short} (build {plan.live.build_id}, live before the job{same})"
+        if is_target:
+            return f"Lambda runs {plan.target.short} (build {plan.target.build_id}, the target)"
         return "Lambda runs none of the stored builds compared (the target and the build live before)"
 
     def _remove_workdir(self, workdir: Path) -> None:
