@@ -137,7 +137,7 @@ def py_command(script: str) -> str:
 
 def test_a_50000_line_deploy_edits_the_card_at_most_every_2_seconds_and_loses_no_line(fast_prod, fast_workspace):
     ws = fast_workspace(ROLLBACK_DEPLOY_COMMAND=py_command(
-        "import time; [(print('line %d' % i, flush=(i % 500 == 0)), time.sleep(0 if i % 100 else 0.005)) "
+        "import time; [(print('line %d' % i, flush=(i % 500 == 0)), time.sleep(0 if i % 100 else 0.002)) "
         "for i in range(50000)]"))
     s = ws.standin
     ws.ana.command("prod previous")
@@ -240,3 +240,19 @@ def test_help_says_each_command_in_one_line_and_a_typo_gets_a_suggestion(fast_pr
         assert len(line.split("` ", 1)[1]) > 3, line  # a description follows the command, on its line
     assert "`prd` has no builds: did you mean `prod`?" in ws.says(ws.ana, "prd previous")
     assert "Too many words. Usage: `/rollback &lt;stage&gt;`" in ws.says(ws.ana, "prod a b c")
+
+
+def test_a_finished_card_keeps_the_story_and_its_times_read_in_each_readers_zone(
+        fast_prod, fast_workspace, fast_service):
+    ws = fast_workspace()
+    c = fast_service.commits
+    card = ws.posts_card(ws.ana, "prod previous")
+    ws.bo.click(card.first, "approve")
+    text = all_text(card.becomes("✅"))
+    assert f"*From* `{c['v2'][:7]}` (build `b-v2`) *→ to* `{c['v1'][:7]}` (build `b-v1`)" in text
+    assert f"Undoes 1 commit:\n• `{c['v2'][:7]}` Bo Ops: Make hello say v2" in text
+    assert "requested by <@U-ANA> approved by <@U-BO> · started <!date^" in text and "· ended <!date^" in text
+    assert " ago" not in text and " ago" not in all_text(card.first)  # nothing that goes stale in the channel
+    job = ws.engine.store.jobs(stage="prod")[0]
+    steps = sum(e["duration"] or 0 for e in ws.engine.store.events(job["id"]) if e["status"] in ("finished", "skipped"))
+    assert job["finished"] - job["started"] >= steps  # the job's total is never less than its steps

@@ -99,6 +99,15 @@ class Job:
         return bool(json.loads(self.plan_json or "{}").get("forward"))
 
     @property
+    def commit_lines(self) -> list[list[str]]:
+        """The commits the plan undid (or brought back): [sha, author, subject], as the card showed them."""
+        return json.loads(self.plan_json or "{}").get("commit_lines", [])
+
+    @property
+    def commit_count(self) -> int:
+        return int(json.loads(self.plan_json or "{}").get("commit_count", len(self.commit_lines)))
+
+    @property
     def duration(self) -> float | None:
         if self.started is None:
             return None

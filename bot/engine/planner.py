@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,14 @@ class Plan:
             "removed": sorted(k for k, _ in self.template.removed) if self.template else None,
             "added": sorted(k for k, _ in self.template.added) if self.template else None,
         }
+
+
+def card_json(plan: Plan, ref: str) -> str:
+    """What a job stores of its plan: the summary an approval is compared with, the ref asked for, and
+    the commits (for the card that keeps the story after approval)."""
+    return json.dumps({**plan.summary(), "ref": ref,
+                       "commit_lines": [[c.sha, c.author, c.subject] for c in plan.commits[:50]],
+                       "commit_count": len(plan.commits)})
 
 
 def summary_changes(shown: dict, now: dict) -> list[str]:

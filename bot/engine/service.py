@@ -25,7 +25,7 @@ from bot.core.keys import StageKey
 from bot.core.policy import Policy, PolicySource
 from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.build import Engine
-from bot.engine.planner import Plan, load_stage, summary_changes
+from bot.engine.planner import Plan, card_json, load_stage, summary_changes
 
 DEFAULT_TTL = 15 * 60
 
@@ -159,7 +159,7 @@ class RollbackService:
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
             requested_by=user, state="pending", origin="slack", channel=channel or "", created=now,
             expires=now + self.ttl, stack_name=plan.stack_name, region=plan.region,
-            plan_json=json.dumps({**plan.summary(), "ref": ref}),
+            plan_json=card_json(plan, ref),
             policy=policy.source if policy.configured else "none",
         )
         self._audit(user, "request", stage, job_id, target=plan.target.label(), sha256=plan.target.sha256)
@@ -375,6 +375,6 @@ class RollbackService:
             raise Refused("--unfreeze applies to a roll forward only; a rollback freezes CI", "not_allowed")
         policy = self.policy
         return self.engine.jobs.start(plan, requested_by=actor, approved_by=actor, origin="cli", unfreeze=unfreeze,
-                                      plan_json=json.dumps({**plan.summary(), "ref": ref}),
+                                      plan_json=card_json(plan, ref),
                                       audit={"policy": policy.source if policy.configured else "none"})
 

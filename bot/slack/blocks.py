@@ -14,8 +14,7 @@ from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan
 from bot.slack import ids
 from bot.slack.commands import COMMANDS
-from bot.slack.mrkdwn import code, esc, esc_message, user
-from bot.terminal import age
+from bot.slack.mrkdwn import code, date, esc, esc_message, user
 
 STEP_LABELS = {"restore": "Restore artifact", "checkout": "Check out source", "install": "Install plugins",
                "deploy": "Deploy", "verify": "Verify Lambda code"}
@@ -48,7 +47,7 @@ def button(text: str, action_id: str, value: str, style: str | None = None) -> d
 
 def _build(a: Artifact, now: float) -> str:
     first_line = (a.message or "(no message)").splitlines()[0] if (a.message or "").strip() else "(no message)"
-    return (f"{code(a.short)} build {code(a.build_id)} · {esc(a.author or 'unknown')} · {age(now - a.created)} ago"
+    return (f"{code(a.short)} build {code(a.build_id)} · {esc(a.author or 'unknown')} · {date(a.created)}"
             f"\n>{esc(first_line)}")
 
 
@@ -78,11 +77,11 @@ def listing_blocks(index: StageIndex, now: float, limit: int = 10) -> list[dict]
     live = index.live
     head = f"*{esc(index.stage)}* · {len(index.artifacts)} builds"
     if live:
-        head += f" · live {code(live.commit[:7])} (build {code(live.build_id)}) for {age(now - live.at)}"
+        head += f" · live {code(live.commit[:7])} (build {code(live.build_id)}) since {date(live.at)}"
     blocks = [section(head)]
     if index.freeze:
         f = index.freeze
-        blocks.append(section(f"🧊 *CI is frozen* by {user(f.by)} {age(now - f.at)} ago: {esc(f.reason)}"))
+        blocks.append(section(f"🧊 *CI is frozen* by {user(f.by)} {date(f.at)}: {esc(f.reason)}"))
     if index.refused:
         blocks.append(section(f"⚠️ {len(index.refused)} entries of index.json failed validation and are ignored: "
                               + esc("; ".join(why for _, _, why in index.refused[:3]))))
@@ -137,7 +136,7 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
     if not policy_configured:
         blocks.append(section(f"⚠️ *{NO_POLICY}* (no policy file is set: ROLLBACK_CONFIG)"))
     blocks.append(context(f"Requested by {user(requested_by)} · approval needs {esc(needs)} · "
-                          f"the buttons expire in {age(expires_at - now)}"))
+                          f"the buttons expire {date(expires_at)}"))
     elements = [button("Approve", ids.APPROVE, ids.job_value(job_id), "primary"),
                 button("Cancel", ids.CANCEL_PLAN, ids.job_value(job_id), "danger")]
     if plan.forward and plan.freeze:
@@ -176,7 +175,7 @@ def deployed_blocks(stage: str, art: Artifact, previous: Artifact | None, commit
 
 def _job_line(j: Job, now: float) -> str:
     return (f"• job {j.id} *{esc(j.state)}* {code(j.stage)} → {code(j.target_commit[:7])} "
-            f"{age(now - j.created)} ago")
+            f"{date(j.created)}")
 
 
 def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], now: float,
@@ -188,7 +187,7 @@ def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], n
     for index, lock in stages:
         live = index.live
         text = f"*{esc(index.stage)}*: " + (
-            f"live {code(live.commit[:7])} (build {code(live.build_id)}) for {age(now - live.at)}"
+            f"live {code(live.commit[:7])} (build {code(live.build_id)}) since {date(live.at)}"
             if live else "nothing live recorded")
         if lock:
             text += f"\n⏳ job {lock['job_id']} running, started by {user(lock['holder'])}"
@@ -231,9 +230,21 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
         took = f" ({duration:.1f}s)" if duration is not None else ""
         lines.append(f"{ICONS.get(status, '▫️')} {STEP_LABELS[step]}{took}")
     blocks.append(section("\n".join(lines)))
+    # The plan stays on the card: from → to and the commits, for whoever reads it during or after.
+    story = (f"*From* {code(job.live_commit[:7] or '?')} (build {code(job.live_build or '?')}) *→ to* "
+             f"{code(job.target_commit[:7])} (build {code(job.target_build)})")
+    if job.commit_lines:
+        what = "Brings back" if job.forward else "Undoes"
+        story += f"\n{what} {job.commit_count} commit{'s' if job.commit_count != 1 else ''}:\n" + "\n".join(
+            f"• {code(sha[:7])} {esc(author)}: {esc(subject)}" for sha, author, subject in job.commit_lines[:5])
+        if job.commit_count > 5:
+            story += f"\n…and {job.commit_count - 5} more"
+    blocks.append(section(story))
     elapsed = (job.finished or now) - (job.started or now)
     who = f"approved by {user(job.approved_by)}" if job.approved_by else ""
-    blocks.append(context(f"Job {job.id} · requested by {user(job.requested_by)} {who} · {elapsed:.0f}s"))
+    times = f" · started {date(job.started)}" if job.started else ""
+    times += f" · ended {date(job.finished)}" if job.finished else ""
+    blocks.append(context(f"Job {job.id} · requested by {user(job.requested_by)} {who}{times} · {elapsed:.0f}s"))
     if state is JobState.CANCELLED and job.cancelled_by:
         blocks.append(section(f"🛑 Cancelled by {user(job.cancelled_by)}"))
     if state in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED) and job.reason:
@@ -265,7 +276,7 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
 def status_blocks(running: list[Job], freezes: dict[str, Mark], now: float) -> list[dict]:
     blocks = [section("*Running rollbacks*\n" + ("\n".join(
         f"• {code(j.stage)} → {code(j.target_commit[:7])} job {j.id} by "
-        f"{user(j.approved_by or j.requested_by)} for {age(now - (j.started or now))}" for j in running)
+        f"{user(j.approved_by or j.requested_by)} since {date(j.started or now)}" for j in running)
         or "none"))]
     blocks.append(section("*Frozen stages*\n" + ("\n".join(f"• {code(s)}: {_mark(m)}" for s, m in freezes.items())
                                                  or "none")))

@@ -52,6 +52,11 @@
     if (target.startsWith("#")) {
       return '<span class="mention">#' + escapeHtml(label || target.slice(1)) + "</span>";
     }
+    if (target.startsWith("!date^")) {  // Slack shows each reader the time in their own zone
+      const when = new Date(Number(target.split("^")[1]) * 1000);
+      return '<time datetime="' + when.toISOString() + '">' +
+        escapeHtml(when.toLocaleString([], {dateStyle: "medium", timeStyle: "short"})) + "</time>";
+    }
     if (target.startsWith("!")) {
       return '<span class="mention">@' + escapeHtml(label || target.slice(1)) + "</span>";
     }
