@@ -168,8 +168,8 @@ def test_a_429_storm_during_progress_delays_updates_but_the_final_state_arrives(
     s = ws.standin
     ws.ana.command("prod previous")
     card = seen(ws.card(0))
-    s.rate_limit("chat.update", 4, retry_after=1)
-    s.rate_limit("chat.postMessage", 2, retry_after=1)
+    s.rate_limit("chat.update", 2, retry_after=1)
+    s.rate_limit("chat.postMessage", 1, retry_after=1)
     ws.bo.click(card, "approve")
     final = wait_for(lambda: s.message(CHANNEL, card["ts"]) if header(s.message(CHANNEL, card["ts"])).startswith(
         "❌") else None, 120, "the final card")
