@@ -228,7 +228,9 @@ def test_a_stale_cancel_button_cancels_only_its_own_job(fast_prod, fast_workspac
     ws.ana.command("prod b-v2")
     second = seen(ws.card(1))
     ws.bo.click(second, "approve")
-    wait_for(lambda: ws.engine.jobs.running_job("prod"), 30, "job 2 running")
+    job2 = wait_for(lambda: ws.engine.jobs.running_job("prod"), 30, "job 2 running")
+    busy = ws.posts_card(ws.cy, "prod b-v1")  # a plan made while job 2 runs says so before anyone clicks
+    assert f"⏳ Job {job2['id']} is running on `prod` now (approved by <@U-BO>)" in all_text(busy.first)
     said = ws.clicks(ws.cy, running, "cancel_job")  # job 1's old button
     assert "already ended" in said and ws.engine.jobs.running_job("prod") is not None
     hold.unlink()

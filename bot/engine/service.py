@@ -61,6 +61,7 @@ class Pending:
     expires_at: float
     needs: str  # what approval needs, said on the card before anyone clicks
     policy_configured: bool
+    running: Job | None = None  # a job running on the stage when the plan was made
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,9 @@ class RollbackService:
             policy=policy.source if policy.configured else "none",
         )
         self._audit(user, "request", stage, job_id, target=plan.target.label(), sha256=plan.target.sha256)
-        return Pending(job_id, plan, now + self.ttl, policy.approval_needs(stage, user), policy.configured)
+        running = self.engine.jobs.running_job(stage)
+        return Pending(job_id, plan, now + self.ttl, policy.approval_needs(stage, user), policy.configured,
+                       Job.from_row(running) if running else None)
 
     def attach_message(self, job_id: int, channel: str, ts: str) -> None:
         self.store.update_job(job_id, channel=channel, message_ts=ts)

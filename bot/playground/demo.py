@@ -78,7 +78,10 @@ def run(root: Path, port: int, out=print) -> int:
         out("The demo deploys a real Serverless service, which needs Node.js 18+ and npm. "
             "Install them (Debian/Ubuntu: apt-get install nodejs npm), or run ./scripts/demo, which does.")
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
+    # Installed explicitly: a shell that started the demo with SIGINT ignored must not make Ctrl-C
+    # useless, and `kill` stops the demo as cleanly as Ctrl-C.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.ExitStack() as running:
         try:
             page = _start(root, port, running, out)

@@ -21,6 +21,11 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 
 
+FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" '
+           b'fill="#1264a3"/><path d="M5 8a3 3 0 1 1 1 2.2" stroke="#fff" stroke-width="1.6" fill="none"/>'
+           b'<path d="M3.6 9.4 5 8l1.4 1.4" stroke="#fff" stroke-width="1.4" fill="none"/></svg>')
+
+
 class ChannelPage:
     def __init__(self, standin: SlackStandIn, users: dict[str, SlackUser], channel: tuple[str, str],
                  running: Callable[[], dict], port: int = 0):
@@ -42,6 +47,8 @@ class ChannelPage:
                 if path == "/api/state":
                     after = int(dict(p.partition("=")[::2] for p in query.split("&") if p).get("after") or -1)
                     self._json(200, page.state(after))
+                elif path == "/favicon.ico":
+                    self._send(200, "image/svg+xml", FAVICON)
                 elif path in ("/", "/index.html"):
                     self._file(ASSETS / "index.html")
                 elif path.startswith("/static/") and "/" not in path[len("/static/"):]:
@@ -71,7 +78,10 @@ class ChannelPage:
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the tab closed while it waited: nothing to tell anyone
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True

@@ -106,7 +106,7 @@ def plan_title(plan: Plan) -> str:
 
 
 def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, now: float,
-                needs: str = NO_POLICY, policy_configured: bool = False) -> list[dict]:
+                needs: str = NO_POLICY, policy_configured: bool = False, running: Job | None = None) -> list[dict]:
     t = plan.target
     blocks = [
         header(plan_title(plan)),
@@ -135,6 +135,10 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
         blocks.append(context(f"🧊 CI is frozen on {esc(plan.stage)}: {esc(plan.freeze.reason)}"))
     if not policy_configured:
         blocks.append(section(f"⚠️ *{NO_POLICY}* (no policy file is set: ROLLBACK_CONFIG)"))
+    if running is not None:
+        blocks.append(section(f"⏳ Job {running.id} is running on {code(running.stage)} now (approved by "
+                              f"{user(running.approved_by or running.requested_by)}): an approval is refused "
+                              "until it ends."))
     blocks.append(context(f"Requested by {user(requested_by)} · approval needs {esc(needs)} · "
                           f"the buttons expire {date(expires_at)}"))
     elements = [button("Approve", ids.APPROVE, ids.job_value(job_id), "primary"),
