@@ -214,6 +214,14 @@ def test_ci_deploy_notification_rolls_back_with_one_click_and_home_shows_the_sta
     home = wait_for(lambda: s.home.get("U-BO"), 10, "the home tab")
     assert f"*prod*: live `{v2[:7]}` (build `b-v2`)" in all_text(home)
 
+    # CI deploys v3 (its notification lost); a late click on v2's notification says v2 is no longer live,
+    # then offers the plan from what is live now
+    v3 = fast_service.commits["v3"]
+    cli("mark-deployed", "--stage", "prod", "--commit", v3, "--by", "ci-bot", SLACK_API_URL="http://127.0.0.1:9/api/")
+    said = ws.clicks(ws.ana, seen(note), "plan_build")
+    assert f"`{v2[:7]}` (build `b-v2`) is no longer live: deployed to `{v3[:7]}` (build `b-v3`) by ci-bot" in said
+    assert header(ws.card(4)) == f"Roll back prod to {v2[:7]}?"
+
 
 def test_a_rollback_cut_short_by_a_restart_is_announced_when_the_bot_starts(make_fast_engine, fast_workspace):
     crashed = make_fast_engine()  # same data dir as the bot started below

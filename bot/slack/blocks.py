@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bot.core.jobs import Job, JobState
 from bot.core.policy import NO_POLICY
-from bot.core.stage_index import Artifact, Mark, StageIndex
+from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
 from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan
 from bot.slack import ids
@@ -173,8 +173,19 @@ def deployed_blocks(stage: str, art: Artifact, previous: Artifact | None, commit
         blocks.append(context(f"Previous live build: {code(previous.short)} build {code(previous.build_id)}"))
     if previous:
         blocks.append({"type": "actions", "elements": [
-            button("Roll back", ids.PLAN_BUILD, ids.PlanRequest(stage, "previous").value(), "danger")]})
+            button("Roll back", ids.PLAN_BUILD,
+                   ids.PlanRequest(stage, "previous", f"{art.commit}:{art.build_id}").value(), "danger")]})
     return blocks
+
+
+def no_longer_live(was_commit: str, was_build: str, live: LiveRecord | None) -> str:
+    """What a late click on a deploy notification is told before it gets the plan from what is live now."""
+    text = f"{code(was_commit[:7])} (build {code(was_build)}) is no longer live"
+    if live is not None:
+        how = {"rollback": "rolled back", "forward": "rolled forward"}.get(live.via, "deployed")
+        text += (f": {how} to {code(live.commit[:7])} (build {code(live.build_id)}) by {user(live.by)} "
+                 f"{date(live.at)}")
+    return text + ". Here is the plan from what is live now."
 
 
 def _job_line(j: Job, now: float) -> str:

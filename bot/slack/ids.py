@@ -19,20 +19,23 @@ class NotOurs(ValueError):
 
 @dataclass(frozen=True)
 class PlanRequest:
-    """The value of a PLAN_BUILD button: plan ``ref`` on ``stage``."""
+    """The value of a PLAN_BUILD button: plan ``ref`` on ``stage``. ``live`` is "commit:build" of the
+    build that was live when the button was drawn (a deploy notification's), so a late click can say
+    that it is no longer live."""
 
     stage: str
     ref: str
+    live: str = ""
 
     def value(self) -> str:
-        return json.dumps({"stage": self.stage, "ref": self.ref})
+        return json.dumps({"stage": self.stage, "ref": self.ref, **({"live": self.live} if self.live else {})})
 
     @classmethod
     def parse(cls, value: str) -> PlanRequest:
         try:
             data = json.loads(value)
-            return cls(str(data["stage"]), str(data["ref"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            return cls(str(data["stage"]), str(data["ref"]), str(data.get("live", "")))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise NotOurs(value) from exc
 
 

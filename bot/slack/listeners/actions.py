@@ -23,6 +23,11 @@ def register(app: App, slack: Slack) -> None:
     def on_plan_build(body, respond, groups_of):
         try:
             request = ids.PlanRequest.parse(body["actions"][0].get("value", ""))
+            if request.live:  # drawn on a deploy notification: is that build still live?
+                live = service.index(service.key(request.stage)).live
+                was_commit, _, was_build = request.live.partition(":")
+                if live is None or (live.commit, live.build_id) != (was_commit, was_build):
+                    ephemeral(respond, kit.no_longer_live(was_commit, was_build, live))
             slack.post_plan(request.stage, request.ref, body["user"]["id"], body["channel"]["id"], respond,
                             groups_of)
         except ids.NotOurs:
