@@ -14,6 +14,7 @@ import git
 import yaml
 
 from bot.core.errors import UserError
+from bot.core.masking import URL_USERINFO
 
 LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml")
 PLUGIN_FILES = ("package.json", *LOCKFILES)
@@ -33,7 +34,7 @@ class SourceError(UserError):
 
 def without_credentials(url: str) -> str:
     """A repository URL fit to show: https://user:token@host/x becomes https://***@host/x."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]+@", r"\1***@", url or "")
+    return URL_USERINFO.sub(r"\1***@", url or "")
 
 
 def _git_says(exc: git.GitCommandError) -> str:
@@ -41,7 +42,7 @@ def _git_says(exc: git.GitCommandError) -> str:
     credentials (git quotes the URL it could not reach)."""
     text = str(exc.stderr or exc).strip()
     text = text.removeprefix("stderr:").strip().strip("'").strip()
-    text = re.sub(r"([a-z][a-z0-9+.-]*://)[^/\s@]+@", r"\1***@", text)
+    text = URL_USERINFO.sub(r"\1***@", text)
     return " ".join(text.split())
 
 

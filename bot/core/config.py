@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.core.masking import URL_USERINFO
 from bot.core.policy import Policy, PolicyError
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -85,8 +86,8 @@ class Settings:
 
 def _userinfo(url: str) -> str:
     """The credentials part of a URL (``user:token`` in https://user:token@host/…), to mask by value too."""
-    m = re.match(r"^[a-z][a-z0-9+.-]*://([^/@]+)@", url or "")
-    return m.group(1) if m else ""
+    m = URL_USERINFO.match(url or "")
+    return m.group(2) if m else ""
 
 
 def _command_template(name: str, raw: str, problems: list[str]) -> tuple[str, ...] | None:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable
 
 MASK = "***"
+# The credentials part of a URL: https://user:token@host/… (group 1 the scheme, group 2 the user-info).
+URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^/\s@]+)@")
 # Shapes of credentials that may show up in tool output even when we were never told the value.
 # Each pattern's group "keep" (if any) is kept; the rest of the match is masked.
 PATTERNS = [
@@ -24,7 +26,6 @@ PATTERNS = [
     re.compile(r"\bgithub_pat_[0-9A-Za-z_]{20,}"),
     re.compile(r"\bnpm_[0-9A-Za-z]{30,}"),  # npm automation and publish tokens
     re.compile(r"(?P<keep>_authToken\s*=\s*)\S+"),  # .npmrc lines
-    re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://)[^/\s@]+@"),  # user-info in a URL: https://user:token@host
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S),
 ]
 PEM_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
@@ -37,7 +38,7 @@ def _replace(match: re.Match) -> str:
         return MASK
     if match.re.groups >= 2 and match.group(2) is not None and match.group(2) != keep:
         return keep + match.group(2) + MASK
-    return keep + MASK + ("@" if match.group(0).endswith("@") else "")
+    return keep + MASK
 
 
 class Masker:
@@ -51,6 +52,7 @@ class Masker:
             return text
         for secret in self.secrets:
             text = text.replace(secret, MASK)
+        text = URL_USERINFO.sub(r"\1" + MASK + "@", text)
         for pattern in PATTERNS:
             text = pattern.sub(_replace, text)
         return text
