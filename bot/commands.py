@@ -210,28 +210,42 @@ def cmd_unfreeze(args, settings: Settings) -> int:
 def cmd_history(args, settings: Settings) -> int:
     service = _service(settings)
     jobs = service.history(service.key(args.stage), args.by or settings.actor or "cli", None, args.limit)
+    name = _people(settings, service).name
     if args.json:
-        json.dump([job_json(j) for j in jobs], sys.stdout, indent=2)
+        json.dump([job_json(j, name) for j in jobs], sys.stdout, indent=2)
         print()
     else:
-        print(render_history(jobs, time.time()))
+        print(render_history(jobs, time.time(), name))
     return 0
+
+
+def _people(settings: Settings, service: RollbackService):
+    """Names for Slack user ids (users.info, cached in the store); the ids when Slack is not configured."""
+    from bot.slack.app import make_client  # Slack is optional for the CLI
+    from bot.slack.people import People
+
+    return People(make_client(settings) if settings.slack_bot_token else None, service.store)
 
 
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def job_json(job: Job) -> dict:
-    """A run as the incident review reads it."""
+def job_json(job: Job, name=lambda who: who) -> dict:
+    """A run as the incident review reads it: Slack ids with the names they stand for."""
+    def person(who: str) -> dict | None:
+        return {"id": who, "name": name(who)} if who else None
+
     return {
         "id": job.id, "stage": job.stage, "state": str(job.state), "origin": job.origin,
         "from": {"commit": job.live_commit, "build": job.live_build},
         "to": {"commit": job.target_commit, "build": job.target_build},
         "direction": "forward" if job.forward else "rollback",
-        "requested_by": job.requested_by, "approved_by": job.approved_by, "cancelled_by": job.cancelled_by or None,
+        "requested_by": person(job.requested_by), "approved_by": person(job.approved_by),
+        "cancelled_by": person(job.cancelled_by),
         "started": _iso(job.started), "finished": _iso(job.finished), "duration_s": job.duration,
         "reason": job.reason or None, "index_recorded": None if job.recorded is None else bool(job.recorded),
+        "card": job.permalink or None,
     }
 
 
@@ -243,12 +257,13 @@ def cmd_audit(args, settings: Settings) -> int:
     since = since if since.tzinfo else since.replace(tzinfo=UTC)
     service = _service(settings)
     rows = service.audit(since.timestamp(), service.key(args.stage) if args.stage else None)
+    name = _people(settings, service).name
     if args.json:
-        json.dump([{**r, "at": _iso(r["at"])} for r in rows], sys.stdout, indent=2)
+        json.dump([{**r, "at": _iso(r["at"]), "actor_name": name(r["actor"])} for r in rows], sys.stdout, indent=2)
         print()
     else:
         for r in rows:
-            print(clean(f"{_iso(r['at'])}  {r['actor']:<14} {r['action']:<22} {r['stage'] or '-':<10} "
+            print(clean(f"{_iso(r['at'])}  {name(r['actor']):<14} {r['action']:<22} {r['stage'] or '-':<10} "
                         f"{r['job_id'] or '':<5} {json.dumps(r['detail'], sort_keys=True)}"))
     return 0
 

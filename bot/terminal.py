@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TextIO
 
@@ -121,15 +123,23 @@ class ProgressPrinter:
                   file=self.out, flush=True)
 
 
-def render_history(jobs: list[Job], now: float) -> str:
+def render_history(jobs: list[Job], now: float, name: Callable[[str], str] = lambda who: who) -> str:
+    """Each run as the incident review needs it: when, how long, who asked and who approved, from →
+    to, the outcome and why, and where its card is."""
     if not jobs:
         return "No rollbacks yet."
     lines = []
     for j in jobs:
-        took = f"{(j.finished or now) - j.started:.0f}s" if j.started else ""
-        lines.append(
-            f"#{j.id:<4} {j.state:<11} {j.target_commit[:7]} (build {j.target_build}) "
-            f"by {j.approved_by or j.requested_by} {age(now - j.created)} ago {took}"
-            + (f"  {j.reason}" if j.reason else "")
-        )
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(j.started or j.created))
+        took = f" in {j.duration:.0f}s" if j.duration is not None and j.finished else ""
+        lines.append(f"#{j.id:<4} {when}  {j.state}{took}  {j.live_commit[:7] or '?'} (build {j.live_build or '?'})"
+                     f" → {j.target_commit[:7]} (build {j.target_build})")
+        who = f"      requested by {name(j.requested_by) or '?'}, approved by {name(j.approved_by) or '-'}"
+        if j.cancelled_by:
+            who += f", cancelled by {name(j.cancelled_by)}"
+        lines.append(who)
+        if j.reason:
+            lines.append(f"      why: {j.reason}")
+        if j.permalink:
+            lines.append(f"      card: {j.permalink}")
     return clean("\n".join(lines))

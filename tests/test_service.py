@@ -75,7 +75,8 @@ def test_history_and_the_audit_trail_export_as_json_for_the_incident_review(fast
     runs = json.loads(cli(fast_prod, "history", "prod", "--json").stdout)
     assert len(runs) == 1 and runs[0]["id"] == job_id and runs[0]["state"] == "succeeded"
     assert runs[0]["to"]["build"] == "b-v1" and runs[0]["from"]["build"] == "b-v2"
-    assert runs[0]["requested_by"] == runs[0]["approved_by"] == "ana" and runs[0]["direction"] == "rollback"
+    assert runs[0]["requested_by"] == runs[0]["approved_by"] == {"id": "ana", "name": "ana"}
+    assert runs[0]["direction"] == "rollback" and runs[0]["card"] is None  # no Slack card for a terminal run
     assert runs[0]["started"].endswith("+00:00") and runs[0]["duration_s"] > 0 and runs[0]["index_recorded"]
     entries = json.loads(cli(fast_prod, "audit", "--since", "2020-01-01", "--json").stdout)
     actions = [(e["actor"], e["action"]) for e in entries]

@@ -264,3 +264,21 @@ def test_a_finished_card_keeps_the_story_and_its_times_read_in_each_readers_zone
     job = ws.engine.store.jobs(stage="prod")[0]
     steps = sum(e["duration"] or 0 for e in ws.engine.store.events(job["id"]) if e["status"] in ("finished", "skipped"))
     assert job["finished"] - job["started"] >= steps  # the job's total is never less than its steps
+
+    # history, in Slack and at a terminal: when, how long, who, from → to, the outcome, and the card
+    link = f"https://demo.slack.com/archives/C-OPS/p{card.ts.replace('.', '')}"
+    history = ws.says(ws.cy, "history prod")
+    assert f"job {job['id']} *succeeded* `prod` `{c['v2'][:7]}` → `{c['v1'][:7]}` (build `b-v1`)" in history
+    assert "requested by <@U-ANA>, approved by <@U-BO>" in history and f"<{link}|card>" in history
+    assert "<!date^" in history and " in " in history
+    s = ws.engine.settings
+    env = {**s.child_env, "ROLLBACK_BUCKET": s.bucket, "ROLLBACK_SERVICE": s.service, "ROLLBACK_REPO": s.repo,
+           "ROLLBACK_DATA_DIR": str(s.data_dir), "SLACK_BOT_TOKEN": "xoxb-test", "SLACK_API_URL": s.slack_api_url}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "bot", *a], env=env, capture_output=True,  # noqa: E731
+                                    text=True, timeout=60)
+    shown = run("history", "prod")
+    assert "requested by Ana, approved by Bo" in shown.stdout and f"card: {link}" in shown.stdout, shown.stderr
+    assert "U-ANA" not in shown.stdout  # names, never raw ids
+    as_json = json.loads(run("history", "prod", "--json").stdout)[0]
+    assert as_json["approved_by"] == {"id": "U-BO", "name": "Bo"} and as_json["card"] == link
+    assert ws.standin.count("users.info") == 2  # once per person: the names are kept in the store

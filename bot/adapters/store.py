@@ -74,6 +74,14 @@ def _v2(db: sqlite_utils.Database) -> None:
     db["audit"].create_index(["at"])
 
 
+@_migration
+def _v3(db: sqlite_utils.Database) -> None:
+    # permalink: the card's Slack link, for history in every face; people: the names of Slack user
+    # ids (users.info), so the CLI and exports show names without asking Slack each time.
+    db["jobs"].add_column("permalink", str)
+    db["people"].create({"id": str, "name": str, "fetched": float}, pk="id")
+
+
 class StageBusy(UserError):
     def __init__(self, stage: str, lock: dict):
         self.stage = stage
@@ -248,6 +256,15 @@ class Store:
             return list(self.db["locks"].rows)
 
     # -- audit -----------------------------------------------------------------------------------
+
+    def person(self, user_id: str) -> dict | None:
+        with self._lock:
+            rows = list(self.db["people"].rows_where("id = ?", [user_id]))
+        return rows[0] if rows else None
+
+    def remember_person(self, user_id: str, name: str) -> None:
+        with self._lock:
+            self.db["people"].upsert({"id": user_id, "name": name, "fetched": self.clock()}, pk="id")
 
     def audit(self, actor: str, action: str, stage: str = "", job_id: int | None = None, **detail) -> None:
         with self._lock:

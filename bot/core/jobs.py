@@ -79,6 +79,7 @@ class Job:
     finished: float | None = None
     channel: str = ""
     message_ts: str = ""
+    permalink: str = ""  # the card in Slack, for history
     recorded: int | None = None
     unfreeze: int | None = None
     plan_json: str = ""

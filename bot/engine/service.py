@@ -168,8 +168,8 @@ class RollbackService:
         return Pending(job_id, plan, now + self.ttl, policy.approval_needs(stage, user), policy.configured,
                        Job.from_row(running) if running else None)
 
-    def attach_message(self, job_id: int, channel: str, ts: str) -> None:
-        self.store.update_job(job_id, channel=channel, message_ts=ts)
+    def attach_message(self, job_id: int, channel: str, ts: str, permalink: str = "") -> None:
+        self.store.update_job(job_id, channel=channel, message_ts=ts, permalink=permalink)
 
     def approve(self, job_id: int, user: str, channel: str | None, groups_of=lambda u: set(),
                 unfreeze: bool = False) -> tuple[Job, Plan]:

@@ -168,6 +168,7 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
     threading.Thread(target=_serve, args=(bot,), daemon=True).start()
     running.callback(bot.close)
     bot_url = f"http://127.0.0.1:{bot.effective_port}/slack/events"
+    standin.people.update(USERS)
     users = {uid: SlackUser(standin, bot_url, secret, uid, CHANNEL[0], name=name) for uid, name in USERS}
     page = ChannelPage(standin, users, CHANNEL, LambdaView(aws), port=port).start()
     running.callback(page.stop)

@@ -24,6 +24,7 @@ class SlackStandIn:
         self.files: list[dict] = []
         self.calls: list[tuple[float, str]] = []  # (monotonic time, method)
         self.groups: dict[str, list[str]] = {}
+        self.people: dict[str, str] = {}  # user id -> display name (users.info)
         self.home: dict[str, dict] = {}  # user -> the App Home view published for them
         self.socket_url: str | None = None  # what apps.connections.open hands out (Socket Mode)
         self._fail: dict[str, list[int]] = defaultdict(list)  # method -> Retry-After seconds to answer 429 with
@@ -162,6 +163,20 @@ class SlackStandIn:
                 msg["updates"] += 1
                 return {"ok": True, "channel": channel, "ts": ts}
         return {"ok": False, "error": "message_not_found"}
+
+    def _api_chat_getPermalink(self, args):
+        channel, ts = args["channel"], args["message_ts"]
+        if not any(m["ts"] == ts for m in self.messages[channel]):
+            return {"ok": False, "error": "message_not_found"}
+        return {"ok": True, "channel": channel,
+                "permalink": f"https://demo.slack.com/archives/{channel}/p{ts.replace('.', '')}"}
+
+    def _api_users_info(self, args):
+        name = self.people.get(args.get("user", ""))
+        if name is None:
+            return {"ok": False, "error": "user_not_found"}
+        return {"ok": True, "user": {"id": args["user"], "name": name.lower(),
+                                     "real_name": name, "profile": {"display_name": name, "real_name": name}}}
 
     def _api_chat_postEphemeral(self, args):
         self.responses.append({**args, "response_type": "ephemeral"})

@@ -195,7 +195,8 @@ class Slack:
             self.service.withdraw(pending.job_id, user_id, channel)
             log.warning("could not post a plan card: %s", exc)
             return
-        self.service.attach_message(pending.job_id, posted["channel"], posted["ts"])
+        self.service.attach_message(pending.job_id, posted["channel"], posted["ts"],
+                                    self.notify.permalink(posted["channel"], posted["ts"]))
 
     def close_card(self, channel: str, ts: str, job: Job, why: str) -> None:
         self.notify.update(channel, ts, "Plan closed", kit.closed_plan_blocks(job.stage, job.target_commit, why))

@@ -14,7 +14,7 @@ from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan
 from bot.slack import ids
 from bot.slack.commands import COMMANDS
-from bot.slack.mrkdwn import code, date, esc, esc_message, user
+from bot.slack.mrkdwn import code, date, esc, esc_message, link, user
 
 STEP_LABELS = {"restore": "Restore artifact", "checkout": "Check out source", "install": "Install plugins",
                "deploy": "Deploy", "verify": "Verify Lambda code"}
@@ -24,6 +24,18 @@ MAX_TEXT = 2900  # a section's text may hold 3,000 characters
 
 def _clip(text: str, n: int = MAX_TEXT) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _whole_lines(lines: list[str], limit: int = MAX_TEXT) -> str:
+    """As many whole lines as fit (a cut line could break a link or a mention), then how many more."""
+    kept, size = [], 0
+    for n, line in enumerate(lines):
+        if size + len(line) + 40 > limit:
+            kept.append(f"…and {len(lines) - n} more")
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return "\n".join(kept)
 
 
 def section(text: str) -> dict:
@@ -188,9 +200,22 @@ def no_longer_live(was_commit: str, was_build: str, live: LiveRecord | None) -> 
     return text + ". Here is the plan from what is live now."
 
 
-def _job_line(j: Job, now: float) -> str:
-    return (f"• job {j.id} *{esc(j.state)}* {code(j.stage)} → {code(j.target_commit[:7])} "
-            f"{date(j.created)}")
+def run_line(j: Job) -> str:
+    """One run in history (Slack and the App Home): when and how long, who asked and who approved,
+    from → to, the outcome and why, and a link to its card."""
+    took = f" in {j.duration:.0f}s" if j.duration is not None and j.finished else ""
+    line = (f"• {date(j.started or j.created)}{took} · job {j.id} *{esc(j.state)}* {code(j.stage)} "
+            f"{code(j.live_commit[:7] or '?')} → {code(j.target_commit[:7])} (build {code(j.target_build)})"
+            f" · requested by {user(j.requested_by)}")
+    if j.approved_by:
+        line += f", approved by {user(j.approved_by)}"
+    if j.cancelled_by:
+        line += f", cancelled by {user(j.cancelled_by)}"
+    if j.reason and j.state is not JobState.SUCCEEDED:
+        line += f"\n    _{_clip(esc_message(j.reason), 300)}_"
+    if j.permalink:
+        line += f" · {link(j.permalink, 'card')}"
+    return line
 
 
 def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], now: float,
@@ -212,7 +237,7 @@ def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], n
     if not stages:
         blocks.append(section("No stage has builds yet: CI adds them with `rollback-bot publish`."))
     blocks.append({"type": "divider"})
-    recent = "\n".join(_job_line(j, now) for j in jobs) or "none yet"
+    recent = _whole_lines([run_line(j) for j in jobs]) or "none yet"
     blocks.append(section(f"*Recent rollbacks*\n{recent}"))
     return blocks
 
@@ -299,6 +324,4 @@ def status_blocks(running: list[Job], freezes: dict[str, Mark], now: float) -> l
 
 
 def history_text(stage: str, jobs: list[Job]) -> str:
-    lines = [f"• job {j.id} *{esc(j.state)}* → {code(j.target_commit[:7])} by "
-             f"{user(j.approved_by or j.requested_by)} {esc_message(j.reason)}" for j in jobs]
-    return "\n".join(lines) or f"No rollbacks of {code(stage)} yet."
+    return _whole_lines([run_line(j) for j in jobs]) or f"No rollbacks of {code(stage)} yet."

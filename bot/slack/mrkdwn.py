@@ -13,6 +13,7 @@ import re
 BACKTICK_LOOKALIKE = "\u02cb"  # ˋ modifier letter grave accent
 SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9-]{1,30}$")
 SLACK_CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9-]{1,30}$")
+LINK_RE = re.compile(r"^https://[^\s|<>]{1,500}$")
 
 
 def esc(text: object) -> str:
@@ -48,6 +49,13 @@ def user(who: object) -> str:
 def channel(cid: object) -> str:
     s = "" if cid is None else str(cid)
     return f"<#{s}>" if SLACK_CHANNEL_RE.match(s) else esc(s)
+
+
+def link(url: object, label: str) -> str:
+    """A link the bot itself made (a permalink from Slack); anything that is not a plain https URL
+    is not linked at all."""
+    s = "" if url is None else str(url)
+    return f"<{s.replace('&', '&amp;')}|{esc(label)}>" if LINK_RE.match(s) else ""
 
 
 def date(ts: float, fallback: str = "") -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from slack_sdk import WebClient
 
 log = logging.getLogger("rollback-bot.slack")
+PERMALINK_RE = re.compile(r"^https://[^\s|<>]{1,500}$")
 
 
 class Notifier:
@@ -31,6 +33,15 @@ class Notifier:
         except Exception as exc:
             log.warning("could not update message %s in %s: %s", ts, channel, exc)
             return False
+
+    def permalink(self, channel: str, ts: str) -> str:
+        """A link to a message, for history; "" when Slack will not say (history then has no link)."""
+        try:
+            link = self.client.chat_getPermalink(channel=channel, message_ts=ts).get("permalink") or ""
+        except Exception as exc:
+            log.warning("could not get the link of message %s in %s: %s", ts, channel, exc)
+            return ""
+        return link if PERMALINK_RE.match(link) else ""
 
     def upload(self, channel: str, thread_ts: str, content: str, filename: str, title: str) -> None:
         # files_upload_v2 sends the content outside api_call, where the masking client cannot see it

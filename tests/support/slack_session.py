@@ -108,6 +108,7 @@ def _serve_until_closed(server) -> None:
 def workspaces(make_engine, tmp_path):
     """A generator fixture body: yields ``start(policy, socket, **env)``, which starts a bot."""
     standin = SlackStandIn()
+    standin.people.update({"U-ANA": "Ana", "U-BO": "Bo", "U-CY": "Cy"})
     servers, closers = [], []
 
     def start(policy: str = "", socket: bool = False, **overrides) -> Workspace:
