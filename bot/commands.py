@@ -58,7 +58,7 @@ def _notify(settings: Settings, stage: str, by: str) -> None:
         return
     from bot.slack.notify import notify_deployed  # Slack is optional for CI commands
 
-    notify_deployed(settings, artifact_store(settings).read_index(stage), by)
+    notify_deployed(settings, artifact_store(settings), stage, by)
 
 
 def cmd_mark_deployed(args, settings: Settings) -> int:

@@ -214,13 +214,23 @@ def test_ci_deploy_notification_rolls_back_with_one_click_and_home_shows_the_sta
     home = wait_for(lambda: s.home.get("U-BO"), 10, "the home tab")
     assert f"*prod*: live `{v2[:7]}` (build `b-v2`)" in all_text(home)
 
-    # CI deploys v3 (its notification lost); a late click on v2's notification says v2 is no longer live,
-    # then offers the plan from what is live now
+    # CI deploys v3: v2's notification is edited to say it no longer is live, and a late click on
+    # v2's notification says so, then offers the plan from what is live now
     v3 = fast_service.commits["v3"]
-    cli("mark-deployed", "--stage", "prod", "--commit", v3, "--by", "ci-bot", SLACK_API_URL="http://127.0.0.1:9/api/")
+    assert cli("mark-deployed", "--stage", "prod", "--commit", v3, "--by", "ci-bot").returncode == 0
+    struck = all_text(ws.card(2))
+    assert f"~🚀 *prod* is now running `{v2[:7]}` (build `b-v2`)~" in struck
+    assert f"No longer live: deployed to `{v3[:7]}` (build `b-v3`) by ci-bot <!date^" in struck
+    assert "Roll back" not in struck and not [b for b in ws.card(2)["blocks"] if b["type"] == "actions"]
     said = ws.clicks(ws.ana, seen(note), "plan_build")
     assert f"`{v2[:7]}` (build `b-v2`) is no longer live: deployed to `{v3[:7]}` (build `b-v3`) by ci-bot" in said
-    assert header(ws.card(4)) == f"Roll back prod to {v2[:7]}?"
+    plan = ws.card(5)
+    assert header(plan) == f"Roll back prod to {v2[:7]}?"
+
+    # a rollback edits the notification of the build it replaced too
+    ws.bo.click(plan, "approve")
+    wait_for(lambda: "No longer live: rolled back to" in all_text(ws.card(4)), 60, "v3's notification edited")
+    assert f"rolled back to `{v2[:7]}` (build `b-v2`) by <@U-BO>" in all_text(ws.card(4))
 
 
 def test_a_rollback_cut_short_by_a_restart_is_announced_when_the_bot_starts(make_fast_engine, fast_workspace):

@@ -113,6 +113,22 @@ def test_json_round_trip_and_refusals():
         StageIndex.from_json(b'{"schema": 99, "service": "s", "stage": "p"}', "x")
 
 
+def test_the_message_that_announced_a_build_is_remembered_and_a_forged_one_is_ignored():
+    import json
+
+    b1 = art("1111", "1", 1)
+    index = stage(b1)
+    index.set_live(b1, "ci", 5.0)
+    assert index.note_notice(b1.commit, "1", 5.0, "C-OPS", "1700000000.000100") is True
+    assert index.note_notice(b1.commit, "1", 5.0, "C-OPS", "<!channel>") is False  # not a channel and ts
+    again = StageIndex.from_json(index.to_json(), "x")
+    assert again.live.notice_at == ("C-OPS", "1700000000.000100")
+    doc = json.loads(index.to_json())
+    doc["history"][0]["notice"] = "C-OPS:1.1|<https://evil>"
+    forged = StageIndex.from_json(json.dumps(doc).encode(), "x")
+    assert forged.live.notice_at is None and forged.live.commit == b1.commit  # the record itself stays usable
+
+
 def test_a_bad_commit_is_found_by_full_sha_or_a_7_character_prefix():
     bad = art("abcdef1", "1", 1, bad=True)
     index = stage(bad, art("1234567", "2", 2))

@@ -77,7 +77,7 @@ def test_hostile_text_comes_out_of_every_builder_as_text():
                 freeze=Mark(HOSTILE, HOSTILE, 1.0), warnings=[HOSTILE], forward=True)
     job = {"id": 7, "stage": "prod", "state": "failed", "target_commit": SHA, "requested_by": "U-ANA",
            "approved_by": HOSTILE, "reason": HOSTILE, "started": 1.0, "finished": 2.0, "created": 1.0,
-           "cancelled_by": HOSTILE, "plan_json": "{}"}
+           "cancelled_by": HOSTILE, "plan_json": "{}", "permalink": "javascript:alert(1)|<!channel>"}
     every = [
         kit.help_blocks([HOSTILE]),
         kit.listing_blocks(index, 10.0),
@@ -91,6 +91,7 @@ def test_hostile_text_comes_out_of_every_builder_as_text():
         kit.progress_blocks(Job.from_row({**job, "state": "running", "cancelled_by": HOSTILE}), {}, [], 10.0),
         kit.progress_blocks(Job.from_row({**job, "state": "succeeded", "recorded": 0}), {}, [], 10.0),
         kit.status_blocks([Job.from_row(job)], {HOSTILE: Mark(HOSTILE, HOSTILE, 1.0)}, 10.0),
+        kit.superseded_blocks(HOSTILE, LiveRecord(SHA, "b-1", 3.0, HOSTILE), LiveRecord(SHA2, "b-2", 4.0, HOSTILE)),
         [kit.section(kit.history_text(HOSTILE, [Job.from_row(job)]))],
     ]
     for blocks in every:

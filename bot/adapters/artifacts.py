@@ -45,6 +45,7 @@ from bot.core.stage_index import (
     MAX_PACKAGE_BYTES,
     Artifact,
     IndexFormatError,
+    LiveRecord,
     Mark,
     StageIndex,
 )
@@ -472,6 +473,11 @@ class ArtifactStore:
             return found, index.set_live(found, by, self.clock(), via)
 
         return self.update_index(stage, change)
+
+    def note_notice(self, stage: str, record: LiveRecord, channel: str, ts: str) -> bool:
+        """Record which Slack message announced ``record``, so it can be edited when the build stops being live."""
+        return self.update_index(stage, lambda index: index.note_notice(record.commit, record.build_id, record.at,
+                                                                        channel, ts))
 
     def unfreeze(self, stage: str) -> Mark | None:
         """Lift the stage's freeze; returns the freeze that was there, if any."""

@@ -18,6 +18,7 @@ MIN_PREFIX = 4
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # sha1, or sha256 repositories
 BUILD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+NOTICE_RE = re.compile(r"^[CGD][A-Z0-9-]{1,30}:[0-9]{1,12}\.[0-9]{1,8}$")  # a Slack channel id and message ts
 MAX_PACKAGE_BYTES = 10 * 1024**3  # no Serverless package is near this; a larger size is a lie
 MAX_TEXT = 2000  # author, message, reasons: longer values are cut, never trusted to be short
 
@@ -76,10 +77,16 @@ class LiveRecord:
     at: float
     by: str = ""
     via: str = "deploy"
+    notice: str = ""  # "CHANNEL:TS" of the Slack message that announced it, edited when it stops being live
 
     @property
     def ident(self) -> tuple[str, str]:
         return (self.commit, self.build_id)
+
+    @property
+    def notice_at(self) -> tuple[str, str] | None:
+        """The announcing message as (channel, ts), or None."""
+        return tuple(self.notice.split(":", 1)) if NOTICE_RE.match(self.notice) else None  # type: ignore[return-value]
 
 
 @dataclass
@@ -217,6 +224,17 @@ class StageIndex:
         self.history.insert(0, LiveRecord(artifact.commit, artifact.build_id, at, by, via))
         artifact.bad = None  # a successful deploy of a build clears its bad mark
         return True
+
+    def note_notice(self, commit: str, build_id: str, at: float, channel: str, ts: str) -> bool:
+        """Remember which message announced a build going live (the record of that moment)."""
+        notice = f"{channel}:{ts}"
+        if not NOTICE_RE.match(notice):
+            return False
+        for record in self.history:
+            if record.ident == (commit, build_id) and record.at == at:
+                record.notice = notice
+                return True
+        return False
 
     def is_forward(self, target: Artifact) -> bool:
         """Whether moving to ``target`` is a roll forward: it was published after the live build."""
@@ -380,7 +398,9 @@ def _mark(data) -> Mark:
 def _live_record(data) -> LiveRecord:
     r = _build(LiveRecord, data)
     _ident(r.commit, r.build_id)
-    return LiveRecord(r.commit, r.build_id, _number(r.at, "at"), _text(r.by, "by", 200), _text(r.via, "via", 20))
+    notice = r.notice if isinstance(r.notice, str) and NOTICE_RE.match(r.notice) else ""  # else: no edit, no harm
+    return LiveRecord(r.commit, r.build_id, _number(r.at, "at"), _text(r.by, "by", 200), _text(r.via, "via", 20),
+                      notice)
 
 
 def _in_use(data) -> InUse:

@@ -23,7 +23,7 @@ from bot.engine.pipeline import Event
 from bot.engine.service import Refused, RollbackService
 from bot.slack import blocks as kit
 from bot.slack.mrkdwn import code, esc, esc_message
-from bot.slack.notifier import Notifier
+from bot.slack.notifier import Notifier, edit_superseded
 
 GROUP_TTL = 60.0
 WORK_QUEUE = 64  # requests waiting for a worker; past that, people are told to try again
@@ -159,7 +159,10 @@ class Slack:
         return listener
 
     def announce(self, job: dict) -> None:
-        """Rollback results go to the stage's notification channel too, when that is elsewhere."""
+        """Rollback results go to the stage's notification channel too, when that is elsewhere; the
+        deploy notification of the build it replaced says it is no longer live."""
+        if job["state"] == "succeeded" and job.get("recorded") != 0:
+            self.superseded(job["stage"])
         channel = self.service.policy.notify_channel(job["stage"], self.settings.channel)
         if channel and channel != job.get("channel"):
             verdict = {"succeeded": "✅ rolled back", "failed": "❌ rollback failed"}.get(job["state"], job["state"])
@@ -179,6 +182,13 @@ class Slack:
             self.notify.update(job["channel"], job["message_ts"], f"Rollback job {job_id}",
                                kit.progress_blocks(Job.from_row(job), _steps(self.store, job_id), [], time.time()))
         self.notify.post(job["channel"], f"✅ Job {job_id}: {esc(event.text)}", thread_ts=job.get("message_ts"))
+        self.superseded(job["stage"])
+
+    def superseded(self, stage: str) -> None:
+        try:
+            edit_superseded(self.notify, self.service.index(self.service.key(stage)))
+        except Exception as exc:  # S3 unreadable: the notification stays as it was; nothing else depends on it
+            log.warning("could not mark the deploy notification of %s as no longer live: %s", stage, exc)
 
     def post_plan(self, stage: str, ref: str, user_id: str, channel: str, respond, groups_of) -> None:
         pending = self.service.request(self.service.key(stage), ref, user_id, channel, groups_of)

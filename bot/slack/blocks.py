@@ -190,14 +190,24 @@ def deployed_blocks(stage: str, art: Artifact, previous: Artifact | None, commit
     return blocks
 
 
+def _replaced_by(live: LiveRecord) -> str:
+    how = {"rollback": "rolled back", "forward": "rolled forward"}.get(live.via, "deployed")
+    return f"{how} to {code(live.commit[:7])} (build {code(live.build_id)}) by {user(live.by)} {date(live.at)}"
+
+
 def no_longer_live(was_commit: str, was_build: str, live: LiveRecord | None) -> str:
     """What a late click on a deploy notification is told before it gets the plan from what is live now."""
     text = f"{code(was_commit[:7])} (build {code(was_build)}) is no longer live"
     if live is not None:
-        how = {"rollback": "rolled back", "forward": "rolled forward"}.get(live.via, "deployed")
-        text += (f": {how} to {code(live.commit[:7])} (build {code(live.build_id)}) by {user(live.by)} "
-                 f"{date(live.at)}")
+        text += f": {_replaced_by(live)}"
     return text + ". Here is the plan from what is live now."
+
+
+def superseded_blocks(stage: str, was: LiveRecord, live: LiveRecord) -> list[dict]:
+    """A deploy notification once its build stopped being live: struck through, with what replaced it,
+    and no Roll back button (it would now mean "from what is live now", which this message is not)."""
+    return [section(f"~🚀 *{esc(stage)}* is now running {code(was.commit[:7])} (build {code(was.build_id)})~"),
+            context(f"⏹️ No longer live: {_replaced_by(live)}")]
 
 
 def run_line(j: Job) -> str:

@@ -7,6 +7,10 @@ import re
 
 from slack_sdk import WebClient
 
+from bot.core.stage_index import StageIndex
+from bot.slack.blocks import superseded_blocks
+from bot.slack.mrkdwn import esc
+
 log = logging.getLogger("rollback-bot.slack")
 PERMALINK_RE = re.compile(r"^https://[^\s|<>]{1,500}$")
 
@@ -57,3 +61,15 @@ class Notifier:
             self.client.views_publish(user_id=user, view={"type": "home", "blocks": blocks})
         except Exception as exc:
             log.warning("could not publish the home tab of %s: %s", user, exc)
+
+
+def edit_superseded(notifier: Notifier, index: StageIndex) -> bool:
+    """Edit the notification of the build that was live before the live one: it no longer is."""
+    if len(index.history) < 2 or index.history[1].ident == index.history[0].ident:
+        return False
+    was, live = index.history[1], index.history[0]
+    where = was.notice_at
+    if where is None:
+        return False
+    return notifier.update(*where, esc(f"{index.stage}: {was.commit[:7]} is no longer live"),
+                           superseded_blocks(index.stage, was, live))
