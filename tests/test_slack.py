@@ -292,3 +292,21 @@ def test_a_finished_card_keeps_the_story_and_its_times_read_in_each_readers_zone
     as_json = json.loads(run("history", "prod", "--json").stdout)[0]
     assert as_json["approved_by"] == {"id": "U-BO", "name": "Bo"} and as_json["card"] == link
     assert ws.standin.count("users.info") == 2  # once per person: the names are kept in the store
+
+
+def test_the_bolt_app_starts_without_a_warning_about_its_token(make_fast_engine, monkeypatch, caplog):
+    from bot.engine.service import RollbackService
+    from bot.playground.slack import SlackStandIn
+    from bot.slack.app import build_app
+
+    standin = SlackStandIn()
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-from-the-environment")  # as in every real deploy
+    engine = make_fast_engine(SLACK_BOT_TOKEN="xoxb-from-the-environment", SLACK_SIGNING_SECRET=SECRET,
+                              SLACK_API_URL=standin.api_url)
+    try:
+        with caplog.at_level("WARNING"):
+            app = build_app(engine.settings, engine, RollbackService(engine, engine.settings.policy))
+    finally:
+        standin.stop()
+    assert app.client.token == "xoxb-from-the-environment" and standin.count("auth.test") == 1
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("slack_bolt")] == []

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from slack_bolt import App
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
@@ -222,11 +223,26 @@ def groups_middleware(slack: Slack):
     return middleware
 
 
+class _SameToken(logging.Filter):
+    """Bolt reads SLACK_BOT_TOKEN from the environment even when given a client, then warns that the
+    client wins. Our client carries that same token (behind the mask), so the warning says nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+def quiet_same_token() -> None:
+    bolt = logging.getLogger("slack_bolt.App")
+    if not any(isinstance(f, _SameToken) for f in bolt.filters):
+        bolt.addFilter(_SameToken())
+
+
 def build_app(settings: Settings, engine: Engine, service: RollbackService, client: WebClient | None = None) -> App:
     """The Bolt app: one middleware, then the listeners of each kind (bot/slack/listeners/)."""
     from bot.slack.listeners import register
 
     slack = Slack(settings, service, client or make_client(settings))
+    quiet_same_token()
     app = App(signing_secret=settings.slack_signing_secret or None, client=slack.client,
               process_before_response=True)
     app.use(groups_middleware(slack))
