@@ -3,7 +3,18 @@
 setup_python() {
   local spec="$1"
   if [ ! -x .venv/bin/python ]; then
+    # First run: about 80 s of downloads on a fresh machine. Show each package as it comes (errors
+    # always pass through), so nobody thinks it hung.
+    echo "First run: installing rollback-bot's Python packages into .venv (about a minute and a half; later runs take seconds)…"
+    local started=$SECONDS
     python3 -m venv .venv
+    if ! (set -o pipefail; .venv/bin/python -m pip install --disable-pip-version-check -e "$spec" 2>&1 \
+      | { grep --line-buffered -vE '^ *(Downloading|Using cached|Obtaining|Preparing|Getting requirements|Processing|Installing build|Building|Created wheel|Stored in|Requirement already|Checking if build|Attempting uninstall|Found existing|Uninstalling|Successfully uninstalled)|━' || true; }); then
+      echo "pip install failed (above); .venv was removed so the next run starts clean" >&2
+      rm -rf .venv
+      return 1
+    fi
+    echo "Python packages installed in $((SECONDS - started)) s."
   fi
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
 }

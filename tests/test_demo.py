@@ -22,12 +22,10 @@ import pytest
 from bot.adapters.store import Store
 from bot.core.jobs import Job
 from bot.slack.blocks import help_blocks, progress_blocks
+from tests.support.browser import CHROMIUM, FLAGS
 from tests.support.waiting import wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]  # the demo deploys with the real Serverless CLI
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 class Demo:
@@ -43,9 +41,11 @@ def demo(tmp_path_factory):
         pytest.skip("Chromium could not be installed (./scripts/test runs `apt-get install chromium` as root)")
     data = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLBACK_", "SLACK_", "AWS_"))}
+    # Started as a shell started in the background would: SIGINT ignored. Ctrl-C must work anyway.
     proc = subprocess.Popen([sys.executable, "-m", "bot", "demo", "--port", "0", "--data-dir", str(data)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)  # its own group, as a terminal gives it
+                            start_new_session=True,  # its own group, as a terminal gives it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines: queue.Queue[str] = queue.Queue()
     output: list[str] = []
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -122,7 +122,32 @@ def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
     page.wait_for_selector("#lambda-version[data-version='v2']", timeout=30_000)
     done.locator("button.thread-toggle").click()
     assert "Service deployed to stack hello-service-prod" in page.locator(".thread").inner_text()
+    text = done.inner_text()
+    assert "Undoes 1 commit" in text and "approved by @Bo" in text  # the card keeps the plan and who
     page.screenshot(path=str(screenshots / "demo-done.png"))
+    done.locator("button.thread-toggle").click()  # close the thread again
+
+    # a rollback cancelled while it deploys: the card says who stopped it and what runs now
+    type_as(page, "U-ANA", "/rollback prod demo-v1")
+    card = card_with_header(page, "Roll back prod to")
+    page.click("button.user[data-user='U-BO']")
+    card.locator("button", has_text="Approve").click()
+    running = card_with_header(page, "Rolling back: prod")
+    wait_for(lambda: _processes_under(demo.data, "serverless"), 240, "the deploy to start")
+    running.locator("button", has_text="Cancel").click()
+    cancelled = card_with_header(page, "Rollback cancelled", timeout=120)
+    text = cancelled.inner_text()
+    assert "Cancelled by @Bo" in text and "Lambda runs" in text
+    page.wait_for_selector("#lambda-version[data-version='v2']", timeout=30_000)  # nothing changed
+    cancelled.locator("button.thread-toggle").click()
+    with page.context.expect_page() as opened:
+        cancelled.locator("a.file", has_text="rollback-job-").click()
+    opened.value.wait_for_load_state()
+    log = opened.value.locator("body").inner_text()  # the job's full log, as text
+    assert "sha256 verified" in log and "serverless deploy --stage prod --package" in log
+    opened.value.close()
+    cancelled.evaluate("card => card.scrollIntoView({block: 'start'})")  # its header at the top
+    page.screenshot(path=str(screenshots / "demo-cancelled.png"))
 
 
 def test_the_page_renders_what_the_bot_sends(demo, page):
@@ -176,7 +201,8 @@ def test_ctrl_c_during_a_rollback_stops_everything(demo, page):
         urllib.request.urlopen(demo.url, timeout=5)
     # the bot stopped the deploy itself before it went: the job is recorded as cancelled, the lock released
     store = Store(demo.data / "run" / "rollback-bot.sqlite")
-    assert [j["state"] for j in store.jobs(stage="prod") if j["state"] != "pending"] == ["cancelled", "succeeded"]
+    assert [j["state"] for j in store.jobs(stage="prod") if j["state"] != "pending"] == [
+        "cancelled", "cancelled", "succeeded"]
     assert store.locks() == []
 
 

@@ -272,7 +272,8 @@ def test_cli_rollback_shows_the_plan_and_steps_and_records_history(prod, service
     assert live_code() == code_of(service_history, "v1")
 
     history = cli("history", "prod").stdout
-    assert "succeeded" in history and f"{v1.commit[:7]} (build b-v1) by ana" in history
+    assert "succeeded in " in history and f"→ {v1.commit[:7]} (build b-v1)" in history
+    assert "requested by ana, approved by ana" in history
 
 
 def test_secrets_never_reach_the_recorded_log(prod, make_engine):

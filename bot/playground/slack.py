@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from slack_sdk.signature import SignatureVerifier
 
+MAX_FILE = 5 * 1024 * 1024
+
 
 class SlackStandIn:
     def __init__(self) -> None:
@@ -92,8 +94,12 @@ class SlackStandIn:
             replies = [{**r, **meta, "id": i} for i, (r, meta) in enumerate(zip(self.responses, self.response_meta,
                                                                               strict=False))
                        if meta.get("owner") and r.get("response_type", "ephemeral") == "ephemeral"]
-            files = [dict(f) for f in self.files if f.get("channel") == channel]
+            files = [{k: v for k, v in f.items() if k != "content"} for f in self.files if f.get("channel") == channel]
         return messages, replies, files
+
+    def file_content(self, file_id: str) -> bytes | None:
+        with self._lock:
+            return next((f.get("content", b"") for f in self.files if f["id"] == file_id), None)
 
     def _touch(self) -> None:  # with self._lock held
         self.revision += 1
@@ -124,7 +130,11 @@ class SlackStandIn:
                 self.response_meta.append({"at": time.time(), "owner": self._owners.get(path.split("/")[-1], "")})
                 self._touch()
             return 200, {"ok": True}, {}
-        if path.startswith("/upload/"):
+        if path.startswith("/upload/"):  # the file's bytes, as Slack's upload URL receives them
+            with self._lock:
+                for f in self.files:
+                    if f["id"] == path.removeprefix("/upload/"):
+                        f["content"] = body[:MAX_FILE]
             return 200, {"ok": True}, {}
         method = path.removeprefix("/api/")
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,6 +48,12 @@ class ChannelPage:
                 if path == "/api/state":
                     after = int(dict(p.partition("=")[::2] for p in query.split("&") if p).get("after") or -1)
                     self._json(200, page.state(after))
+                elif path.startswith("/files/"):  # a file shared in the channel (a job's full log)
+                    content = page.standin.file_content(urllib.parse.unquote(path[len("/files/"):]))
+                    if content is None:
+                        self._json(404, {"error": "no such file"})
+                    else:
+                        self._send(200, "text/plain; charset=utf-8", content)
                 elif path == "/favicon.ico":
                     self._send(200, "image/svg+xml", FAVICON)
                 elif path in ("/", "/index.html"):
@@ -77,6 +84,7 @@ class ChannelPage:
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")  # a log is shown as text, whatever it holds
                 self.end_headers()
                 try:
                     self.wfile.write(data)

@@ -6,6 +6,7 @@
   let state = null;
   let me = null;
   const openThreads = new Set();
+  let followNext = true;  // the first render, and after the reader sends a command, go to the newest
 
   function time(ts) {
     return new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
@@ -54,8 +55,11 @@
       body.appendChild(text);
     }
     for (const f of opts.files || []) {
-      const chip = document.createElement("div");
+      const chip = document.createElement("a");  // opens the uploaded file, as Slack does
       chip.className = "file";
+      chip.href = "/files/" + encodeURIComponent(f.id);
+      chip.target = "_blank";
+      chip.rel = "noopener";
       chip.textContent = "📄 " + f.filename + " (" + f.length.toLocaleString() + " bytes)";
       body.appendChild(chip);
     }
@@ -123,7 +127,9 @@
         body.appendChild(thread);
       }
     }
-    if (atBottom) list.scrollTop = list.scrollHeight;
+    // follow new messages, unless the reader scrolled up to read something older
+    if (atBottom || followNext) list.scrollTop = list.scrollHeight;
+    followNext = false;
     renderLambda(state.lambda);
   }
 
@@ -179,6 +185,7 @@
     if (!text) return;
     if (!text.startsWith("/rollback")) { toast("Only /rollback commands work here, e.g. /rollback prod"); return; }
     input.value = "";
+    followNext = true;
     try {
       await post("/api/command", { user: me, text: text });
     } catch (err) {
