@@ -12,6 +12,7 @@ import pytest
 
 from bot.adapters.source import SourceError
 from bot.adapters.store import StageBusy, Store
+from bot.core.keys import StageKey
 from tests.conftest import BUCKET, SERVICE, code_of, live_code
 from tests.support.serverless_fixture import ci_deploy, sls_env
 from tests.support.waiting import wait_for
@@ -51,7 +52,7 @@ def test_roll_back_to_v1_then_forward_to_v2(prod, service_history):
     assert index.live.ident == (v1.commit, "b-v1") and index.live.via == "rollback"
     assert index.find(v2.commit, "b-v2").bad.reason == f"rolled back to {v1.commit[:7]} (build b-v1) by job {job_id}"
     assert index.freeze is not None and index.freeze.by == "U-BO"
-    assert index.in_use == [] and prod.store.lock_of("prod") is None
+    assert index.in_use == [] and prod.store.lock_of(StageKey(SERVICE, "prod")) is None
 
     # roll forward: the bad build can still be deployed by a person; the plan warns, success clears the mark
     plan = prod.plan("prod", v2.commit[:8])
@@ -113,7 +114,7 @@ def test_check_freeze_from_another_machine(prod, service_history, aws_env, tmp_p
 def assert_failed_cleanly(engine, job, expect_in_reason: str, live_build: str = "b-v2"):
     assert job["state"] in ("failed", "cancelled"), job
     assert expect_in_reason in job["reason"]
-    assert engine.store.lock_of(job["stage"]) is None
+    assert engine.store.lock_of(StageKey(SERVICE, job["stage"])) is None
     index = engine.artifacts.read_index(job["stage"])
     assert index.live.build_id == live_build and index.freeze is None and index.in_use == []
     assert not any(a.bad for a in index.artifacts)
@@ -144,7 +145,7 @@ def test_a_commit_missing_from_the_repository_stops_before_anything_runs(prod, s
     prod.artifacts.publish("prod", SHA_MISSING, service_history.builds["v1"].package, build_id="ghost")
     with pytest.raises(SourceError, match="is not in .*force-pushed"):
         prod.plan("prod", "ghost")
-    assert prod.store.jobs() == [] and prod.store.lock_of("prod") is None
+    assert prod.store.jobs() == [] and prod.store.lock_of(StageKey(SERVICE, "prod")) is None
 
 
 def test_checksum_mismatch_fails_at_restore(prod, s3, service_history):
@@ -211,7 +212,7 @@ def test_bot_killed_mid_deploy_is_recovered_as_interrupted(prod, make_engine, aw
     job = restarted.store.job(before["id"])
     assert job["state"] == "interrupted" and job["stack_status"] == "UPDATE_COMPLETE"
     assert "stack hello-service-prod is UPDATE_COMPLETE" in job["reason"]
-    assert restarted.store.lock_of("prod") is None
+    assert restarted.store.lock_of(StageKey(SERVICE, "prod")) is None
     assert restarted.artifacts.read_index("prod").in_use == []
     wait_for(lambda: not _alive(deploy_pid), timeout=10)
     assert restarted.jobs.recover() == []  # once only

@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 from slack_sdk.signature import SignatureVerifier
 
+from bot.core.keys import StageKey
 from bot.playground.slack import SlackUser
 from tests.conftest import BUCKET, SERVICE, fast_code, live_code
 from tests.support.serverless_fixture import sls_env
@@ -28,6 +29,8 @@ approver_must_differ = true
 channels = ["C-OPS"]
 notify_channel = "C-DEPLOYS"
 """
+
+PROD = StageKey(SERVICE, "prod")
 
 
 def test_each_mistake_gets_an_ephemeral_reply_that_says_what_to_do(fast_prod, fast_workspace, fast_service):
@@ -243,12 +246,12 @@ def test_a_rollback_cut_short_by_a_restart_is_announced_when_the_bot_starts(make
                                       approved_by="U-BO", state="running", started=time.time(), channel=CHANNEL,
                                       stack_name="hello-service-prod", region="us-east-1", host=socket.gethostname(),
                                       pid=dead.pid)
-    crashed.store.acquire_lock("prod", job_id, "U-BO")
+    crashed.store.acquire_lock(PROD, job_id, "U-BO")
     ws = fast_workspace()
     note = wait_for(lambda: ws.standin.messages.get("C-DEPLOYS"), 10, "the announcement")[0]["text"]
     assert f"Rollback job {job_id} of `prod` was interrupted by a restart" in note
     assert "stack hello-service-prod is DOES_NOT_EXIST" in note and "Check the stage" in note
-    assert ws.engine.store.job(job_id)["state"] == "interrupted" and ws.engine.store.lock_of("prod") is None
+    assert ws.engine.store.job(job_id)["state"] == "interrupted" and ws.engine.store.lock_of(PROD) is None
 
 
 def test_help_says_each_command_in_one_line_and_a_typo_gets_a_suggestion(fast_prod, fast_workspace):

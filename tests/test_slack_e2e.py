@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.conftest import code_of, live_code
+from bot.core.keys import StageKey
+from tests.conftest import SERVICE, code_of, live_code
 from tests.support.slack_session import CHANNEL, all_text, header, seen, workspaces
 from tests.support.waiting import wait_for
 
@@ -113,5 +114,5 @@ def test_busy_stage_is_refused_naming_the_holder_and_cancel_stops_the_deploy(pro
     assert not any(b["type"] == "actions" for b in final["blocks"])  # no Cancel button any more
     log_file = wait_for(lambda: [f for f in s.files if f.get("thread_ts") == first["ts"]], 10, "the log file")
     assert log_file[0]["filename"] == "rollback-job-1.log"
-    assert ws.engine.store.lock_of("prod") is None
+    assert ws.engine.store.lock_of(StageKey(SERVICE, "prod")) is None
     assert [j["state"] for j in ws.engine.store.jobs()] == ["refused", "cancelled"]

@@ -16,10 +16,13 @@ import pytest
 
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
 from bot.adapters.source import SourceError, SourceRepo
+from bot.core.keys import StageKey
 from tests.conftest import BUCKET, SERVICE, fast_code, live_code
 from tests.support.fast_service import fast_package
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.waiting import wait_for
+
+PROD = StageKey(SERVICE, "prod")
 
 
 @pytest.fixture
@@ -47,13 +50,13 @@ def test_a_full_database_during_a_job_still_releases_the_lock(fast_prod, make_fa
     engine.store.db.execute(f"PRAGMA max_page_count={pages}")  # sqlite is now really full
     hold.unlink()
     engine.jobs.wait(job_id, timeout=60)
-    assert engine.store.lock_of("prod") is None
+    assert engine.store.lock_of(PROD) is None
     # the next bot start (same process, same pid) does not take the job for a live one
     engine.store.db.execute("PRAGMA max_page_count=1073741823")
     again = make_fast_engine()
     again.jobs.recover()
     assert again.store.job(job_id)["state"] in ("succeeded", "interrupted")
-    assert again.store.lock_of("prod") is None
+    assert again.store.lock_of(PROD) is None
 
 
 def test_s3_failing_when_the_job_starts_fails_it_cleanly(fast_prod, proxy, fast_service):
@@ -63,7 +66,7 @@ def test_s3_failing_when_the_job_starts_fails_it_cleanly(fast_prod, proxy, fast_
     job_id = fast_prod.jobs.start(plan, "U-ANA", "U-BO")
     job = fast_prod.jobs.wait(job_id, timeout=120)
     assert job["state"] == "failed" and job["reason"].startswith("restore: S3 kept failing")
-    assert fast_prod.store.lock_of("prod") is None
+    assert fast_prod.store.lock_of(PROD) is None
     assert live_code() == fast_code(fast_service, "v2")  # nothing deployed
 
 
@@ -80,7 +83,7 @@ def test_when_index_json_cannot_be_written_the_job_says_ci_is_not_frozen_and_ret
     assert "CI is NOT frozen" in job["reason"]
     assert live_code() == fast_code(fast_service, "v1")  # the deploy itself worked
     assert fast_prod.artifacts.read_index("prod").freeze is None
-    assert fast_prod.store.lock_of("prod") is None
+    assert fast_prod.store.lock_of(PROD) is None
 
     proxy.fail(0)  # S3 recovers: the background retry lands and says so
     wait_for(lambda: any(e.step == "index" and e.status == "recorded" for e in seen), 30, "the retried write")
@@ -99,19 +102,21 @@ def test_recovery_knows_its_own_pid_and_a_reused_one_and_removes_work_folders(fa
                                  ("reused pid", other.pid, "1")):  # alive, but it started at another time
             jobs[name] = store.create_job(stage=name.replace(" ", "-"), target_commit="a" * 40, state="running",
                                           host=socket.gethostname(), pid=pid, pid_start=start, started=time.time())
-            store.acquire_lock(name.replace(" ", "-"), jobs[name], "U-BO")
+            store.acquire_lock(StageKey(SERVICE, name.replace(" ", "-")), jobs[name], "U-BO")
             (fast_prod.settings.data_dir / "jobs" / str(jobs[name])).mkdir(parents=True)
         alive = store.create_job(stage="dev", target_commit="a" * 40, state="running", host=socket.gethostname(),
                                  pid=other.pid, pid_start=_start_of(other.pid), started=time.time())
-        store.acquire_lock("dev", alive, "U-BO")
+        store.acquire_lock(StageKey(SERVICE, "dev"), alive, "U-BO")
         fresh = make_fast_engine()  # a restarted bot: same pid as the one that ran "own pid"
         fresh.jobs.recover()
         fresh.jobs.idle()
         for job_id in jobs.values():
             assert fresh.store.job(job_id)["state"] == "interrupted"
             assert not (fast_prod.settings.data_dir / "jobs" / str(job_id)).exists()
-        assert fresh.store.lock_of("own-pid") is None and fresh.store.lock_of("reused-pid") is None
-        assert fresh.store.job(alive)["state"] == "running" and fresh.store.lock_of("dev") is not None
+        assert fresh.store.lock_of(StageKey(SERVICE, "own-pid")) is None
+        assert fresh.store.lock_of(StageKey(SERVICE, "reused-pid")) is None
+        assert fresh.store.job(alive)["state"] == "running"
+        assert fresh.store.lock_of(StageKey(SERVICE, "dev")) is not None
     finally:
         other.kill()
 
@@ -127,14 +132,14 @@ def test_cancel_of_a_job_whose_bot_died_releases_the_lock_and_says_so(fast_prod)
     dead.wait()
     job_id = fast_prod.store.create_job(stage="prod", target_commit="a" * 40, state="running",
                                         host=socket.gethostname(), pid=dead.pid, started=time.time())
-    fast_prod.store.acquire_lock("prod", job_id, "U-BO")
+    fast_prod.store.acquire_lock(PROD, job_id, "U-BO")
     from bot.core.policy import Policy
     from bot.engine.service import RollbackService
 
     service = RollbackService(fast_prod, Policy())
     said = service.cancel_running(service.key("prod"), "U-BO")
     assert "bot process is gone: the job is marked interrupted and the stage's lock released" in said
-    assert fast_prod.store.lock_of("prod") is None and fast_prod.store.job(job_id)["state"] == "interrupted"
+    assert fast_prod.store.lock_of(PROD) is None and fast_prod.store.job(job_id)["state"] == "interrupted"
 
 
 def test_a_git_server_that_never_answers_is_given_up_on(tmp_path):

@@ -17,6 +17,7 @@ from bot.adapters.source import CommitInfo, PluginChange
 from bot.adapters.stack import TemplateDiff
 from bot.adapters.store import OUTPUT_HEAD, OUTPUT_TAIL, Store
 from bot.core.jobs import Job
+from bot.core.keys import StageKey
 from bot.core.masking import Masker, MaskingFilter
 from bot.core.policy import Policy, PolicyError, PolicySource
 from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
@@ -252,9 +253,9 @@ def test_job_output_keeps_head_and_tail_and_old_records_are_pruned(tmp_path):
     store.update_job(job, state="succeeded", finished=2.0)
     recent = store.create_job(stage="prod", state="running", created=time.time())
     store.update_job(recent, state="succeeded", finished=time.time())
-    store.audit("U1", "old", "prod", job)
+    store.audit("U1", "old", StageKey("svc", "prod"), job)
     store.db.execute("UPDATE audit SET at = 1.0")
-    store.audit("U1", "new", "prod", recent)
+    store.audit("U1", "new", StageKey("svc", "prod"), recent)
     counts = store.prune(before=time.time() - 86400)
     assert counts["jobs"] == 1 and counts["output"] > 0 and counts["audit"] == 1
     assert store.job(job) is None and store.job(recent) is not None

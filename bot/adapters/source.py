@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import re
 import shutil
@@ -166,6 +167,14 @@ class SourceRepo:
         # Two locks: a fetch (network, slow) must never make a running job's checkout (local) wait.
         self._fetch_lock = threading.Lock()  # git does not like two fetches into one mirror at once
         self._tree_lock = threading.Lock()  # worktree add/prune
+
+    def for_dir(self, service_dir: str) -> SourceRepo:
+        """The same mirror (and its locks) seen from another service's folder, in a monorepo."""
+        if service_dir == self.service_dir:
+            return self
+        view = copy.copy(self)
+        view.service_dir = service_dir
+        return view
 
     def _repo(self) -> git.Repo:
         repo = git.Repo(self.mirror_dir)

@@ -16,6 +16,7 @@ import sqlite_utils
 
 from bot.core.errors import UserError
 from bot.core.jobs import FINAL_STATES, STARTING_STATES, IllegalTransition, can_move
+from bot.core.keys import StageKey
 
 OUTPUT_HEAD = 2000  # lines of a job's output kept in sqlite from its start…
 OUTPUT_TAIL = 3000  # …and from its end; the full log is on disk (jobs' log files)
@@ -82,19 +83,32 @@ def _v3(db: sqlite_utils.Database) -> None:
     db["people"].create({"id": str, "name": str, "fetched": float}, pk="id")
 
 
+@_migration
+def _v4(db: sqlite_utils.Database) -> None:
+    # One bot, many services: jobs, audit entries and locks name their service. Rows written before
+    # are given the bot's one service when the store is opened (the migration cannot know it).
+    db["jobs"].add_column("service", str)
+    db["audit"].add_column("service", str)
+    db["jobs"].create_index(["service", "stage", "created"])
+    db["stage_locks"].create({"service": str, "stage": str, "job_id": int, "holder": str, "since": float},
+                             pk=("service", "stage"))
+
+
 class StageBusy(UserError):
-    def __init__(self, stage: str, lock: dict):
-        self.stage = stage
+    def __init__(self, key: StageKey, lock: dict, several: bool = False):
+        self.key = key
+        self.stage = key.stage
         self.lock = lock
+        what = f"{key.service} on {key.stage}" if several else f"stage {key.stage}"
         super().__init__(
-            f"stage {stage} is busy: job {lock['job_id']} started by {lock['holder'] or 'someone'} "
+            f"{what} is busy: job {lock['job_id']} started by {lock['holder'] or 'someone'} "
             f"is running. Wait for it, or cancel it first"
         )
 
 
 class Store:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time,
-                 mask: Callable[[str], str] = lambda text: text):
+                 mask: Callable[[str], str] = lambda text: text, default_service: str = "", several: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self.mask = mask  # everything stored is masked: reasons, output, audit details
@@ -109,6 +123,10 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA synchronous=NORMAL")  # durable across a crash of the bot in WAL mode
             self._migrate()
+            if default_service:
+                self._adopt(default_service)
+        self.several = several  # several services: messages name the service
+        self.default_service = default_service
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -122,6 +140,16 @@ class Store:
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", [str(version)]
                 )
 
+    def _adopt(self, service: str) -> None:
+        """Rows from before services were named belong to the bot's one service."""
+        with self.db.conn:
+            self.db.execute("UPDATE jobs SET service = ? WHERE service IS NULL", [service])
+            self.db.execute("UPDATE audit SET service = ? WHERE service IS NULL AND stage != ''", [service])
+            if self.db["locks"].exists():
+                self.db.execute("INSERT OR IGNORE INTO stage_locks (service, stage, job_id, holder, since) "
+                                "SELECT ?, stage, job_id, holder, since FROM locks", [service])
+                self.db.execute("DELETE FROM locks")
+
     @property
     def schema_version(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
@@ -130,6 +158,8 @@ class Store:
 
     def create_job(self, **fields) -> int:
         fields.setdefault("state", "pending")
+        if self.default_service:
+            fields.setdefault("service", self.default_service)
         if fields["state"] not in STARTING_STATES:
             raise IllegalTransition(0, "nothing", fields["state"])
         with self._lock:
@@ -163,8 +193,12 @@ class Store:
             )
             return cur.rowcount == 1
 
-    def jobs(self, stage: str | None = None, states: Iterable[str] | None = None, limit: int = 20) -> list[dict]:
+    def jobs(self, stage: str | None = None, states: Iterable[str] | None = None, limit: int = 20,
+             service: str | None = None) -> list[dict]:
         where, args = [], []
+        if service:
+            where.append("service = ?")
+            args.append(service)
         if stage:
             where.append("stage = ?")
             args.append(stage)
@@ -230,30 +264,33 @@ class Store:
 
     # -- locks -----------------------------------------------------------------------------------
 
-    def acquire_lock(self, stage: str, job_id: int, holder: str) -> None:
-        """Take the stage's lock for ``job_id``, or raise StageBusy naming who holds it."""
+    def acquire_lock(self, key: StageKey, job_id: int, holder: str) -> None:
+        """Take the lock of a service's stage for ``job_id``, or raise StageBusy naming who holds it."""
         with self._lock:
             try:
                 self.db.execute(
-                    "INSERT INTO locks (stage, job_id, holder, since) VALUES (?, ?, ?, ?)",
-                    [stage, job_id, holder, self.clock()],
+                    "INSERT INTO stage_locks (service, stage, job_id, holder, since) VALUES (?, ?, ?, ?, ?)",
+                    [key.service, key.stage, job_id, holder, self.clock()],
                 )
             except sqlite3.IntegrityError:
-                raise StageBusy(stage, self.lock_of(stage) or {"job_id": "?", "holder": ""}) from None
+                raise StageBusy(key, self.lock_of(key) or {"job_id": "?", "holder": ""}, self.several) from None
 
-    def release_lock(self, stage: str, job_id: int) -> None:
+    def release_lock(self, key: StageKey, job_id: int) -> None:
         with self._lock:
-            self.db.execute("DELETE FROM locks WHERE stage = ? AND job_id = ?", [stage, job_id])
+            self.db.execute("DELETE FROM stage_locks WHERE service = ? AND stage = ? AND job_id = ?",
+                            [key.service, key.stage, job_id])
             self._out_counts.pop(job_id, None)
 
-    def lock_of(self, stage: str) -> dict | None:
+    def lock_of(self, key: StageKey) -> dict | None:
         with self._lock:
-            rows = list(self.db["locks"].rows_where("stage = ?", [stage]))
+            rows = list(self.db["stage_locks"].rows_where("service = ? AND stage = ?", [key.service, key.stage]))
         return rows[0] if rows else None
 
-    def locks(self) -> list[dict]:
+    def locks(self, service: str | None = None) -> list[dict]:
         with self._lock:
-            return list(self.db["locks"].rows)
+            if service:
+                return list(self.db["stage_locks"].rows_where("service = ?", [service]))
+            return list(self.db["stage_locks"].rows)
 
     # -- audit -----------------------------------------------------------------------------------
 
@@ -266,19 +303,21 @@ class Store:
         with self._lock:
             self.db["people"].upsert({"id": user_id, "name": name, "fetched": self.clock()}, pk="id")
 
-    def audit(self, actor: str, action: str, stage: str = "", job_id: int | None = None, **detail) -> None:
+    def audit(self, actor: str, action: str, key: StageKey | None = None, job_id: int | None = None,
+              **detail) -> None:
         with self._lock:
             self.db["audit"].insert(
-                {"at": self.clock(), "actor": actor, "action": action, "stage": stage, "job_id": job_id,
+                {"at": self.clock(), "actor": actor, "action": action, "stage": key.stage if key else "",
+                 "service": key.service if key else None, "job_id": job_id,
                  "detail": self.mask(json.dumps(detail, sort_keys=True, default=str))}
             )
 
-    def audit_since(self, since: float, stage: str | None = None) -> list[dict]:
+    def audit_since(self, since: float, key: StageKey | None = None) -> list[dict]:
         """Audit entries from ``since`` on, oldest first (an export for the incident review)."""
         where, args = "at >= ?", [since]
-        if stage:
-            where += " AND stage = ?"
-            args.append(stage)
+        if key:
+            where += " AND service = ? AND stage = ?"
+            args += [key.service, key.stage]
         with self._lock:
             return list(self.db["audit"].rows_where(where, args, order_by="id"))
 

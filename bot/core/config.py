@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import yaml
+
+from bot.core.catalog import COMPOSE_FILE, Catalog
 from bot.core.masking import URL_USERINFO
 from bot.core.policy import Policy, PolicyError
 
@@ -26,9 +30,10 @@ CHILD_ENV_PREFIXES = ("AWS_", "SLS_", "SERVERLESS_", "NODE_", "NPM_CONFIG_", "np
                       "LC_", "XDG_")
 
 # What each kind of command needs; anything else is optional.
+# ROLLBACK_SERVICE is needed unless the catalog names the services ([services], or a Compose file).
 NEEDS = {
-    "artifacts": ("ROLLBACK_BUCKET", "ROLLBACK_SERVICE"),
-    "engine": ("ROLLBACK_BUCKET", "ROLLBACK_SERVICE", "ROLLBACK_REPO"),
+    "artifacts": ("ROLLBACK_BUCKET",),
+    "engine": ("ROLLBACK_BUCKET", "ROLLBACK_REPO"),
     "slack": ("SLACK_BOT_TOKEN",),
 }
 
@@ -75,6 +80,12 @@ class Settings:
     retention_days: int = 180  # job rows, events, output and audit entries older than this are pruned
     actor: str = ""
     child_env: Mapping[str, str] = field(default_factory=dict)
+    catalog: Catalog = field(default_factory=Catalog)
+
+    def for_service(self, name: str) -> Settings:
+        """These settings as one service of the catalog sees them: its name, folder and repository."""
+        entry = self.catalog.service(name)
+        return replace(self, service=entry.name, service_dir=entry.dir, repo=entry.repo or self.repo)
 
     def secrets(self) -> list[str]:
         """Values that must be masked in anything shown to people."""
@@ -120,6 +131,15 @@ def _int(name: str, raw: str | None, default: int, lo: int, hi: int, problems: l
     return value
 
 
+def _yaml(path: Path, problems: list[str]) -> dict:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        problems.append(f"{path} cannot be read as YAML: {str(exc)[:300]}")
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str] = ()) -> Settings:
     """Read and validate the settings. ``needs`` names what the command is about to use."""
     env = dict(os.environ if environ is None else environ)
@@ -154,13 +174,27 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
 
     config_path = None
     policy = Policy()
+    doc: dict = {}
     raw_config = env.get("ROLLBACK_CONFIG", "").strip()
     if raw_config:
         config_path = Path(raw_config)
         try:
             policy = Policy.load(config_path)  # validated now, so a typo stops start-up instead of a rollback
+            doc = tomllib.loads(config_path.read_text())
         except PolicyError as exc:
             problems.append(f"ROLLBACK_CONFIG: {exc}")
+    region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip() or "us-east-1"
+    catalog, catalog_problems = Catalog.parse(doc, str(config_path or "ROLLBACK_CONFIG"), service, service_dir,
+                                              env.get("ROLLBACK_REPO", "").strip(), region)
+    problems += [f"ROLLBACK_CONFIG: {p}" for p in catalog_problems]
+    compose = Path(env.get("ROLLBACK_COMPOSE_FILE", "").strip() or COMPOSE_FILE)
+    if not catalog.configured and not service and compose.is_file():
+        # CI runs in the repository's checkout: its serverless-compose.yml names the services
+        catalog, compose_problems = catalog.with_compose(_yaml(compose, problems), str(compose))
+        problems += compose_problems
+    if not catalog.services and any(g in needs for g in ("artifacts", "engine")):
+        problems.append("ROLLBACK_SERVICE is not set (or name the services in ROLLBACK_CONFIG's [services], or run "
+                        f"where a {COMPOSE_FILE} names them)")
 
     data_dir = Path(env.get("ROLLBACK_DATA_DIR", "").strip() or Path.home() / ".rollback-bot")
 
@@ -191,6 +225,7 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
                           problems) * 1024**2,
         plugin_cache_max=_int("ROLLBACK_PLUGIN_CACHE_MB", env.get("ROLLBACK_PLUGIN_CACHE_MB"), 10240, 1, 1024**3,
                               problems) * 1024**2,
+        catalog=catalog,
         retention_days=_int("ROLLBACK_RETENTION_DAYS", env.get("ROLLBACK_RETENTION_DAYS"), 180, 1, 36500, problems),
         child_env={k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)},
         actor=next(

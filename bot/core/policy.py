@@ -23,12 +23,14 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 log = logging.getLogger("rollback-bot.core.policy")
 RULE_KEYS = ("requesters", "approvers", "approver_must_differ", "channels", "notify_channel")
-TOP_KEYS = ("stages",)
+ACCOUNT_KEYS = ("role_arn", "external_id", "region", "serverless_stage")  # read by bot.core.catalog
+STAGE_KEYS = RULE_KEYS + ACCOUNT_KEYS + ("services",)
+TOP_KEYS = ("stages", "services")  # [services.*] is the catalog's (bot.core.catalog)
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 STAGE_KEY_RE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")
 NO_POLICY = "No policy: anyone may approve"
@@ -78,11 +80,46 @@ def _quoted(name: str) -> str:
     return rf"(?:{re.escape(name)}|\"{re.escape(name)}\"|'{re.escape(name)}')"
 
 
+def _rule_fields(raw: Mapping, label: str, text: str, header: int, at: Callable[[int], str],
+                 problems: list[str]) -> dict:
+    """The rule keys present in one table ([stages.X] or [stages.X.services.Y]), checked."""
+    found: dict = {}
+
+    def line_of(key: str) -> str:
+        return at(_line_of(text, rf"^\s*{_quoted(key)}\s*=", max(header - 1, 0)))
+
+    for key in ("requesters", "approvers", "channels"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) and ID_RE.match(v) for v in value):
+            problems.append(f"{line_of(key)}: [{label}] {key} must be a list of Slack IDs "
+                            "(U…, S… for a user group, C… for a channel) or CLI user names")
+            found[key] = ()  # fail closed, though start-up stops anyway
+        else:
+            found[key] = tuple(value)
+    if "approver_must_differ" in raw:
+        must_differ = raw["approver_must_differ"]
+        if not isinstance(must_differ, bool):
+            problems.append(f"{line_of('approver_must_differ')}: [{label}] approver_must_differ must be true or false")
+            must_differ = True
+        found["approver_must_differ"] = must_differ
+    if "notify_channel" in raw:
+        notify = raw["notify_channel"]
+        if not isinstance(notify, str) or (notify and not ID_RE.match(notify)):
+            problems.append(f"{line_of('notify_channel')}: [{label}] notify_channel must be one channel ID")
+            notify = ""
+        found["notify_channel"] = notify
+    return found
+
+
 @dataclass(frozen=True)
 class Policy:
     rules: Mapping[str, StageRule] = field(default_factory=dict)
     configured: bool = False
     source: str = ""  # the file it came from, named in refusals
+    # [stages.X.services.Y]: a service's own rule on a stage (its keys over the stage's)
+    overrides: Mapping[tuple[str, str], StageRule] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> Policy:
@@ -113,7 +150,8 @@ class Policy:
         if not isinstance(stages, Mapping):
             problems.append(f"{source}: `stages` must be a table of [stages.<name>] tables")
             stages = {}
-        rules = {}
+        rules: dict[str, StageRule] = {}
+        overrides: dict[tuple[str, str], StageRule] = {}
         for stage, raw in stages.items():
             header = _line_of(text, rf"^\s*\[\s*stages\s*\.\s*{_quoted(stage)}\s*\]")
             where = at(header)
@@ -123,58 +161,57 @@ class Policy:
                 problems.append(f"{where}: stages.{stage} must be a table")
                 continue
             for key in raw:
-                if key not in RULE_KEYS:
+                if key not in STAGE_KEYS:
                     line = _line_of(text, rf"^\s*{_quoted(key)}\s*=", max(header - 1, 0))
                     problems.append(f"{at(line)}: unknown key `{key}` in [stages.{stage}] "
-                                    f"(known: {', '.join(RULE_KEYS)})")
-
-            def ids(key: str, stage=stage, raw=raw, header=header) -> tuple[str, ...] | None:
-                value = raw.get(key)
-                if value is None:
-                    return None
-                line = _line_of(text, rf"^\s*{_quoted(key)}\s*=", max(header - 1, 0))
-                if not isinstance(value, list) or not all(isinstance(v, str) and ID_RE.match(v) for v in value):
-                    problems.append(f"{at(line)}: [stages.{stage}] {key} must be a list of Slack IDs "
-                                    "(U…, S… for a user group, C… for a channel) or CLI user names")
-                    return None
-                return tuple(value)
-
-            must_differ = raw.get("approver_must_differ", False)
-            if not isinstance(must_differ, bool):
-                line = _line_of(text, r"^\s*approver_must_differ\s*=", max(header - 1, 0))
-                problems.append(f"{at(line)}: [stages.{stage}] approver_must_differ must be true or false")
-                must_differ = True  # fail closed, though start-up stops anyway
-            notify = raw.get("notify_channel", "")
-            if not isinstance(notify, str) or (notify and not ID_RE.match(notify)):
-                line = _line_of(text, r"^\s*notify_channel\s*=", max(header - 1, 0))
-                problems.append(f"{at(line)}: [stages.{stage}] notify_channel must be one channel ID")
-                notify = ""
-            rules[stage] = StageRule(
-                requesters=ids("requesters"), approvers=ids("approvers"), approver_must_differ=must_differ,
-                channels=ids("channels"), notify_channel=notify,
-            )
+                                    f"(known: {', '.join(STAGE_KEYS)})")
+            base = StageRule(**_rule_fields(raw, f"stages.{stage}", text, header, at, problems))
+            rules[stage] = base
+            per_service = raw.get("services", {})
+            if not isinstance(per_service, Mapping):
+                problems.append(f"{where}: stages.{stage}.services must be a table of [stages.{stage}.services.<name>]")
+                continue
+            for service, sub in per_service.items():
+                label = f"stages.{stage}.services.{service}"
+                sub_header = _line_of(text, rf"^\s*\[\s*stages\s*\.\s*{_quoted(stage)}\s*\.\s*services\s*\."
+                                            rf"\s*{_quoted(service)}\s*\]")
+                if not isinstance(sub, Mapping):
+                    problems.append(f"{at(sub_header)}: {label} must be a table")
+                    continue
+                for key in sub:
+                    if key not in RULE_KEYS:
+                        line = _line_of(text, rf"^\s*{_quoted(key)}\s*=", max(sub_header - 1, 0))
+                        problems.append(f"{at(line)}: unknown key `{key}` in [{label}] (a service may override "
+                                        f"only {', '.join(RULE_KEYS)})")
+                overrides[(stage, service)] = replace(base, **_rule_fields(sub, label, text, sub_header, at, problems))
         if problems:
             raise PolicyError("\n".join(problems))
-        return cls(rules, configured=True, source=source)
+        return cls(rules, configured=True, source=source, overrides=overrides)
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def rule(self, stage: str) -> StageRule | None:
-        """The stage's rule. None when a policy file exists and covers neither the stage nor "*"."""
+    def rule(self, stage: str, service: str | None = None) -> StageRule | None:
+        """The rule for ``service`` on ``stage``: the service's own [stages.X.services.Y] if any, else the
+        stage's, else "*"'s. None when a policy file exists and covers neither the stage nor "*"."""
         if not self.configured:
             return StageRule()
+        if service:
+            for key in ((stage, service), ("*", service) if stage not in self.rules else None):
+                if key and key in self.overrides:
+                    return self.overrides[key]
         return self.rules.get(stage) or self.rules.get("*")
 
     def uncovered(self, stage: str) -> Decision:
         return Decision(False, f"The policy file {self.source} has no rule for stage `{stage}` and no "
                                f"[stages.\"*\"], so nobody may act on it. Add [stages.{stage}] to {self.source}.")
 
-    def notify_channel(self, stage: str, default: str) -> str:
-        rule = self.rule(stage)
+    def notify_channel(self, stage: str, default: str, service: str | None = None) -> str:
+        rule = self.rule(stage, service)
         return (rule.notify_channel if rule else "") or default
 
     def group_ids(self) -> set[str]:
-        return {i for r in self.rules.values() for i in (r.requesters or ()) + (r.approvers or ()) if i.startswith("S")}
+        every = [*self.rules.values(), *self.overrides.values()]
+        return {i for r in every for i in (r.requesters or ()) + (r.approvers or ()) if i.startswith("S")}
 
     def describe(self) -> list[str]:
         """Each stage's effective rule, for the start-up log."""
@@ -182,6 +219,8 @@ class Policy:
             return [f"{NO_POLICY} (set ROLLBACK_CONFIG): every stage, anyone may request and approve"]
         lines = [f"policy {self.source}:"]
         lines += [f"  {stage}: {rule.describe()}" for stage, rule in sorted(self.rules.items())]
+        lines += [f"  {service} on {stage}: {rule.describe()}"
+                  for (stage, service), rule in sorted(self.overrides.items())]
         if "*" not in self.rules:
             lines.append("  any other stage: refused (no [stages.\"*\"])")
         return lines
@@ -195,9 +234,9 @@ class Policy:
         allowed = set(allowed)
         return user in allowed or bool(groups_of(user) & allowed)
 
-    def may_act_in(self, stage: str, channel: str | None) -> Decision:
+    def may_act_in(self, stage: str, channel: str | None, service: str | None = None) -> Decision:
         """Whether anything about ``stage`` may be done in ``channel`` (None: not in Slack, the terminal)."""
-        rule = self.rule(stage)
+        rule = self.rule(stage, service)
         if rule is None:
             return self.uncovered(stage)
         if channel is not None and rule.channels is not None and channel not in rule.channels:
@@ -205,30 +244,31 @@ class Policy:
             return Decision(False, f"Rollbacks of `{stage}` are requested in {where}, not here.")
         return Decision(True)
 
-    def may_request(self, stage: str, user: str, channel: str | None, groups_of=lambda u: set()) -> Decision:
-        decision = self.may_act_in(stage, channel)
+    def may_request(self, stage: str, user: str, channel: str | None, groups_of=lambda u: set(),
+                    service: str | None = None) -> Decision:
+        decision = self.may_act_in(stage, channel, service)
         if not decision.allowed:
             return decision
-        if not self._member(user, self.rule(stage).requesters, groups_of):
+        if not self._member(user, self.rule(stage, service).requesters, groups_of):
             return Decision(False, f"You are not allowed to request rollbacks of `{stage}`. Ask someone on "
                                    "its requester list, or change the policy file.")
         return Decision(True)
 
     def may_approve(self, stage: str, user: str, requester: str, channel: str | None = None,
-                    groups_of=lambda u: set()) -> Decision:
-        decision = self.may_act_in(stage, channel)
+                    groups_of=lambda u: set(), service: str | None = None) -> Decision:
+        decision = self.may_act_in(stage, channel, service)
         if not decision.allowed:
             return decision
-        rule = self.rule(stage)
+        rule = self.rule(stage, service)
         if not self._member(user, rule.approvers, groups_of):
             return Decision(False, f"You are not an approver for `{stage}`; ask one of its approvers to click.")
         if rule.approver_must_differ and user == requester:
             return Decision(False, f"`{stage}` needs a second person: someone other than the requester must approve.")
         return Decision(True)
 
-    def approval_needs(self, stage: str, requester: str) -> str:
+    def approval_needs(self, stage: str, requester: str, service: str | None = None) -> str:
         """What approval needs, said before anyone clicks."""
-        rule = self.rule(stage)
+        rule = self.rule(stage, service)
         if not self.configured:
             return NO_POLICY
         if rule is None:

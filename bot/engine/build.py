@@ -1,14 +1,22 @@
-"""Assemble the rollback engine's services from validated settings (for the CLI and the Slack app)."""
+"""Assemble the rollback engine from validated settings (for the CLI and the Slack app): one Engine per
+service of the catalog, in a Fleet that shares one store, one plugin cache, one git mirror per
+repository and the stages' AWS accounts."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections.abc import Callable
 from functools import cached_property
 
+from bot.adapters.accounts import Accounts, session_name
 from bot.adapters.archive import Limits
 from bot.adapters.artifacts import ArtifactStore, make_s3_client
+from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.source import SourceRepo
 from bot.adapters.stack import Stack
 from bot.adapters.store import Store
+from bot.core.catalog import Catalog
 from bot.core.config import Settings
 from bot.core.masking import Masker
 from bot.engine.planner import Plan, make_plan
@@ -16,18 +24,28 @@ from bot.engine.runner import EngineConfig, JobRunner
 
 
 class Engine:
-    """The engine's parts for one deployment. The sqlite store and the job runner are made on first
+    """The engine's parts for one service. The sqlite store and the job runner are made on first
     use, so CI's read-only commands (check-freeze, list, show) never touch the local data dir."""
 
-    def __init__(self, settings: Settings, artifacts: ArtifactStore, source: SourceRepo, mask: Masker):
+    def __init__(self, settings: Settings, artifacts: ArtifactStore, source: SourceRepo, mask: Masker,
+                 shared: Shared | None = None):
         self.settings = settings
         self.artifacts = artifacts
         self.source = source
         self.mask = mask
+        self.shared = shared or Shared(settings, mask)
 
-    @cached_property
+    @property
+    def service(self) -> str:
+        return self.artifacts.service
+
+    @property
     def store(self) -> Store:
-        return open_store(self.settings, self.mask)
+        return self.shared.store
+
+    @property
+    def accounts(self) -> Accounts:
+        return self.shared.accounts
 
     @cached_property
     def jobs(self) -> JobRunner:
@@ -36,18 +54,86 @@ class Engine:
             data_dir=s.data_dir, env=s.child_env, step_timeout=float(s.step_timeout),
             deploy_template=s.deploy_command, install_template=s.install_command, plugin_cache_max=s.plugin_cache_max,
         )
-        return JobRunner(config, self.store, self.artifacts, self.source, self.mask, stack_factory=self.stack)
+        # the cache's refills run as chores of the first runner that made it (runner is bound by then)
+        runner = JobRunner(config, self.store, self.artifacts, self.source, self.mask, stack_factory=self.stack,
+                           aws_env=self.job_env if self.shared.uses_accounts else None,
+                           plugin_cache=self.shared.plugin_cache(lambda fn: runner._later(fn)))
+        return runner
+
+    def job_env(self, stage: str, name: str) -> dict[str, str]:
+        return self.accounts.env_for(stage, session_name(name), fresh=True)
 
     def stack(self, name: str, region: str) -> Stack:
         """A CloudFormation stack reached with the settings' AWS credentials and endpoint."""
         return Stack(name, region, self.settings.child_env)
+
+    def stage_stack(self, stage: str) -> Callable[[str, str], Stack]:
+        """Stacks of ``stage`` read with its account's credentials (for plans)."""
+        if not self.shared.uses_accounts:
+            return self.stack
+        env = self.accounts.env_for(stage, session_name("rollback-bot-plan", self.service, stage))
+        return lambda name, region: Stack(name, region, env)
 
     def shutdown(self) -> None:
         if "jobs" in self.__dict__:
             self.jobs.shutdown()
 
     def plan(self, stage: str, ref: str, build_id: str | None = None) -> Plan:
-        return make_plan(self.artifacts, self.source, stage, ref, self.stack, build_id)
+        catalog = self.settings.catalog
+        account = catalog.account(stage) if catalog.services else None
+        return make_plan(self.artifacts, self.source, stage, ref, self.stage_stack(stage), build_id,
+                         deploy_stage=catalog.serverless_stage(stage) if account else "",
+                         account=account.describe() if account and self.shared.uses_accounts else "",
+                         region=account.region if account and account.role_arn else "")
+
+
+class Shared:
+    """What every service's engine shares: the store (one set of job ids and locks), the plugin
+    cache, the AWS accounts of the stages, and one git mirror per repository."""
+
+    def __init__(self, settings: Settings, mask: Masker, several: bool = False):
+        self.settings = settings
+        self.mask = mask
+        self.several = several
+        catalog = settings.catalog
+        self.uses_accounts = bool(catalog.configured or any(a.role_arn or a.region for a in catalog.accounts.values()))
+        self._lock = threading.Lock()
+        self._cache: PluginCache | None = None
+        self._mirrors: dict[str, SourceRepo] = {}
+
+    @cached_property
+    def store(self) -> Store:
+        catalog = self.settings.catalog
+        default = catalog.default_service or (catalog.names[0] if len(catalog.names) == 1 else "")
+        return open_store(self.settings, self.mask, default or self.settings.service, self.several)
+
+    @cached_property
+    def accounts(self) -> Accounts:
+        return Accounts(self.settings.catalog, self.settings.child_env, self.settings.step_timeout + 300)
+
+    def plugin_cache(self, background: Callable[[Callable[[], None]], None]) -> PluginCache:
+        with self._lock:
+            if self._cache is None:
+                s = self.settings
+                self._cache = PluginCache(s.data_dir / "plugin-cache", background=background,
+                                          max_bytes=s.plugin_cache_max)
+            return self._cache
+
+    def source(self, settings: Settings) -> SourceRepo:
+        """A view of the repository's mirror for one service's folder (one mirror per repository)."""
+        with self._lock:
+            mirror = self._mirrors.get(settings.repo)
+            if mirror is None:
+                mirror = SourceRepo(settings.repo, mirror_dir(settings, self.settings.repo), settings.service_dir)
+                self._mirrors[settings.repo] = mirror
+        return mirror.for_dir(settings.service_dir)
+
+
+def mirror_dir(settings: Settings, main_repo: str):
+    """ROLLBACK_REPO's mirror keeps its old place; other repositories get a folder named by their URL's hash."""
+    if settings.repo == main_repo:
+        return settings.data_dir / "mirror.git"
+    return settings.data_dir / "mirrors" / (hashlib.sha256(settings.repo.encode()).hexdigest()[:16] + ".git")
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
@@ -56,10 +142,67 @@ def artifact_store(settings: Settings) -> ArtifactStore:
                          limits=Limits(max_total=settings.max_unpacked))
 
 
-def open_store(settings: Settings, mask: Masker | None = None) -> Store:
-    return Store(settings.data_dir / "rollback-bot.sqlite", mask=mask or Masker(settings.secrets()))
+def open_store(settings: Settings, mask: Masker | None = None, default_service: str = "",
+               several: bool = False) -> Store:
+    return Store(settings.data_dir / "rollback-bot.sqlite", mask=mask or Masker(settings.secrets()),
+                 default_service=default_service or settings.service, several=several)
+
+
+class Fleet:
+    """Every service this bot serves, each with its own engine, sharing one store and its locks."""
+
+    def __init__(self, settings: Settings, engines: dict[str, Engine], shared: Shared):
+        self.settings = settings
+        self.catalog: Catalog = settings.catalog
+        self.engines = engines
+        self.shared = shared
+
+    @classmethod
+    def of_one(cls, engine: Engine) -> Fleet:
+        return cls(engine.settings, {engine.service: engine}, engine.shared)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.engines)
+
+    @property
+    def several(self) -> bool:
+        return len(self.engines) > 1
+
+    def engine(self, service: str) -> Engine:
+        if service in self.engines:
+            return self.engines[service]
+        self.catalog.service(service)  # raises, with the closest name
+        raise KeyError(service)
+
+    @property
+    def store(self) -> Store:
+        return self.shared.store
+
+    @property
+    def default(self) -> Engine:
+        return self.engines[self.catalog.resolve(None)] if self.catalog.services else next(iter(self.engines.values()))
+
+    def shutdown(self) -> None:
+        for engine in self.engines.values():
+            engine.shutdown()
+
+
+def build_fleet(settings: Settings) -> Fleet:
+    mask = Masker(settings.secrets())
+    names = settings.catalog.names or [settings.service]
+    shared = Shared(settings, mask, several=len(names) > 1)
+    s3 = make_s3_client(settings.s3_max_attempts, settings.child_env)  # one client: the bot's own credentials
+    engines = {}
+    for name in names:
+        own = settings.for_service(name) if settings.catalog.services else settings
+        artifacts = ArtifactStore(s3, own.bucket, own.service, own.prefix, limits=Limits(max_total=own.max_unpacked))
+        engines[name] = Engine(own, artifacts, shared.source(own), mask, shared)
+    return Fleet(settings, engines, shared)
 
 
 def build_engine(settings: Settings) -> Engine:
-    source = SourceRepo(settings.repo, settings.data_dir / "mirror.git", settings.service_dir)
-    return Engine(settings, artifact_store(settings), source, Masker(settings.secrets()))
+    """The engine of the one service a command names (ROLLBACK_SERVICE, or the only one)."""
+    fleet = build_fleet(settings)
+    return fleet.engine(settings.catalog.resolve(settings.service or None)) if settings.catalog.services \
+        else fleet.default

@@ -24,6 +24,9 @@ class Plan:
     ref: str
     target: Artifact
     live: Artifact | None
+    service: str = ""
+    account: str = ""  # where it deploys: "account 111111111111 (role …), eu-west-1" or the bot's own credentials
+    deploy_stage: str = ""  # the --stage given to serverless (default: the stage's name)
     chosen_because: str = ""  # for `previous`
     commits: list[CommitInfo] = field(default_factory=list)  # what the rollback undoes
     plugins: PluginChange | None = None
@@ -102,15 +105,20 @@ def make_plan(
     ref: str,
     stack_factory: Callable[[str, str], Stack] = Stack,
     build_id: str | None = None,
+    deploy_stage: str = "",
+    account: str = "",
+    region: str = "",
 ) -> Plan:
-    """``build_id`` with a full commit as ``ref`` names one build exactly (an approved card)."""
+    """``build_id`` with a full commit as ``ref`` names one build exactly (an approved card).
+    ``deploy_stage`` is the Serverless stage the package must be built for; ``region`` the stage's."""
     index = load_stage(artifacts, stage)
     target = index.find(ref, build_id) if build_id else index.resolve(ref)
     if target is None:
         raise ArtifactError(f"build {build_id} of {ref[:7]} is no longer in stage {stage}'s index (pruned?)")
     live = index.live_artifact()
-    plan = Plan(stage=stage, ref=ref, target=target, live=live, freeze=index.freeze,
-                forward=index.is_forward(target), refused_entries=len(index.refused))
+    plan = Plan(stage=stage, ref=ref, target=target, live=live, service=artifacts.service, account=account,
+                deploy_stage=deploy_stage or stage, freeze=index.freeze, forward=index.is_forward(target),
+                refused_entries=len(index.refused))
     if ref.strip().lower() == "previous":
         found = index.previous()
         plan.chosen_because = found[1] if found else ""
@@ -126,11 +134,15 @@ def make_plan(
     # Only the template and the state file are read (ranged GETs), never the whole package.
     members = artifacts.read_members(target, [TEMPLATE_NAME, STATE_NAME])
     try:
-        info = PackageInfo.parse(members.get(TEMPLATE_NAME), members.get(STATE_NAME), stage, artifacts.service)
+        info = PackageInfo.parse(members.get(TEMPLATE_NAME), members.get(STATE_NAME), plan.deploy_stage,
+                                 artifacts.service)
         info.check_stage()
     except PackageError as exc:
         raise ArtifactError(f"{target.label()}: {exc}") from exc
     plan.stack_name, plan.region = info.stack_name, info.region
+    if region and info.region and region != info.region:
+        plan.warnings.append(f"The package deploys to {info.region}, but stage {stage} is configured for {region} "
+                             "(the catalog's region): check the catalog before approving.")
     if not info.built_for():
         plan.warnings.append("The package has no Lambda code that says which stage it was built for.")
     try:

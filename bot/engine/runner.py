@@ -22,6 +22,8 @@ from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.source import SourceRepo
 from bot.adapters.stack import Stack, code_sha256
 from bot.adapters.store import StageBusy, Store
+from bot.core.errors import UserError
+from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import InUse, StageIndex
 from bot.engine.pipeline import Cancelled, Event, Pipeline, StepFailed, kill_group
@@ -31,6 +33,7 @@ Listener = Callable[[int, Event], None]
 OUTPUT_BATCH = 200
 OUTPUT_FLUSH_SECONDS = 0.5
 RECORD_RETRY_MAX = 300.0  # the longest pause between attempts to record a result in index.json
+OWN_CREDENTIALS = "the bot's own credentials"
 log = logging.getLogger("rollback-bot.engine.runner")
 
 
@@ -96,8 +99,14 @@ class JobRunner:
         clock: Callable[[], float] = time.time,
         stack_factory: Callable[[str, str], Stack] = Stack,
         sleep: Callable[[float], None] = time.sleep,
+        aws_env: Callable[[str, str], Mapping[str, str]] | None = None,
+        plugin_cache: PluginCache | None = None,
     ):
         self.config = config
+        self.service = artifacts.service
+        # The AWS environment of a stage's job: (stage, session name) -> the variables; by default the
+        # bot's own. With a catalog, the stage's assumed role (bot.adapters.accounts).
+        self.aws_env = aws_env or self._own_env
         self.store = store
         self.artifacts = artifacts
         self.source = source
@@ -109,8 +118,9 @@ class JobRunner:
         # Work that need not delay a result: removing a finished job's folder, refilling the plugin cache.
         self.janitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollback-janitor")
         self._chores: list[Future] = []
-        self.plugin_cache = PluginCache(config.data_dir / "plugin-cache", background=self._later,
-                                        max_bytes=config.plugin_cache_max)
+        # Shared by every service's runner: services with the same lockfile share installed plugins.
+        self.plugin_cache = plugin_cache or PluginCache(config.data_dir / "plugin-cache", background=self._later,
+                                                        max_bytes=config.plugin_cache_max)
         # Listeners for every job's events (the Slack app's announcements), and per-job subscribers,
         # which are dropped when their job ends so nothing accumulates.
         self.listeners: list[Listener] = []
@@ -148,7 +158,7 @@ class JobRunner:
         ``unfreeze``: a roll forward also lifts the CI freeze (the person asked for it)."""
         holder = approved_by or requested_by
         fields = dict(
-            stage=plan.stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
+            service=self.service, stage=plan.stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
             requested_by=requested_by, approved_by=approved_by, origin=origin, state="running",
             started=self.clock(), stack_name=plan.stack_name, region=plan.region,
@@ -159,11 +169,11 @@ class JobRunner:
         else:
             self.store.update_job(job_id, **fields)
         try:
-            self.store.acquire_lock(plan.stage, job_id, holder)
+            self.store.acquire_lock(self.key(plan.stage), job_id, holder)
         except StageBusy:
             self.store.update_job(job_id, state="refused", finished=self.clock(), reason="stage busy")
             raise
-        self.store.audit(holder, "rollback.start", plan.stage, job_id, target=plan.target.label(),
+        self.store.audit(holder, "rollback.start", self.key(plan.stage), job_id, target=plan.target.label(),
                          requested_by=requested_by, approved_by=approved_by, origin=origin,
                          direction="forward" if plan.forward else "rollback", **(audit or {}))
         cancel = threading.Event()
@@ -193,13 +203,19 @@ class JobRunner:
                 return "elsewhere"
             self._interrupt(job, by=by)
             return "runner_gone"
-        self.store.audit(by, "rollback.cancel", job["stage"], job_id)
+        self.store.audit(by, "rollback.cancel", self.key(job["stage"]), job_id)
         self.store.update_job(job_id, cancelled_by=by)
         cancel.set()
         return "cancelling"
 
+    def _own_env(self, stage: str, name: str) -> Mapping[str, str]:
+        return self.config.env
+
+    def key(self, stage: str) -> StageKey:
+        return StageKey(self.service, stage)
+
     def running_job(self, stage: str) -> dict | None:
-        lock = self.store.lock_of(stage)
+        lock = self.store.lock_of(self.key(stage))
         return self.store.job(lock["job_id"]) if lock else None
 
     def _later(self, chore: Callable[[], None]) -> None:
@@ -257,13 +273,18 @@ class JobRunner:
                 self._emit(job_id, buffer, mask_line, event)
 
             in_index = self._mark_in_use(plan.stage, marker, add=True, emit=emit)
+            # The stage's own credentials for this job, named for CloudTrail: which job, who approved.
+            env = self.aws_env(plan.stage, f"rollback-job-{job_id}-{holder}")
+            own = env is self.config.env
+            if not own:
+                emit(Event("job", "output", f"AWS: {plan.account or OWN_CREDENTIALS}, session rollback-job-{job_id}"))
             pipeline = Pipeline(
-                artifacts=self.artifacts, source=self.source, stage=plan.stage, target=plan.target,
-                workdir=workdir, plugin_cache=self.plugin_cache, env=self.config.env,
+                artifacts=self.artifacts, source=self.source, stage=plan.deploy_stage or plan.stage,
+                target=plan.target, workdir=workdir, plugin_cache=self.plugin_cache, env=env,
                 emit=emit, cancel=cancel, step_timeout=self.config.step_timeout,
                 deploy_template=self.config.deploy_template, install_template=self.config.install_template,
                 on_process=lambda pid: self.store.update_job(job_id, child_pid=pid),
-                stack_factory=self.stack_factory,
+                stack_factory=self.stack_factory if own else (lambda name, region: Stack(name, region, env)),
             )
             pipeline.run()
             state = "succeeded"
@@ -274,11 +295,13 @@ class JobRunner:
             state, reason = "cancelled", f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, pipeline)
         except StepFailed as exc:
             reason = f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, pipeline)
+        except UserError as exc:  # the stage's role could not be assumed: nothing ran
+            reason = f"aws: {exc}"
         except Exception as exc:  # anything unexpected still ends the job cleanly and recorded
             reason = f"internal error: {exc.__class__.__name__}: {self.mask(str(exc))}"
         finally:
             # The lock goes first, on its own: nothing that can fail (a full disk, S3) may keep it.
-            self._guard("release the lock", lambda: self.store.release_lock(plan.stage, job_id))
+            self._guard("release the lock", lambda: self.store.release_lock(self.key(plan.stage), job_id))
             with self._lock:
                 self._cancels.pop(job_id, None)
             if state == "succeeded" and not recorded:
@@ -291,7 +314,7 @@ class JobRunner:
                 job_id, state=state, reason=reason, finished=self.clock(),
                 recorded=None if recorded is None else int(recorded)))
             self._guard("audit the job's end", lambda: self.store.audit(
-                holder, f"rollback.{state}", plan.stage, job_id, reason=reason, recorded=recorded))
+                holder, f"rollback.{state}", self.key(plan.stage), job_id, reason=reason, recorded=recorded))
             if in_index:
                 self._guard("drop the in-use mark", lambda: self._mark_in_use(plan.stage, marker, add=False))
             final = Event("job", state, self.mask(reason))
@@ -318,7 +341,8 @@ class JobRunner:
         status, and which build Lambda's code is, so the card answers "what runs now?"."""
         if step not in ("deploy", "verify") or not plan.stack_name:
             return ""
-        stack = self.stack_factory(plan.stack_name, plan.region or "us-east-1")
+        factory = pipeline.stack_factory if pipeline is not None else self.stack_factory
+        stack = factory(plan.stack_name, plan.region or "us-east-1")
         note = f". Stack {plan.stack_name} is {stack.status()}"
         try:
             runs = self._what_runs(stack, plan, pipeline)
@@ -418,7 +442,7 @@ class JobRunner:
             self._guard("record the retried write", lambda note=note: (
                 self.store.update_job(job_id, recorded=1, reason=note),
                 self.store.add_event(job_id, "index", "recorded", note),
-                self.store.audit("rollback-bot", "rollback.recorded", plan.stage, job_id)))
+                self.store.audit("rollback-bot", "rollback.recorded", self.key(plan.stage), job_id)))
             self._notify(job_id, Event("index", "recorded", note))
             return
 
@@ -438,19 +462,28 @@ class JobRunner:
         started = process_start(pid)
         return not (job.get("pid_start") and started and started != job["pid_start"])
 
+    def _stage_stack(self, stage: str, name: str, region: str) -> Stack:
+        """A stack read with the stage's credentials (the bot's own unless the stage has a role)."""
+        if self.aws_env == self._own_env:
+            return self.stack_factory(name, region)
+        return Stack(name, region, self.aws_env(stage, f"rollback-bot-check-{stage}"))
+
     def _interrupt(self, job: dict, by: str = "rollback-bot") -> dict:
         if job.get("child_pid"):
             kill_group(job["child_pid"])
         status = "UNKNOWN"
         if job.get("stack_name"):
-            status = self.stack_factory(job["stack_name"], job.get("region") or "us-east-1").status()
+            try:
+                status = self._stage_stack(job["stage"], job["stack_name"], job.get("region") or "us-east-1").status()
+            except UserError as exc:  # the stage's role cannot be assumed now: say so, release anyway
+                status = f"UNKNOWN ({exc})"[:300]
         reason = (f"interrupted: the bot stopped during the job; stack {job.get('stack_name') or '?'} "
                   f"is {status}. Check the stage before doing anything else")
         self.store.update_job(job["id"], state="interrupted", reason=reason, finished=self.clock(),
                               stack_status=status)
         self.store.add_event(job["id"], "job", "interrupted", reason)
-        self.store.release_lock(job["stage"], job["id"])
-        self.store.audit(by, "rollback.interrupted", job["stage"], job["id"], stack_status=status)
+        self.store.release_lock(self.key(job["stage"]), job["id"])
+        self.store.audit(by, "rollback.interrupted", self.key(job["stage"]), job["id"], stack_status=status)
         with contextlib.suppress(ArtifactError):
             self.artifacts.update_index(
                 job["stage"], lambda index, j=str(job["id"]): setattr(
@@ -464,20 +497,20 @@ class JobRunner:
         locks, remove their work folders, and record the stack's actual status, which someone must
         now check. Locks whose job is not running are released too."""
         recovered = []
-        for job in self.store.jobs(states=["running"], limit=1000):
+        for job in self.store.jobs(states=["running"], limit=1000, service=self.service):
             if self._runner_alive(job):
                 continue  # still running, here or in another live process on this machine
             recovered.append(self._interrupt(job))
-        for lock in self.store.locks():
+        for lock in self.store.locks(self.service):
             job = self.store.job(lock["job_id"])
             if job is None or job["state"] != "running":
-                self.store.release_lock(lock["stage"], lock["job_id"])
+                self.store.release_lock(self.key(lock["stage"]), lock["job_id"])
         self._resume_records()
         return recovered
 
     def _resume_records(self) -> None:
         """Jobs that succeeded but whose result never reached index.json: keep trying after a restart."""
-        for job in self.store.jobs(states=["succeeded"], limit=200):
+        for job in self.store.jobs(states=["succeeded"], limit=200, service=self.service):
             if job.get("recorded") != 0:
                 continue
             try:

@@ -15,16 +15,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bot.adapters.artifacts import validate_stage
 from bot.adapters.store import StageBusy
+from bot.core.catalog import UnknownService
 from bot.core.errors import UserError
 from bot.core.jobs import RUN_STATES, Job, JobState
 from bot.core.keys import StageKey
 from bot.core.policy import Policy, PolicySource
 from bot.core.stage_index import Artifact, Mark, StageIndex
-from bot.engine.build import Engine
+from bot.engine.build import Engine, Fleet
 from bot.engine.planner import Plan, card_json, load_stage, summary_changes
 
 DEFAULT_TTL = 15 * 60
@@ -67,7 +69,7 @@ class Pending:
 @dataclass(frozen=True)
 class Status:
     running: list[Job]
-    freezes: dict[str, Mark]
+    freezes: dict[StageKey, Mark]
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Overview:
     stages: list[tuple[StageIndex, dict | None]]
     jobs: list[Job]
     policy_configured: bool
+    several: bool = False  # several services: rows name theirs
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,9 @@ class FreezeCheck:
 
 
 class RollbackService:
-    def __init__(self, engine: Engine, policy: Policy | PolicySource, ttl: float = DEFAULT_TTL,
+    def __init__(self, engine: Engine | Fleet, policy: Policy | PolicySource, ttl: float = DEFAULT_TTL,
                  clock: Callable[[], float] = time.time, limits: RequestLimits = RequestLimits()):
-        self.engine = engine
+        self.fleet = engine if isinstance(engine, Fleet) else Fleet.of_one(engine)
         self.policies = policy if isinstance(policy, PolicySource) else PolicySource(policy)
         self.ttl = ttl
         self.clock = clock
@@ -101,40 +104,71 @@ class RollbackService:
     def policy(self) -> Policy:
         return self.policies.current()
 
-    def key(self, stage: str) -> StageKey:
-        """The key of one of this deployment's stages (today: the one service, ROLLBACK_SERVICE)."""
-        return StageKey(self.engine.artifacts.service, stage)
+    @property
+    def engine(self) -> Engine:
+        """The default service's engine (the only one, or ROLLBACK_SERVICE)."""
+        return self.fleet.default
+
+    @property
+    def services(self) -> list[str]:
+        return self.fleet.names
+
+    @property
+    def several(self) -> bool:
+        return self.fleet.several
+
+    def key(self, stage: str, service: str | None = None) -> StageKey:
+        """The key of a stage of a service this bot serves; without a service, the default one."""
+        if service is None and not self.several:
+            return StageKey(self.engine.service, stage)
+        try:
+            return StageKey(self.fleet.catalog.resolve(service), stage)
+        except UnknownService as exc:
+            raise Refused(str(exc), "not_allowed") from None
 
     def _stage(self, key: StageKey) -> str:
-        if key.service != self.engine.artifacts.service:
-            raise Refused(f"This bot serves `{self.engine.artifacts.service}`, not `{key.service}`.", "not_allowed")
+        if key.service not in self.fleet.engines:
+            served = ", ".join(f"`{n}`" for n in self.fleet.names)
+            raise Refused(f"This bot serves {served}, not `{key.service}`.", "not_allowed")
         return validate_stage(key.stage)
+
+    def _engine(self, key: StageKey) -> Engine:
+        self._stage(key)
+        return self.fleet.engine(key.service)
+
+    def _job_key(self, job: dict) -> StageKey:
+        return StageKey(job.get("service") or self.engine.service, job["stage"])
+
+    def account(self, key: StageKey) -> str:
+        """Where a stage's AWS work happens, for cards and listings."""
+        return self._engine(key).accounts.describe(key.stage) if self.fleet.shared.uses_accounts else ""
 
     @property
     def store(self):
-        return self.engine.store  # opened on first use: CI's read-only commands never create it
+        return self.fleet.store  # opened on first use: CI's read-only commands never create it
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _audit(self, actor: str, action: str, stage: str, job_id: int | None, **detail) -> None:
+    def _audit(self, actor: str, action: str, key: StageKey, job_id: int | None, **detail) -> None:
         policy = self.policy
-        self.store.audit(actor, action, stage, job_id, policy=policy.source if policy.configured else "none", **detail)
+        self.store.audit(actor, action, key, job_id, policy=policy.source if policy.configured else "none", **detail)
 
-    def _refuse(self, user: str, action: str, stage: str, job_id: int | None, message: str, kind="not_allowed"):
-        self._audit(user, f"{action}.refused", stage, job_id, reason=message)
+    def _refuse(self, user: str, action: str, key: StageKey, job_id: int | None, message: str, kind="not_allowed"):
+        self._audit(user, f"{action}.refused", key, job_id, reason=message)
         raise Refused(message, kind)
 
-    def _check(self, decision, user: str, action: str, stage: str, job_id: int | None = None) -> None:
-        validate_stage(stage)  # refusals quote the stage: only a valid name may appear in them
+    def _check(self, decision, user: str, action: str, key: StageKey, job_id: int | None = None) -> None:
+        stage = self._stage(key)  # refusals quote the stage: only a valid name may appear in them
         if not decision.allowed:
-            if self.policy.rule(stage) is None and job_id is None:
-                load_stage(self.engine.artifacts, stage)  # a typo'd stage: "no builds, known stages: …" helps more
-            self._refuse(user, action, stage, job_id, decision.reason)
+            if self.policy.rule(stage, key.service) is None and job_id is None:
+                # a typo'd stage: "no builds, known stages: …" helps more
+                load_stage(self.fleet.engine(key.service).artifacts, stage)
+            self._refuse(user, action, key, job_id, decision.reason)
 
     def may_view(self, key: StageKey, user: str, channel: str | None) -> None:
         """Listing and history follow the stage's channel rule too."""
         stage = self._stage(key)
-        self._check(self.policy.may_act_in(stage, channel), user, "view", stage)
+        self._check(self.policy.may_act_in(stage, channel, key.service), user, "view", key)
 
     # -- plans -----------------------------------------------------------------------------------
 
@@ -142,31 +176,32 @@ class RollbackService:
         """Check the requester and their limits, work out the plan, and record it as a pending job
         together with what its card shows."""
         stage = self._stage(key)
-        self._check(self.policy.may_request(stage, user, channel, groups_of), user, "request", stage)
+        engine = self._engine(key)
+        self._check(self.policy.may_request(stage, user, channel, groups_of, key.service), user, "request", key)
         now = self.clock()
         recent = self.store.count_audit(user, ("request", "request.refused"), now - 60)  # refusals count too
         if recent >= self.limits.plans_per_minute:
-            self._refuse(user, "request", stage, None, f"You asked for {recent} plans in the last minute; wait a "
+            self._refuse(user, "request", key, None, f"You asked for {recent} plans in the last minute; wait a "
                          "minute and ask again.", "limited")
         waiting = sum(1 for j in self.store.jobs(states=["pending"], limit=1000)
                       if j["requested_by"] == user and (j.get("expires") or 0) > now)
         if waiting >= self.limits.pending_per_user:
-            self._refuse(user, "request", stage, None, f"You have {waiting} plans waiting for approval; approve or "
+            self._refuse(user, "request", key, None, f"You have {waiting} plans waiting for approval; approve or "
                          "cancel one of them first.", "limited")
-        plan = self.engine.plan(stage, ref)
+        plan = engine.plan(stage, ref)
         policy = self.policy
         job_id = self.store.create_job(
-            stage=stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
+            service=key.service, stage=stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
             requested_by=user, state="pending", origin="slack", channel=channel or "", created=now,
             expires=now + self.ttl, stack_name=plan.stack_name, region=plan.region,
             plan_json=card_json(plan, ref),
             policy=policy.source if policy.configured else "none",
         )
-        self._audit(user, "request", stage, job_id, target=plan.target.label(), sha256=plan.target.sha256)
-        running = self.engine.jobs.running_job(stage)
-        return Pending(job_id, plan, now + self.ttl, policy.approval_needs(stage, user), policy.configured,
-                       Job.from_row(running) if running else None)
+        self._audit(user, "request", key, job_id, target=plan.target.label(), sha256=plan.target.sha256)
+        running = engine.jobs.running_job(stage)
+        return Pending(job_id, plan, now + self.ttl, policy.approval_needs(stage, user, key.service),
+                       policy.configured, Job.from_row(running) if running else None)
 
     def attach_message(self, job_id: int, channel: str, ts: str, permalink: str = "") -> None:
         self.store.update_job(job_id, channel=channel, message_ts=ts, permalink=permalink)
@@ -178,53 +213,55 @@ class RollbackService:
         job = self.store.job(job_id)
         if job is None:
             raise Refused("That plan no longer exists.", "gone")
-        stage = job["stage"]
+        key = self._job_key(job)
+        stage, engine = key.stage, self._engine(key)
         if job["state"] != "pending":
             what = {"running": "already approved and running", "succeeded": "already done",
                     "outdated": "out of date (what is live changed)"}.get(job["state"], job["state"])
             raise Refused(f"This plan was {what}; nothing more happens.", "closed")
         if self.clock() > (job.get("expires") or 0):
             if self.store.claim(job_id, "pending", "expired", finished=self.clock()):
-                self._audit(user, "approve.expired", stage, job_id)
+                self._audit(user, "approve.expired", key, job_id)
             raise Refused(f"This plan expired. Ask again with `/rollback {stage} {job['target_commit'][:8]}`.",
                           "expired")
         policy = self.policy
         # The approver, the requester and the channel are all checked now, not only when the card was posted.
-        self._check(policy.may_approve(stage, user, job["requested_by"], channel, groups_of), user, "approve",
-                    stage, job_id)
-        requester_now = policy.may_request(stage, job["requested_by"], job.get("channel") or channel, groups_of)
+        self._check(policy.may_approve(stage, user, job["requested_by"], channel, groups_of, key.service), user,
+                    "approve", key, job_id)
+        requester_now = policy.may_request(stage, job["requested_by"], job.get("channel") or channel, groups_of,
+                                           key.service)
         if not requester_now.allowed:
-            self._refuse(user, "approve", stage, job_id,
+            self._refuse(user, "approve", key, job_id,
                          f"The requester may no longer request rollbacks of `{stage}` ({requester_now.reason}) "
                          "Ask someone who may to request it again.")
         if not self.store.claim(job_id, "pending", "approving", approved_by=user):
             raise Refused("Someone already approved this plan.", "closed")
         try:
             # Plan again at the click and compare: what is live, or the stored package, may have changed.
-            plan = self.engine.plan(stage, job["target_commit"], job["target_build"])
+            plan = engine.plan(stage, job["target_commit"], job["target_build"])
             shown = json.loads(job.get("plan_json") or "{}")
             changes = summary_changes(shown, plan.summary())
             if changes:
                 self.store.update_job(job_id, state="outdated", finished=self.clock(),
                                       reason="out of date at approval: " + "; ".join(changes))
-                self._audit(user, "approve.outdated", stage, job_id, changes=changes)
+                self._audit(user, "approve.outdated", key, job_id, changes=changes)
                 plan.ref = shown.get("ref") or plan.ref
                 raise Outdated("Nothing was deployed: the plan changed since the card was posted ("
                                + "; ".join(changes) + "). Read the new plan before approving.",
                                changes, Job.from_row(self.store.job(job_id)), plan)
-            self.engine.jobs.start(plan, job["requested_by"], approved_by=user, origin="slack", job_id=job_id,
+            engine.jobs.start(plan, job["requested_by"], approved_by=user, origin="slack", job_id=job_id,
                                    unfreeze=unfreeze and plan.forward,
                                    audit={"policy": policy.source if policy.configured else "none"})
         except StageBusy as exc:
             self.store.update_job(job_id, state="refused", reason=str(exc), finished=self.clock())
-            self._audit(user, "approve.refused", stage, job_id, reason=str(exc))
+            self._audit(user, "approve.refused", key, job_id, reason=str(exc))
             raise Refused(str(exc), "busy") from exc
         except Refused:
             raise
         except Exception as exc:
             self.store.update_job(job_id, state="failed", reason=str(exc), finished=self.clock())
             raise
-        self._audit(user, "approve", stage, job_id, sha256=plan.target.sha256)
+        self._audit(user, "approve", key, job_id, sha256=plan.target.sha256)
         return Job.from_row(self.store.job(job_id)), plan
 
     def withdraw(self, job_id: int, user: str, channel: str | None = None, groups_of=lambda u: set()) -> Job:
@@ -232,14 +269,15 @@ class RollbackService:
         job = self.store.job(job_id)
         if job is None or job["state"] != "pending":
             raise Refused("This plan is no longer waiting for approval.", "closed")
-        self._check(self.policy.may_act_in(job["stage"], channel), user, "withdraw", job["stage"], job_id)
+        key = self._job_key(job)
+        self._check(self.policy.may_act_in(key.stage, channel, key.service), user, "withdraw", key, job_id)
         if user != job["requested_by"]:
-            decision = self.policy.may_approve(job["stage"], user, job["requested_by"], channel, groups_of)
+            decision = self.policy.may_approve(key.stage, user, job["requested_by"], channel, groups_of, key.service)
             if not decision.allowed:
-                self._refuse(user, "withdraw", job["stage"], job_id, "Only the requester or an approver may cancel it.")
+                self._refuse(user, "withdraw", key, job_id, "Only the requester or an approver may cancel it.")
         if not self.store.claim(job_id, "pending", "withdrawn", finished=self.clock(), cancelled_by=user):
             raise Refused("This plan is no longer waiting for approval.", "closed")
-        self._audit(user, "withdraw", job["stage"], job_id)
+        self._audit(user, "withdraw", key, job_id)
         return Job.from_row(self.store.job(job_id))
 
     def sweep_expired(self) -> list[Job]:
@@ -248,19 +286,19 @@ class RollbackService:
         swept = []
         for job in self.store.jobs(states=["pending"], limit=500):
             if (job.get("expires") or 0) < now and self.store.claim(job["id"], "pending", "expired", finished=now):
-                self._audit("rollback-bot", "plan.expired", job["stage"], job["id"])
+                self._audit("rollback-bot", "plan.expired", self._job_key(job), job["id"])
                 swept.append(Job.from_row(self.store.job(job["id"])))
         return swept
 
     # -- running jobs ----------------------------------------------------------------------------
 
     def _may_cancel(self, job: dict, user: str, channel: str | None, groups_of) -> None:
-        stage = job["stage"]
-        self._check(self.policy.may_act_in(stage, channel), user, "cancel", stage, job["id"])
+        key = self._job_key(job)
+        self._check(self.policy.may_act_in(key.stage, channel, key.service), user, "cancel", key, job["id"])
         if user not in (job["requested_by"], job["approved_by"]):
-            decision = self.policy.may_approve(stage, user, job["requested_by"], channel, groups_of)
+            decision = self.policy.may_approve(key.stage, user, job["requested_by"], channel, groups_of, key.service)
             if not decision.allowed:
-                self._refuse(user, "cancel", stage, job["id"], "Only the requester, the approver or an approver may "
+                self._refuse(user, "cancel", key, job["id"], "Only the requester, the approver or an approver may "
                                                                "cancel a running rollback.")
 
     def cancel_job(self, job_id: int, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str:
@@ -271,7 +309,7 @@ class RollbackService:
         if job["state"] != "running":
             raise Refused(f"Job {job_id} already ended ({job['state']}); nothing was cancelled.", "closed")
         self._may_cancel(job, user, channel, groups_of)
-        outcome = self.engine.jobs.cancel(job_id, user)
+        outcome = self._engine(self._job_key(job)).jobs.cancel(job_id, user)
         if outcome == "runner_gone":
             return (f"Job {job_id}'s bot process is gone: the job is marked interrupted and the stage's lock "
                     "released. Check the stack before doing anything else.")
@@ -284,17 +322,17 @@ class RollbackService:
 
     def cancel_running(self, key: StageKey, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str:
         stage = self._stage(key)
-        job = self.engine.jobs.running_job(stage)
+        job = self._engine(key).jobs.running_job(stage)
         if job is None:
-            self._check(self.policy.may_act_in(stage, channel), user, "cancel", stage)
+            self._check(self.policy.may_act_in(stage, channel, key.service), user, "cancel", key)
             raise Refused(f"No rollback of `{stage}` is running here.", "gone")
         return self.cancel_job(job["id"], user, channel, groups_of)
 
     def unfreeze(self, key: StageKey, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str | None:
         stage = self._stage(key)
-        self._check(self.policy.may_approve(stage, user, "", channel, groups_of), user, "unfreeze", stage)
-        was = self.engine.artifacts.unfreeze(stage)
-        self._audit(user, "unfreeze", stage, None, was=was.reason if was else None)
+        self._check(self.policy.may_approve(stage, user, "", channel, groups_of, key.service), user, "unfreeze", key)
+        was = self._engine(key).artifacts.unfreeze(stage)
+        self._audit(user, "unfreeze", key, None, was=was.reason if was else None)
         return was.reason if was else None
 
     # -- what people read ------------------------------------------------------------------------
@@ -302,51 +340,70 @@ class RollbackService:
     def listing(self, key: StageKey, user: str, channel: str | None) -> StageIndex:
         stage = self._stage(key)
         self.may_view(key, user, channel)
-        return load_stage(self.engine.artifacts, stage)
+        return load_stage(self._engine(key).artifacts, stage)
 
     def index(self, key: StageKey) -> StageIndex:
         """A stage's index as CI reads it (S3 only; an unknown stage is simply empty)."""
         stage = self._stage(key)
-        return self.engine.artifacts.read_index(validate_stage(stage))
+        return self._engine(key).artifacts.read_index(stage)
 
     def show(self, key: StageKey, ref: str) -> tuple[StageIndex, Artifact]:
         stage = self._stage(key)
-        index = self.engine.artifacts.read_index(validate_stage(stage))
+        index = self._engine(key).artifacts.read_index(stage)
         return index, index.resolve(ref)
 
     def history(self, key: StageKey, user: str, channel: str | None, limit: int = 20) -> list[Job]:
         """The stage's runs, newest first: plans that never ran are not history."""
-        stage = self._stage(key)
+        self._stage(key)
         self.may_view(key, user, channel)
-        return self._runs(stage, limit)
+        return self._runs(key, limit)
 
-    def _runs(self, stage: str | None, limit: int) -> list[Job]:
-        rows = self.store.jobs(stage=stage, states=[str(s) for s in RUN_STATES], limit=limit)
+    def _runs(self, key: StageKey | None, limit: int) -> list[Job]:
+        rows = self.store.jobs(stage=key.stage if key else None, service=key.service if key else None,
+                               states=[str(s) for s in RUN_STATES], limit=limit)
         return [Job.from_row(r) for r in rows]
+
+    def indexes(self, stage: str | None = None) -> list[StageIndex]:
+        """Every (service, stage) index this bot serves (or one stage's, across services), read
+        concurrently: each is one request, answered 304 when unchanged."""
+        engines = list(self.fleet.engines.values())
+        with ThreadPoolExecutor(max_workers=min(16, len(engines))) as pool:
+            stage_lists = list(pool.map(lambda e: [stage] if stage else e.artifacts.stages(), engines))
+            pairs = [(e, s) for e, stages in zip(engines, stage_lists, strict=True) for s in stages]
+            return list(pool.map(lambda p: p[0].artifacts.read_index(p[1]), pairs))
 
     def status(self) -> Status:
         running = [Job.from_row(r) for r in self.store.jobs(states=[JobState.RUNNING])]
-        freezes = {}
-        for stage in self.engine.artifacts.stages():
-            freeze = self.engine.artifacts.read_index(stage).freeze
-            if freeze:
-                freezes[stage] = freeze
+        freezes = {StageKey(i.service, i.stage): i.freeze for i in self.indexes() if i.freeze}
         return Status(running, freezes)
 
     def overview(self) -> Overview:
-        stages = [(self.engine.artifacts.read_index(s), self.store.lock_of(s)) for s in self.engine.artifacts.stages()]
-        return Overview(stages, self._runs(None, 10), self.policy.configured)
+        stages = [(i, self.store.lock_of(StageKey(i.service, i.stage))) for i in self.indexes()]
+        return Overview(stages, self._runs(None, 10), self.policy.configured, self.several)
+
+    def stage_overview(self, stage: str, user: str, channel: str | None) -> list[tuple[StageIndex, str]]:
+        """``/rollback prod`` with several services: each service's index of the stage, and where it runs."""
+        stage = validate_stage(stage)
+        for name in self.fleet.names:
+            self.may_view(StageKey(name, stage), user, channel)
+        found = [i for i in self.indexes(stage) if i.artifacts]
+        if not found:
+            load_stage(self.engine.artifacts, stage)  # no service has the stage: say which stages exist
+        return [(i, self.account(StageKey(i.service, stage))) for i in found]
 
     def check_freeze(self, key: StageKey, commit: str = "") -> FreezeCheck:
         """For CI: may this stage be deployed (with this commit)? Reads S3 only."""
         stage = self._stage(key)
-        index = self.engine.artifacts.read_index(validate_stage(stage))
+        index = self._engine(key).artifacts.read_index(stage)
+        flags = f" --service {key.service}" if self.several else ""
         problems = []
         if index.freeze:
             f = index.freeze
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(f.at))
-            problems.append(f"stage {stage} is frozen by {f.by or 'unknown'} {when}: {f.reason}. "
-                            f"Lift it with `rollback-bot unfreeze {stage}` or `/rollback unfreeze {stage}`")
+            what = f"{key.service} on stage {stage}" if self.several else f"stage {stage}"
+            slash = f"{key.service} {stage}" if self.several else stage
+            problems.append(f"{what} is frozen by {f.by or 'unknown'} {when}: {f.reason}. "
+                            f"Lift it with `rollback-bot unfreeze{flags} {stage}` or `/rollback unfreeze {slash}`")
         commit = commit.strip().lower()
         if commit:
             mark = index.bad_mark_for(commit)
@@ -358,7 +415,9 @@ class RollbackService:
 
     def audit(self, since: float, key: StageKey | None = None) -> list[dict]:
         """The audit trail from ``since`` on (every request, approval, refusal, run and unfreeze)."""
-        rows = self.store.audit_since(since, self._stage(key) if key else None)
+        if key:
+            self._stage(key)
+        rows = self.store.audit_since(since, key)
         return [{**r, "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
     # -- the terminal ----------------------------------------------------------------------------
@@ -369,15 +428,16 @@ class RollbackService:
         confirmation is the approval, and the audit trail records it as the CLI's.)"""
         stage = self._stage(key)
         policy = self.policy
-        self._check(policy.may_request(stage, actor, None), actor, "request", stage)
-        self._check(policy.may_approve(stage, actor, "", None), actor, "approve", stage)
-        return self.engine.plan(stage, ref)
+        self._check(policy.may_request(stage, actor, None, service=key.service), actor, "request", key)
+        self._check(policy.may_approve(stage, actor, "", None, service=key.service), actor, "approve", key)
+        return self._engine(key).plan(stage, ref)
 
     def start_from_terminal(self, plan: Plan, actor: str, ref: str, unfreeze: bool) -> int:
         if unfreeze and not plan.forward:
             raise Refused("--unfreeze applies to a roll forward only; a rollback freezes CI", "not_allowed")
         policy = self.policy
-        return self.engine.jobs.start(plan, requested_by=actor, approved_by=actor, origin="cli", unfreeze=unfreeze,
+        engine = self._engine(StageKey(plan.service or self.engine.service, plan.stage))
+        return engine.jobs.start(plan, requested_by=actor, approved_by=actor, origin="cli", unfreeze=unfreeze,
                                       plan_json=card_json(plan, ref),
                                       audit={"policy": policy.source if policy.configured else "none"})
 
