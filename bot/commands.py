@@ -16,12 +16,13 @@ from pathlib import Path
 
 from bot import __version__
 from bot.adapters.source import local_commit
+from bot.core.catalog import UnknownService
 from bot.core.config import Settings
 from bot.core.errors import UserError
 from bot.core.jobs import Job
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
-from bot.engine.build import artifact_store, build_engine
+from bot.engine.build import artifact_store, build_fleet
 from bot.engine.service import RollbackService
 from bot.terminal import ProgressPrinter, artifact_json, clean, render_history, render_listing, render_plan
 
@@ -39,6 +40,7 @@ def cmd_publish(args, settings: Settings) -> int:
         commit = info.sha  # a short SHA is fine inside the repository
     author = args.author if args.author is not None else (info.author if info else "")
     message = args.message if args.message is not None else (info.subject if info else "")
+    settings = _one(settings, args)
     result = artifact_store(settings).publish(
         args.stage, commit, Path(args.package), build_id=args.build_id, author=author,
         message=message, deployed=args.deployed, by=args.by or settings.actor,
@@ -58,13 +60,15 @@ def _notify(settings: Settings, stage: str, by: str) -> None:
         return
     from bot.slack.notify import notify_deployed  # Slack is optional for CI commands
 
-    notify_deployed(settings, artifact_store(settings), stage, by)
+    notify_deployed(settings, artifact_store(settings), stage, by,
+                    settings.service if len(settings.catalog.services) > 1 else "")
 
 
 def cmd_mark_deployed(args, settings: Settings) -> int:
     info = local_commit(args.commit.strip())
     commit = info.sha if info else args.commit
     who = args.by or settings.actor
+    settings = _one(settings, args)
     art, changed = artifact_store(settings).mark_deployed(args.stage, commit, args.build_id, by=who)
     print(f"live on {args.stage}: {art.label()}" + ("" if changed else " (already was)"))
     if changed:
@@ -74,7 +78,7 @@ def cmd_mark_deployed(args, settings: Settings) -> int:
 
 def cmd_list(args, settings: Settings) -> int:
     service = _service(settings)
-    index = service.index(service.key(args.stage))
+    index = service.index(service.key(args.stage, args.service))
     if args.json:
         json.dump(
             {
@@ -95,7 +99,7 @@ def cmd_list(args, settings: Settings) -> int:
 
 def cmd_show(args, settings: Settings) -> int:
     service = _service(settings)
-    index, art = service.show(service.key(args.stage), args.ref)
+    index, art = service.show(service.key(args.stage, args.service), args.ref)
     if args.json:
         json.dump(artifact_json(index, art), sys.stdout, indent=2)
         print()
@@ -108,6 +112,7 @@ def cmd_show(args, settings: Settings) -> int:
 
 
 def cmd_prune(args, settings: Settings) -> int:
+    settings = _one(settings, args)
     result = artifact_store(settings).prune(args.stage, args.keep, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for art in result.removed:
@@ -121,15 +126,26 @@ def cmd_prune(args, settings: Settings) -> int:
 
 
 def _service(settings: Settings) -> RollbackService:
-    return RollbackService(build_engine(settings), settings.policy)
+    return RollbackService(build_fleet(settings), settings.policy)
+
+
+def _one(settings: Settings, args) -> Settings:
+    """The settings of the service a command names (--service, ROLLBACK_SERVICE, or the only one)."""
+    if not settings.catalog.services:
+        return settings
+    try:
+        return settings.for_service(settings.catalog.resolve(getattr(args, "service", None) or None))
+    except UnknownService as exc:
+        raise UserError(f"{exc} Pass --service NAME.") from None
 
 
 def cmd_rollback(args, settings: Settings) -> int:
     service = _service(settings)
-    engine = service.engine
+    key = service.key(args.stage, args.service)
+    engine = service.fleet.engine(key.service)
     engine.jobs.recover()
     who = args.by or settings.actor or "cli"
-    plan = service.plan_for_terminal(service.key(args.stage), args.ref, who)
+    plan = service.plan_for_terminal(key, args.ref, who)
     print(render_plan(plan, time.time()))
     if not args.yes:
         if not sys.stdin.isatty():
@@ -191,7 +207,7 @@ def _wait_recorded(engine, job_id: int, timeout: float) -> dict:
 def cmd_check_freeze(args, settings: Settings) -> int:
     """For CI: may this stage be deployed (with this commit)? Needs only read access to the bucket."""
     service = _service(settings)
-    check = service.check_freeze(service.key(args.stage), args.commit or "")
+    check = service.check_freeze(service.key(args.stage, args.service), args.commit or "")
     for p in check.problems:
         print(clean(f"rollback-bot: {p}"), file=sys.stderr)
     if not check.problems:
@@ -202,14 +218,15 @@ def cmd_check_freeze(args, settings: Settings) -> int:
 def cmd_unfreeze(args, settings: Settings) -> int:
     """The policy decides, as in Slack: the operator (--by, ROLLBACK_ACTOR) must be one of the stage's approvers."""
     service = _service(settings)
-    was = service.unfreeze(service.key(args.stage), args.by or settings.actor or "cli", channel=None)
+    was = service.unfreeze(service.key(args.stage, args.service), args.by or settings.actor or "cli", channel=None)
     print(f"{args.stage}: unfrozen (was: {was})" if was else f"{args.stage}: was not frozen")
     return 0
 
 
 def cmd_history(args, settings: Settings) -> int:
     service = _service(settings)
-    jobs = service.history(service.key(args.stage), args.by or settings.actor or "cli", None, args.limit)
+    jobs = service.history(service.key(args.stage, args.service), args.by or settings.actor or "cli", None,
+                           args.limit)
     name = _people(settings, service).name
     if args.json:
         json.dump([job_json(j, name) for j in jobs], sys.stdout, indent=2)
@@ -256,7 +273,7 @@ def cmd_audit(args, settings: Settings) -> int:
         raise UserError(f"--since {args.since!r} is not a date: give YYYY-MM-DD or an ISO time") from None
     since = since if since.tzinfo else since.replace(tzinfo=UTC)
     service = _service(settings)
-    rows = service.audit(since.timestamp(), service.key(args.stage) if args.stage else None)
+    rows = service.audit(since.timestamp(), service.key(args.stage, args.service) if args.stage else None)
     name = _people(settings, service).name
     if args.json:
         json.dump([{**r, "at": _iso(r["at"]), "actor_name": name(r["actor"])} for r in rows], sys.stdout, indent=2)
@@ -345,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--since", required=True, help="YYYY-MM-DD or an ISO time (UTC unless it says otherwise)")
     s.add_argument("--stage", help="only this stage")
     s.add_argument("--json", action="store_true", help="machine-readable")
+
+    for name, command in sub.choices.items():  # every command of a stage names its service the same way
+        command.add_argument("--service", help="which service (default: the only one, or ROLLBACK_SERVICE)"
+                             if name != "audit" else "only this service's entries (with --stage)")
 
     sub.add_parser("serve", help="run the Slack bot")
 

@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -91,7 +92,18 @@ def test_hostile_text_comes_out_of_every_builder_as_text():
         kit.progress_blocks(Job.from_row(job), {"deploy": ("failed", 1.0)}, [HOSTILE, "```", HOSTILE], 10.0),
         kit.progress_blocks(Job.from_row({**job, "state": "running", "cancelled_by": HOSTILE}), {}, [], 10.0),
         kit.progress_blocks(Job.from_row({**job, "state": "succeeded", "recorded": 0}), {}, [], 10.0),
-        kit.status_blocks([Job.from_row(job)], {HOSTILE: Mark(HOSTILE, HOSTILE, 1.0)}, 10.0),
+        kit.status_blocks([Job.from_row(job)], {StageKey(HOSTILE, HOSTILE): Mark(HOSTILE, HOSTILE, 1.0)}, 10.0,
+                          several=True),
+        kit.help_blocks([HOSTILE], [HOSTILE]),
+        kit.listing_blocks(index, 10.0, account=HOSTILE),
+        kit.stage_overview_blocks(HOSTILE, [(index, HOSTILE)]),
+        kit.plan_blocks(replace(plan, service=HOSTILE, account=HOSTILE), 1, "U-ANA", 100.0, 10.0, needs=HOSTILE),
+        kit.deployed_blocks(HOSTILE, art, art, commits, HOSTILE, 10.0, service=HOSTILE),
+        kit.outdated_plan_blocks(HOSTILE, SHA, [HOSTILE], HOSTILE, service=HOSTILE),
+        kit.progress_blocks(Job.from_row({**job, "plan_json": json.dumps({"service": HOSTILE, "account": HOSTILE})}),
+                            {}, [], 10.0),
+        [kit.section(kit.choose_service_text(HOSTILE, HOSTILE, [HOSTILE])),
+         kit.section(kit.choose_service_text(HOSTILE, "", [HOSTILE], HOSTILE))],
         kit.superseded_blocks(HOSTILE, LiveRecord(SHA, "b-1", 3.0, HOSTILE), LiveRecord(SHA2, "b-2", 4.0, HOSTILE)),
         [kit.section(kit.history_text(HOSTILE, [Job.from_row(job)]))],
     ]

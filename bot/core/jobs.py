@@ -65,6 +65,7 @@ class Job:
     id: int
     stage: str
     state: JobState
+    service: str = ""
     target_commit: str = ""
     target_build: str = ""
     live_commit: str = ""
@@ -94,6 +95,20 @@ class Job:
     @property
     def ran(self) -> bool:
         return self.state in RUN_STATES
+
+    @property
+    def shown_service(self) -> str:
+        """The service, when the bot serves several (its card names it); "" otherwise."""
+        return str(json.loads(self.plan_json or "{}").get("service", ""))
+
+    @property
+    def account(self) -> str:
+        return str(json.loads(self.plan_json or "{}").get("account", ""))
+
+    @property
+    def where(self) -> str:
+        """``api prod`` on a bot of several services, ``prod`` on a bot of one."""
+        return f"{self.shown_service} {self.stage}" if self.shown_service else self.stage
 
     @property
     def forward(self) -> bool:

@@ -42,6 +42,11 @@ class Plan:
     def verb(self) -> str:
         return "Roll forward" if self.forward else "Roll back"
 
+    @property
+    def where(self) -> str:
+        """``api in prod`` when the bot serves several services (the plan names its account then)."""
+        return f"{self.service} in {self.stage}" if self.account else self.stage
+
     def summary(self) -> dict:
         """What the card shows that an approval approves: compared again at the click, and any
         difference means the approver has not seen what would run."""
@@ -59,7 +64,8 @@ class Plan:
 def card_json(plan: Plan, ref: str) -> str:
     """What a job stores of its plan: the summary an approval is compared with, the ref asked for, and
     the commits (for the card that keeps the story after approval)."""
-    return json.dumps({**plan.summary(), "ref": ref,
+    shown = {"service": plan.service, "account": plan.account} if plan.account else {}
+    return json.dumps({**plan.summary(), **shown, "ref": ref,
                        "commit_lines": [[c.sha, c.author, c.subject] for c in plan.commits[:50]],
                        "commit_count": len(plan.commits)})
 

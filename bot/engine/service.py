@@ -139,6 +139,11 @@ class RollbackService:
     def _job_key(self, job: dict) -> StageKey:
         return StageKey(job.get("service") or self.engine.service, job["stage"])
 
+    def runner_of(self, job_id: int):
+        """The job runner of the service a job belongs to (to follow its events)."""
+        job = self.store.job(job_id)
+        return (self._engine(self._job_key(job)) if job else self.engine).jobs
+
     def account(self, key: StageKey) -> str:
         """Where a stage's AWS work happens, for cards and listings."""
         return self._engine(key).accounts.describe(key.stage) if self.fleet.shared.uses_accounts else ""
@@ -357,6 +362,21 @@ class RollbackService:
         self._stage(key)
         self.may_view(key, user, channel)
         return self._runs(key, limit)
+
+    def history_of(self, stage: str, key: StageKey | None, user: str, channel: str | None,
+                   limit: int = 20) -> list[Job]:
+        """One service's runs on a stage, or (``key`` None, a bot of several services) every service's."""
+        if key is not None:
+            return self.history(key, user, channel, limit)
+        stage = validate_stage(stage)
+        for name in self.fleet.names:
+            self.may_view(StageKey(name, stage), user, channel)
+        rows = self.store.jobs(stage=stage, states=[str(s) for s in RUN_STATES], limit=limit)
+        return [Job.from_row(r) for r in rows]
+
+    def stage_names(self) -> list[str]:
+        """Every stage any service has builds in (for help)."""
+        return sorted({s for e in self.fleet.engines.values() for s in e.artifacts.stages()})
 
     def _runs(self, key: StageKey | None, limit: int) -> list[Job]:
         rows = self.store.jobs(stage=key.stage if key else None, service=key.service if key else None,

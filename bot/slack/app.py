@@ -17,6 +17,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.core.config import Settings
 from bot.core.jobs import Job
+from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
 from bot.engine.build import Engine
@@ -162,14 +163,15 @@ class Slack:
     def announce(self, job: dict) -> None:
         """Rollback results go to the stage's notification channel too, when that is elsewhere; the
         deploy notification of the build it replaced says it is no longer live."""
+        key = self.service._job_key(job)
         if job["state"] == "succeeded" and job.get("recorded") != 0:
-            self.superseded(job["stage"])
-        channel = self.service.policy.notify_channel(job["stage"], self.settings.channel)
+            self.superseded(key)
+        channel = self.service.policy.notify_channel(key.stage, self.settings.channel, key.service)
         if channel and channel != job.get("channel"):
             verdict = {"succeeded": "✅ rolled back", "failed": "❌ rollback failed"}.get(job["state"], job["state"])
             if job["state"] == "succeeded" and job.get("recorded") == 0:
                 verdict = "🟥 deployed but CI NOT frozen"
-            self.notify.post(channel, f"{verdict}: {code(job['stage'])} → {code(job['target_commit'][:7])} "
+            self.notify.post(channel, f"{verdict}: {code(Job.from_row(job).where)} → {code(job['target_commit'][:7])} "
                                       f"(job {job['id']}) {esc_message(job.get('reason') or '')}")
 
     def on_job_event(self, job_id: int, event: Event) -> None:
@@ -183,16 +185,16 @@ class Slack:
             self.notify.update(job["channel"], job["message_ts"], f"Rollback job {job_id}",
                                kit.progress_blocks(Job.from_row(job), _steps(self.store, job_id), [], time.time()))
         self.notify.post(job["channel"], f"✅ Job {job_id}: {esc(event.text)}", thread_ts=job.get("message_ts"))
-        self.superseded(job["stage"])
+        self.superseded(self.service._job_key(job))
 
-    def superseded(self, stage: str) -> None:
+    def superseded(self, key: StageKey) -> None:
         try:
-            edit_superseded(self.notify, self.service.index(self.service.key(stage)))
+            edit_superseded(self.notify, self.service.index(key), key.service if self.service.several else "")
         except Exception as exc:  # S3 unreadable: the notification stays as it was; nothing else depends on it
-            log.warning("could not mark the deploy notification of %s as no longer live: %s", stage, exc)
+            log.warning("could not mark the deploy notification of %s as no longer live: %s", key, exc)
 
-    def post_plan(self, stage: str, ref: str, user_id: str, channel: str, respond, groups_of) -> None:
-        pending = self.service.request(self.service.key(stage), ref, user_id, channel, groups_of)
+    def post_plan(self, key: StageKey, ref: str, user_id: str, channel: str, respond, groups_of) -> None:
+        pending = self.service.request(key, ref, user_id, channel, groups_of)
         try:
             posted = self.notify.post(channel, esc(kit.plan_title(pending.plan)), kit.plan_blocks(
                 pending.plan, pending.job_id, user_id, pending.expires_at, time.time(), pending.needs,
@@ -246,7 +248,8 @@ def build_app(settings: Settings, engine: Engine, service: RollbackService, clie
     app = App(signing_secret=settings.slack_signing_secret or None, client=slack.client,
               process_before_response=True)
     app.use(groups_middleware(slack))
-    engine.jobs.listeners.append(slack.on_job_event)
+    for one in service.fleet.engines.values():
+        one.jobs.listeners.append(slack.on_job_event)
     register(app, slack)
     return app
 

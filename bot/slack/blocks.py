@@ -13,7 +13,7 @@ from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
 from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan
 from bot.slack import ids
-from bot.slack.commands import COMMANDS
+from bot.slack.commands import COMMANDS, SEVERAL_COMMANDS
 from bot.slack.mrkdwn import code, date, esc, esc_message, link, user
 
 STEP_LABELS = {"restore": "Restore artifact", "checkout": "Check out source", "install": "Install plugins",
@@ -73,24 +73,40 @@ def _mark(m: Mark) -> str:
     return f"{user(m.by)}: {esc(m.reason)}"
 
 
-def help_blocks(stages: list[str]) -> list[dict]:
+def choose_service_text(stage: str, ref: str, services: list[str], action: str = "") -> str:
+    """A command that needs a service, on a bot of several: which ones there are."""
+    names = ", ".join(code(s) for s in services[:50])
+    if action:
+        return f"Name the service: `/rollback {esc(action)} &lt;service&gt; {esc(stage)}`. Services: {names}."
+    return (f"This bot serves several services: name one, for example `/rollback {esc(services[0])} {esc(stage)} "
+            f"{esc(ref)}`. Services: {names}. (Rolling back every service to one commit comes next.)")
+
+
+def help_blocks(stages: list[str], services: list[str] | None = None) -> list[dict]:
     known = ", ".join(code(s) for s in stages) or "none yet (CI adds builds with `rollback-bot publish`)"
+    served = f" · Services: {', '.join(code(s) for s in services[:50])}" if services else ""
     return [
         section("*rollback-bot* rolls a stage back to an earlier build: the stored package, the source at "
                 "its commit, its plugins, `serverless deploy --package`, then a check that Lambda runs it."),
-        section("\n".join(f"`{esc_message(syntax)}` {esc(what)}" for syntax, what in COMMANDS)),
+        section("\n".join(f"`{esc_message(syntax)}` {esc(what)}"
+                           for syntax, what in (SEVERAL_COMMANDS if services else COMMANDS))),
         section("*Examples*\n`/rollback prod` · `/rollback prod previous` · `/rollback prod 3f2a9c1` · "
                 "`/rollback prod 1234`"),
-        context(f"Stages: {known}"),
+        context(_clip(f"Stages: {known}{served}")),
     ]
 
 
-def listing_blocks(index: StageIndex, now: float, limit: int = 10) -> list[dict]:
+def listing_blocks(index: StageIndex, now: float, limit: int = 10, account: str = "") -> list[dict]:
+    """A stage's builds; ``account`` (a bot of several services) names the service and where it runs."""
     live = index.live
-    head = f"*{esc(index.stage)}* · {len(index.artifacts)} builds"
+    service = index.service if account else ""
+    head = (f"*{esc(service)}* in *{esc(index.stage)}*" if service else f"*{esc(index.stage)}*") + \
+        f" · {len(index.artifacts)} builds"
     if live:
         head += f" · live {code(live.commit[:7])} (build {code(live.build_id)}) since {date(live.at)}"
     blocks = [section(head)]
+    if account:
+        blocks.append(context(f"AWS: {esc(account)}"))
     if index.freeze:
         f = index.freeze
         blocks.append(section(f"🧊 *CI is frozen* by {user(f.by)} {date(f.at)}: {esc(f.reason)}"))
@@ -106,15 +122,38 @@ def listing_blocks(index: StageIndex, now: float, limit: int = 10) -> list[dict]
         block = section(("  ".join(tags) + "\n" if tags else "") + _build(art, now))
         if not index.is_live(art):
             label = "Roll forward to this" if index.is_forward(art) else "Roll back to this"
-            block["accessory"] = button(label, ids.PLAN_BUILD, ids.PlanRequest(index.stage, art.build_id).value())
+            block["accessory"] = button(label, ids.PLAN_BUILD,
+                                        ids.PlanRequest(index.stage, art.build_id, service=service).value())
         blocks.append(block)
     if len(index.artifacts) > limit:
         blocks.append(context(f"{len(index.artifacts) - limit} older builds not shown"))
     return blocks
 
 
+def stage_overview_blocks(stage: str, rows: list[tuple[StageIndex, str]]) -> list[dict]:
+    """``/rollback prod`` on a bot of several services: a line per service, each with its listing."""
+    blocks = [section(f"*{esc(stage)}* · {len(rows)} services")]
+    for index, account in rows[:45]:  # Slack allows 50 blocks in a message
+        live = index.live_artifact()
+        text = f"*{esc(index.service)}* "
+        text += (f"live {code(live.short)} (build {code(live.build_id)}) since {date(index.live.at)}"
+                 if live and index.live else "nothing live recorded")
+        if live and live.bad:
+            text += " · *BAD*"
+        if index.freeze:
+            text += f" · 🧊 frozen by {_mark(index.freeze)}"
+        text += f"\n_{esc(account)}_" if account else ""
+        block = section(_clip(text))
+        request = ids.PlanRequest(stage, "", service=index.service)
+        block["accessory"] = button("Builds", ids.LIST_BUILDS, request.value())
+        blocks.append(block)
+    if len(rows) > 45:
+        blocks.append(context(f"{len(rows) - 45} more services: `/rollback <service> {esc(stage)}`"))
+    return blocks
+
+
 def plan_title(plan: Plan) -> str:
-    return f"{plan.verb} {plan.stage} to {plan.target.short}?"
+    return f"{plan.verb} {plan.where} to {plan.target.short}?"
 
 
 def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, now: float,
@@ -125,6 +164,8 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
         section(f"*Target*\n{_build(t, now)}\npackage sha256 {code(t.sha256[:12])} · {t.size:,} bytes"
                 + (f"\n_chosen as `previous`: {esc(plan.chosen_because)}_" if plan.chosen_because else "")),
     ]
+    if plan.account:
+        blocks.append(context(f"Service {code(plan.service)} · stage {code(plan.stage)} · AWS: {esc(plan.account)}"))
     if plan.live:
         blocks.append(section(f"*Live now*\n{_build(plan.live, now)}"))
     if plan.commits:
@@ -148,7 +189,7 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
     if not policy_configured:
         blocks.append(section(f"⚠️ *{NO_POLICY}* (no policy file is set: ROLLBACK_CONFIG)"))
     if running is not None:
-        blocks.append(section(f"⏳ Job {running.id} is running on {code(running.stage)} now (approved by "
+        blocks.append(section(f"⏳ Job {running.id} is running on {code(running.where)} now (approved by "
                               f"{user(running.approved_by or running.requested_by)}): an approval is refused "
                               "until it ends."))
     blocks.append(context(f"Requested by {user(requested_by)} · approval needs {esc(needs)} · "
@@ -162,21 +203,25 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
     return blocks
 
 
-def outdated_plan_blocks(stage: str, target_commit: str, changes: list[str], ref: str) -> list[dict]:
+def outdated_plan_blocks(stage: str, target_commit: str, changes: list[str], ref: str,
+                         service: str = "") -> list[dict]:
     """A card whose plan changed before approval: nothing was deployed; one click plans again."""
+    where = f"{service} in {stage}" if service else stage
     return [
-        section(f"~Roll {esc(stage)} to {code(target_commit[:7])}~"),
+        section(f"~Roll {esc(where)} to {code(target_commit[:7])}~"),
         section("⚠️ *Out of date: nothing was deployed.* Since this card was posted:\n"
                 + "\n".join(f"• {esc(c)}" for c in changes)),
         {"type": "actions", "elements": [
-            button("Plan again", ids.PLAN_BUILD, ids.PlanRequest(stage, ref).value(), "primary")]},
+            button("Plan again", ids.PLAN_BUILD, ids.PlanRequest(stage, ref, service=service).value(), "primary")]},
     ]
 
 
 def deployed_blocks(stage: str, art: Artifact, previous: Artifact | None, commits: list, by: str,
-                    now: float) -> list[dict]:
-    """The deploy notification CI posts: what went live, who, what changed, and a way back."""
-    blocks = [section(f"🚀 *{esc(stage)}* is now running {_build(art, now)}"
+                    now: float, service: str = "") -> list[dict]:
+    """The deploy notification CI posts: what went live, who, what changed, and a way back.
+    ``service`` is named when the bot serves several."""
+    where = f"*{esc(service)}* in *{esc(stage)}*" if service else f"*{esc(stage)}*"
+    blocks = [section(f"🚀 {where} is now running {_build(art, now)}"
                       + (f"\nDeployed by {user(by)}" if by else ""))]
     if commits:
         blocks.append(section(f"*Commits since {code(previous.short if previous else '?')}*\n"
@@ -186,7 +231,7 @@ def deployed_blocks(stage: str, art: Artifact, previous: Artifact | None, commit
     if previous:
         blocks.append({"type": "actions", "elements": [
             button("Roll back", ids.PLAN_BUILD,
-                   ids.PlanRequest(stage, "previous", f"{art.commit}:{art.build_id}").value(), "danger")]})
+                   ids.PlanRequest(stage, "previous", f"{art.commit}:{art.build_id}", service).value(), "danger")]})
     return blocks
 
 
@@ -203,10 +248,11 @@ def no_longer_live(was_commit: str, was_build: str, live: LiveRecord | None) -> 
     return text + ". Here is the plan from what is live now."
 
 
-def superseded_blocks(stage: str, was: LiveRecord, live: LiveRecord) -> list[dict]:
+def superseded_blocks(stage: str, was: LiveRecord, live: LiveRecord, service: str = "") -> list[dict]:
     """A deploy notification once its build stopped being live: struck through, with what replaced it,
     and no Roll back button (it would now mean "from what is live now", which this message is not)."""
-    return [section(f"~🚀 *{esc(stage)}* is now running {code(was.commit[:7])} (build {code(was.build_id)})~"),
+    where = f"*{esc(service)}* in *{esc(stage)}*" if service else f"*{esc(stage)}*"
+    return [section(f"~🚀 {where} is now running {code(was.commit[:7])} (build {code(was.build_id)})~"),
             context(f"⏹️ No longer live: {_replaced_by(live)}")]
 
 
@@ -214,7 +260,7 @@ def run_line(j: Job) -> str:
     """One run in history (Slack and the App Home): when and how long, who asked and who approved,
     from → to, the outcome and why, and a link to its card."""
     took = f" in {j.duration:.0f}s" if j.duration is not None and j.finished else ""
-    line = (f"• {date(j.started or j.created)}{took} · job {j.id} *{esc(j.state)}* {code(j.stage)} "
+    line = (f"• {date(j.started or j.created)}{took} · job {j.id} *{esc(j.state)}* {code(j.where)} "
             f"{code(j.live_commit[:7] or '?')} → {code(j.target_commit[:7])} (build {code(j.target_build)})"
             f" · requested by {user(j.requested_by)}")
     if j.approved_by:
@@ -229,14 +275,15 @@ def run_line(j: Job) -> str:
 
 
 def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], now: float,
-                policy_configured: bool = True) -> list[dict]:
+                policy_configured: bool = True, several: bool = False) -> list[dict]:
     """The App Home tab: each stage's live build, lock holder and freeze, then recent jobs."""
     blocks = [header("rollback-bot")]
     if not policy_configured:
         blocks.append(section(f"⚠️ *{NO_POLICY}*: set ROLLBACK_CONFIG to a policy file before real use."))
     for index, lock in stages:
         live = index.live
-        text = f"*{esc(index.stage)}*: " + (
+        name = f"{esc(index.service)} · {esc(index.stage)}" if several else esc(index.stage)
+        text = f"*{name}*: " + (
             f"live {code(live.commit[:7])} (build {code(live.build_id)}) since {date(live.at)}"
             if live else "nothing live recorded")
         if lock:
@@ -273,7 +320,7 @@ def job_title(job: Job) -> str:
 def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: list[str], now: float) -> list[dict]:
     """The live checklist. ``steps`` maps a step to (status, duration)."""
     state = job.state
-    blocks = [header(f"{job_title(job)}: {job.stage} → {job.target_commit[:7]}")]
+    blocks = [header(f"{job_title(job)}: {job.where} → {job.target_commit[:7]}")]
     lines = []
     for step in STEPS:
         status, duration = steps.get(step, ("pending", None))
@@ -294,7 +341,8 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
     who = f"approved by {user(job.approved_by)}" if job.approved_by else ""
     times = f" · started {date(job.started)}" if job.started else ""
     times += f" · ended {date(job.finished)}" if job.finished else ""
-    blocks.append(context(f"Job {job.id} · requested by {user(job.requested_by)} {who}{times} · {elapsed:.0f}s"))
+    where = f" · AWS: {esc(job.account)}" if job.account else ""
+    blocks.append(context(f"Job {job.id} · requested by {user(job.requested_by)} {who}{times} · {elapsed:.0f}s{where}"))
     if state is JobState.CANCELLED and job.cancelled_by:
         blocks.append(section(f"🛑 Cancelled by {user(job.cancelled_by)}"))
     if state in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED) and job.reason:
@@ -323,12 +371,16 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
     return blocks
 
 
-def status_blocks(running: list[Job], freezes: dict[str, Mark], now: float) -> list[dict]:
+def status_blocks(running: list[Job], freezes: dict, now: float, several: bool = False) -> list[dict]:
+    """Running jobs and frozen stages; ``freezes`` maps a StageKey to its freeze."""
+    def name(key) -> str:
+        return f"{key.service} {key.stage}" if several else key.stage
+
     blocks = [section("*Running rollbacks*\n" + ("\n".join(
-        f"• {code(j.stage)} → {code(j.target_commit[:7])} job {j.id} by "
+        f"• {code(j.where)} → {code(j.target_commit[:7])} job {j.id} by "
         f"{user(j.approved_by or j.requested_by)} since {date(j.started or now)}" for j in running)
         or "none"))]
-    blocks.append(section("*Frozen stages*\n" + ("\n".join(f"• {code(s)}: {_mark(m)}" for s, m in freezes.items())
+    blocks.append(section("*Frozen stages*\n" + ("\n".join(f"• {code(name(k))}: {_mark(m)}" for k, m in freezes.items())
                                                  or "none")))
     return blocks
 

@@ -11,6 +11,7 @@ APPROVE = "approve"
 CANCEL_PLAN = "cancel_plan"
 CANCEL_JOB = "cancel_job"
 LIFT_FREEZE = "lift_freeze"  # the checkbox on a roll forward's card
+LIST_BUILDS = "list_builds"  # a service's row in `/rollback prod` when the bot serves several
 
 
 class NotOurs(ValueError):
@@ -26,15 +27,17 @@ class PlanRequest:
     stage: str
     ref: str
     live: str = ""
+    service: str = ""  # "" on buttons of a one-service bot (and those drawn before services were named)
 
     def value(self) -> str:
-        return json.dumps({"stage": self.stage, "ref": self.ref, **({"live": self.live} if self.live else {})})
+        return json.dumps({"stage": self.stage, "ref": self.ref, **({"live": self.live} if self.live else {}),
+                           **({"service": self.service} if self.service else {})})
 
     @classmethod
     def parse(cls, value: str) -> PlanRequest:
         try:
             data = json.loads(value)
-            return cls(str(data["stage"]), str(data["ref"]), str(data.get("live", "")))
+            return cls(str(data["stage"]), str(data["ref"]), str(data.get("live", "")), str(data.get("service", "")))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise NotOurs(value) from exc
 

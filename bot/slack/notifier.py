@@ -63,7 +63,7 @@ class Notifier:
             log.warning("could not publish the home tab of %s: %s", user, exc)
 
 
-def edit_superseded(notifier: Notifier, index: StageIndex) -> bool:
+def edit_superseded(notifier: Notifier, index: StageIndex, service: str = "") -> bool:
     """Edit the notification of the build that was live before the live one: it no longer is."""
     if len(index.history) < 2 or index.history[1].ident == index.history[0].ident:
         return False
@@ -72,4 +72,4 @@ def edit_superseded(notifier: Notifier, index: StageIndex) -> bool:
     if where is None:
         return False
     return notifier.update(*where, esc(f"{index.stage}: {was.commit[:7]} is no longer live"),
-                           superseded_blocks(index.stage, was, live))
+                           superseded_blocks(index.stage, was, live, service))

@@ -14,10 +14,10 @@ from bot.slack.mrkdwn import esc
 from bot.slack.notifier import Notifier, edit_superseded
 
 
-def notify_deployed(settings: Settings, store: ArtifactStore, stage: str, by: str) -> None:
+def notify_deployed(settings: Settings, store: ArtifactStore, stage: str, by: str, service: str = "") -> None:
     """Post what went live on ``stage`` to its channel, with a button to roll it back; the notification
     of the build it replaced is edited to say it is no longer live."""
-    channel = settings.policy.notify_channel(stage, settings.channel)
+    channel = settings.policy.notify_channel(stage, settings.channel, store.service)
     if not settings.slack_bot_token or not channel:
         return
     index = store.read_index(stage)
@@ -29,9 +29,10 @@ def notify_deployed(settings: Settings, store: ArtifactStore, stage: str, by: st
     commits = local_commits_between(previous.commit, live.commit) if previous else []
     notifier = Notifier(make_client(settings))
     try:  # CI must not fail because Slack did
-        edit_superseded(notifier, index)
-        posted = notifier.post(channel, esc(f"{stage} is now running {live.label()}"),
-                               deployed_blocks(stage, live, previous, commits, by, time.time()), quiet=False)
+        edit_superseded(notifier, index, service)
+        where = f"{service} in {stage}" if service else stage
+        posted = notifier.post(channel, esc(f"{where} is now running {live.label()}"),
+                               deployed_blocks(stage, live, previous, commits, by, time.time(), service), quiet=False)
         store.note_notice(stage, record, posted["channel"], posted["ts"])
     except Exception as exc:
         print(f"warning: could not post the deploy notification to Slack ({exc}); the deploy is recorded",

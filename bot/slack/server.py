@@ -15,7 +15,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from bot.core.config import Settings
 from bot.core.masking import Masker, mask_logs
 from bot.core.policy import PolicySource
-from bot.engine.build import Engine, build_engine
+from bot.engine.build import Engine, build_fleet
 from bot.engine.service import RollbackService
 from bot.slack.app import build_app, make_client, sweep_expired
 from bot.slack.mrkdwn import esc_message
@@ -71,9 +71,11 @@ def _plain(start_response, status: str, text: str) -> list[bytes]:
 
 
 def assemble(settings: Settings, engine: Engine | None = None) -> tuple[App, Engine, RollbackService]:
-    """The app and its services, with no side effects: start-up work is ``start_up``."""
-    engine = engine or build_engine(settings)
-    service = RollbackService(engine, PolicySource(settings.policy, settings.config_path))
+    """The app and its services, with no side effects: start-up work is ``start_up``. ``engine`` is the
+    default service's (the only one, or ROLLBACK_SERVICE); every service's is in ``service.fleet``."""
+    fleet = engine if engine is not None else build_fleet(settings)
+    service = RollbackService(fleet, PolicySource(settings.policy, settings.config_path))
+    engine = service.engine
     return build_app(settings, engine, service, make_client(settings)), engine, service
 
 
@@ -86,12 +88,17 @@ def start_up(settings: Settings, engine: Engine, service: RollbackService, clien
         log.info("%s", line)
     if not service.policy.configured:
         log.warning("NO POLICY FILE (ROLLBACK_CONFIG): anyone in the workspace may request AND approve rollbacks")
-    for job in engine.jobs.recover():
-        # Tell the stage's channel that a rollback was cut short and must be checked by a person.
-        channel = service.policy.notify_channel(job["stage"], settings.channel) or job.get("channel")
-        if channel:  # a Slack failure here is logged and never stops the bot from starting
-            Notifier(client).post(channel, f"⚠️ Rollback job {job['id']} of `{job['stage']}` was interrupted by a "
-                                           f"restart. {esc_message(job['reason'])}")
+    if service.several:
+        log.info("serving %d services: %s", len(service.services), ", ".join(service.services))
+    for one in service.fleet.engines.values():
+        for job in one.jobs.recover():
+            # Tell the stage's channel that a rollback was cut short and must be checked by a person.
+            key = service._job_key(job)
+            channel = service.policy.notify_channel(key.stage, settings.channel, key.service) or job.get("channel")
+            what = f"{key.service} {key.stage}" if service.several else key.stage
+            if channel:  # a Slack failure here is logged and never stops the bot from starting
+                Notifier(client).post(channel, f"⚠️ Rollback job {job['id']} of `{esc_message(what)}` was "
+                                               f"interrupted by a restart. {esc_message(job['reason'])}")
     housekeeping(settings, engine, service, client)
     stop = threading.Event()
     threading.Thread(target=_housekeeping_loop, args=(settings, engine, service, client, stop),

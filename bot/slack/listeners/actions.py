@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from slack_bolt import App
 
 from bot.core.errors import UserError
@@ -10,7 +12,7 @@ from bot.engine.service import Outdated, Refused
 from bot.slack import blocks as kit
 from bot.slack import ids
 from bot.slack.app import Slack, _checked, error_text, read_log
-from bot.slack.mrkdwn import user
+from bot.slack.mrkdwn import esc, user
 from bot.slack.progress import ProgressReporter
 
 
@@ -23,13 +25,13 @@ def register(app: App, slack: Slack) -> None:
     def on_plan_build(body, respond, groups_of):
         try:
             request = ids.PlanRequest.parse(body["actions"][0].get("value", ""))
+            key = service.key(request.stage, request.service or None)
             if request.live:  # drawn on a deploy notification: is that build still live?
-                live = service.index(service.key(request.stage)).live
+                live = service.index(key).live
                 was_commit, _, was_build = request.live.partition(":")
                 if live is None or (live.commit, live.build_id) != (was_commit, was_build):
                     ephemeral(respond, kit.no_longer_live(was_commit, was_build, live))
-            slack.post_plan(request.stage, request.ref, body["user"]["id"], body["channel"]["id"], respond,
-                            groups_of)
+            slack.post_plan(key, request.ref, body["user"]["id"], body["channel"]["id"], respond, groups_of)
         except ids.NotOurs:
             ephemeral(respond, "That button is not one of mine.")
         except UserError as exc:
@@ -44,15 +46,15 @@ def register(app: App, slack: Slack) -> None:
         user_id, channel, ts = body["user"]["id"], body["channel"]["id"], body["message"]["ts"]
         # Listen before starting, so not one event of the job is missed; the subscription ends with the job.
         reporter = ProgressReporter(slack.client, store, job_id, channel, ts, on_final=slack.announce, start=False,
-                                    full_log=lambda: read_log(service.engine.jobs.log_path(job_id)))
-        unsubscribe = service.engine.jobs.subscribe(job_id, reporter)
+                                    full_log=lambda: read_log(service.runner_of(job_id).log_path(job_id)))
+        unsubscribe = service.runner_of(job_id).subscribe(job_id, reporter)
         try:
             service.approve(job_id, user_id, channel, groups_of, unfreeze=_checked(body, ids.LIFT_FREEZE))
         except Outdated as exc:
             unsubscribe()
             ephemeral(respond, error_text(exc))
             slack.notify.update(channel, ts, "Plan out of date: nothing was deployed", kit.outdated_plan_blocks(
-                exc.job.stage, exc.job.target_commit, exc.changes, exc.plan.ref))
+                exc.job.stage, exc.job.target_commit, exc.changes, exc.plan.ref, exc.job.shown_service))
             return
         except UserError as exc:
             unsubscribe()
@@ -85,7 +87,21 @@ def register(app: App, slack: Slack) -> None:
             said = error_text(exc)
         ephemeral(respond, said)
 
+    def on_list_builds(body, respond, groups_of):
+        try:
+            request = ids.PlanRequest.parse(body["actions"][0].get("value", ""))
+            key = service.key(request.stage, request.service or None)
+            index = service.listing(key, body["user"]["id"], body["channel"]["id"])
+            respond(blocks=kit.listing_blocks(index, time.time(), account=service.account(key)),
+                    text=f"Builds of {esc(key.service)} in {esc(key.stage)}", response_type="ephemeral",
+                    replace_original=False)
+        except ids.NotOurs:
+            ephemeral(respond, "That button is not one of mine.")
+        except UserError as exc:
+            ephemeral(respond, error_text(exc))
+
     app.action(ids.PLAN_BUILD)(slack.after_ack(on_plan_build))
+    app.action(ids.LIST_BUILDS)(slack.after_ack(on_list_builds))
     app.action(ids.APPROVE)(slack.after_ack(on_approve))
     app.action(ids.CANCEL_PLAN)(slack.after_ack(on_cancel_plan))
     app.action(ids.CANCEL_JOB)(slack.after_ack(on_cancel_job))

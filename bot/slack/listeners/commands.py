@@ -17,30 +17,40 @@ def register(app: App, slack: Slack) -> None:
     service = slack.service
 
     def on_rollback(command, respond, groups_of):  # the body of a slash command is the command
-        cmd = parse(command.get("text", ""))
+        cmd = parse(command.get("text", ""), service.services if service.several else ())
         user_id, channel = command["user_id"], command["channel_id"]
         try:
+            key = service.key(cmd.stage, cmd.service or None) if cmd.service or not service.several else None
             if cmd.action == "help":
-                respond(blocks=kit.help_blocks(service.engine.artifacts.stages()), text="rollback-bot help")
+                respond(blocks=kit.help_blocks(service.stage_names(), service.services if service.several else []),
+                        text="rollback-bot help")
             elif cmd.action == "invalid":
                 respond(esc_message(cmd.error))  # it quotes the usage: `<stage>` is markup unless escaped
+            elif cmd.action == "list" and key is None:  # several services: a line for each
+                rows = service.stage_overview(cmd.stage, user_id, channel)
+                respond(blocks=kit.stage_overview_blocks(cmd.stage, rows), text=f"Services in {esc(cmd.stage)}")
             elif cmd.action == "list":
-                index = service.listing(service.key(cmd.stage), user_id, channel)
-                respond(blocks=kit.listing_blocks(index, time.time()), text=f"Builds of {esc(cmd.stage)}")
+                index = service.listing(key, user_id, channel)
+                respond(blocks=kit.listing_blocks(index, time.time(), account=service.account(key)),
+                        text=f"Builds of {esc(cmd.stage)}")
+            elif cmd.action == "plan" and key is None:
+                respond(kit.choose_service_text(cmd.stage, cmd.ref, service.services))
             elif cmd.action == "plan":
-                slack.post_plan(cmd.stage, cmd.ref, user_id, channel, respond, groups_of)
+                slack.post_plan(key, cmd.ref, user_id, channel, respond, groups_of)
             elif cmd.action == "status":
                 status = service.status()
-                respond(blocks=kit.status_blocks(status.running, status.freezes, time.time()),
+                respond(blocks=kit.status_blocks(status.running, status.freezes, time.time(), service.several),
                         text="rollback-bot status")
             elif cmd.action == "history":
-                respond(kit.history_text(cmd.stage, service.history(service.key(cmd.stage), user_id, channel)))
+                respond(kit.history_text(cmd.stage, service.history_of(cmd.stage, key, user_id, channel)))
+            elif key is None:  # unfreeze or cancel: one service's stage
+                respond(kit.choose_service_text(cmd.stage, "", service.services, cmd.action))
             elif cmd.action == "unfreeze":
-                was = service.unfreeze(service.key(cmd.stage), user_id, channel, groups_of)
-                respond(f"{code(cmd.stage)} unfrozen: CI may deploy again." if was
-                        else f"{code(cmd.stage)} was not frozen.")
+                was = service.unfreeze(key, user_id, channel, groups_of)
+                what = code(f"{key.service} {key.stage}" if service.several else key.stage)
+                respond(f"{what} unfrozen: CI may deploy again." if was else f"{what} was not frozen.")
             elif cmd.action == "cancel":
-                respond(service.cancel_running(service.key(cmd.stage), user_id, channel, groups_of))
+                respond(service.cancel_running(key, user_id, channel, groups_of))
         except UserError as exc:
             respond(error_text(exc))
 
