@@ -36,5 +36,7 @@ def client(service: str, region: str | None = None, config: Config | None = None
             aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
         )
+        # AWS_ENDPOINT_URL_<SERVICE> before AWS_ENDPOINT_URL, as the AWS SDKs read them
+        endpoint = env.get(f"AWS_ENDPOINT_URL_{service.upper()}") or env.get("AWS_ENDPOINT_URL") or None
         return boto.client(service, region_name=region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-                           config=config, endpoint_url=env.get("AWS_ENDPOINT_URL") or None)
+                           config=config, endpoint_url=endpoint)

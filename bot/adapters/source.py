@@ -235,6 +235,21 @@ class SourceRepo:
         except (git.GitCommandError, SourceError):
             return None
 
+    def fetch_root(self, name: str) -> str | None:
+        """Fetch, then a file at the repository's root on its default branch (HEAD), or None."""
+        if "/" in name or name.startswith(("-", ".")):
+            raise SourceError(f"{name!r} is not a plain file name")
+        self.fetch()
+        with self._repo() as repo:
+            # a mirror made by init + fetch may have a HEAD that names no branch: try the usual ones
+            branches = [h.name for h in repo.heads]
+            for ref in dict.fromkeys(["HEAD", "main", "master", *branches[:1]]):
+                try:
+                    return repo.git.show(f"{ref}:{name}", "--")
+                except git.GitCommandError:
+                    continue
+            return None
+
     def plugin_change(self, live: str, target: str) -> PluginChange:
         """What changes in the plugin set: package.json and the lockfiles, and the ``plugins`` of the
         service file, whichever Serverless reads (yml, yaml, json; a .js or .ts file, which cannot be read

@@ -180,9 +180,12 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         config_path = Path(raw_config)
         try:
             policy = Policy.load(config_path)  # validated now, so a typo stops start-up instead of a rollback
-            doc = tomllib.loads(config_path.read_text())
         except PolicyError as exc:
             problems.append(f"ROLLBACK_CONFIG: {exc}")
+        try:  # the catalog's problems are reported with the policy's, all at once
+            doc = tomllib.loads(config_path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            doc = {}  # the policy said why
     region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip() or "us-east-1"
     catalog, catalog_problems = Catalog.parse(doc, str(config_path or "ROLLBACK_CONFIG"), service, service_dir,
                                               env.get("ROLLBACK_REPO", "").strip(), region)
@@ -192,7 +195,9 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         # CI runs in the repository's checkout: its serverless-compose.yml names the services
         catalog, compose_problems = catalog.with_compose(_yaml(compose, problems), str(compose))
         problems += compose_problems
-    if not catalog.services and any(g in needs for g in ("artifacts", "engine")):
+    # The bot (and the engine's commands) can still read a Compose file from ROLLBACK_REPO at start-up.
+    if not catalog.services and ("artifacts" in needs and "engine" not in needs
+                                 or "engine" in needs and not env.get("ROLLBACK_REPO", "").strip()):
         problems.append("ROLLBACK_SERVICE is not set (or name the services in ROLLBACK_CONFIG's [services], or run "
                         f"where a {COMPOSE_FILE} names them)")
 

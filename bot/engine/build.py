@@ -5,9 +5,13 @@ repository and the stages' AWS accounts."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cached_property
+
+import yaml
 
 from bot.adapters.accounts import Accounts, session_name
 from bot.adapters.archive import Limits
@@ -16,11 +20,13 @@ from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.source import SourceRepo
 from bot.adapters.stack import Stack
 from bot.adapters.store import Store
-from bot.core.catalog import Catalog
-from bot.core.config import Settings
+from bot.core.catalog import COMPOSE_FILE, Catalog
+from bot.core.config import ConfigError, Settings
 from bot.core.masking import Masker
 from bot.engine.planner import Plan, make_plan
 from bot.engine.runner import EngineConfig, JobRunner
+
+log = logging.getLogger("rollback-bot.engine")
 
 
 class Engine:
@@ -181,7 +187,8 @@ class Fleet:
 
     @property
     def default(self) -> Engine:
-        return self.engines[self.catalog.resolve(None)] if self.catalog.services else next(iter(self.engines.values()))
+        """ROLLBACK_SERVICE's engine, else the first: what is shared (the store) is the same in all."""
+        return self.engines.get(self.catalog.default_service) or next(iter(self.engines.values()))
 
     def shutdown(self) -> None:
         for engine in self.engines.values():
@@ -189,6 +196,7 @@ class Fleet:
 
 
 def build_fleet(settings: Settings) -> Fleet:
+    settings = with_compose(settings)
     mask = Masker(settings.secrets())
     names = settings.catalog.names or [settings.service]
     shared = Shared(settings, mask, several=len(names) > 1)
@@ -199,6 +207,26 @@ def build_fleet(settings: Settings) -> Fleet:
         artifacts = ArtifactStore(s3, own.bucket, own.service, own.prefix, limits=Limits(max_total=own.max_unpacked))
         engines[name] = Engine(own, artifacts, shared.source(own), mask, shared)
     return Fleet(settings, engines, shared)
+
+
+def with_compose(settings: Settings) -> Settings:
+    """A bot with no [services] and no ROLLBACK_SERVICE serves what the repository's
+    serverless-compose.yml names (read from its default branch at start-up)."""
+    if settings.catalog.configured or settings.service or not settings.repo:
+        return settings
+    text = SourceRepo(settings.repo, mirror_dir(settings, settings.repo)).fetch_root(COMPOSE_FILE)
+    if text is None:
+        raise ConfigError([f"ROLLBACK_SERVICE is not set, ROLLBACK_CONFIG has no [services], and {COMPOSE_FILE} "
+                           "is not at the root of ROLLBACK_REPO: name the services one of these ways"])
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{COMPOSE_FILE} in ROLLBACK_REPO is not YAML: {str(exc)[:300]}"]) from None
+    catalog, problems = settings.catalog.with_compose(doc if isinstance(doc, dict) else {})
+    if problems:
+        raise ConfigError(problems)
+    log.info("services from %s: %s", COMPOSE_FILE, ", ".join(catalog.names))
+    return replace(settings, catalog=catalog)
 
 
 def build_engine(settings: Settings) -> Engine:

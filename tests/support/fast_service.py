@@ -26,20 +26,21 @@ def handler(version: str) -> str:
     return f"module.exports.hello = async () => ({{ statusCode: 200, body: '{version}' }});\n"
 
 
-def fast_package(root: Path, version: str, stage: str = "prod", extra: dict[str, bytes] | None = None) -> Path:
+def fast_package(root: Path, version: str, stage: str = "prod", extra: dict[str, bytes] | None = None,
+                 service: str = SERVICE, region: str = "us-east-1") -> Path:
     """A package folder as `serverless package --stage STAGE` writes it; the same version gives the same bytes."""
     root.mkdir(parents=True, exist_ok=True)
-    code_key = f"serverless/{SERVICE}/{stage}/1700000000000-2023-11-14T22:13:20.000Z/{SERVICE}.zip"
+    code_key = f"serverless/{service}/{stage}/1700000000000-2023-11-14T22:13:20.000Z/{service}.zip"
     template = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {
         "ServerlessDeploymentBucket": {"Type": "AWS::S3::Bucket"},
         "HelloLambdaFunction": {"Type": "AWS::Lambda::Function", "Properties": {
-            "FunctionName": f"{SERVICE}-{stage}-hello", "Handler": "handler.hello",
+            "FunctionName": f"{service}-{stage}-hello", "Handler": "handler.hello",
             "Code": {"S3Bucket": {"Ref": "ServerlessDeploymentBucket"}, "S3Key": code_key}}},
     }}
     (root / "cloudformation-template-update-stack.json").write_text(json.dumps(template))
     (root / "serverless-state.json").write_text(json.dumps(
-        {"service": {"service": SERVICE, "provider": {"name": "aws", "stage": "dev", "region": "us-east-1"}}}))
-    with zipfile.ZipFile(root / f"{SERVICE}.zip", "w") as zf:
+        {"service": {"service": service, "provider": {"name": "aws", "stage": "dev", "region": region}}}))
+    with zipfile.ZipFile(root / f"{service}.zip", "w") as zf:
         zf.writestr(zipfile.ZipInfo("handler.js", date_time=(2020, 1, 1, 0, 0, 0)), handler(version))
         for name, data in (extra or {}).items():
             zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)

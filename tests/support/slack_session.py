@@ -8,6 +8,7 @@ import threading
 
 import waitress
 
+from bot.core.config import Settings
 from bot.playground.slack import SlackStandIn, SlackUser
 from bot.playground.socket_mode import SocketModeStandIn
 from bot.slack.server import assemble, socket_mode, start_up, wsgi_app
@@ -119,8 +120,12 @@ def workspaces(make_engine, tmp_path):
         if policy:
             (tmp_path / "policy.toml").write_text(policy)
             env["ROLLBACK_CONFIG"] = str(tmp_path / "policy.toml")
-        engine = make_engine(**env)
-        app, engine, service = assemble(engine.settings, engine)
+        made = make_engine(**env)  # an engine, or the settings of a bot of several services
+        if isinstance(made, Settings):
+            app, engine, service = assemble(made)
+            closers.append(service.fleet.shutdown)
+        else:
+            app, engine, service = assemble(made.settings, made)
         closers.append(start_up(engine.settings, engine, service).set)
         if socket:
             far_end = SocketModeStandIn()
