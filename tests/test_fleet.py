@@ -22,6 +22,8 @@ from tests.support.waiting import wait_for
 
 PROD_ACCOUNT = "111111111111"
 PROD_ROLE = f"arn:aws:iam::{PROD_ACCOUNT}:role/rollback-deployer"
+DEV_ACCOUNT = "222222222222"
+DEV_ROLE = f"arn:aws:iam::{DEV_ACCOUNT}:role/rollback-deployer"
 COMPOSE = "services:\n  api:\n    path: services/api\n  worker:\n    path: services/worker\n    dependsOn: api\n"
 CONFIG = f"""
 [stages.prod]
@@ -34,6 +36,10 @@ approver_must_differ = true
 
 [stages.prod.services.api]   # the api team approves api
 approvers = ["U-CY"]
+
+[stages.dev]                 # another account; anyone may roll dev back
+role_arn = "{DEV_ROLE}"
+region = "eu-west-1"
 """
 
 
@@ -59,6 +65,8 @@ class Monorepo:
         git.Repo.clone_from(w.path, self.origin, bare=True).close()
         self.packages = {(svc, v): fast_package(root / f"pkg-{svc}-{v}", f"{svc} {v}", service=svc, region="eu-west-1")
                          for svc in ("api", "worker") for v in ("v1", "v2")}
+        self.dev_packages = {v: fast_package(root / f"pkg-worker-dev-{v}", f"worker {v} on dev", stage="dev",
+                                             service="worker", region="eu-west-1") for v in ("v1", "v2")}
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +107,24 @@ def team(aws_env, s3, monorepo, tmp_path):
             done = cli("publish", "--service", svc, "--stage", "prod", "--commit", commit, "--package",
                        str(m.packages[(svc, version)]), "--build-id", f"{svc}-{version}", "--deployed", "--by", "ci")
             assert done.returncode == 0, done.stderr
+    for commit, version in ((m.c1, "v1"), (m.c3, "v2")):
+        done = cli("publish", "--service", "worker", "--stage", "dev", "--commit", commit, "--package",
+                   str(m.dev_packages[version]), "--build-id", f"worker-dev-{version}", "--deployed")
+        assert done.returncode == 0, done.stderr
     prod_env = assumed(PROD_ROLE, aws_env["AWS_ENDPOINT_URL"])
-    for svc in ("api", "worker"):  # CI's deploy step, as the prod account's role
-        deployed = subprocess.run([sys.executable, str(DEPLOY_SCRIPT), "prod", str(m.packages[(svc, "v2")])],
-                                  env={**env, **prod_env}, capture_output=True, text=True, timeout=60)
+    dev_env = assumed(DEV_ROLE, aws_env["AWS_ENDPOINT_URL"])
+    for stage, package, as_role in (("prod", m.packages[("api", "v2")], prod_env),
+                                    ("prod", m.packages[("worker", "v2")], prod_env),
+                                    ("dev", m.dev_packages["v2"], dev_env)):  # CI's deploys, each as its role
+        deployed = subprocess.run([sys.executable, str(DEPLOY_SCRIPT), stage, str(package)],
+                                  env={**env, **as_role}, capture_output=True, text=True, timeout=60)
         assert deployed.returncode == 0, deployed.stderr
-    return env, cli, prod_env
+    return env, cli, prod_env, dev_env
 
 
 @pytest.fixture
 def team_workspace(team, tmp_path):
-    env, _, _ = team
+    env = team[0]
 
     def make(**overrides):
         return load_settings({**env, "ROLLBACK_DATA_DIR": str(tmp_path / "bot"), **overrides}, needs=["engine"])
@@ -125,7 +140,7 @@ def code_in(lam, function: str) -> str | None:
 
 
 def test_one_service_rolls_back_in_its_own_account_under_its_own_approvers(team, team_workspace, monorepo, aws_env):
-    env, cli, prod_env = team
+    env, cli, prod_env, dev_env = team
     endpoint = aws_env["AWS_ENDPOINT_URL"]
     ws = team_workspace()
     m = monorepo
@@ -136,6 +151,14 @@ def test_one_service_rolls_back_in_its_own_account_under_its_own_approvers(team,
     assert f"account {PROD_ACCOUNT} (role rollback-deployer), eu-west-1" in overview
     listing = ws.says(ws.ana, "api prod")
     assert "*api* in *prod* · 2 builds" in listing and "worker-v" not in listing
+    n = len(ws.standin.responses)
+    reply = ws.standin.responses[n - 2]  # the overview; its "Builds" button opens one service's listing
+    button = next(b["accessory"] for b in reply["blocks"] if "worker" in b.get("text", {}).get("text", "")
+                  and "accessory" in b)
+    assert ws.ana.click({**reply, "ts": "1.000001"}, "list_builds", value=button["value"]) == 200
+    assert "*worker* in *prod* · 2 builds" in all_text(ws.reply(n))
+    choose = ws.says(ws.ana, "prod previous")  # an app rollback comes with the next issue
+    assert "This bot serves several services: name one" in choose and "`api`, `worker`" in choose
 
     card = ws.posts_card(ws.ana, "api prod previous")
     assert header(card.first) == f"Roll back api in prod to {m.c1[:7]}?"
@@ -152,6 +175,12 @@ def test_one_service_rolls_back_in_its_own_account_under_its_own_approvers(team,
     assert f"arn:aws:sts::{PROD_ACCOUNT}:assumed-role/rollback-deployer/rollback-job-{job['id']}-U-CY" in thread
     assert "in eu-west-1" in thread and "CI is frozen" in done
 
+    status = ws.says(ws.ana, "status")
+    assert "`api prod`: <@U-CY>" in status  # frozen, per service
+    assert ws.bo.open_home() == 200
+    home = all_text(wait_for(lambda: ws.standin.home.get("U-BO"), 10, "the home tab"))
+    assert f"*api · prod*: live `{m.c1[:7]}`" in home and f"*worker · prod*: live `{m.c3[:7]}`" in home
+    assert f"`api prod` `{m.c2[:7]}` → `{m.c1[:7]}`" in home  # the run, naming its service
     prod_lambda = lambda_in(prod_env, endpoint)
     assert code_in(prod_lambda, "api-prod-hello") == code_sha256(m.packages[("api", "v1")] / "api.zip")
     assert code_in(prod_lambda, "worker-prod-hello") == code_sha256(m.packages[("worker", "v2")] / "worker.zip")
@@ -167,6 +196,17 @@ def test_one_service_rolls_back_in_its_own_account_under_its_own_approvers(team,
     assert listed.returncode == 0 and "worker-v2" in listed.stdout and "api-v" not in listed.stdout
     unknown = cli("list", "--service", "apii", "prod")
     assert unknown.returncode == 1 and "Did you mean `api`?" in unknown.stderr
+    several = cli("list", "prod")
+    assert several.returncode == 1 and "serves several services: name one (api, worker)" in several.stderr
+
+    # dev is another account: a rollback from the terminal changes dev's Lambda and nothing of prod's
+    rolled = cli("rollback", "--service", "worker", "dev", "previous", "--yes", "--by", "ana")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert f"arn:aws:sts::{DEV_ACCOUNT}:assumed-role/rollback-deployer/rollback-job-" in rolled.stdout
+    dev_lambda = lambda_in(dev_env, endpoint)
+    assert code_in(dev_lambda, "worker-dev-hello") == code_sha256(m.dev_packages["v1"] / "worker.zip")
+    assert code_in(prod_lambda, "worker-prod-hello") == code_sha256(m.packages[("worker", "v2")] / "worker.zip")
+    assert code_in(prod_lambda, "worker-dev-hello") is None and own.list_functions()["Functions"] == []
 
 
 def test_locks_are_per_service_and_stage_and_a_role_that_cannot_be_assumed_is_refused_before_the_card(
