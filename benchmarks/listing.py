@@ -102,5 +102,59 @@ def main(counts: list[int]) -> None:
         print(f"| {n:,} | {im * 1000:.1f} ms | {ir:g} | {sm * 1000:,.0f} ms | {sr:,} | {sm / im:,.0f}× |")
 
 
+def services(n_services: int, n_builds: int, runs: int = 11) -> None:
+    """`/rollback prod` on a bot of ``n_services`` services: the real RollbackService over a Fleet built
+    from a catalog, each service's index holding ``n_builds`` builds, read concurrently."""
+    import os
+    import tempfile
+
+    from bot.core.config import load_settings
+    from bot.engine.build import build_fleet
+    from bot.engine.service import RollbackService
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
+    s3 = client(url)
+    s3.create_bucket(Bucket=BUCKET)
+    names = [f"svc{i:02d}" for i in range(n_services)]
+    print(f"populating {n_services} indexes of {n_builds} builds…", file=sys.stderr, flush=True)
+    for name in names:
+        store = ArtifactStore(s3, BUCKET, name)
+        index = StageIndex(service=name, stage="prod")
+        for i in range(n_builds):
+            commit = f"{i:040x}"
+            index.artifacts.insert(0, Artifact(commit, str(i), store.artifact_key("prod", commit, str(i)),
+                                               f"{i:064x}", 2, float(i), "Ana Dev", f"change {i}"))
+        index.set_live(index.artifacts[0], "ci", float(n_builds))
+        s3.put_object(Bucket=BUCKET, Key=store.index_key("prod"), Body=index.to_json())
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "rollback.toml"
+        config.write_text("".join(f'[services.{n}]\ndir = "services/{n}"\n' for n in names)
+                          + '[stages.prod]\nregion = "us-east-1"\n')
+        env = {"ROLLBACK_BUCKET": BUCKET, "ROLLBACK_REPO": tmp, "ROLLBACK_CONFIG": str(config),
+               "ROLLBACK_DATA_DIR": tmp, "AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench",
+               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "PATH": os.environ["PATH"]}
+        fleet = build_fleet(load_settings(env, needs=["engine"]))
+        service = RollbackService(fleet, fleet.settings.policy)
+        calls: list = []
+        fleet.default.artifacts.s3.meta.events.register("before-send.s3", lambda **kw: calls.append(1))
+        t0 = time.perf_counter()
+        rows = service.stage_overview("prod", "U-BENCH", None)
+        cold, cold_requests = time.perf_counter() - t0, len(calls)
+        assert len(rows) == n_services and all(len(i.artifacts) == n_builds for i, _ in rows)
+        calls.clear()
+        warm, _ = measure(lambda: service.stage_overview("prod", "U-BENCH", None), runs)
+        warm_requests = len(calls) / runs
+    server.stop()
+    print("| services × builds | first `/rollback prod` (cold) | requests | warm (median) | requests |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    print(f"| {n_services} × {n_builds:,} | {cold * 1000:,.0f} ms | {cold_requests} | {warm * 1000:,.0f} ms | "
+          f"{warm_requests:g} |")
+
+
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [100, 1_000, 10_000])
+    if sys.argv[1:2] == ["--services"]:  # benchmarks/listing.py --services 50 1000
+        services(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1_000)
+    else:
+        main([int(a) for a in sys.argv[1:]] or [100, 1_000, 10_000])

@@ -150,6 +150,7 @@ def make_s3_client(max_attempts: int = 5, env: Mapping[str, str] | None = None):
         retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=5,
         read_timeout=60,
+        max_pool_connections=16,  # one client serves every service's index, read 16 at a time
     )
     return aws_clients.client("s3", config=config, env=env)
 
