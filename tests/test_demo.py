@@ -95,13 +95,23 @@ def card_with_header(page, text: str, timeout: float = 60):
 
 
 def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
-    # CI deployed v2 then v3; the channel shows both notifications and the panel shows v3 running
+    # CI deployed hello-service v2 then v3, and orders v1 then v2, in prod's own account: the channel shows
+    # the notifications (each older one struck through as no longer live), the panel shows v3 running
     page.wait_for_selector("#lambda-version[data-version='v3']", timeout=30_000)
-    assert page.locator(".message", has_text="is now running").count() == 2
+    assert page.locator(".message", has_text="is now running").count() == 4
+    assert page.locator(".message", has_text="No longer live").count() == 2
+    assert "account 111111111111" in page.inner_text("#lambda-function")
 
-    type_as(page, "U-ANA", "/rollback prod previous")
-    card = card_with_header(page, "Roll back prod to")
+    type_as(page, "U-ANA", "/rollback prod")  # a line per service
+    overview = page.locator(".message.ephemeral", has_text="2 services").last
+    overview.wait_for(timeout=30_000)
+    assert overview.locator("button", has_text="Builds").count() == 2
+    assert "account 111111111111 (role rollback-deployer)" in overview.inner_text()
+
+    type_as(page, "U-ANA", "/rollback hello-service prod previous")
+    card = card_with_header(page, "Roll back hello-service in prod to")
     text = card.inner_text()
+    assert "AWS: account 111111111111 (role rollback-deployer), us-east-1" in text
     assert "Say v3: the release that paged on-call" in text  # the commit undone
     assert "plugin set unchanged" in text and "Requested by @Ana (on call)" in text
     assert card.locator("button.bk-button.primary", has_text="Approve").is_visible()
@@ -117,7 +127,7 @@ def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
     assert page.locator(".message.ephemeral", has_text="needs a second person").count() == 0
 
     card.locator("button", has_text="Approve").click()
-    done = card_with_header(page, "Rolled back: prod", timeout=240)
+    done = card_with_header(page, "Rolled back: hello-service prod", timeout=240)
     assert done.inner_text().count("✅") >= 6  # the header and the five steps
     page.wait_for_selector("#lambda-version[data-version='v2']", timeout=30_000)
     done.locator("button.thread-toggle").click()
@@ -128,11 +138,11 @@ def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
     done.locator("button.thread-toggle").click()  # close the thread again
 
     # a rollback cancelled while it deploys: the card says who stopped it and what runs now
-    type_as(page, "U-ANA", "/rollback prod demo-v1")
-    card = card_with_header(page, "Roll back prod to")
+    type_as(page, "U-ANA", "/rollback hello-service prod demo-v1")
+    card = card_with_header(page, "Roll back hello-service in prod to")
     page.click("button.user[data-user='U-BO']")
     card.locator("button", has_text="Approve").click()
-    running = card_with_header(page, "Rolling back: prod")
+    running = card_with_header(page, "Rolling back: hello-service prod")
     wait_for(lambda: _processes_under(demo.data, "serverless"), 240, "the deploy to start")
     running.locator("button", has_text="Cancel").click()
     cancelled = card_with_header(page, "Rollback cancelled", timeout=120)
@@ -152,7 +162,7 @@ def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
 
 def test_the_page_renders_what_the_bot_sends(demo, page):
     page.wait_for_selector("#lambda-version[data-version]", timeout=30_000)
-    type_as(page, "U-ANA", "/rollback prod")
+    type_as(page, "U-ANA", "/rollback hello-service prod")
     listing = page.locator(".message.ephemeral", has_text="demo-v1").last
     listing.wait_for(timeout=30_000)
     assert listing.locator("button", has_text="Roll back to this").count() >= 1
@@ -160,7 +170,7 @@ def test_the_page_renders_what_the_bot_sends(demo, page):
     helped = page.locator(".message.ephemeral", has_text="Examples").last
     helped.wait_for(timeout=30_000)
     assert helped.locator("b", has_text="Examples").count() == 1  # *Examples* is bold
-    assert helped.locator("code", has_text="/rollback prod previous").count() >= 1
+    assert helped.locator("code", has_text="/rollback <service> <stage>").count() >= 1
     assert page.locator(".bk-unsupported").count() == 0  # every block the bot sent has a renderer
 
     # a failure card, from the same builder the bot uses, with a hostile commit message in its log
@@ -185,11 +195,11 @@ def test_the_page_renders_what_the_bot_sends(demo, page):
 
 def test_ctrl_c_during_a_rollback_stops_everything(demo, page):
     page.wait_for_selector("#lambda-version[data-version]", timeout=30_000)
-    type_as(page, "U-ANA", "/rollback prod demo-v1")
-    card = card_with_header(page, "Roll back prod to")
+    type_as(page, "U-ANA", "/rollback hello-service prod demo-v1")
+    card = card_with_header(page, "Roll back hello-service in prod to")
     page.click("button.user[data-user='U-BO']")
     card.locator("button", has_text="Approve").click()
-    running = card_with_header(page, "Rolling back: prod")  # the live checklist, with its Cancel button
+    running = card_with_header(page, "Rolling back: hello-service prod")  # the live checklist, with its Cancel button
     assert running.locator("button.bk-button.danger", has_text="Cancel").is_visible()
     assert "⏳" in running.inner_text()
     # Ctrl-C while the deploy runs: serverless is in its own process group, so only the bot can stop it

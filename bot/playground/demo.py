@@ -26,7 +26,17 @@ from bot.adapters import aws_clients
 from bot.adapters.plugin_cache import PluginCache
 from bot.core.config import ConfigError, load_settings
 from bot.playground.aws import MotoServer
-from bot.playground.sample import FUNCTION, HISTORY, SERVICE, STAGE, SampleService, version_in
+from bot.playground.sample import (
+    FUNCTION,
+    HISTORY,
+    ORDERS,
+    ORDERS_DIR,
+    ORDERS_VERSIONS,
+    SERVICE,
+    STAGE,
+    SampleService,
+    version_in,
+)
 from bot.playground.slack import SlackStandIn, SlackUser
 from bot.playground.web import ChannelPage
 from bot.slack.server import assemble, http_server, start_up
@@ -34,8 +44,18 @@ from bot.slack.server import assemble, http_server, start_up
 BUCKET = "rollback-demo-artifacts"
 CHANNEL = ("C-OPS", "ops")
 USERS = (("U-ANA", "Ana (on call)"), ("U-BO", "Bo (SRE lead)"))
-POLICY = f"""# The demo's policy: prod needs a second person to approve.
+PROD_ACCOUNT = "111111111111"
+POLICY = f"""# The demo's catalog and policy: two services of one repository, and prod in its own AWS
+# account (the bot assumes a role there for every job); prod needs a second person to approve.
+[services.{SERVICE}]
+dir = "."
+
+[services.{ORDERS}]
+dir = "{ORDERS_DIR}"
+
 [stages.{STAGE}]
+role_arn = "arn:aws:iam::{PROD_ACCOUNT}:role/rollback-deployer"
+region = "us-east-1"
 approver_must_differ = true
 notify_channel = "{CHANNEL[0]}"
 """
@@ -50,7 +70,7 @@ class LambdaView:
         self._lock = threading.Lock()
 
     def __call__(self) -> dict:
-        view = {"function": FUNCTION}
+        view = {"function": f"{FUNCTION} · account {PROD_ACCOUNT}"}
         try:
             fn = self.lam.get_function(FunctionName=FUNCTION)
             sha = fn["Configuration"]["CodeSha256"]
@@ -92,7 +112,7 @@ def run(root: Path, port: int, out=print) -> int:
             out(f"could not start the demo: {exc}. Is port {port} taken? Pass --port with another one.")
             return 1
         out(f"\nrollback-bot demo is ready: {page.url}\n"
-            "Open it in a browser. Type `/rollback prod previous` as Ana, then approve as Bo.\n"
+            f"Open it in a browser. Type `/rollback {SERVICE} prod previous` as Ana, then approve as Bo.\n"
             "Ctrl-C stops everything.")
         try:
             threading.Event().wait()
@@ -135,44 +155,65 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
     try:
         settings = load_settings({
             **outside, **aws, "SLS_TELEMETRY_DISABLED": "1", "SLS_AWS_MONITORING_FREQUENCY": "200",
-            "NODE_NO_WARNINGS": "1", "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "",
+            "NODE_NO_WARNINGS": "1", "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_PREFIX": "",
             "ROLLBACK_REPO": str(root / "repo"), "ROLLBACK_DATA_DIR": str(state), "ROLLBACK_CHANNEL": CHANNEL[0],
             "ROLLBACK_CONFIG": str(state / "policy.toml"), "SLACK_BOT_TOKEN": "xoxb-demo-bot-token",
             "SLACK_SIGNING_SECRET": secret, "SLACK_API_URL": standin.api_url, "ROLLBACK_ACTOR": "ci",
         }, needs=["engine", "slack"])
     except ConfigError as exc:
         raise OSError(str(exc)) from exc
-    aws_clients.client("s3", env=aws).create_bucket(Bucket=BUCKET)
+    aws_clients.client("s3", env=aws).create_bucket(Bucket=BUCKET)  # artifacts: the bot's own account
+    prod = _assumed(aws, f"arn:aws:iam::{PROD_ACCOUNT}:role/rollback-deployer")  # CI deploys prod as its role
 
-    out("Preparing the sample service (a git repository with three commits)")
+    out(f"Preparing the sample repository: {SERVICE} at its root and {ORDERS} in {ORDERS_DIR}, three commits")
     sample = SampleService(root, settings.child_env)
     commits = sample.commits()
     sample.install_plugins(PluginCache(root / "plugin-cache"))
     started = time.monotonic()
-    for change, commit in zip(HISTORY, commits, strict=True):
-        out(f"  serverless package  {change.version}  {commit[:7]}  {change.message}")
+    for n, (change, commit) in enumerate(zip(HISTORY, commits, strict=True)):
+        out(f"  serverless package  {SERVICE} {change.version}  {commit[:7]}  {change.message}")
         package = sample.package(commit)
-        _ci(out, settings, "publish", "--stage", STAGE, "--commit", commit, "--build-id", f"demo-{change.version}",
-            "--package", str(package), "--author", change.author, "--message", change.message)
+        _ci(out, settings, "publish", "--service", SERVICE, "--stage", STAGE, "--commit", commit,
+            "--build-id", f"demo-{change.version}", "--package", str(package), "--author", change.author,
+            "--message", change.message)
         if change is not HISTORY[0]:  # CI deployed v2, then v3: v3 is live and `previous` means v2
-            out(f"  serverless deploy --package  {change.version}")
-            sample.deploy(commit, package)
-            _ci(out, settings, "mark-deployed", "--stage", STAGE, "--commit", commit,
+            out(f"  serverless deploy --package  {SERVICE} {change.version}  (account {PROD_ACCOUNT})")
+            sample.deploy(commit, package, env=prod)
+            _ci(out, settings, "mark-deployed", "--service", SERVICE, "--stage", STAGE, "--commit", commit,
                 "--build-id", f"demo-{change.version}")
+        if n < len(ORDERS_VERSIONS):  # orders changed in the first two commits only: its v2 is live
+            version = ORDERS_VERSIONS[n].split()[-1]
+            out(f"  serverless package  {ORDERS} {version}  {commit[:7]}")
+            package = sample.package(commit, ORDERS_DIR)
+            _ci(out, settings, "publish", "--service", ORDERS, "--stage", STAGE, "--commit", commit,
+                "--build-id", f"orders-{version}", "--package", str(package), "--author", change.author,
+                "--message", change.message)
+            out(f"  serverless deploy --package  {ORDERS} {version}  (account {PROD_ACCOUNT})")
+            sample.deploy(commit, package, ORDERS_DIR, env=prod)
+            _ci(out, settings, "mark-deployed", "--service", ORDERS, "--stage", STAGE, "--commit", commit,
+                "--build-id", f"orders-{version}")
     out(f"  ready in {time.monotonic() - started:.0f} s")
 
     app, engine, service = assemble(settings)
     running.callback(start_up(settings, engine, service).set)
-    running.callback(engine.jobs.shutdown)  # cancels a running rollback: its processes are stopped
+    running.callback(service.fleet.shutdown)  # cancels running rollbacks: their processes are stopped
     bot = http_server(settings, app, engine, host="127.0.0.1", port=0)
     threading.Thread(target=_serve, args=(bot,), daemon=True).start()
     running.callback(bot.close)
     bot_url = f"http://127.0.0.1:{bot.effective_port}/slack/events"
     standin.people.update(USERS)
     users = {uid: SlackUser(standin, bot_url, secret, uid, CHANNEL[0], name=name) for uid, name in USERS}
-    page = ChannelPage(standin, users, CHANNEL, LambdaView(aws), port=port).start()
+    page = ChannelPage(standin, users, CHANNEL, LambdaView({**aws, **prod}), port=port).start()
     running.callback(page.stop)
     return page
+
+
+def _assumed(aws: dict[str, str], role: str) -> dict[str, str]:
+    """Credentials of ``role`` in its account (moto's STS), as CI's deploy step for prod uses them."""
+    creds = aws_clients.client("sts", env=aws).assume_role(RoleArn=role, RoleSessionName="demo-ci",
+                                                          DurationSeconds=43200)["Credentials"]
+    return {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": creds["SessionToken"]}
 
 
 def _ci(out, settings, *argv: str) -> None:

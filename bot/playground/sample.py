@@ -45,6 +45,11 @@ HISTORY = (
     Change("v2", "Say v2: friendlier greeting", "Bo Ops"),
     Change("v3", "Say v3: the release that paged on-call", "Cy Hasty"),
 )
+# A second service in the same repository (a monorepo): its own serverless.yml under services/orders,
+# changed by the first two commits only (pipelines deploy only what changed).
+ORDERS = "orders"
+ORDERS_DIR = "services/orders"
+ORDERS_VERSIONS = ("orders v1", "orders v2")  # in HISTORY's first and second commits
 
 
 @dataclass(frozen=True)
@@ -72,19 +77,25 @@ class SampleService:
             repo = git.Repo(self.repo_dir)
             shas = [c.hexsha for c in repo.iter_commits("main", reverse=True)]
             repo.close()
-            if len(shas) == len(HISTORY):
+            if len(shas) == len(HISTORY) and (self.repo_dir / ORDERS_DIR / "serverless.yml").is_file():
                 return shas
-            shutil.rmtree(self.repo_dir)
+            shutil.rmtree(self.repo_dir)  # made by an older demo: made again
         self.repo_dir.mkdir(parents=True)
         repo = git.Repo.init(self.repo_dir, initial_branch="main")
         with repo.config_writer() as cw:
             cw.set_value("commit", "gpgsign", "false")
         files = {name: (SOURCE / name).read_text() for name in ("serverless.yml", "package.json", "package-lock.json")}
+        files.update({f"{ORDERS_DIR}/{name}": text for name, text in files.items()})
+        files[f"{ORDERS_DIR}/serverless.yml"] = files["serverless.yml"].replace(f"service: {SERVICE}",
+                                                                                f"service: {ORDERS}")
         files[".gitignore"] = "node_modules/\n.serverless/\n"
         shas = []
-        for change in HISTORY:
+        for n, change in enumerate(HISTORY):
             files["handler.js"] = handler(change.version)
+            if n < len(ORDERS_VERSIONS):
+                files[f"{ORDERS_DIR}/handler.js"] = handler(ORDERS_VERSIONS[n])
             for name, text in files.items():
+                (self.repo_dir / name).parent.mkdir(parents=True, exist_ok=True)
                 (self.repo_dir / name).write_text(text)
             repo.index.add(list(files))
             who = git.Actor(change.author, f"{change.author.split()[0].lower()}@example.com")
@@ -109,20 +120,21 @@ class SampleService:
         self._run(command, self.repo_dir, timeout=900)
         cache.store(key, target)
 
-    def package(self, commit: str) -> Path:
-        """`serverless package` at ``commit``, as CI does; reused when it was made before."""
-        out = self.packages / commit
+    def package(self, commit: str, service_dir: str = ".") -> Path:
+        """`serverless package` at ``commit`` in the service's folder, as CI does; reused when made before."""
+        out = self.packages / (commit if service_dir == "." else f"{Path(service_dir).name}-{commit}")
         if (out / "cloudformation-template-update-stack.json").is_file():
             return out
         shutil.rmtree(out, ignore_errors=True)
         with self._checkout(commit) as tree:
-            self._run([self.serverless, "package", "--stage", STAGE, "--package", str(out)], tree)
+            self._run([self.serverless, "package", "--stage", STAGE, "--package", str(out)], tree / service_dir)
         return out
 
-    def deploy(self, commit: str, package: Path) -> None:
-        """`serverless deploy --package`, what CI runs after packaging."""
+    def deploy(self, commit: str, package: Path, service_dir: str = ".", env: Mapping[str, str] | None = None) -> None:
+        """`serverless deploy --package`, what CI runs after packaging (``env``: the stage's account)."""
         with self._checkout(commit) as tree:
-            self._run([self.serverless, "deploy", "--stage", STAGE, "--package", str(package), "--force"], tree)
+            self._run([self.serverless, "deploy", "--stage", STAGE, "--package", str(package), "--force"],
+                      tree / service_dir, env=env)
 
     @property
     def serverless(self) -> str:
@@ -131,8 +143,9 @@ class SampleService:
     def _checkout(self, commit: str):
         return worktree(self.repo_dir, self.root / "trees" / commit[:12], commit, self.repo_dir / "node_modules")
 
-    def _run(self, args: list[str], cwd: Path, timeout: float = 300) -> None:
-        proc = subprocess.run(args, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout)
+    def _run(self, args: list[str], cwd: Path, timeout: float = 300, env: Mapping[str, str] | None = None) -> None:
+        proc = subprocess.run(args, cwd=cwd, env={**self.env, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"`{' '.join(Path(a).name if i == 0 else a for i, a in enumerate(args))}` failed "
                                f"(exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")

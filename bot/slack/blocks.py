@@ -90,7 +90,9 @@ def help_blocks(stages: list[str], services: list[str] | None = None) -> list[di
                 "its commit, its plugins, `serverless deploy --package`, then a check that Lambda runs it."),
         section("\n".join(f"`{esc_message(syntax)}` {esc(what)}"
                            for syntax, what in (SEVERAL_COMMANDS if services else COMMANDS))),
-        section("*Examples*\n`/rollback prod` · `/rollback prod previous` · `/rollback prod 3f2a9c1` · "
+        section(f"*Examples*\n`/rollback prod` · `/rollback {esc(services[0])} prod previous` · "
+                f"`/rollback {esc(services[0])} prod 3f2a9c1`" if services else
+                "*Examples*\n`/rollback prod` · `/rollback prod previous` · `/rollback prod 3f2a9c1` · "
                 "`/rollback prod 1234`"),
         context(_clip(f"Stages: {known}{served}")),
     ]
