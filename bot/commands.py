@@ -146,12 +146,16 @@ def cmd_rollback(args, settings: Settings) -> int:
     engine.jobs.recover()
     who = args.by or settings.actor or "cli"
     plan = service.plan_for_terminal(key, args.ref, who)
+    where = plan.where  # "api in prod" on a bot of several services
+    flag = f"--service {key.service} " if service.several else ""
     print(render_plan(plan, time.time()))
+    if plan.account:
+        print(f"  AWS: {plan.account}")
     if not args.yes:
         if not sys.stdin.isatty():
             print("rollback-bot: not a terminal, so nothing to confirm with; pass --yes to go ahead", file=sys.stderr)
             return EXIT_FAILED
-        if input(f"Deploy this to {args.stage}? Type the stage name to confirm: ").strip() != args.stage:
+        if input(f"Deploy this to {where}? Type the stage name to confirm: ").strip() != args.stage:
             print("Nothing was done.")
             return EXIT_FAILED
     job_id = service.start_from_terminal(plan, who, args.ref, args.unfreeze)
@@ -165,25 +169,26 @@ def cmd_rollback(args, settings: Settings) -> int:
         job = engine.jobs.wait(job_id)
     took = job["finished"] - job["started"]
     if job["state"] == "succeeded" and job.get("recorded") == 0:
-        print(f"job {job_id} SUCCEEDED, CI NOT FROZEN: {args.stage} runs {plan.target.label()} (verified), but "
+        print(f"job {job_id} SUCCEEDED, CI NOT FROZEN: {where} runs {plan.target.label()} (verified), but "
               "index.json could not be updated, so CI may deploy over it and nothing is marked bad. Retrying for "
               f"up to {RECORD_WAIT:.0f}s…", file=sys.stderr)
         job = _wait_recorded(engine, job_id, RECORD_WAIT)
         if job.get("recorded") != 1:
             engine.shutdown()
             print(f"index.json is still not updated. Start `rollback-bot serve` with this data dir (it keeps "
-                  f"retrying), or freeze CI by hand; then check `rollback-bot list {args.stage}`.", file=sys.stderr)
+                  f"retrying), or freeze CI by hand; then check `rollback-bot list {flag}{args.stage}`.",
+                  file=sys.stderr)
             return 0
         print(f"index.json updated after retrying: {job['reason']}", file=sys.stderr)
     engine.shutdown()
     if job["state"] == "succeeded":
         if plan.forward:
             lifted = "; the CI freeze was lifted" if args.unfreeze else ""
-            print(f"job {job_id} succeeded in {took:.1f}s: rolled forward, {args.stage} runs {plan.target.label()}"
+            print(f"job {job_id} succeeded in {took:.1f}s: rolled forward, {where} runs {plan.target.label()}"
                   f"; nothing marked bad{lifted}")
             return 0
-        print(f"job {job_id} succeeded in {took:.1f}s: {args.stage} runs {plan.target.label()}; CI is frozen "
-              f"on {args.stage} until `rollback-bot unfreeze {args.stage}`")
+        print(f"job {job_id} succeeded in {took:.1f}s: {where} runs {plan.target.label()}; CI is frozen "
+              f"on {where} until `rollback-bot unfreeze {flag}{args.stage}`")
         return 0
     print(clean(f"job {job_id} {job['state']} after {took:.1f}s: {job['reason']}"), file=sys.stderr)
     tail = engine.store.log_tail(job_id, 20)

@@ -72,7 +72,7 @@ def artifact_json(index: StageIndex, art: Artifact) -> dict:
 
 def render_plan(plan: Plan, now: float) -> str:
     t = plan.target
-    lines = [f"{plan.verb} {plan.stage} to {t.commit[:12]} (build {t.build_id}), {age(now - t.created)} old"]
+    lines = [f"{plan.verb} {plan.where} to {t.commit[:12]} (build {t.build_id}), {age(now - t.created)} old"]
     lines.append(f"  package sha256 {t.sha256[:12]}…, {t.size:,} bytes")
     lines.append(f"  {t.author}: {t.message}")
     if plan.chosen_because:
@@ -93,7 +93,7 @@ def render_plan(plan: Plan, now: float) -> str:
         for logical, kind in plan.template.added:
             lines.append(f"  + adds {logical} ({kind})")
     if plan.freeze:
-        lines.append(f"CI is frozen on {plan.stage} (by {plan.freeze.by}: {plan.freeze.reason})")
+        lines.append(f"CI is frozen on {plan.where} (by {plan.freeze.by}: {plan.freeze.reason})")
     lines += [f"WARNING: {w}" for w in plan.warnings]
     return clean("\n".join(lines))
 

@@ -100,6 +100,7 @@ def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
     page.wait_for_selector("#lambda-version[data-version='v3']", timeout=30_000)
     assert page.locator(".message", has_text="is now running").count() == 4
     assert page.locator(".message", has_text="No longer live").count() == 2
+    assert page.locator(".message", has_text="orders in prod is now running").count() == 2  # names the service
     assert "account 111111111111" in page.inner_text("#lambda-function")
 
     type_as(page, "U-ANA", "/rollback prod")  # a line per service

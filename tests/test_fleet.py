@@ -200,8 +200,12 @@ def test_one_service_rolls_back_in_its_own_account_under_its_own_approvers(team,
     assert several.returncode == 1 and "serves several services: name one (api, worker)" in several.stderr
 
     # dev is another account: a rollback from the terminal changes dev's Lambda and nothing of prod's
-    rolled = cli("rollback", "--service", "worker", "dev", "previous", "--yes", "--by", "ana")
+    rolled = cli("rollback", "--service", "worker", "dev", "previous", "--yes", "--by", "ana",
+                 SLS_TEST_PRINT_SECRET="1")
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert "secret *** token ***" in rolled.stdout  # the job's temporary credentials never show
+    assert f"AWS: account {DEV_ACCOUNT} (role rollback-deployer), eu-west-1" in rolled.stdout
+    assert "worker in dev runs" in rolled.stdout and "`rollback-bot unfreeze --service worker dev`" in rolled.stdout
     assert f"arn:aws:sts::{DEV_ACCOUNT}:assumed-role/rollback-deployer/rollback-job-" in rolled.stdout
     dev_lambda = lambda_in(dev_env, endpoint)
     assert code_in(dev_lambda, "worker-dev-hello") == code_sha256(m.dev_packages["v1"] / "worker.zip")

@@ -276,7 +276,10 @@ class JobRunner:
             # The stage's own credentials for this job, named for CloudTrail: which job, who approved.
             env = self.aws_env(plan.stage, f"rollback-job-{job_id}-{holder}")
             own = env is self.config.env
-            if not own:
+            if not own:  # the job's temporary credentials are secrets too, masked in everything it shows
+                temporary = [env.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                                       "AWS_ACCESS_KEY_ID")]
+                mask_line = Masker([*self.mask.secrets, *temporary]).lines()
                 emit(Event("job", "output", f"AWS: {plan.account or OWN_CREDENTIALS}, session rollback-job-{job_id}"))
             pipeline = Pipeline(
                 artifacts=self.artifacts, source=self.source, stage=plan.deploy_stage or plan.stage,

@@ -48,6 +48,9 @@ def deploy_package(package: Path) -> None:
 
 def main(stage: str, package: Path) -> int:
     print(f"Deploying hello-service to stage {stage} from {package.name}", flush=True)
+    if os.environ.get("SLS_TEST_PRINT_SECRET"):  # a deploy that prints its credentials: they must be masked
+        print(f"secret {os.environ.get('AWS_SECRET_ACCESS_KEY')} token {os.environ.get('AWS_SESSION_TOKEN')}",
+              flush=True)
     if os.environ.get("SLS_TEST_WHOAMI"):  # which AWS identity the deploy runs as (an assumed role's session)
         print(f"deploying as {_client('sts').get_caller_identity()['Arn']} in {os.environ.get('AWS_REGION')}",
               flush=True)
