@@ -170,10 +170,15 @@ def test_one_service_rolls_back_in_its_own_account_under_its_own_approvers(team,
     done = all_text(card.becomes("✅"))
     assert f"api prod → {m.c1[:7]}" in header(card.now)
     job = ws.engine.store.jobs(service="api")[0]
-    thread = "\n".join(msg["text"] for msg in ws.standin.thread(CHANNEL, card.ts))
-    # the deploy ran as prod's role, in a session named for the job and its approver (CloudTrail shows it)
-    assert f"arn:aws:sts::{PROD_ACCOUNT}:assumed-role/rollback-deployer/rollback-job-{job['id']}-U-CY" in thread
-    assert "in eu-west-1" in thread and "CI is frozen" in done
+    # the deploy ran as prod's role, in a session named for the job and its approver (CloudTrail shows it);
+    # the thread's last lines are posted after the final card
+    identity = f"arn:aws:sts::{PROD_ACCOUNT}:assumed-role/rollback-deployer/rollback-job-{job['id']}-U-CY"
+    def thread() -> str:
+        return "\n".join(m["text"] for m in ws.standin.thread(CHANNEL, card.ts))
+
+    wait_for(lambda: identity in thread(), 30, "the deploy's identity in the thread")
+    assert "in eu-west-1" in thread()
+    assert "CI is frozen" in done
 
     status = ws.says(ws.ana, "status")
     assert "`api prod`: <@U-CY>" in status  # frozen, per service
