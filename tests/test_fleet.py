@@ -157,8 +157,9 @@ def test_one_service_rolls_back_in_its_own_account_under_its_own_approvers(team,
                   and "accessory" in b)
     assert ws.ana.click({**reply, "ts": "1.000001"}, "list_builds", value=button["value"]) == 200
     assert "*worker* in *prod* · 2 builds" in all_text(ws.reply(n))
-    choose = ws.says(ws.ana, "prod previous")  # an app rollback comes with the next issue
-    assert "This bot serves several services: name one" in choose and "`api`, `worker`" in choose
+    whole = ws.posts_card(ws.ana, "prod previous")  # no service named: the whole app's newest deploy
+    assert header(whole.first) == "Undo the newest deploy of prod?"
+    ws.ana.click(whole.first, "cancel_plan")
 
     card = ws.posts_card(ws.ana, "api prod previous")
     assert header(card.first) == f"Roll back api in prod to {m.c1[:7]}?"

@@ -210,6 +210,15 @@ class SourceRepo:
                 ) from exc
             return CommitInfo(c.hexsha, c.author.name or "", str(c.summary or ""))
 
+    def ancestors(self, sha: str, limit: int = 20_000) -> set[str]:
+        """``sha`` and the commits before it (up to ``limit``): which builds an app rollback may choose."""
+        with self._repo() as repo:
+            try:
+                out = repo.git.rev_list(f"--max-count={limit}", _sha(sha), "--")
+            except (git.GitCommandError, SourceError) as exc:
+                raise SourceError(f"commit {str(sha)[:12]} is not in {self.shown_url}") from exc
+        return set(out.split())
+
     def has(self, sha: str) -> bool:
         if not (self.mirror_dir / "HEAD").exists():
             return False

@@ -94,6 +94,13 @@ def _v4(db: sqlite_utils.Database) -> None:
                              pk=("service", "stage"))
 
 
+@_migration
+def _v5(db: sqlite_utils.Database) -> None:
+    # app rollbacks: one row for the app (service "*"), and each service's job points to it
+    db["jobs"].add_column("app_id", int)
+    db["jobs"].create_index(["app_id"])
+
+
 class StageBusy(UserError):
     def __init__(self, key: StageKey, lock: dict, several: bool = False):
         self.key = key
@@ -194,8 +201,12 @@ class Store:
             return cur.rowcount == 1
 
     def jobs(self, stage: str | None = None, states: Iterable[str] | None = None, limit: int = 20,
-             service: str | None = None) -> list[dict]:
+             service: str | None = None, app_parts: bool = True) -> list[dict]:
+        """Newest first. ``app_parts=False`` leaves out the services' jobs of app rollbacks (history shows
+        the app's own row, with its services)."""
         where, args = [], []
+        if not app_parts:
+            where.append("app_id IS NULL")
         if service:
             where.append("service = ?")
             args.append(service)
@@ -246,6 +257,12 @@ class Store:
                 count -= cur.rowcount
             self._out_counts[job_id] = count
 
+    def output_after(self, job_id: int, after: int, limit: int = 2000) -> list[tuple[int, str]]:
+        """Lines stored after row ``after``: (row id, line), for following a job's output."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self.db.execute(
+                "SELECT id, line FROM output WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?", [job_id, after, limit])]
+
     def output(self, job_id: int) -> list[str]:
         """The stored lines; when the middle was dropped, a line says how many and where they are."""
         with self._lock:
@@ -274,6 +291,29 @@ class Store:
                 )
             except sqlite3.IntegrityError:
                 raise StageBusy(key, self.lock_of(key) or {"job_id": "?", "holder": ""}, self.several) from None
+
+    def acquire_locks(self, pairs: list[tuple[StageKey, int]], holder: str) -> None:
+        """Take every lock, or none: the first busy one raises StageBusy naming its holder."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for key, job_id in pairs:
+                    self.db.execute(
+                        "INSERT INTO stage_locks (service, stage, job_id, holder, since) VALUES (?, ?, ?, ?, ?)",
+                        [key.service, key.stage, job_id, holder, self.clock()])
+            except sqlite3.IntegrityError:
+                self.db.execute("ROLLBACK")
+                busy = next(k for k, _ in pairs if self.lock_of(k))
+                raise StageBusy(busy, self.lock_of(busy) or {"job_id": "?", "holder": ""}, True) from None
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def parts_of(self, app_id: int) -> list[dict]:
+        """The services' jobs of an app rollback, in the order they were made (the phases' order)."""
+        with self._lock:
+            return list(self.db["jobs"].rows_where("app_id = ?", [app_id], order_by="id"))
 
     def release_lock(self, key: StageKey, job_id: int) -> None:
         with self._lock:

@@ -81,6 +81,8 @@ class Settings:
     actor: str = ""
     child_env: Mapping[str, str] = field(default_factory=dict)
     catalog: Catalog = field(default_factory=Catalog)
+    app_concurrency: int = 4  # services of one phase of an app rollback deployed at once
+    app_on_failure: str = "finish"  # the other running services of a phase when one fails: finish | cancel
 
     def for_service(self, name: str) -> Settings:
         """These settings as one service of the catalog sees them: its name, folder and repository."""
@@ -128,6 +130,14 @@ def _int(name: str, raw: str | None, default: int, lo: int, hi: int, problems: l
         return default
     if not lo <= value <= hi:
         problems.append(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _choice(name: str, raw: str | None, choices: tuple[str, ...], problems: list[str]) -> str:
+    value = (raw or "").strip() or choices[0]
+    if value not in choices:
+        problems.append(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return choices[0]
     return value
 
 
@@ -231,6 +241,9 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         plugin_cache_max=_int("ROLLBACK_PLUGIN_CACHE_MB", env.get("ROLLBACK_PLUGIN_CACHE_MB"), 10240, 1, 1024**3,
                               problems) * 1024**2,
         catalog=catalog,
+        app_concurrency=_int("ROLLBACK_APP_CONCURRENCY", env.get("ROLLBACK_APP_CONCURRENCY"), 4, 1, 64, problems),
+        app_on_failure=_choice("ROLLBACK_APP_ON_FAILURE", env.get("ROLLBACK_APP_ON_FAILURE"), ("finish", "cancel"),
+                               problems),
         retention_days=_int("ROLLBACK_RETENTION_DAYS", env.get("ROLLBACK_RETENTION_DAYS"), 180, 1, 36500, problems),
         child_env={k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)},
         actor=next(

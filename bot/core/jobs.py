@@ -7,6 +7,7 @@ them, written down once and enforced by the store.
               │           └──▶ failed     (planning again failed)
               ├──▶ expired │ withdrawn
     run:   running ─▶ succeeded │ failed │ cancelled │ interrupted │ refused (busy at start)
+    a service of an app rollback: approving ─▶ running, or ─▶ skipped (an earlier phase failed)
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from enum import StrEnum
+
+APP = "*"  # the service of an app rollback's own row (its services' jobs point to it with app_id)
 
 
 class JobState(StrEnum):
@@ -28,6 +31,7 @@ class JobState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
+    SKIPPED = "skipped"  # one service of an app rollback, never started because an earlier phase failed
 
     @property
     def final(self) -> bool:
@@ -42,7 +46,8 @@ ACTIVE_STATES = frozenset({JobState.PENDING, JobState.APPROVING, JobState.RUNNIN
 FINAL_STATES = frozenset(set(JobState) - ACTIVE_STATES)
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.APPROVING, JobState.EXPIRED, JobState.WITHDRAWN}),
-    JobState.APPROVING: frozenset({JobState.RUNNING, JobState.OUTDATED, JobState.REFUSED, JobState.FAILED}),
+    JobState.APPROVING: frozenset({JobState.RUNNING, JobState.OUTDATED, JobState.REFUSED, JobState.FAILED,
+                                   JobState.SKIPPED}),
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED,
                                  JobState.REFUSED}),
 }
@@ -84,6 +89,7 @@ class Job:
     recorded: int | None = None
     unfreeze: int | None = None
     plan_json: str = ""
+    app_id: int | None = None  # the app rollback this service's job is part of
 
     @classmethod
     def from_row(cls, row: dict) -> Job:
@@ -97,6 +103,11 @@ class Job:
         return self.state in RUN_STATES
 
     @property
+    def is_app(self) -> bool:
+        """An app rollback: the row that stands for every service's job of one commit."""
+        return self.service == APP
+
+    @property
     def shown_service(self) -> str:
         """The service, when the bot serves several (its card names it); "" otherwise."""
         return str(json.loads(self.plan_json or "{}").get("service", ""))
@@ -107,7 +118,9 @@ class Job:
 
     @property
     def where(self) -> str:
-        """``api prod`` on a bot of several services, ``prod`` on a bot of one."""
+        """``api prod`` on a bot of several services, ``prod`` on a bot of one; ``the app in prod``."""
+        if self.is_app:
+            return f"the app in {self.stage}"
         return f"{self.shown_service} {self.stage}" if self.shown_service else self.stage
 
     @property

@@ -37,6 +37,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     forward: bool = False  # the target was published after the live build: a roll forward
     refused_entries: int = 0  # index entries that failed validation (never offered)
+    exports: frozenset[str] = frozenset()  # CloudFormation export names the target's template declares
+    imports: frozenset[str] = frozenset()  # … and the ones it imports (Fn::ImportValue)
 
     @property
     def verb(self) -> str:
@@ -59,6 +61,34 @@ class Plan:
             "removed": sorted(k for k, _ in self.template.removed) if self.template else None,
             "added": sorted(k for k, _ in self.template.added) if self.template else None,
         }
+
+
+def template_exports(template: dict) -> frozenset[str]:
+    """Export names a template declares (Outputs.*.Export.Name), where they are plain strings."""
+    outputs = template.get("Outputs") if isinstance(template, dict) else None
+    names = set()
+    for out in (outputs.values() if isinstance(outputs, dict) else []):
+        name = out.get("Export", {}).get("Name") if isinstance(out, dict) and isinstance(out.get("Export"), dict) \
+            else None
+        if isinstance(name, str):
+            names.add(name)
+    return frozenset(names)
+
+
+def template_imports(template: dict, limit: int = 100_000) -> frozenset[str]:
+    """Export names a template imports (Fn::ImportValue of a plain string), found anywhere in it."""
+    found, stack, seen = set(), [template], 0
+    while stack and seen < limit:  # iterative and bounded: a template is data from outside
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, dict):
+            value = node.get("Fn::ImportValue")
+            if isinstance(value, str):
+                found.add(value)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(found)
 
 
 def card_json(plan: Plan, ref: str) -> str:
@@ -146,6 +176,7 @@ def make_plan(
     except PackageError as exc:
         raise ArtifactError(f"{target.label()}: {exc}") from exc
     plan.stack_name, plan.region = info.stack_name, info.region
+    plan.exports, plan.imports = template_exports(info.template), template_imports(info.template)
     if region and info.region and region != info.region:
         plan.warnings.append(f"The package deploys to {info.region}, but stage {stage} is configured for {region} "
                              "(the catalog's region): check the catalog before approving.")

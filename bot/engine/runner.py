@@ -152,7 +152,8 @@ class JobRunner:
     # -- starting --------------------------------------------------------------------------------
 
     def start(self, plan: Plan, requested_by: str, approved_by: str = "", origin: str = "cli",
-              job_id: int | None = None, unfreeze: bool = False, audit: dict | None = None, **extra) -> int:
+              job_id: int | None = None, unfreeze: bool = False, audit: dict | None = None, locked: bool = False,
+              **extra) -> int:
         """Take the stage's lock and run the job in a worker. Raises StageBusy naming the holder.
         ``job_id`` is a job already recorded (an approved plan card); otherwise one is created.
         ``unfreeze``: a roll forward also lifts the CI freeze (the person asked for it)."""
@@ -169,7 +170,8 @@ class JobRunner:
         else:
             self.store.update_job(job_id, **fields)
         try:
-            self.store.acquire_lock(self.key(plan.stage), job_id, holder)
+            if not locked:  # an app rollback took every service's lock for its jobs at once
+                self.store.acquire_lock(self.key(plan.stage), job_id, holder)
         except StageBusy:
             self.store.update_job(job_id, state="refused", finished=self.clock(), reason="stage busy")
             raise

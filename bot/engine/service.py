@@ -21,33 +21,16 @@ from dataclasses import dataclass
 from bot.adapters.artifacts import validate_stage
 from bot.adapters.store import StageBusy
 from bot.core.catalog import UnknownService
-from bot.core.errors import UserError
-from bot.core.jobs import RUN_STATES, Job, JobState
+from bot.core.jobs import APP, RUN_STATES, Job, JobState
 from bot.core.keys import StageKey
 from bot.core.policy import Policy, PolicySource
 from bot.core.stage_index import Artifact, Mark, StageIndex
+from bot.engine.app_service import AppRollbacks
 from bot.engine.build import Engine, Fleet
 from bot.engine.planner import Plan, card_json, load_stage, summary_changes
+from bot.engine.refusals import Outdated, Refused
 
 DEFAULT_TTL = 15 * 60
-
-
-class Refused(UserError):
-    """The person cannot do this now; the message says why and what to do instead."""
-
-    def __init__(self, message: str, kind: str = "not_allowed"):
-        super().__init__(message)
-        self.kind = kind  # not_allowed | expired | closed | busy | gone | limited | outdated
-
-
-class Outdated(Refused):
-    """What would run now differs from what the card showed; nothing was deployed."""
-
-    def __init__(self, message: str, changes: list[str], job: Job, plan: Plan):
-        super().__init__(message, "outdated")
-        self.changes = changes
-        self.job = job
-        self.plan = plan
 
 
 @dataclass(frozen=True)
@@ -95,6 +78,8 @@ class RollbackService:
     def __init__(self, engine: Engine | Fleet, policy: Policy | PolicySource, ttl: float = DEFAULT_TTL,
                  clock: Callable[[], float] = time.time, limits: RequestLimits = RequestLimits()):
         self.fleet = engine if isinstance(engine, Fleet) else Fleet.of_one(engine)
+        settings = self.fleet.settings
+        self.apps = AppRollbacks(self, settings.app_concurrency, settings.app_on_failure)
         self.policies = policy if isinstance(policy, PolicySource) else PolicySource(policy)
         self.ttl = ttl
         self.clock = clock
@@ -126,7 +111,14 @@ class RollbackService:
         except UnknownService as exc:
             raise Refused(str(exc), "not_allowed") from None
 
+    # the app service (bot.engine.app_service) builds its refusals through these
+    refused = Refused
+    refused_type = Refused
+    outdated = Outdated
+
     def _stage(self, key: StageKey) -> str:
+        if key.service == APP:  # an app rollback: every service of the stage
+            return validate_stage(key.stage)
         if key.service not in self.fleet.engines:
             served = ", ".join(f"`{n}`" for n in self.fleet.names)
             raise Refused(f"This bot serves {served}, not `{key.service}`.", "not_allowed")
@@ -184,15 +176,7 @@ class RollbackService:
         engine = self._engine(key)
         self._check(self.policy.may_request(stage, user, channel, groups_of, key.service), user, "request", key)
         now = self.clock()
-        recent = self.store.count_audit(user, ("request", "request.refused"), now - 60)  # refusals count too
-        if recent >= self.limits.plans_per_minute:
-            self._refuse(user, "request", key, None, f"You asked for {recent} plans in the last minute; wait a "
-                         "minute and ask again.", "limited")
-        waiting = sum(1 for j in self.store.jobs(states=["pending"], limit=1000)
-                      if j["requested_by"] == user and (j.get("expires") or 0) > now)
-        if waiting >= self.limits.pending_per_user:
-            self._refuse(user, "request", key, None, f"You have {waiting} plans waiting for approval; approve or "
-                         "cancel one of them first.", "limited")
+        self._limits(user, key)
         plan = engine.plan(stage, ref)
         policy = self.policy
         job_id = self.store.create_job(
@@ -208,6 +192,35 @@ class RollbackService:
         return Pending(job_id, plan, now + self.ttl, policy.approval_needs(stage, user, key.service),
                        policy.configured, Job.from_row(running) if running else None)
 
+    def _limits(self, user: str, key: StageKey) -> None:
+        """Each person may ask for so many plans a minute and have so many waiting."""
+        now = self.clock()
+        recent = self.store.count_audit(user, ("request", "request.refused", "app.request"), now - 60)
+        if recent >= self.limits.plans_per_minute:
+            self._refuse(user, "request", key, None, f"You asked for {recent} plans in the last minute; wait a "
+                         "minute and ask again.", "limited")
+        waiting = sum(1 for j in self.store.jobs(states=["pending"], limit=1000, app_parts=False)
+                      if j["requested_by"] == user and (j.get("expires") or 0) > now)
+        if waiting >= self.limits.pending_per_user:
+            self._refuse(user, "request", key, None, f"You have {waiting} plans waiting for approval; approve or "
+                         "cancel one of them first.", "limited")
+
+    def _expired_or_closed(self, job: dict, user: str) -> None:
+        """A plan that is no longer waiting, or whose buttons expired, cannot be approved."""
+        if job["state"] != "pending":
+            what = {"running": "already approved and running", "succeeded": "already done",
+                    "outdated": "out of date (what is live changed)"}.get(job["state"], job["state"])
+            raise Refused(f"This plan was {what}; nothing more happens.", "closed")
+        if self.clock() > (job.get("expires") or 0):
+            if self.store.claim(job["id"], "pending", "expired", finished=self.clock()):
+                self._audit(user, "approve.expired", self._job_key(job), job["id"])
+            ask = f"`/rollback {job['stage']} {job['target_commit'][:8]}`" if job["target_commit"] else "again"
+            raise Refused(f"This plan expired. Ask again with {ask}.", "expired")
+
+    def is_app(self, job_id: int) -> bool:
+        job = self.store.job(job_id)
+        return bool(job) and job["service"] == APP
+
     def attach_message(self, job_id: int, channel: str, ts: str, permalink: str = "") -> None:
         self.store.update_job(job_id, channel=channel, message_ts=ts, permalink=permalink)
 
@@ -220,15 +233,7 @@ class RollbackService:
             raise Refused("That plan no longer exists.", "gone")
         key = self._job_key(job)
         stage, engine = key.stage, self._engine(key)
-        if job["state"] != "pending":
-            what = {"running": "already approved and running", "succeeded": "already done",
-                    "outdated": "out of date (what is live changed)"}.get(job["state"], job["state"])
-            raise Refused(f"This plan was {what}; nothing more happens.", "closed")
-        if self.clock() > (job.get("expires") or 0):
-            if self.store.claim(job_id, "pending", "expired", finished=self.clock()):
-                self._audit(user, "approve.expired", key, job_id)
-            raise Refused(f"This plan expired. Ask again with `/rollback {stage} {job['target_commit'][:8]}`.",
-                          "expired")
+        self._expired_or_closed(job, user)
         policy = self.policy
         # The approver, the requester and the channel are all checked now, not only when the card was posted.
         self._check(policy.may_approve(stage, user, job["requested_by"], channel, groups_of, key.service), user,
@@ -314,6 +319,8 @@ class RollbackService:
         if job["state"] != "running":
             raise Refused(f"Job {job_id} already ended ({job['state']}); nothing was cancelled.", "closed")
         self._may_cancel(job, user, channel, groups_of)
+        if job["service"] == APP:
+            return self.apps.cancel(job_id, user)
         outcome = self._engine(self._job_key(job)).jobs.cancel(job_id, user)
         if outcome == "runner_gone":
             return (f"Job {job_id}'s bot process is gone: the job is marked interrupted and the stage's lock "
@@ -371,7 +378,7 @@ class RollbackService:
         stage = validate_stage(stage)
         for name in self.fleet.names:
             self.may_view(StageKey(name, stage), user, channel)
-        rows = self.store.jobs(stage=stage, states=[str(s) for s in RUN_STATES], limit=limit)
+        rows = self.store.jobs(stage=stage, states=[str(s) for s in RUN_STATES], limit=limit, app_parts=False)
         return [Job.from_row(r) for r in rows]
 
     def stage_names(self) -> list[str]:
@@ -380,7 +387,7 @@ class RollbackService:
 
     def _runs(self, key: StageKey | None, limit: int) -> list[Job]:
         rows = self.store.jobs(stage=key.stage if key else None, service=key.service if key else None,
-                               states=[str(s) for s in RUN_STATES], limit=limit)
+                               states=[str(s) for s in RUN_STATES], limit=limit, app_parts=key is not None)
         return [Job.from_row(r) for r in rows]
 
     def indexes(self, stage: str | None = None) -> list[StageIndex]:

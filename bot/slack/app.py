@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import time
@@ -16,7 +17,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.core.config import Settings
-from bot.core.jobs import Job
+from bot.core.jobs import APP, Job
 from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
@@ -164,11 +165,17 @@ class Slack:
         """Rollback results go to the stage's notification channel too, when that is elsewhere; the
         deploy notification of the build it replaced says it is no longer live."""
         key = self.service._job_key(job)
-        if job["state"] == "succeeded" and job.get("recorded") != 0:
+        if key.service == APP:  # each service that moved: its notification is no longer live
+            for part in self.store.parts_of(job["id"]):
+                if part["state"] == "succeeded" and part.get("recorded") != 0:
+                    self.superseded(self.service._job_key(part))
+        elif job["state"] == "succeeded" and job.get("recorded") != 0:
             self.superseded(key)
         channel = self.service.policy.notify_channel(key.stage, self.settings.channel, key.service)
         if channel and channel != job.get("channel"):
             verdict = {"succeeded": "✅ rolled back", "failed": "❌ rollback failed"}.get(job["state"], job["state"])
+            if key.service == APP and job["state"] != "succeeded":
+                verdict = f"❌ app rollback {job['state']}"
             if job["state"] == "succeeded" and job.get("recorded") == 0:
                 verdict = "🟥 deployed but CI NOT frozen"
             self.notify.post(channel, f"{verdict}: {code(Job.from_row(job).where)} → {code(job['target_commit'][:7])} "
@@ -210,6 +217,26 @@ class Slack:
             return
         self.service.attach_message(pending.job_id, posted["channel"], posted["ts"],
                                     self.notify.permalink(posted["channel"], posted["ts"]))
+
+    def post_app_plan(self, stage: str, ref: str, user_id: str, channel: str, respond, groups_of,
+                      undo: int | None = None) -> None:
+        """The app's plan card (every service of the stage to one commit, or the newest deploy undone)."""
+        apps = self.service.apps
+        pending = (apps.undo(undo, user_id, channel, groups_of) if undo is not None
+                   else apps.request(stage, ref, user_id, channel, groups_of))
+        shown = json.loads(self.store.job(pending.job_id)["plan_json"])
+        try:
+            posted = self.notify.post(channel, esc(kit.app_title(shown, pending.app.stage)), kit.app_plan_blocks(
+                pending.job_id, shown, pending.app.stage, user_id, pending.expires_at, pending.needs,
+                pending.policy_configured, pending.busy), quiet=False)
+        except Exception as exc:  # nothing was posted, so nothing may stay pending
+            self.service.withdraw(pending.job_id, user_id, channel)
+            respond(f"I could not post the plan here ({esc(exc)}). Invite me with `/invite @rollback-bot`.")
+            return
+        self.service.attach_message(pending.job_id, posted["channel"], posted["ts"],
+                                    self.notify.permalink(posted["channel"], posted["ts"]))
+        if len(shown.get("services", [])) > 30:  # the card counts the rest; the thread lists them all
+            self.notify.post(posted["channel"], esc(kit.app_details_text(shown))[:39000], thread_ts=posted["ts"])
 
     def close_card(self, channel: str, ts: str, job: Job, why: str) -> None:
         self.notify.update(channel, ts, "Plan closed", kit.closed_plan_blocks(job.stage, job.target_commit, why))

@@ -7,6 +7,8 @@ mention, a link or a broken code span.
 
 from __future__ import annotations
 
+import json
+
 from bot.core.jobs import Job, JobState
 from bot.core.policy import NO_POLICY
 from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
@@ -389,3 +391,118 @@ def status_blocks(running: list[Job], freezes: dict, now: float, several: bool =
 
 def history_text(stage: str, jobs: list[Job]) -> str:
     return _whole_lines([run_line(j) for j in jobs]) or f"No rollbacks of {code(stage)} yet."
+
+
+# -- app rollbacks (every service of a stage to one commit) -------------------------------------------
+
+def app_title(shown: dict, stage: str) -> str:
+    ref = str(shown.get("ref", ""))
+    if ref.startswith("undo:"):
+        return f"Roll the finished services of job {ref[5:]} forward again in {stage}?"
+    if ref.lower() == "previous":
+        return f"Undo the newest deploy of {stage}?"
+    return f"Roll back the app in {stage} to {str(shown.get('commit', ''))[:7]}?"
+
+
+def _app_row(s: dict) -> str:
+    name = f"*{esc(s['service'])}*"
+    if s["status"] == "roll":
+        frm = code(s["from"][0][:7]) if s.get("from") else "`?`"
+        row = f"• {name} {frm} → {code(s['to'][0][:7])} (build {code(s['to'][1])})"
+        row += f" · {s['commits']} commit{'s' if s['commits'] != 1 else ''}"
+        if s.get("plugins"):
+            row += f" · {esc(s['plugins'])}"
+        if s.get("removed"):
+            row += f" · ⚠️ {s['removed']} resource(s) removed"
+        return row + (f" · _{esc(s['account'])}_" if s.get("account") else "")
+    icon = "⚠️ " if s["status"] == "no_build" else ""
+    return f"• {name} {icon}left as it is: {esc(s.get('note', ''))}"
+
+
+def app_phases_text(phases: list[list[str]]) -> str:
+    return " → ".join(f"{n}. {', '.join(esc(x) for x in p)}" for n, p in enumerate(phases, start=1))
+
+
+def app_plan_blocks(job_id: int, shown: dict, stage: str, requested_by: str, expires_at: float, needs: str,
+                    policy_configured: bool = True, busy: list[str] | None = None) -> list[dict]:
+    """The app's plan card: a compact row per service, the phases in order, one Approve for all. At 50
+    services it stays within Slack's limits: rows that do not fit are counted, and the thread has them."""
+    rows = [_app_row(s) for s in shown.get("services", [])]
+    moving = sum(1 for s in shown.get("services", []) if s["status"] == "roll")
+    blocks = [header(app_title(shown, stage)),
+              section(f"*{moving} of {len(rows)} services move*\n" + _whole_lines(rows, MAX_TEXT - 40)),
+              section(f"*Order* ({'deploy order, producers first' if shown.get('forward') else 'dependents first'}): "
+                      f"{app_phases_text(shown.get('phases', []))}")]
+    for warning in shown.get("warnings", [])[:10]:
+        blocks.append(section(_clip(f"⚠️ {esc(warning)}")))
+    for b in (busy or [])[:5]:
+        blocks.append(section(f"⏳ {esc(b)} is running now: an approval is refused until it ends."))
+    if not policy_configured:
+        blocks.append(section(f"⚠️ *{NO_POLICY}* (no policy file is set: ROLLBACK_CONFIG)"))
+    blocks.append(context(_clip(f"Requested by {user(requested_by)} · approval needs {esc(needs)} · "
+                                f"the buttons expire {date(expires_at)}")))
+    blocks.append({"type": "actions", "block_id": "plan_actions", "elements": [
+        button("Approve", ids.APPROVE, ids.job_value(job_id), "primary"),
+        button("Cancel", ids.CANCEL_PLAN, ids.job_value(job_id), "danger")]})
+    return blocks
+
+
+def app_details_text(shown: dict) -> str:
+    """Every service's row, for the thread of a card too long to hold them."""
+    return "\n".join(_app_row(s) for s in shown.get("services", []))
+
+
+PART_ICONS = {"succeeded": "✅", "failed": "❌", "cancelled": "🛑", "interrupted": "⚠️", "skipped": "▫️",
+              "running": "⏳", "approving": "▫️", "refused": "⛔"}
+
+
+def app_title_of(job: Job) -> str:
+    if job.state is JobState.RUNNING:
+        return "⏳ Stopping the app rollback…" if job.cancelled_by else "⏳ Rolling back the app"
+    return {JobState.SUCCEEDED: "✅ Rolled back the app", JobState.FAILED: "❌ App rollback stopped",
+            JobState.CANCELLED: "🛑 App rollback cancelled"}.get(job.state, f"App rollback {job.state}")
+
+
+def app_progress_blocks(job: Job, parts: list[Job], steps: dict[int, str], now: float) -> list[dict]:
+    """The app's live card: a checklist per phase and service. ``steps`` maps a part's job id to the step
+    it is on. It keeps who is where once it ends, and offers the reverse move when it stopped half-way."""
+    shown = json.loads(job.plan_json or "{}")
+    by_service = {p.service: p for p in parts}
+    target = str(shown.get("commit") or "")[:7]
+    blocks = [header(f"{app_title_of(job)}: {job.stage}" + (f" → {target}" if target else ""))]
+    lines = []
+    for n, phase in enumerate(shown.get("phases", []), start=1):
+        lines.append(f"*Phase {n}*")
+        for name in phase:
+            p = by_service.get(name)
+            if p is None:
+                continue
+            state = str(p.state)
+            took = f" ({p.duration:.0f}s)" if p.finished and p.duration is not None else ""
+            doing = f": {esc(steps.get(p.id, ''))}" if p.state is JobState.RUNNING and steps.get(p.id) else ""
+            lines.append(f"{PART_ICONS.get(state, '▫️')} {esc(name)} {code(p.live_commit[:7] or '?')} → "
+                         f"{code(p.target_commit[:7])}{took}{doing}")
+    blocks.append(section(_whole_lines(lines)))
+    still = [s["service"] for s in shown.get("services", []) if s["status"] != "roll"]
+    if still:
+        blocks.append(context(_clip(f"Left as they are: {esc(', '.join(still))}")))
+    elapsed = (job.finished or now) - (job.started or now)
+    who = f" approved by {user(job.approved_by)}" if job.approved_by else ""
+    times = f" · started {date(job.started)}" if job.started else ""
+    times += f" · ended {date(job.finished)}" if job.finished else ""
+    blocks.append(context(f"App job {job.id} · requested by {user(job.requested_by)}{who}{times} · {elapsed:.0f}s"))
+    if job.state is JobState.CANCELLED and job.cancelled_by:
+        blocks.append(section(f"🛑 Cancelled by {user(job.cancelled_by)}"))
+    if job.state in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED) or (job.reason and job.finished):
+        blocks.append(section(_clip(f"*Where each service is:* {esc_message(job.reason)}")))
+    if job.state is JobState.SUCCEEDED and not job.reason:
+        blocks.append(section(f"Every service runs its target (verified). CI is frozen on the services that moved "
+                              f"in `{esc(job.stage)}`: `/rollback unfreeze <service> {esc(job.stage)}` when fixed."))
+    if job.state is JobState.RUNNING and not job.cancelled_by:
+        blocks.append({"type": "actions", "elements": [
+            button("Cancel", ids.CANCEL_JOB, ids.job_value(job.id), "danger")]})
+    finished = [p for p in parts if p.state is JobState.SUCCEEDED]
+    if job.state in (JobState.FAILED, JobState.CANCELLED) and finished:
+        blocks.append({"type": "actions", "elements": [
+            button("Roll the finished services forward again", ids.UNDO_APP, ids.job_value(job.id))]})
+    return blocks

@@ -11,6 +11,7 @@ APPROVE = "approve"
 CANCEL_PLAN = "cancel_plan"
 CANCEL_JOB = "cancel_job"
 LIFT_FREEZE = "lift_freeze"  # the checkbox on a roll forward's card
+UNDO_APP = "undo_app"  # "Roll the finished services forward again" on an app rollback that stopped
 LIST_BUILDS = "list_builds"  # a service's row in `/rollback prod` when the bot serves several
 
 

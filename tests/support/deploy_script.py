@@ -25,9 +25,52 @@ def _client(name: str):
     return _clients[key]
 
 
+def _walk_imports(node) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["Fn::ImportValue"]} if isinstance(node.get("Fn::ImportValue"), str) else set()
+        return found.union(*(_walk_imports(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_walk_imports(v) for v in node))
+    return set()
+
+
+class ExportInUse(Exception):
+    pass
+
+
+def check_exports(service: str, template: dict) -> None:
+    """What CloudFormation enforces between stacks, kept in the account's SSM: an export another stack
+    imports cannot be removed, and an import needs an export. Raises ExportInUse, or records the stack."""
+    ssm = _client("ssm")
+    exports = {o["Export"]["Name"] for o in template.get("Outputs", {}).values() if "Export" in o}
+    imports = _walk_imports(template.get("Resources", {}))
+    params = ssm.get_parameters_by_path(Path="/cfn-test", Recursive=True).get("Parameters", [])
+    owner = {p["Name"].rsplit("/", 1)[1]: p["Value"] for p in params if p["Name"].startswith("/cfn-test/exports/")}
+    users = {p["Name"].rsplit("/", 1)[1]: set(json.loads(p["Value"])) for p in params
+             if p["Name"].startswith("/cfn-test/imports/")}
+    for name in sorted(e for e, o in owner.items() if o == service and e not in exports):
+        in_use = sorted(s for s, imp in users.items() if name in imp and s != service)
+        if in_use:
+            raise ExportInUse(f"Export {name} cannot be deleted as it is in use by {', '.join(in_use)}")
+    for name in sorted(imports):
+        if owner.get(name) not in (None, service) or name in exports:
+            continue
+        if name not in owner:
+            raise ExportInUse(f"No export named {name} found")
+    for name in exports:
+        ssm.put_parameter(Name=f"/cfn-test/exports/{name}", Value=service, Type="String", Overwrite=True)
+    for name in [e for e, o in owner.items() if o == service and e not in exports]:
+        ssm.delete_parameter(Name=f"/cfn-test/exports/{name}")
+    ssm.put_parameter(Name=f"/cfn-test/imports/{service}", Value=json.dumps(sorted(imports)), Type="String",
+                      Overwrite=True)
+
+
 def deploy_package(package: Path) -> None:
     """Each Lambda function of the package's template gets its code from the package."""
     template = json.loads((package / "cloudformation-template-update-stack.json").read_text())
+    if template.get("Outputs") or _walk_imports(template.get("Resources", {})):
+        state = json.loads((package / "serverless-state.json").read_text())
+        check_exports(state["service"]["service"], template)
     iam, lam = _client("iam"), _client("lambda")
     try:
         role = iam.get_role(RoleName="hello-service-lambda")["Role"]["Arn"]
@@ -62,10 +105,15 @@ def main(stage: str, package: Path) -> int:
     while marker and Path(marker).exists():
         time.sleep(0.05)
     time.sleep(float(os.environ.get("SLS_TEST_DEPLOY_SLEEP", "0")))
-    if os.environ.get("SLS_TEST_DEPLOY_FAIL"):
+    state = json.loads((package / "serverless-state.json").read_text())
+    if os.environ.get("SLS_TEST_DEPLOY_FAIL") or os.environ.get("SLS_TEST_FAIL_SERVICE") == state["service"]["service"]:
         print("Error: CloudFormation said no (injected)", flush=True)
         return 1
-    deploy_package(package)
+    try:
+        deploy_package(package)
+    except ExportInUse as exc:
+        print(f"Error: {exc}", flush=True)
+        return 1
     print(f"Service deployed to stage {stage}", flush=True)
     return 0
 

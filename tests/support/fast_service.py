@@ -27,7 +27,8 @@ def handler(version: str) -> str:
 
 
 def fast_package(root: Path, version: str, stage: str = "prod", extra: dict[str, bytes] | None = None,
-                 service: str = SERVICE, region: str = "us-east-1") -> Path:
+                 service: str = SERVICE, region: str = "us-east-1", exports: tuple[str, ...] = (),
+                 imports: tuple[str, ...] = ()) -> Path:
     """A package folder as `serverless package --stage STAGE` writes it; the same version gives the same bytes."""
     root.mkdir(parents=True, exist_ok=True)
     code_key = f"serverless/{service}/{stage}/1700000000000-2023-11-14T22:13:20.000Z/{service}.zip"
@@ -35,8 +36,12 @@ def fast_package(root: Path, version: str, stage: str = "prod", extra: dict[str,
         "ServerlessDeploymentBucket": {"Type": "AWS::S3::Bucket"},
         "HelloLambdaFunction": {"Type": "AWS::Lambda::Function", "Properties": {
             "FunctionName": f"{service}-{stage}-hello", "Handler": "handler.hello",
-            "Code": {"S3Bucket": {"Ref": "ServerlessDeploymentBucket"}, "S3Key": code_key}}},
+            "Code": {"S3Bucket": {"Ref": "ServerlessDeploymentBucket"}, "S3Key": code_key},
+            **({"Environment": {"Variables": {f"IMPORTED_{n}": {"Fn::ImportValue": name}
+                                             for n, name in enumerate(imports)}}} if imports else {})}},
     }}
+    if exports:  # as `resources.Outputs` with Export names in a serverless.yml
+        template["Outputs"] = {f"Out{n}": {"Value": "x", "Export": {"Name": name}} for n, name in enumerate(exports)}
     (root / "cloudformation-template-update-stack.json").write_text(json.dumps(template))
     (root / "serverless-state.json").write_text(json.dumps(
         {"service": {"service": service, "provider": {"name": "aws", "stage": "dev", "region": region}}}))

@@ -12,6 +12,7 @@ from bot.engine.service import Outdated, Refused
 from bot.slack import blocks as kit
 from bot.slack import ids
 from bot.slack.app import Slack, _checked, error_text, read_log
+from bot.slack.app_progress import AppReporter
 from bot.slack.mrkdwn import esc, user
 from bot.slack.progress import ProgressReporter
 
@@ -44,6 +45,9 @@ def register(app: App, slack: Slack) -> None:
             ephemeral(respond, "That button is not one of mine.")
             return
         user_id, channel, ts = body["user"]["id"], body["channel"]["id"], body["message"]["ts"]
+        if service.is_app(job_id):
+            approve_app(job_id, user_id, channel, ts, respond, groups_of)
+            return
         # Listen before starting, so not one event of the job is missed; the subscription ends with the job.
         reporter = ProgressReporter(slack.client, store, job_id, channel, ts, on_final=slack.announce, start=False,
                                     full_log=lambda: read_log(service.runner_of(job_id).log_path(job_id)))
@@ -63,6 +67,35 @@ def register(app: App, slack: Slack) -> None:
                 slack.close_card(channel, ts, Job.from_row(store.job(job_id)), "This plan expired.")
             return
         reporter.start()
+
+    def approve_app(job_id, user_id, channel, ts, respond, groups_of):
+        reporter = AppReporter(slack.notify, store, job_id, channel, ts, on_final=slack.announce)
+        service.apps.listeners.append(reporter)
+        try:
+            service.apps.approve(job_id, user_id, channel, groups_of)
+        except Outdated as exc:
+            service.apps.listeners.remove(reporter)
+            ephemeral(respond, error_text(exc))
+            slack.close_card(channel, ts, exc.job, "Out of date: nothing was deployed. " + esc("; ".join(exc.changes)))
+            return
+        except UserError as exc:
+            service.apps.listeners.remove(reporter)
+            ephemeral(respond, error_text(exc))
+            if isinstance(exc, Refused) and exc.kind == "expired":
+                slack.close_card(channel, ts, Job.from_row(store.job(job_id)), "This plan expired.")
+            return
+        reporter.start()
+
+    def on_undo_app(body, respond, groups_of):
+        try:
+            app_id = ids.parse_job(body["actions"][0].get("value", ""))
+            job = store.job(app_id)
+            slack.post_app_plan(job["stage"] if job else "", "", body["user"]["id"], body["channel"]["id"], respond,
+                                groups_of, undo=app_id)
+        except ids.NotOurs:
+            ephemeral(respond, "That button is not one of mine.")
+        except UserError as exc:
+            ephemeral(respond, error_text(exc))
 
     def on_cancel_plan(body, respond, groups_of):
         user_id, channel = body["user"]["id"], body["channel"]["id"]
@@ -102,6 +135,7 @@ def register(app: App, slack: Slack) -> None:
 
     app.action(ids.PLAN_BUILD)(slack.after_ack(on_plan_build))
     app.action(ids.LIST_BUILDS)(slack.after_ack(on_list_builds))
+    app.action(ids.UNDO_APP)(slack.after_ack(on_undo_app))
     app.action(ids.APPROVE)(slack.after_ack(on_approve))
     app.action(ids.CANCEL_PLAN)(slack.after_ack(on_cancel_plan))
     app.action(ids.CANCEL_JOB)(slack.after_ack(on_cancel_job))

@@ -33,8 +33,8 @@ def register(app: App, slack: Slack) -> None:
                 index = service.listing(key, user_id, channel)
                 respond(blocks=kit.listing_blocks(index, time.time(), account=service.account(key)),
                         text=f"Builds of {esc(cmd.stage)}")
-            elif cmd.action == "plan" and key is None:
-                respond(kit.choose_service_text(cmd.stage, cmd.ref, service.services))
+            elif cmd.action == "plan" and key is None:  # several services, none named: the whole app
+                slack.post_app_plan(cmd.stage, cmd.ref, user_id, channel, respond, groups_of)
             elif cmd.action == "plan":
                 slack.post_plan(key, cmd.ref, user_id, channel, respond, groups_of)
             elif cmd.action == "status":
