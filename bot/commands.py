@@ -7,6 +7,7 @@ nothing has to pass through the process environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -24,7 +25,15 @@ from bot.core.masking import Masker
 from bot.core.stage_index import RefError
 from bot.engine.build import artifact_store, build_fleet
 from bot.engine.service import RollbackService
-from bot.terminal import ProgressPrinter, artifact_json, clean, render_history, render_listing, render_plan
+from bot.terminal import (
+    ProgressPrinter,
+    artifact_json,
+    clean,
+    render_app_plan,
+    render_history,
+    render_listing,
+    render_plan,
+)
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -141,6 +150,8 @@ def _one(settings: Settings, args) -> Settings:
 
 def cmd_rollback(args, settings: Settings) -> int:
     service = _service(settings)
+    if service.several and not args.service:  # no service named: the whole app back to one commit
+        return _rollback_app(args, service)
     key = service.key(args.stage, args.service)
     engine = service.fleet.engine(key.service)
     engine.jobs.recover()
@@ -200,6 +211,61 @@ def cmd_rollback(args, settings: Settings) -> int:
 RECORD_WAIT = 120.0
 
 
+def _rollback_app(args, service: RollbackService) -> int:
+    """Every service of the stage to its newest build at or before the commit, as in Slack."""
+    for engine in service.fleet.engines.values():
+        engine.jobs.recover()
+    who = args.by or service.fleet.settings.actor or "cli"
+    pending = service.apps.request(args.stage, args.ref, who, None)
+    shown = json.loads(service.store.job(pending.job_id)["plan_json"])
+    print(render_app_plan(shown, args.stage))
+    for busy in pending.busy:
+        print(f"  busy: {busy}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            service.withdraw(pending.job_id, who)
+            print("rollback-bot: not a terminal, so nothing to confirm with; pass --yes to go ahead", file=sys.stderr)
+            return EXIT_FAILED
+        if input(f"Deploy this to {args.stage}? Type the stage name to confirm: ").strip() != args.stage:
+            service.withdraw(pending.job_id, who)
+            print("Nothing was done.")
+            return EXIT_FAILED
+    try:
+        app_id = service.apps.start_from_terminal(pending, who)
+    except UserError:
+        with contextlib.suppress(UserError):  # refused before anything ran: the plan is not left waiting
+            service.withdraw(pending.job_id, who)
+        raise
+    print(f"app job {app_id} started")
+    said: dict[int, str] = {}
+    try:
+        while (job := service.store.job(app_id))["state"] == "running":
+            _say_parts(service, app_id, said)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\ncancelling: no further phase starts; stopping the running services…", file=sys.stderr)
+        service.apps.cancel(app_id, who)
+        job = service.apps.wait(app_id)
+    service.apps.wait(app_id)
+    _say_parts(service, app_id, said)
+    job = service.store.job(app_id)
+    service.fleet.shutdown()
+    if job["state"] == "succeeded" and not job.get("reason"):
+        print(f"app job {app_id} succeeded: every service runs its target; CI is frozen on the services that moved")
+        return 0
+    print(clean(f"app job {app_id} {job['state']}: {job['reason']}"), file=sys.stderr)
+    return 0 if job["state"] == "succeeded" else EXIT_FAILED
+
+
+def _say_parts(service: RollbackService, app_id: int, said: dict[int, str]) -> None:
+    for part in service.apps.parts(app_id):
+        state = str(part.state)
+        if said.get(part.id) != state:
+            said[part.id] = state
+            took = f" in {part.duration:.1f}s" if part.finished and part.duration is not None else ""
+            print(clean(f"  [{part.service}] {state}{took}" + (f": {part.reason}" if part.reason else "")))
+
+
 def _wait_recorded(engine, job_id: int, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     job = engine.store.job(job_id)
@@ -230,14 +296,16 @@ def cmd_unfreeze(args, settings: Settings) -> int:
 
 def cmd_history(args, settings: Settings) -> int:
     service = _service(settings)
-    jobs = service.history(service.key(args.stage, args.service), args.by or settings.actor or "cli", None,
-                           args.limit)
+    key = service.key(args.stage, args.service) if args.service or not service.several else None
+    jobs = service.history_of(args.stage, key, args.by or settings.actor or "cli", None, args.limit)
+    parts = {j.id: service.apps.parts(j.id) for j in jobs if j.is_app}  # an app rollback is one entry
     name = _people(settings, service).name
     if args.json:
-        json.dump([job_json(j, name) for j in jobs], sys.stdout, indent=2)
+        json.dump([{**job_json(j, name), **({"services": [job_json(p, name) for p in parts[j.id]]}
+                                            if j.is_app else {})} for j in jobs], sys.stdout, indent=2)
         print()
     else:
-        print(render_history(jobs, time.time(), name))
+        print(render_history(jobs, time.time(), name, parts))
     return 0
 
 

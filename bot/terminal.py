@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TextIO
 
-from bot.core.jobs import Job
+from bot.core.jobs import Job, JobState
 from bot.core.stage_index import Artifact, StageIndex
 from bot.engine.pipeline import STEPS, Event
 from bot.engine.planner import Plan
@@ -123,7 +123,28 @@ class ProgressPrinter:
                   file=self.out, flush=True)
 
 
-def render_history(jobs: list[Job], now: float, name: Callable[[str], str] = lambda who: who) -> str:
+def render_app_plan(shown: dict, stage: str) -> str:
+    """An app rollback's plan (what its card shows): a line per service, the order, the warnings."""
+    ref = str(shown.get("ref", ""))
+    title = (f"Undo the newest deploy of {stage}" if ref.lower() == "previous"
+             else f"Roll back the app in {stage} to {str(shown.get('commit', ''))[:12]}")
+    lines = [title]
+    for s in shown.get("services", []):
+        if s["status"] == "roll":
+            frm = s["from"][0][:7] if s.get("from") else "?"
+            lines.append(f"  {s['service']:<20} {frm} → {s['to'][0][:7]} (build {s['to'][1]}), "
+                         f"{s['commits']} commit(s){', ' + s['plugins'] if s.get('plugins') else ''}"
+                         f"{', ' + s['account'] if s.get('account') else ''}")
+        else:
+            lines.append(f"  {s['service']:<20} left as it is: {s.get('note', '')}")
+    order = " → ".join(f"{n}. {', '.join(p)}" for n, p in enumerate(shown.get("phases", []), start=1))
+    lines.append(f"Order ({'deploy order' if shown.get('forward') else 'dependents first'}): {order}")
+    lines += [f"warning: {w}" for w in shown.get("warnings", [])]
+    return clean("\n".join(lines))
+
+
+def render_history(jobs: list[Job], now: float, name: Callable[[str], str] = lambda who: who,
+                   parts: dict[int, list[Job]] | None = None) -> str:
     """Each run as the incident review needs it: when, how long, who asked and who approved, from →
     to, the outcome and why, and where its card is."""
     if not jobs:
@@ -132,8 +153,11 @@ def render_history(jobs: list[Job], now: float, name: Callable[[str], str] = lam
     for j in jobs:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(j.started or j.created))
         took = f" in {j.duration:.0f}s" if j.duration is not None and j.finished else ""
-        lines.append(f"#{j.id:<4} {when}  {j.state}{took}  {j.live_commit[:7] or '?'} (build {j.live_build or '?'})"
-                     f" → {j.target_commit[:7]} (build {j.target_build})")
+        if j.is_app:
+            lines.append(f"#{j.id:<4} {when}  {j.state}{took}  {j.where} → {j.target_commit[:7] or 'previous'}")
+        else:
+            lines.append(f"#{j.id:<4} {when}  {j.state}{took}  {j.live_commit[:7] or '?'} "
+                         f"(build {j.live_build or '?'}) → {j.target_commit[:7]} (build {j.target_build})")
         who = f"      requested by {name(j.requested_by) or '?'}, approved by {name(j.approved_by) or '-'}"
         if j.cancelled_by:
             who += f", cancelled by {name(j.cancelled_by)}"
@@ -142,4 +166,7 @@ def render_history(jobs: list[Job], now: float, name: Callable[[str], str] = lam
             lines.append(f"      why: {j.reason}")
         if j.permalink:
             lines.append(f"      card: {j.permalink}")
+        for p in (parts or {}).get(j.id, []):
+            lines.append(f"      {p.service}: {p.state} {p.live_commit[:7] or '?'} → {p.target_commit[:7]}"
+                         + (f" ({p.reason})" if p.reason and p.state is not JobState.SUCCEEDED else ""))
     return clean("\n".join(lines))

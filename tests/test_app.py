@@ -76,7 +76,7 @@ def repo(tmp_path_factory):
 
 
 @pytest.fixture
-def app(aws_env, s3, repo, tmp_path, monkeypatch):
+def app_env(aws_env, s3, repo, tmp_path):
     """CI published every build and deployed each commit's changed services in order: live are api v2 (c2),
     worker v2 (c3) and billing v2 (c4)."""
     for name, changes in CHANGES:
@@ -86,12 +86,17 @@ def app(aws_env, s3, repo, tmp_path, monkeypatch):
                           author="Ana Dev", message=name, deployed=True, by="ci")
             deploy_package(repo.packages[(svc, version)])
     (tmp_path / "rollback.toml").write_text(CONFIG)
-    env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_PREFIX": "rollback/",
-           "ROLLBACK_REPO": str(repo.origin), "ROLLBACK_CONFIG": str(tmp_path / "rollback.toml"),
-           "ROLLBACK_DEPLOY_COMMAND": DEPLOY_COMMAND}
+    return {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_PREFIX": "rollback/",
+            "ROLLBACK_REPO": str(repo.origin), "ROLLBACK_CONFIG": str(tmp_path / "rollback.toml"),
+            "ROLLBACK_DEPLOY_COMMAND": DEPLOY_COMMAND, "ROLLBACK_DATA_DIR": str(tmp_path / "bot")}
+
+
+@pytest.fixture
+def app(app_env, tmp_path):
+    env = app_env
 
     def make(**overrides):
-        return load_settings({**env, "ROLLBACK_DATA_DIR": str(tmp_path / "bot"), **overrides}, needs=["engine"])
+        return load_settings({**env, **overrides}, needs=["engine"])
 
     yield from workspaces(make, tmp_path)
 
@@ -196,3 +201,28 @@ def test_a_busy_service_refuses_the_whole_plan(app, repo, lam, tmp_path):
     hold.unlink()
     single.becomes("✅")
     assert live(lam, "api") == code(repo, "api", "v2") and live(lam, "billing") == code(repo, "billing", "v2")
+
+
+def test_the_terminal_rolls_the_app_back_and_history_shows_it_as_one_entry(app_env, repo, lam):
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "bot", *args], env=app_env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    refused = cli("rollback", "prod", repo.commits["c1"][:8])  # no terminal to confirm with
+    assert refused.returncode == 1 and "pass --yes" in refused.stderr
+    assert "Order (dependents first): 1. worker → 2. api, billing" in refused.stdout
+    refused = cli("rollback", "prod", repo.commits["c1"][:8], "--yes", "--by", "U-ANA")
+    assert refused.returncode == 1 and "not an approver for `billing` in `prod`" in refused.stderr  # its team
+    done = cli("rollback", "prod", repo.commits["c1"][:8], "--yes", "--by", "U-CY")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[worker] succeeded" in done.stdout and "every service runs its target" in done.stdout
+    assert all(live(lam, svc) == code(repo, svc, "v1") for svc in ("api", "worker", "billing"))
+    history = cli("history", "prod").stdout
+    assert "the app in prod" in history and "      worker: succeeded" in history
+    entries = json.loads(cli("history", "prod", "--json").stdout)
+    assert len(entries) == 1 and sorted(p["to"]["build"] for p in entries[0]["services"]) == [
+        "api-v1", "billing-v1", "worker-v1"]

@@ -261,7 +261,8 @@ class Policy:
             return decision
         rule = self.rule(stage, service)
         if not self._member(user, rule.approvers, groups_of):
-            return Decision(False, f"You are not an approver for `{stage}`; ask one of its approvers to click.")
+            what = f"`{service}` in `{stage}`" if service and (stage, service) in self.overrides else f"`{stage}`"
+            return Decision(False, f"You are not an approver for {what}; ask one of its approvers to click.")
         if rule.approver_must_differ and user == requester:
             return Decision(False, f"`{stage}` needs a second person: someone other than the requester must approve.")
         return Decision(True)

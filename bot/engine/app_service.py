@@ -111,7 +111,10 @@ class AppRollbacks:
 
     # -- approving and running -------------------------------------------------------------------
 
-    def approve(self, job_id: int, user: str, channel: str | None, groups_of=lambda u: set()) -> Job:
+    def approve(self, job_id: int, user: str, channel: str | None, groups_of=lambda u: set(),
+                terminal: bool = False) -> Job:
+        """``terminal``: the typed confirmation at a shell is the approval (no second person can be
+        asked for there), so the approver is checked as an approver, not against the requester."""
         svc, policy = self.service, self.service.policy
         job = self.store.job(job_id)
         stage = job["stage"]
@@ -119,9 +122,9 @@ class AppRollbacks:
         shown = json.loads(job.get("plan_json") or "{}")
         moving = [s["service"] for s in shown.get("services", []) if s["status"] == "roll"]
         svc._expired_or_closed(job, user)
+        requester = "" if terminal else job["requested_by"]
         self._check_all(user, "approve", stage, moving,
-                        lambda k: policy.may_approve(stage, user, job["requested_by"], channel, groups_of, k.service),
-                        job_id)
+                        lambda k: policy.may_approve(stage, user, requester, channel, groups_of, k.service), job_id)
         for name in moving:
             now_ok = policy.may_request(stage, job["requested_by"], job.get("channel") or channel, groups_of, name)
             if not now_ok.allowed:
@@ -188,7 +191,7 @@ class AppRollbacks:
     def start_from_terminal(self, pending: PendingApp, actor: str) -> int:
         """A terminal's typed confirmation is the approval (as for one service)."""
         self.store.update_job(pending.job_id, origin="cli")
-        self.approve(pending.job_id, actor, None)
+        self.approve(pending.job_id, actor, None, terminal=True)
         return pending.job_id
 
     def cancel(self, job_id: int, user: str) -> str:
