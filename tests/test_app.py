@@ -7,6 +7,8 @@ refuses between stacks (an export in use cannot be removed), so a wrong order fa
 
 from __future__ import annotations
 
+import time
+
 import git
 import pytest
 
@@ -18,7 +20,7 @@ from tests.support.deploy_script import deploy_package
 from tests.support.fast_service import DEPLOY_COMMAND, fast_package, handler
 from tests.support.gitrepo import ServiceRepo
 from tests.support.serverless_fixture import sls_env
-from tests.support.slack_session import all_text, header, workspaces
+from tests.support.slack_session import CHANNEL, all_text, header, workspaces
 from tests.support.waiting import wait_for
 
 EXPORT = "api-prod-url"
@@ -226,3 +228,22 @@ def test_the_terminal_rolls_the_app_back_and_history_shows_it_as_one_entry(app_e
     entries = json.loads(cli("history", "prod", "--json").stdout)
     assert len(entries) == 1 and sorted(p["to"]["build"] for p in entries[0]["services"]) == [
         "api-v1", "billing-v1", "worker-v1"]
+
+
+def test_the_live_card_keeps_to_the_call_budget_and_labels_each_services_output(app, repo):
+    ws = app(SLS_TEST_DEPLOY_LINES="3000", SLS_TEST_DEPLOY_SLEEP="3")
+    card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
+    before = len(ws.standin.calls)
+    started = time.monotonic()
+    ws.cy.click(card.first, "approve")
+    card.becomes("✅", timeout=120)
+    elapsed = time.monotonic() - started
+    wait_for(lambda: "[billing] line" in _thread(ws, card), 30, "billing's output in the thread")
+    calls = [m for _, m in ws.standin.calls[before:] if m in ("chat.update", "chat.postMessage")]
+    assert len(calls) <= 40 * elapsed / 60 + 4, (len(calls), elapsed)  # 9,000 lines of output, 3 services
+    text = _thread(ws, card)
+    assert "[worker] line" in text and "[api] line" in text
+
+
+def _thread(ws, card) -> str:
+    return "\n".join(m["text"] for m in ws.standin.thread(CHANNEL, card.ts))

@@ -166,7 +166,7 @@ def test_one_service_rolls_back_in_its_own_account_under_its_own_approvers(team,
     text = all_text(card.first)
     assert f"AWS: account {PROD_ACCOUNT} (role rollback-deployer), eu-west-1" in text
     assert "approval needs one of U-CY other than the requester" in text  # api's own approvers
-    assert "not an approver for `api` in `prod`" in ws.clicks(ws.bo, card.first, "approve")  # prod's approver, not api's
+    assert "not an approver for `api` in `prod`" in ws.clicks(ws.bo, card.first, "approve")  # api's team approves
     ws.cy.click(card.first, "approve")
     done = all_text(card.becomes("✅"))
     assert f"api prod → {m.c1[:7]}" in header(card.now)

@@ -309,3 +309,29 @@ def test_a_bounded_queue_says_no_instead_of_growing():
     accepted = [work.submit(release.wait) for _ in range(5)]
     assert accepted == [True, True, True, False, False]
     release.set()
+
+
+def test_the_app_cards_stay_inside_slacks_limits_at_50_services_and_keep_text_as_text():
+    services = [{"service": f"svc-{n:02d}-{HOSTILE}", "status": "roll" if n % 5 else "no_build",
+                 "note": HOSTILE, "from": [SHA, "b-1"], "to": [SHA2, "b-2"], "commits": 3, "plugins": HOSTILE,
+                 "removed": 1, "account": HOSTILE} for n in range(50)]
+    shown = {"ref": "abc1234", "commit": SHA, "services": services, "warnings": [HOSTILE] * 20,
+             "phases": [[s["service"] for s in services[:25]], [s["service"] for s in services[25:]]]}
+    card = kit.app_plan_blocks(9, shown, "prod", "U-ANA", 100.0, HOSTILE, True, [HOSTILE] * 9)
+    assert len(card) <= 50 and len(json.dumps(card)) < 40_000
+    for block in card:
+        for text in mrkdwn_texts([block]):
+            assert len(text) <= 3000, text[:80]
+    assert "…and" in json.dumps(card, ensure_ascii=False)  # rows that do not fit are counted
+    assert_inert(card)
+    parent = Job.from_row({"id": 9, "stage": "prod", "state": "failed", "service": "*", "requested_by": "U-ANA",
+                           "approved_by": HOSTILE, "reason": HOSTILE, "started": 1.0, "finished": 9.0,
+                           "created": 1.0, "plan_json": json.dumps(shown)})
+    parts = [Job.from_row({"id": 10 + n, "stage": "prod", "state": ("succeeded", "failed", "skipped")[n % 3],
+                           "service": s["service"], "target_commit": SHA2, "live_commit": SHA, "app_id": 9,
+                           "started": 1.0, "finished": 2.0, "created": 1.0}) for n, s in enumerate(services)]
+    progress = kit.app_progress_blocks(parent, parts, {}, 10.0)
+    assert len(progress) <= 50
+    assert_inert(progress)
+    assert any(b["type"] == "actions" and b["elements"][0]["action_id"] == "undo_app" for b in progress)
+    assert_inert([kit.section(kit.app_details_text(shown)[:2900])])

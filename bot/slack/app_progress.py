@@ -50,15 +50,30 @@ class AppReporter:
                                   kit.app_progress_blocks(job, parts, steps, time.time()))
 
     def _thread(self) -> None:
-        text = ""
+        """New output of every service, labelled, in one post: each service with output gets an equal
+        share of the message (its newest lines); every line is in the job logs."""
+        batches = []
         for part in self.store.parts_of(self.app_id):
             rows = self.store.output_after(part["id"], self.seen.get(part["id"], 0))
             if rows:
                 self.seen[part["id"]] = rows[-1][0]
-                text += "".join(f"[{part['service']}] {line}\n" for _, line in rows)
-        if text:
-            cut = text[-THREAD_CHARS:]  # the newest lines when a batch is too long; every line is in the logs
-            self.notify.post(self.channel, "```" + esc(cut) + "```", thread_ts=self.ts)
+                batches.append((part["service"], [line for _, line in rows]))
+        if not batches:
+            return
+        share = THREAD_CHARS // len(batches)
+        text = ""
+        for service, lines in batches:
+            kept, size = [], 0
+            for line in reversed(lines):
+                labelled = f"[{service}] {line}"
+                if size + len(labelled) + 1 > share:
+                    break
+                kept.append(labelled)
+                size += len(labelled) + 1
+            if len(kept) < len(lines):
+                kept.append(f"[{service}] …{len(lines) - len(kept)} earlier lines are in its job's log")
+            text += "\n".join(reversed(kept)) + "\n"
+        self.notify.post(self.channel, "```" + esc(text) + "```", thread_ts=self.ts)
 
     def _loop(self) -> None:
         last_thread = self.clock()
