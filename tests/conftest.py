@@ -20,6 +20,9 @@ SERVICE = "hello-service"
 FUNCTION = "hello-service-prod-hello"
 
 
+pytest_plugins = ["tests.support.app_fixtures"]  # the app rollback tests' repository and bot
+
+
 def pytest_addoption(parser):
     parser.addoption("--update-docs", action="store_true",
                      help="write the browser test's screenshots into docs/ (default: a temporary folder)")

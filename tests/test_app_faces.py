@@ -1,0 +1,54 @@
+"""App rollbacks from the other faces: the terminal, history, and the live card's Slack call budget.
+The repository and its fixtures are test_app's (three services, an export and an import)."""
+
+from __future__ import annotations
+
+import time
+
+from tests.support.app_fixtures import code, live
+from tests.support.slack_session import CHANNEL
+from tests.support.waiting import wait_for
+
+
+def test_the_terminal_rolls_the_app_back_and_history_shows_it_as_one_entry(app_env, repo, lam):
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "bot", *args], env=app_env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    refused = cli("rollback", "prod", repo.commits["c1"][:8])  # no terminal to confirm with
+    assert refused.returncode == 1 and "pass --yes" in refused.stderr
+    assert "Order (dependents first): 1. worker → 2. api, billing" in refused.stdout
+    refused = cli("rollback", "prod", repo.commits["c1"][:8], "--yes", "--by", "U-ANA")
+    assert refused.returncode == 1 and "not an approver for `billing` in `prod`" in refused.stderr  # its team
+    done = cli("rollback", "prod", repo.commits["c1"][:8], "--yes", "--by", "U-CY")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[worker] succeeded" in done.stdout and "every service runs its target" in done.stdout
+    assert all(live(lam, svc) == code(repo, svc, "v1") for svc in ("api", "worker", "billing"))
+    history = cli("history", "prod").stdout
+    assert "the app in prod" in history and "      worker: succeeded" in history
+    entries = json.loads(cli("history", "prod", "--json").stdout)
+    assert len(entries) == 1 and sorted(p["to"]["build"] for p in entries[0]["services"]) == [
+        "api-v1", "billing-v1", "worker-v1"]
+
+
+def test_the_live_card_keeps_to_the_call_budget_and_labels_each_services_output(app, repo):
+    ws = app(SLS_TEST_DEPLOY_LINES="3000", SLS_TEST_DEPLOY_SLEEP="3")
+    card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
+    before = len(ws.standin.calls)
+    started = time.monotonic()
+    ws.cy.click(card.first, "approve")
+    card.becomes("✅", timeout=120)
+    elapsed = time.monotonic() - started
+    wait_for(lambda: "[billing] line" in _thread(ws, card), 30, "billing's output in the thread")
+    calls = [m for _, m in ws.standin.calls[before:] if m in ("chat.update", "chat.postMessage")]
+    assert len(calls) <= 40 * elapsed / 60 + 4, (len(calls), elapsed)  # 9,000 lines of output, 3 services
+    text = _thread(ws, card)
+    assert "[worker] line" in text and "[api] line" in text
+
+
+def _thread(ws, card) -> str:
+    return "\n".join(m["text"] for m in ws.standin.thread(CHANNEL, card.ts))
