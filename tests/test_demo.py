@@ -160,13 +160,26 @@ def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
     cancelled.evaluate("card => card.scrollIntoView({block: 'start'})")  # its header at the top
     page.screenshot(path=str(screenshots / "demo-cancelled.png"))
 
+    # the whole app back to the first commit: both services, in one phase, with one approval
+    import git
+
+    first = next(git.Repo(demo.data / "repo").iter_commits("main", reverse=True)).hexsha
+    type_as(page, "U-ANA", f"/rollback prod {first[:8]}")
+    app = card_with_header(page, "Roll back the app in prod to")
+    assert "2 of 2 services move" in app.inner_text() and "Order (dependents first)" in app.inner_text()
+    page.click("button.user[data-user='U-BO']")
+    app.locator("button", has_text="Approve").click()
+    done = card_with_header(page, "Rolled back the app", timeout=240)
+    assert done.inner_text().count("✅") >= 3  # the header and both services
+    page.wait_for_selector("#lambda-version[data-version='v1']", timeout=30_000)
+
 
 def test_the_page_renders_what_the_bot_sends(demo, page):
     page.wait_for_selector("#lambda-version[data-version]", timeout=30_000)
     type_as(page, "U-ANA", "/rollback hello-service prod")
     listing = page.locator(".message.ephemeral", has_text="demo-v1").last
     listing.wait_for(timeout=30_000)
-    assert listing.locator("button", has_text="Roll back to this").count() >= 1
+    assert listing.locator("button", has_text="Roll forward to this").count() == 2  # v1 is live since the app rollback
     type_as(page, "U-ANA", "/rollback help")
     helped = page.locator(".message.ephemeral", has_text="Examples").last
     helped.wait_for(timeout=30_000)
@@ -212,7 +225,7 @@ def test_ctrl_c_during_a_rollback_stops_everything(demo, page):
         urllib.request.urlopen(demo.url, timeout=5)
     # the bot stopped the deploy itself before it went: the job is recorded as cancelled, the lock released
     store = Store(demo.data / "run" / "rollback-bot.sqlite")
-    assert [j["state"] for j in store.jobs(stage="prod") if j["state"] != "pending"] == [
+    assert [j["state"] for j in store.jobs(service="hello-service", app_parts=False) if j["state"] != "pending"] == [
         "cancelled", "cancelled", "succeeded"]
     assert store.locks() == []
 
