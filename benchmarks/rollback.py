@@ -8,6 +8,10 @@
 
 Every run deploys the other build (v1, v2, v1, …), so each one really changes the code.
 Run: `.venv/bin/python benchmarks/rollback.py [runs]` after ./scripts/test has installed bot/playground/sample_service.
+
+`benchmarks/rollback.py --app` measures an app rollback instead: 6 services (the sample service six
+times in one monorepo) in 2 phases, against the sum over phases of the slowest warm single-service
+rollback in each phase.
 """
 
 from __future__ import annotations
@@ -139,5 +143,118 @@ def main(runs: int) -> None:
     print(f"\nPlanning (before approval: fetch, resolve, template diff), median: {med['plan']:.2f} s")
 
 
+def app_main(runs: int = 2, n_services: int = 6) -> None:
+    """An app rollback of 6 services in 2 phases (svc3..5 deploy after svc0..2), with the real CLI."""
+    import git
+
+    from bot.core.policy import Policy
+    from bot.engine.build import build_fleet
+    from bot.engine.service import RollbackService
+    from tests.support.gitrepo import ServiceRepo
+    from tests.support.serverless_fixture import SERVICE_SRC, handler, worktree
+
+    server = MotoServer()
+    aws = {"AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(aws)
+    env = sls_env(aws)
+    root = Path(tempfile.mkdtemp(prefix="rollback-app-bench-"))
+    names = [f"svc{i}" for i in range(n_services)]
+    half = n_services // 2
+    work = ServiceRepo(root / "work")
+    base = {n: (SERVICE_SRC / n).read_text() for n in ("package.json", "package-lock.json", "serverless.yml")}
+    files = {".gitignore": "node_modules/\n.serverless/\n"}
+    for name in names:
+        files.update({f"services/{name}/{k}": v.replace("service: hello-service", f"service: {name}")
+                      for k, v in base.items()})
+        files[f"services/{name}/handler.js"] = handler(f"{name} v1")
+    commits = {"v1": work.commit("all v1", files)}
+    commits["v2"] = work.commit("all v2", {f"services/{n}/handler.js": handler(f"{n} v2") for n in names})
+    origin = root / "origin.git"
+    git.Repo.clone_from(work.path, origin, bare=True).close()
+    packages = {}
+    print(f"packaging {n_services} services × 2 commits with the real CLI…", file=sys.stderr, flush=True)
+    for version, commit in commits.items():
+        with worktree(work.path, root / f"tree-{version}", commit, SERVICE_SRC / "node_modules") as tree:
+            for name in names:
+                out = root / f"pkg-{name}-{version}"
+                run([str(SLS_BIN), "package", "--stage", "prod", "--package", str(out)], tree / "services" / name,
+                    env)
+                packages[(name, version)] = out
+    config = root / "rollback.toml"
+    config.write_text("".join(f'[services.{n}]\ndir = "services/{n}"\n'
+                              + (f'after = ["svc{i - half}"]\n' if i >= half else "") for i, n in enumerate(names)))
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    settings = load_settings({**env, "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_REPO": str(origin),
+                              "ROLLBACK_CONFIG": str(config), "ROLLBACK_DATA_DIR": str(root / "bot")},
+                             needs=["engine"])
+    fleet = build_fleet(settings)
+    service = RollbackService(fleet, Policy())
+    print("publishing, and deploying v2 of every service as CI would…", file=sys.stderr, flush=True)
+    with worktree(work.path, root / "tree-deploy", commits["v2"], SERVICE_SRC / "node_modules") as tree:
+        for name in names:
+            for version in ("v1", "v2"):
+                fleet.engine(name).artifacts.publish("prod", commits[version], packages[(name, version)],
+                                                     build_id=f"{name}-{version}")
+            run([str(SLS_BIN), "deploy", "--stage", "prod", "--package", str(packages[(name, "v2")]), "--force"],
+                tree / "services" / name, env)
+            fleet.engine(name).artifacts.mark_deployed("prod", commits["v2"], f"{name}-v2")
+
+    def single(name: str, version: str) -> float:
+        """One service's rollback as Slack runs it: from the approval (which plans again) to the end."""
+        pending = service.request(service.key("prod", name), f"{name}-{version}", "bench", None)
+        t0 = time.perf_counter()
+        job, _ = service.approve(pending.job_id, "bench-approver", None)
+        result = fleet.engine(name).jobs.wait(job.id)
+        if result["state"] != "succeeded":
+            raise SystemExit(f"{name} failed: {result['reason']}")
+        took = time.perf_counter() - t0
+        fleet.engine(name).jobs.idle()
+        return took
+
+    def app(ref: str) -> float:
+        pending = service.apps.request("prod", ref, "bench", None)
+        t0 = time.perf_counter()
+        service.apps.approve(pending.job_id, "bench-approver", None)
+        result = service.apps.wait(pending.job_id)
+        if result["state"] != "succeeded":
+            raise SystemExit(f"app rollback failed: {result['reason']}")
+        took = time.perf_counter() - t0
+        for name in names:
+            fleet.engine(name).jobs.idle()
+        return took
+
+    print("warming up (plugin cache, git mirror)…", file=sys.stderr, flush=True)
+    single("svc0", "v1")
+    single("svc0", "v2")
+    warm = {}
+    for name in names:
+        print(f"single-service rollback of {name}…", file=sys.stderr, flush=True)
+        warm[name] = single(name, "v1")
+        single(name, "v2")  # and back, off the clock
+    phases = [names[half:], names[:half]]  # the rollback order: dependents first
+    expected = sum(max(warm[n] for n in phase) for phase in phases)
+    app_times = []
+    for n in range(runs):
+        print(f"app rollback {n + 1}/{runs}…", file=sys.stderr, flush=True)
+        app_times.append(app(commits["v1"]))
+        app(commits["v2"])  # forward again (deploy order), off the clock
+    fleet.shutdown()
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+    median = statistics.median(app_times)
+    print("| warm single-service rollback | " + " | ".join(names) + " |")
+    print("| --- | " + " | ".join("---:" for _ in names) + " |")
+    print("| seconds | " + " | ".join(f"{warm[n]:.1f}" for n in names) + " |")
+    print(f"\nphases (rollback order): {' → '.join(', '.join(p) for p in phases)}")
+    print(f"sum over phases of the slowest single rollback: {expected:.1f} s")
+    print(f"app rollback of {n_services} services, median of {runs}: {median:.1f} s "
+          f"(runs: {', '.join(f'{t:.1f}' for t in app_times)})")
+    print(f"ratio: {median / expected:.2f} (target ≤ 1.3)")
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    if sys.argv[1:2] == ["--app"]:
+        app_main(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
