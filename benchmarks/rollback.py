@@ -149,7 +149,7 @@ def app_main(runs: int = 2, n_services: int = 6) -> None:
 
     from bot.core.policy import Policy
     from bot.engine.build import build_fleet
-    from bot.engine.service import RollbackService
+    from bot.engine.service import RequestLimits, RollbackService
     from tests.support.gitrepo import ServiceRepo
     from tests.support.serverless_fixture import SERVICE_SRC, handler, worktree
 
@@ -189,7 +189,7 @@ def app_main(runs: int = 2, n_services: int = 6) -> None:
                               "ROLLBACK_CONFIG": str(config), "ROLLBACK_DATA_DIR": str(root / "bot")},
                              needs=["engine"])
     fleet = build_fleet(settings)
-    service = RollbackService(fleet, Policy())
+    service = RollbackService(fleet, Policy(), limits=RequestLimits(plans_per_minute=10_000, pending_per_user=10_000))
     print("publishing, and deploying v2 of every service as CI would…", file=sys.stderr, flush=True)
     with worktree(work.path, root / "tree-deploy", commits["v2"], SERVICE_SRC / "node_modules") as tree:
         for name in names:
