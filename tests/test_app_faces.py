@@ -59,8 +59,8 @@ def test_the_plan_warns_when_a_target_removes_an_export_a_live_stack_still_impor
     # api alone back to c1 (its template without the export) while worker stays on c3, importing it
     pending = ws.service.apps.request("prod", "by hand", "U-ANA", None,
                                       targets={"api": (repo.commits["c1"], "api-v1")})
-    warnings = pending.app.warnings
-    assert warnings == ["api's target removes the export `api-prod-url`, which worker still import(s) after the rollback: "
-            "CloudFormation will refuse that deploy.", "worker imports `api-prod-url`, which no service will export "
-            "after the rollback."]
+    assert pending.app.warnings == [
+        "api's target removes the export `api-prod-url`, which worker still import(s) after the rollback: "
+        "CloudFormation will refuse that deploy.",
+        "worker imports `api-prod-url`, which no service will export after the rollback."]
     assert [s.status for s in pending.app.steps] == ["roll", "untouched", "untouched"]
