@@ -16,12 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from bot.core.catalog import COMPOSE_FILE, Catalog
+from bot.core.catalog import COMPOSE_FILE, NAME_RE, Catalog
 from bot.core.masking import URL_USERINFO
 from bot.core.policy import Policy, PolicyError
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 TEMPLATE_FIELDS = {"stage", "package"}
 # What a subprocess (installer, deploy) may see of our environment: never the Slack tokens.
 CHILD_ENV_NAMES = {"PATH", "HOME", "LANG", "TMPDIR", "TZ", "USER", "SHELL", "HTTP_PROXY", "HTTPS_PROXY",

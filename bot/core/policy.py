@@ -80,6 +80,17 @@ def _quoted(name: str) -> str:
     return rf"(?:{re.escape(name)}|\"{re.escape(name)}\"|'{re.escape(name)}')"
 
 
+def _unknown_keys(table: Mapping, known: tuple[str, ...], label: str, text: str, header: int,
+                  at: Callable[[int], str], hint: str) -> list[str]:
+    """A problem, with its line, for each key of ``table`` that is not one of ``known``."""
+    problems = []
+    for key in table:
+        if key not in known:
+            line = _line_of(text, rf"^\s*{_quoted(key)}\s*=", max(header - 1, 0))
+            problems.append(f"{at(line)}: unknown key `{key}` in [{label}] ({hint})")
+    return problems
+
+
 def _rule_fields(raw: Mapping, label: str, text: str, header: int, at: Callable[[int], str],
                  problems: list[str]) -> dict:
     """The rule keys present in one table ([stages.X] or [stages.X.services.Y]), checked."""
@@ -160,11 +171,8 @@ class Policy:
             if not isinstance(raw, Mapping):
                 problems.append(f"{where}: stages.{stage} must be a table")
                 continue
-            for key in raw:
-                if key not in STAGE_KEYS:
-                    line = _line_of(text, rf"^\s*{_quoted(key)}\s*=", max(header - 1, 0))
-                    problems.append(f"{at(line)}: unknown key `{key}` in [stages.{stage}] "
-                                    f"(known: {', '.join(STAGE_KEYS)})")
+            problems += _unknown_keys(raw, STAGE_KEYS, f"stages.{stage}", text, header, at,
+                                      f"known: {', '.join(STAGE_KEYS)}")
             base = StageRule(**_rule_fields(raw, f"stages.{stage}", text, header, at, problems))
             rules[stage] = base
             per_service = raw.get("services", {})
@@ -178,11 +186,8 @@ class Policy:
                 if not isinstance(sub, Mapping):
                     problems.append(f"{at(sub_header)}: {label} must be a table")
                     continue
-                for key in sub:
-                    if key not in RULE_KEYS:
-                        line = _line_of(text, rf"^\s*{_quoted(key)}\s*=", max(sub_header - 1, 0))
-                        problems.append(f"{at(line)}: unknown key `{key}` in [{label}] (a service may override "
-                                        f"only {', '.join(RULE_KEYS)})")
+                problems += _unknown_keys(sub, RULE_KEYS, label, text, sub_header, at,
+                                          f"a service may override only {', '.join(RULE_KEYS)}")
                 overrides[(stage, service)] = replace(base, **_rule_fields(sub, label, text, sub_header, at, problems))
         if problems:
             raise PolicyError("\n".join(problems))
