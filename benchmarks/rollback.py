@@ -212,11 +212,25 @@ def app_main(runs: int = 2, n_services: int = 6) -> None:
         fleet.engine(name).jobs.idle()
         return took
 
+    breakdown: list[str] = []
+
     def app(ref: str) -> float:
         pending = service.apps.request("prod", ref, "bench", None)
         t0 = time.perf_counter()
         service.apps.approve(pending.job_id, "bench-approver", None)
+        approved = time.perf_counter() - t0
         result = service.apps.wait(pending.job_id)
+        parts = {p.service: p for p in service.apps.parts(pending.job_id)}
+        spans = [max(parts[n].finished for n in phase) - min(parts[n].started for n in phase)
+                 for phase in pending.app.phases]
+        steps: dict[str, list[float]] = {}
+        for p in parts.values():
+            for e in service.store.events(p.id):
+                if e["status"] == "finished" and e["duration"] is not None:
+                    steps.setdefault(e["step"], []).append(e["duration"])
+        breakdown.append(f"approval (plans again, takes the locks) {approved:.1f} s; phases "
+                         + ", ".join(f"{t:.1f} s" for t in spans) + "; slowest step of any service: "
+                         + ", ".join(f"{k} {max(v):.1f} s" for k, v in steps.items()))
         if result["state"] != "succeeded":
             raise SystemExit(f"app rollback failed: {result['reason']}")
         took = time.perf_counter() - t0
@@ -251,6 +265,8 @@ def app_main(runs: int = 2, n_services: int = 6) -> None:
     print(f"app rollback of {n_services} services, median of {runs}: {median:.1f} s "
           f"(runs: {', '.join(f'{t:.1f}' for t in app_times)})")
     print(f"ratio: {median / expected:.2f} (target ≤ 1.3)")
+    print("breakdown of each app run: " + " | ".join(breakdown))
+    print(f"this machine has {os.cpu_count()} CPU cores; a phase runs {half} deploys (node processes) at once")
 
 
 if __name__ == "__main__":

@@ -53,10 +53,13 @@ def tree_bytes(root: Path) -> int:
 
 class PluginCache:
     def __init__(self, root: Path, background: Callable[[Callable[[], None]], None] = lambda fn: fn(),
-                 max_bytes: int = 10 * 1024**3):
+                 max_bytes: int = 10 * 1024**3, spares: int = 1):
         self.root = root
         self.background = background
         self.max_bytes = max_bytes
+        # Pre-linked copies kept ready per entry: an app rollback's services with one lockfile install
+        # at the same time, each taking a spare with one rename.
+        self.spares = max(1, spares)
 
     def _touch(self, key: str) -> None:
         """Remember when an entry was last used, for eviction."""
@@ -139,11 +142,11 @@ class PluginCache:
 
     def _make_spare(self, key: str) -> None:
         entry = self.root / key
-        if not self._master(key).is_dir() or any(entry.glob("spare-*")):
-            return
-        tmp = entry / f".spare-{uuid.uuid4().hex}.tmp"
-        try:
-            link_tree(self._master(key), tmp / "node_modules")
-            tmp.rename(entry / f"spare-{uuid.uuid4().hex}")
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+        while self._master(key).is_dir() and len(list(entry.glob("spare-*"))) < self.spares:
+            tmp = entry / f".spare-{uuid.uuid4().hex}.tmp"
+            try:
+                link_tree(self._master(key), tmp / "node_modules")
+                tmp.rename(entry / f"spare-{uuid.uuid4().hex}")
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return

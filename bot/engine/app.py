@@ -128,9 +128,13 @@ def make_app_plan(fleet: Fleet, stage: str, ref: str, targets: dict[str, tuple[s
     moving = [s for s in steps if s.status == ROLL]
     if not moving:
         raise UserError(f"Nothing to do in `{stage}`: every service is at its target or has no build for it.")
+    already = {str(fleet.default.source.mirror_dir)} if commit else set()  # fetched to resolve the commit
+    for mirror, engine in {str(engines[s.service].source.mirror_dir): engines[s.service] for s in moving}.items():
+        if mirror not in already:
+            engine.source.fetch()  # once per repository, not once per service
     with ThreadPoolExecutor(max_workers=min(8, len(moving))) as pool:
         plans = list(pool.map(lambda s: engines[s.service].plan(stage, chosen[s.service].commit,
-                                                                chosen[s.service].build_id), moving))
+                                                                chosen[s.service].build_id, fetch=False), moving))
     for step, plan in zip(moving, plans, strict=True):
         step.plan = plan
         plan.ref = ref

@@ -84,13 +84,13 @@ class Engine:
         if "jobs" in self.__dict__:
             self.jobs.shutdown()
 
-    def plan(self, stage: str, ref: str, build_id: str | None = None) -> Plan:
+    def plan(self, stage: str, ref: str, build_id: str | None = None, fetch: bool = True) -> Plan:
         catalog = self.settings.catalog
         account = catalog.account(stage) if catalog.services else None
         return make_plan(self.artifacts, self.source, stage, ref, self.stage_stack(stage), build_id,
                          deploy_stage=catalog.serverless_stage(stage) if account else "",
                          account=account.describe() if account and self.shared.uses_accounts else "",
-                         region=account.region if account and account.role_arn else "")
+                         region=account.region if account and account.role_arn else "", fetch=fetch)
 
 
 class Shared:
@@ -122,7 +122,8 @@ class Shared:
             if self._cache is None:
                 s = self.settings
                 self._cache = PluginCache(s.data_dir / "plugin-cache", background=background,
-                                          max_bytes=s.plugin_cache_max)
+                                          max_bytes=s.plugin_cache_max,
+                                          spares=s.app_concurrency if self.several else 1)
             return self._cache
 
     def source(self, settings: Settings) -> SourceRepo:

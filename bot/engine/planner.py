@@ -144,6 +144,7 @@ def make_plan(
     deploy_stage: str = "",
     account: str = "",
     region: str = "",
+    fetch: bool = True,
 ) -> Plan:
     """``build_id`` with a full commit as ``ref`` names one build exactly (an approved card).
     ``deploy_stage`` is the Serverless stage the package must be built for; ``region`` the stage's."""
@@ -159,7 +160,8 @@ def make_plan(
         found = index.previous()
         plan.chosen_because = found[1] if found else ""
 
-    source.fetch()
+    if fetch:  # an app plan fetches the shared mirror once for all its services
+        source.fetch()
     source.commit(target.commit)  # a commit missing from the repository stops here, before anything runs
     if live is not None and live.commit != target.commit and source.has(live.commit):
         # For a roll forward, the commits it brings back; for a rollback, the commits it undoes.
