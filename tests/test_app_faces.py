@@ -64,3 +64,12 @@ def test_the_plan_warns_when_a_target_removes_an_export_a_live_stack_still_impor
         "CloudFormation will refuse that deploy.",
         "worker imports `api-prod-url`, which no service will export after the rollback."]
     assert [s.status for s in pending.app.steps] == ["roll", "untouched", "untouched"]
+
+
+def test_with_on_failure_cancel_a_failing_service_stops_the_others_of_its_phase(app, repo, lam):
+    ws = app(ROLLBACK_APP_ON_FAILURE="cancel", SLS_TEST_FAIL_SERVICE="billing", SLS_TEST_DEPLOY_SLEEP="4")
+    card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
+    ws.cy.click(card.first, "approve")
+    text = "\n".join(b.get("text", {}).get("text", "") for b in card.becomes("❌", timeout=90)["blocks"])
+    assert "at the target: worker; failed: billing" in text and "cancelled: api" in text
+    assert live(lam, "api") == code(repo, "api", "v2")  # stopped before its deploy went through

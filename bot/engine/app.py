@@ -250,12 +250,21 @@ class AppRun:
                                                    origin="app", job_id=job_id, locked=True, audit=self.audit)
                 batch.append((name, job_id))
             started += batch
+            waiting = dict(batch)
+            while waiting:  # in the order they end: a failure is seen while the others still run
+                for name, job_id in list(waiting.items()):
+                    state = self.store.job(job_id)["state"]
+                    if state == JobState.RUNNING:
+                        continue
+                    del waiting[name]
+                    if state != JobState.SUCCEEDED:
+                        ok = False
+                        if self.on_failure == "cancel":
+                            self.cancel("rollback-bot")
+                if waiting:
+                    time.sleep(0.2)
             for name, job_id in batch:
-                job = self.fleet.engine(name).jobs.wait(job_id)
-                if job["state"] != JobState.SUCCEEDED:
-                    ok = False
-                    if self.on_failure == "cancel":
-                        self.cancel("rollback-bot")
+                self.fleet.engine(name).jobs.wait(job_id)  # its worker has finished recording
             self.notify(self.app_id, "progress")
             if not ok:
                 break

@@ -101,12 +101,15 @@ def main(stage: str, package: Path) -> int:
         print(f"line {n} of the deploy output", flush=True)
     if os.environ.get("SLS_TEST_DEPLOY_PRINT"):
         print(os.environ["SLS_TEST_DEPLOY_PRINT"], flush=True)
+    state = json.loads((package / "serverless-state.json").read_text())
+    if os.environ.get("SLS_TEST_FAIL_SERVICE") == state["service"]["service"]:  # this service fails at once
+        print("Error: CloudFormation said no (injected)", flush=True)
+        return 1
     marker = os.environ.get("SLS_TEST_DEPLOY_WAIT_FOR")  # hold the deploy until a test removes this file
     while marker and Path(marker).exists():
         time.sleep(0.05)
     time.sleep(float(os.environ.get("SLS_TEST_DEPLOY_SLEEP", "0")))
-    state = json.loads((package / "serverless-state.json").read_text())
-    if os.environ.get("SLS_TEST_DEPLOY_FAIL") or os.environ.get("SLS_TEST_FAIL_SERVICE") == state["service"]["service"]:
+    if os.environ.get("SLS_TEST_DEPLOY_FAIL"):
         print("Error: CloudFormation said no (injected)", flush=True)
         return 1
     try:
