@@ -36,7 +36,7 @@ def test_the_terminal_rolls_the_app_back_and_history_shows_it_as_one_entry(app_e
 
 
 def test_the_live_card_keeps_to_the_call_budget_and_labels_each_services_output(app, repo):
-    ws = app(SLS_TEST_DEPLOY_LINES="3000", SLS_TEST_DEPLOY_SLEEP="3")
+    ws = app(SLS_TEST_DEPLOY_LINES="3000", SLS_TEST_DEPLOY_SLEEP="2")
     card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
     before = len(ws.standin.calls)
     started = time.monotonic()
@@ -67,7 +67,7 @@ def test_the_plan_warns_when_a_target_removes_an_export_a_live_stack_still_impor
 
 
 def test_with_on_failure_cancel_a_failing_service_stops_the_others_of_its_phase(app, repo, lam):
-    ws = app(ROLLBACK_APP_ON_FAILURE="cancel", SLS_TEST_FAIL_SERVICE="billing", SLS_TEST_DEPLOY_SLEEP="4")
+    ws = app(ROLLBACK_APP_ON_FAILURE="cancel", SLS_TEST_FAIL_SERVICE="billing", SLS_TEST_DEPLOY_SLEEP="2")
     card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
     ws.cy.click(card.first, "approve")
     text = "\n".join(b.get("text", {}).get("text", "") for b in card.becomes("❌", timeout=90)["blocks"])

@@ -37,6 +37,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
+ALARM_RE = re.compile(r"^[\w .:/#+=@-]{1,255}$")
 COMPOSE_FILE = "serverless-compose.yml"
 
 
@@ -76,6 +77,8 @@ class Account:
 class Catalog:
     services: Mapping[str, ServiceEntry] = field(default_factory=dict)
     accounts: Mapping[str, Account] = field(default_factory=dict)  # by stage name, and "*"
+    # alarms named for the watch: (stage, service or "") -> (names, prefix)
+    alarms: Mapping[tuple[str, str], tuple[tuple[str, ...], str]] = field(default_factory=dict)
     default_region: str = "us-east-1"
     default_service: str = ""  # ROLLBACK_SERVICE; with one service, that one
     configured: bool = False  # from a [services] table (or Compose), not ROLLBACK_SERVICE alone
@@ -84,7 +87,7 @@ class Catalog:
     def single(cls, service: str, service_dir: str = ".", repo: str = "", region: str = "us-east-1",
                accounts: Mapping[str, Account] | None = None) -> Catalog:
         services = {service: ServiceEntry(service, service_dir, repo)} if service else {}
-        return cls(services, dict(accounts or {}), region, service)
+        return cls(services, dict(accounts or {}), default_region=region, default_service=service)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -113,6 +116,13 @@ class Catalog:
     def account(self, stage: str) -> Account:
         found = self.accounts.get(stage) or self.accounts.get("*") or Account()
         return replace(found, region=found.region or self.default_region)
+
+    def alarm_spec(self, stage: str, service: str) -> tuple[tuple[str, ...], str]:
+        """The alarms named for a service's stage (besides its stack's own): the service's, else the stage's."""
+        for key in ((stage, service), (stage, ""), ("*", service), ("*", "")):
+            if key in self.alarms:
+                return self.alarms[key]
+        return (), ""
 
     def serverless_stage(self, stage: str) -> str:
         return self.account(stage).serverless_stage or stage
@@ -205,6 +215,7 @@ class Catalog:
         problems += _check_order(services, source) if configured else []
 
         accounts: dict[str, Account] = {}
+        alarms: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {}
         stages = doc.get("stages", {})
         for stage, raw in (stages.items() if isinstance(stages, Mapping) else []):
             if not isinstance(raw, Mapping):
@@ -230,11 +241,30 @@ class Catalog:
                 problems.append(f"{label}: serverless_stage must be letters, digits, '-' or '_'")
                 sls_stage = ""
             accounts[stage] = Account(role, external, region, sls_stage)
+            subs = raw.get("services") if isinstance(raw.get("services"), Mapping) else {}
+            for who, table in [("", raw), *[(n, t) for n, t in subs.items() if isinstance(t, Mapping)]]:
+                spec = _alarm_spec(table, f"{label[:-1]}{'.services.' + who if who else ''}]", problems)
+                if spec is not None:
+                    alarms[(stage, who)] = spec
             if stage in services:
                 problems.append(f"{label}: `{stage}` is both a stage and a service; rename one, since "
                                 f"`/rollback {stage} …` could mean either")
-        catalog = cls(services, accounts, default_region, default_service or "", configured)
+        catalog = cls(services, accounts, alarms, default_region, default_service or "", configured)
         return catalog, problems
+
+
+def _alarm_spec(table: Mapping, label: str, problems: list[str]) -> tuple[tuple[str, ...], str] | None:
+    if "alarms" not in table and "alarm_prefix" not in table:
+        return None
+    names = table.get("alarms", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and ALARM_RE.match(n) for n in names):
+        problems.append(f"{label}: alarms must be a list of CloudWatch alarm names")
+        names = []
+    prefix = table.get("alarm_prefix", "")
+    if not isinstance(prefix, str) or (prefix and not ALARM_RE.match(prefix)):
+        problems.append(f"{label}: alarm_prefix must be the start of CloudWatch alarm names")
+        prefix = ""
+    return tuple(names), prefix
 
 
 def _inside(path: str) -> bool:

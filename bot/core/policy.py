@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 log = logging.getLogger("rollback-bot.core.policy")
-RULE_KEYS = ("requesters", "approvers", "approver_must_differ", "channels", "notify_channel")
+RULE_KEYS = ("requesters", "approvers", "approver_must_differ", "channels", "notify_channel", "auto_rollback")
 ACCOUNT_KEYS = ("role_arn", "external_id", "region", "serverless_stage")  # read by bot.core.catalog
-STAGE_KEYS = RULE_KEYS + ACCOUNT_KEYS + ("services",)
+WATCH_KEYS = ("alarms", "alarm_prefix")  # read by bot.core.catalog: which alarms the watch reads
+STAGE_KEYS = RULE_KEYS + ACCOUNT_KEYS + WATCH_KEYS + ("services",)
 TOP_KEYS = ("stages", "services")  # [services.*] is the catalog's (bot.core.catalog)
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 STAGE_KEY_RE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")
@@ -47,6 +48,7 @@ class StageRule:
     approver_must_differ: bool = False
     channels: tuple[str, ...] | None = None
     notify_channel: str = ""
+    auto_rollback: bool = False  # an alarm after a deploy rolls it back without waiting for a person
 
     def describe(self) -> str:
         def who(ids):
@@ -58,6 +60,8 @@ class StageRule:
         parts.append(f"channels: {'any' if self.channels is None else ', '.join(self.channels)}")
         if self.notify_channel:
             parts.append(f"notify: {self.notify_channel}")
+        if self.auto_rollback:
+            parts.append("auto rollback on alarm")
         return "; ".join(parts)
 
 
@@ -115,6 +119,10 @@ def _rule_fields(raw: Mapping, label: str, text: str, header: int, at: Callable[
             problems.append(f"{line_of('approver_must_differ')}: [{label}] approver_must_differ must be true or false")
             must_differ = True
         found["approver_must_differ"] = must_differ
+    if "auto_rollback" in raw:
+        if not isinstance(raw["auto_rollback"], bool):
+            problems.append(f"{line_of('auto_rollback')}: [{label}] auto_rollback must be true or false")
+        found["auto_rollback"] = raw["auto_rollback"] is True  # anything else: off (start-up stops anyway)
     if "notify_channel" in raw:
         notify = raw["notify_channel"]
         if not isinstance(notify, str) or (notify and not ID_RE.match(notify)):
@@ -186,8 +194,8 @@ class Policy:
                 if not isinstance(sub, Mapping):
                     problems.append(f"{at(sub_header)}: {label} must be a table")
                     continue
-                problems += _unknown_keys(sub, RULE_KEYS, label, text, sub_header, at,
-                                          f"a service may override only {', '.join(RULE_KEYS)}")
+                problems += _unknown_keys(sub, RULE_KEYS + WATCH_KEYS, label, text, sub_header, at,
+                                          f"a service may override only {', '.join(RULE_KEYS + WATCH_KEYS)}")
                 overrides[(stage, service)] = replace(base, **_rule_fields(sub, label, text, sub_header, at, problems))
         if problems:
             raise PolicyError("\n".join(problems))
@@ -271,6 +279,12 @@ class Policy:
         if rule.approver_must_differ and user == requester:
             return Decision(False, f"`{stage}` needs a second person: someone other than the requester must approve.")
         return Decision(True)
+
+    def auto_rollback(self, stage: str, service: str | None = None) -> bool:
+        """Whether an alarm after a deploy of ``service`` on ``stage`` rolls it back on its own (fail closed:
+        only a policy file that says so)."""
+        rule = self.rule(stage, service)
+        return bool(self.configured and rule and rule.auto_rollback)
 
     def approval_needs(self, stage: str, requester: str, service: str | None = None) -> str:
         """What approval needs, said before anyone clicks."""

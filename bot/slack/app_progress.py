@@ -76,18 +76,18 @@ class AppReporter:
         self.notify.post(self.channel, "```" + esc(text) + "```", thread_ts=self.ts)
 
     def _loop(self) -> None:
-        last_thread = self.clock()
+        last_card, last_thread = -CARD_EVERY, self.clock()
         while True:
-            self.wake.wait(CARD_EVERY)
+            self.wake.wait(CARD_EVERY)  # the app's events wake it: the end is seen at once
             self.wake.clear()
-            job = self.store.job(self.app_id)
-            if job["state"] != JobState.RUNNING:
+            if self.store.job(self.app_id)["state"] != JobState.RUNNING:
                 break
-            self._card()
+            if self.clock() - last_card >= CARD_EVERY:  # at most one edit every 2 s
+                self._card()
+                last_card = self.clock()
             if self.clock() - last_thread >= THREAD_EVERY:
                 self._thread()
                 last_thread = self.clock()
-            time.sleep(CARD_EVERY)  # at most one edit every 2 s, however often the app says something
         deadline, delay = self.clock() + FINAL_RETRY_SECONDS, 1.0
         while not self._card() and self.clock() < deadline:
             time.sleep(delay)
