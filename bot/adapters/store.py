@@ -101,6 +101,17 @@ def _v5(db: sqlite_utils.Database) -> None:
     db["jobs"].create_index(["app_id"])
 
 
+@_migration
+def _v6(db: sqlite_utils.Database) -> None:
+    # the alarm watch: one row per deploy watched (its window) or rollback settling; jobs gain the
+    # settle verdict their card ends with
+    db["watches"].create({"id": int, "service": str, "stage": str, "kind": str, "commit_sha": str, "build": str,
+                          "since": float, "until": float, "job_id": int, "state": str, "reported": str,
+                          "acted_job": int, "failures": int, "next_check": float, "in_alarm": str}, pk="id")
+    db["watches"].create_index(["state"])
+    db["jobs"].add_column("settle", str)
+
+
 class StageBusy(UserError):
     def __init__(self, key: StageKey, lock: dict, several: bool = False):
         self.key = key
@@ -309,6 +320,29 @@ class Store:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+
+    # -- the alarm watch -------------------------------------------------------------------------
+
+    def watch(self, service: str, stage: str, kind: str, since: float, job_id: int | None = None) -> dict | None:
+        with self._lock:
+            rows = list(self.db["watches"].rows_where(
+                "service = ? AND stage = ? AND kind = ? AND since = ? AND COALESCE(job_id, 0) = ?",
+                [service, stage, kind, since, job_id or 0]))
+        return rows[0] if rows else None
+
+    def add_watch(self, **fields) -> int:
+        with self._lock:
+            return self.db["watches"].insert({"state": "watching", "reported": "[]", "failures": 0,
+                                              "next_check": 0.0, "in_alarm": "[]", **fields}).last_pk
+
+    def update_watch(self, watch_id: int, **fields) -> None:
+        with self._lock:
+            self.db["watches"].update(watch_id, fields)
+
+    def watches(self, active: bool = True, limit: int = 200) -> list[dict]:
+        with self._lock:
+            return list(self.db["watches"].rows_where("state = 'watching'" if active else None, [],
+                                                      order_by="id DESC", limit=limit))
 
     def parts_of(self, app_id: int) -> list[dict]:
         """The services' jobs of an app rollback, in the order they were made (the phases' order)."""

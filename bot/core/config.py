@@ -82,6 +82,9 @@ class Settings:
     catalog: Catalog = field(default_factory=Catalog)
     app_concurrency: int = 4  # services of one phase of an app rollback deployed at once
     app_on_failure: str = "finish"  # the other running services of a phase when one fails: finish | cancel
+    watch_poll: int = 15  # seconds between the alarm watch's rounds (0: no watch)
+    watch_window: int = 1800  # how long after going live a deploy is watched
+    settle: int = 600  # how long after a rollback its alarms are watched
 
     def for_service(self, name: str) -> Settings:
         """These settings as one service of the catalog sees them: its name, folder and repository."""
@@ -240,6 +243,9 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         plugin_cache_max=_int("ROLLBACK_PLUGIN_CACHE_MB", env.get("ROLLBACK_PLUGIN_CACHE_MB"), 10240, 1, 1024**3,
                               problems) * 1024**2,
         catalog=catalog,
+        watch_poll=_int("ROLLBACK_WATCH_POLL", env.get("ROLLBACK_WATCH_POLL"), 15, 0, 3600, problems),
+        watch_window=_int("ROLLBACK_WATCH_WINDOW", env.get("ROLLBACK_WATCH_WINDOW"), 1800, 1, 7 * 86400, problems),
+        settle=_int("ROLLBACK_SETTLE", env.get("ROLLBACK_SETTLE"), 600, 1, 86400, problems),
         app_concurrency=_int("ROLLBACK_APP_CONCURRENCY", env.get("ROLLBACK_APP_CONCURRENCY"), 4, 1, 64, problems),
         app_on_failure=_choice("ROLLBACK_APP_ON_FAILURE", env.get("ROLLBACK_APP_ON_FAILURE"), ("finish", "cancel"),
                                problems),

@@ -90,6 +90,7 @@ class Job:
     unfreeze: int | None = None
     plan_json: str = ""
     app_id: int | None = None  # the app rollback this service's job is part of
+    settle: str = ""  # after a rollback: whether the alarms stayed quiet (the card's last line)
 
     @classmethod
     def from_row(cls, row: dict) -> Job:

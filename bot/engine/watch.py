@@ -1,0 +1,202 @@
+"""The alarm watch: every deploy the bot sees is watched for a window, and every rollback for a settle
+period. An alarm entering ALARM in a deploy's window is reported (and, where the policy says
+``auto_rollback``, rolled back without waiting for a person); a rollback's card ends saying whether
+the alarms stayed quiet.
+
+It polls each (service, stage) index it serves (one request each, answered 304 when nothing changed).
+Deploy times are in the index and acted-on deploys in the store, so a restart resumes the watches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bot.adapters.alarms import AlarmReader, AlarmState
+from bot.adapters.store import StageBusy
+from bot.core.errors import UserError
+from bot.core.keys import StageKey
+
+log = logging.getLogger("rollback-bot.watch")
+MAX_BACKOFF = 300.0
+
+
+@dataclass
+class WatchEvent:
+    kind: str  # alarm | auto | settled | error
+    key: StageKey
+    watch: dict
+    text: str
+    alarm: AlarmState | None = None
+    job_id: int | None = None
+
+
+class Watcher:
+    def __init__(self, service, reader: AlarmReader, poll: float = 15.0, window: float = 1800.0,
+                 settle: float = 600.0, clock: Callable[[], float] = time.time):
+        self.service = service  # the RollbackService: its fleet, store and policy
+        self.reader = reader
+        self.poll_every, self.window, self.settle = poll, window, settle
+        self.clock = clock
+        self.listeners: list[Callable[[WatchEvent], None]] = []
+        self._stages: dict[str, list[str]] = {}
+        self._polls = 0
+
+    @property
+    def store(self):
+        return self.service.store
+
+    def _emit(self, event: WatchEvent) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a watch listener failed")
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.poll_every):
+            try:
+                self.poll()
+            except Exception:
+                log.exception("the alarm watch failed a poll; trying again")
+
+    def poll(self) -> None:
+        """One round: new deploys start a watch; each running watch reads its alarms; ended ones close."""
+        now = self.clock()
+        if self._polls % 20 == 0:  # the list of stages changes rarely; an index read is the cheap part
+            self._stages = {n: e.artifacts.stages() for n, e in self.service.fleet.engines.items()}
+        self._polls += 1
+        for name, stages in self._stages.items():
+            engine = self.service.fleet.engine(name)
+            for stage in stages:
+                live = engine.artifacts.read_index(stage).live  # one request; 304 when unchanged
+                if live is None or live.via != "deploy" or now - live.at >= self.window:
+                    continue  # a deploy by CI, still inside its window (a rollback's result is not re-watched)
+                if self.store.watch(name, stage, "deploy", live.at) is None:
+                    self.store.add_watch(service=name, stage=stage, kind="deploy", commit_sha=live.commit,
+                                         build=live.build_id, since=live.at, until=live.at + self.window)
+        for w in self.store.watches():
+            if now >= w["until"]:
+                self._close(w)
+            elif now >= (w["next_check"] or 0):
+                self._check(w, now)
+
+    def settle_after(self, job: dict) -> None:
+        """A rollback just succeeded: watch the same alarms for the settle period."""
+        self.store.add_watch(service=job["service"], stage=job["stage"], kind="settle",
+                             commit_sha=job["target_commit"], build=job["target_build"], since=self.clock(),
+                             until=self.clock() + self.settle, job_id=job["id"])
+
+    # -- one watch -------------------------------------------------------------------------------
+
+    def _stack(self, w: dict) -> str:
+        return f"{w['service']}-{self.service.fleet.catalog.serverless_stage(w['stage'])}"
+
+    def _check(self, w: dict, now: float) -> None:
+        key = StageKey(w["service"], w["stage"])
+        try:
+            alarms = self.reader.read(w["stage"], w["service"], self._stack(w))
+        except Exception as exc:  # throttling or an outage: back off, and say so once per watch
+            failures = (w["failures"] or 0) + 1
+            self.store.update_watch(w["id"], failures=failures,
+                                    next_check=now + min(MAX_BACKOFF, self.poll_every * 2 ** failures))
+            if failures == 1:
+                self._emit(WatchEvent("error", key, w, f"cannot read the alarms of {key.service} {key.stage} "
+                                                        f"({exc.__class__.__name__}: {str(exc)[:200]}); retrying "
+                                                        "with backoff"))
+            return
+        if w["failures"]:
+            self.store.update_watch(w["id"], failures=0, next_check=0)
+        in_alarm = [a for a in alarms if a.state == "ALARM"]
+        self.store.update_watch(w["id"], in_alarm=json.dumps([a.name for a in in_alarm]))
+        if w["kind"] != "deploy":
+            return
+        reported = set(json.loads(w["reported"] or "[]"))
+        for alarm in in_alarm:
+            if alarm.name in reported or alarm.updated < w["since"]:
+                continue  # already said, or in ALARM since before the deploy: not this deploy's doing
+            reported.add(alarm.name)
+            self.store.update_watch(w["id"], reported=json.dumps(sorted(reported)))
+            minutes = max(0, int((alarm.updated - w["since"]) // 60))
+            self._emit(WatchEvent("alarm", key, w, f"`{alarm.name}` went into ALARM {minutes} min after build "
+                                                   f"{w['build']} ({w['commit_sha'][:7]}) went live.", alarm))
+            if self.service.policy.auto_rollback(key.stage, key.service) and not w["acted_job"]:
+                self._auto(w, key, alarm)
+                w = self.store.watch(w["service"], w["stage"], "deploy", w["since"]) or w
+
+    def _auto(self, w: dict, key: StageKey, alarm: AlarmState) -> None:
+        """Roll the deploy back without a person: never twice for one deploy, never when the live build
+        came from a rollback, never while a job holds the stage or a person froze it."""
+        engine = self.service.fleet.engine(key.service)
+        index = engine.artifacts.read_index(key.stage)
+        live = index.live
+        why = ""
+        if live is None or (live.commit, live.build_id) != (w["commit_sha"], w["build"]) or live.via != "deploy":
+            why = "the live build is no longer the one this alarm followed"
+        elif index.freeze is not None:
+            why = f"the stage is frozen by {index.freeze.by}"
+        elif self.store.lock_of(key):
+            why = f"job {self.store.lock_of(key)['job_id']} holds the stage"
+        actor = f"alarm:{alarm.name}"
+        if not why:
+            try:
+                plan = engine.plan(key.stage, "previous")
+                job_id = engine.jobs.start(plan, requested_by=actor, approved_by=actor, origin="alarm",
+                                           audit={"alarm": alarm.name, "alarm_reason": alarm.reason,
+                                                  "policy": "auto_rollback"})
+            except (UserError, StageBusy) as exc:
+                why = str(exc)
+            else:
+                self.store.update_watch(w["id"], acted_job=job_id)
+                self._emit(WatchEvent("auto", key, w, f"`{alarm.name}` went into ALARM ({alarm.reason}): rolling "
+                                                      f"{key.service} {key.stage} back to "
+                                                      f"{plan.target.label()} without waiting for a person.",
+                                      alarm, job_id))
+                return
+        self.store.update_watch(w["id"], acted_job=-1)  # decided once per deploy, either way
+        self.store.audit(actor, "auto_rollback.skipped", key, None, reason=why)
+        self._emit(WatchEvent("auto", key, w, f"No automatic rollback of {key.service} {key.stage}: {why}.", alarm))
+
+    def _close(self, w: dict) -> None:
+        self.store.update_watch(w["id"], state="done")
+        if w["kind"] != "settle":
+            return
+        minutes = int(round((w["until"] - w["since"]) / 60))
+        still = json.loads(w["in_alarm"] or "[]")
+        if still:
+            text = (f"{', '.join(f'`{n}`' for n in still)} still in ALARM {minutes} min after the rollback: the cause "
+                    "may not be the deploy")
+        else:
+            text = f"alarms OK for {minutes} min after the rollback"
+        self.store.update_job(w["job_id"], settle=text)
+        self._emit(WatchEvent("settled", StageKey(w["service"], w["stage"]), w, text, job_id=w["job_id"]))
+
+
+def make_watcher(service, clock: Callable[[], float] = time.time) -> Watcher:
+    """The watch of a rollback service, reading each stage's alarms with that stage's credentials."""
+    fleet = service.fleet
+    settings = fleet.settings
+
+    def env_for(stage: str):
+        if fleet.shared.uses_accounts:
+            return fleet.shared.accounts.env_for(stage, f"rollback-bot-watch-{stage}")
+        return settings.child_env
+
+    watcher = Watcher(service, AlarmReader(fleet.catalog, env_for), settings.watch_poll or 15,
+                      settings.watch_window, settings.settle, clock)
+
+    def on_job_event(job_id: int, event) -> None:  # a rollback that succeeded settles under watch
+        if event.step == "job" and event.status == "succeeded":
+            job = service.store.job(job_id)
+            if job and not json.loads(job.get("plan_json") or "{}").get("forward"):
+                watcher.settle_after(job)
+
+    for engine in fleet.engines.values():
+        engine.jobs.listeners.append(on_job_event)
+    return watcher

@@ -1,0 +1,128 @@
+"""The alarm watch against moto's CloudWatch (put_metric_alarm, set_alarm_state): a CI deploy is watched,
+an alarm entering ALARM is reported once, auto_rollback acts once and never after a rollback, an alarm
+after the window says nothing, a restart resumes, and a rollback settles under watch."""
+
+from __future__ import annotations
+
+import time
+
+import boto3
+import pytest
+
+from bot.core.config import load_settings
+from bot.engine.build import Fleet
+from bot.engine.service import RollbackService
+from bot.engine.watch import make_watcher
+from tests.conftest import fast_code, live_code
+
+ALARM = "hello-5xx"
+
+
+def policy(auto: bool) -> str:
+    return f'[stages.prod]\nalarms = ["{ALARM}"]\nauto_rollback = {"true" if auto else "false"}\n'
+
+
+@pytest.fixture
+def cloudwatch(aws_env):
+    cw = boto3.client("cloudwatch")
+    cw.put_metric_alarm(AlarmName=ALARM, MetricName="5XXError", Namespace="AWS/ApiGateway", Statistic="Sum",
+                        Period=60, EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanThreshold")
+    return cw
+
+
+@pytest.fixture
+def watch(fast_prod, tmp_path):
+    """A watcher on the fast service's prod, with a clock the test moves; ``watch(auto)`` makes one."""
+    made = []
+
+    def make(auto: bool = False, clock=None):
+        (tmp_path / "policy.toml").write_text(policy(auto))
+        s = fast_prod.settings
+        settings = load_settings({**dict(s.child_env), "ROLLBACK_CONFIG": str(tmp_path / "policy.toml"),
+                                  "ROLLBACK_BUCKET": s.bucket, "ROLLBACK_SERVICE": "hello-service",
+                                  "ROLLBACK_PREFIX": s.prefix, "ROLLBACK_REPO": s.repo,
+                                  "ROLLBACK_DATA_DIR": str(s.data_dir),
+                                  "ROLLBACK_DEPLOY_COMMAND": " ".join(s.deploy_command)}, needs=["engine"])
+        fast_prod.settings = settings  # the same engine (its store, its runner), under this policy
+        service = RollbackService(Fleet.of_one(fast_prod), settings.policy)
+        watcher = make_watcher(service, clock or time.time)
+        events = []
+        watcher.listeners.append(events.append)
+        made.append(watcher)
+        return watcher, events, service
+
+    return make
+
+
+def test_an_alarm_after_a_deploy_is_reported_once_and_a_rollback_settles_under_watch(
+        watch, cloudwatch, fast_prod, fast_service):
+    now = [time.time()]
+    watcher, events, service = watch(auto=False, clock=lambda: now[0])
+    watcher.poll()
+    assert [w["kind"] for w in fast_prod.store.watches()] == ["deploy"] and events == []
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1% for 1 minute")
+    watcher.poll()
+    watcher.poll()  # said once, not per poll
+    assert [(e.kind, e.text) for e in events] == [
+        ("alarm", f"`{ALARM}` went into ALARM 0 min after build b-v2 ({fast_service.commits['v2'][:7]}) went live.")]
+    assert service.store.jobs() == []  # no auto_rollback in this policy: a person decides
+
+    plan = service.plan_for_terminal(service.key("prod"), "previous", "ana")
+    job_id = service.start_from_terminal(plan, "ana", "previous", unfreeze=False)
+    fast_prod.jobs.wait(job_id, timeout=60)
+    assert live_code() == fast_code(fast_service, "v1")
+    settle = [w for w in fast_prod.store.watches() if w["kind"] == "settle"]
+    assert len(settle) == 1 and settle[0]["job_id"] == job_id
+    watcher.poll()  # the alarm is still in ALARM, then recovers before the settle period ends
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="OK", StateReason="back to normal")
+    watcher.poll()
+    now[0] += 601
+    watcher.poll()
+    assert events[-1].kind == "settled" and events[-1].text == "alarms OK for 10 min after the rollback"
+    assert fast_prod.store.job(job_id)["settle"] == "alarms OK for 10 min after the rollback"
+
+
+def test_auto_rollback_acts_once_with_the_alarm_in_the_audit_and_never_after_a_rollback(
+        watch, cloudwatch, fast_prod, fast_service):
+    watcher, events, service = watch(auto=True)
+    watcher.poll()
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1%")
+    watcher.poll()
+    auto = [e for e in events if e.kind == "auto"]
+    assert len(auto) == 1 and auto[0].job_id and "without waiting for a person" in auto[0].text
+    fast_prod.jobs.wait(auto[0].job_id, timeout=60)
+    assert live_code() == fast_code(fast_service, "v1")
+    job = fast_prod.store.job(auto[0].job_id)
+    assert job["state"] == "succeeded" and job["approved_by"] == f"alarm:{ALARM}" and job["origin"] == "alarm"
+    start = next(a for a in fast_prod.store.audit_trail("prod") if a["action"] == "rollback.start")
+    assert start["actor"] == f"alarm:{ALARM}" and '"alarm_reason": "5xx over 1%"' in start["detail"]
+
+    # the alarm flaps: no second rollback for this deploy; and the live build now came from a rollback
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="OK", StateReason="ok")
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="again")
+    watcher.poll()
+    watcher.poll()
+    assert len([e for e in events if e.kind == "auto"]) == 1
+    assert [j["id"] for j in fast_prod.store.jobs()] == [auto[0].job_id]
+    # the deploy's watch goes on to the end of its window; the rollback's result is settled, not watched as a deploy
+    assert [(w["kind"], w["build"]) for w in fast_prod.store.watches()] == [("settle", "b-v1"), ("deploy", "b-v2")]
+
+
+def test_an_alarm_after_the_window_says_nothing_and_a_restart_resumes_the_watch(watch, cloudwatch, fast_prod):
+    late = [time.time() + 1801]
+    watcher, events, _ = watch(auto=True, clock=lambda: late[0])
+    watcher.poll()
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="late")
+    watcher.poll()
+    assert events == [] and fast_prod.store.watches() == [] and fast_prod.store.jobs() == []
+
+    # a watch started, then the bot restarted: the new watcher takes it over and still acts once
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="OK", StateReason="ok")
+    first, _, _ = watch(auto=True)
+    first.poll()
+    restarted, events, _ = watch(auto=True)
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="after the restart")
+    restarted.poll()
+    assert len(fast_prod.store.watches(active=False)) == 1  # the same watch, not a second one
+    assert [e.kind for e in events] == ["alarm", "auto"]
+    fast_prod.jobs.wait(events[-1].job_id, timeout=60)
