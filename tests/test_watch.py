@@ -14,6 +14,7 @@ from bot.engine.build import Fleet
 from bot.engine.service import RollbackService
 from bot.engine.watch import make_watcher
 from tests.conftest import fast_code, live_code
+from tests.support.waiting import wait_for
 
 ALARM = "hello-5xx"
 
@@ -126,3 +127,23 @@ def test_an_alarm_after_the_window_says_nothing_and_a_restart_resumes_the_watch(
     assert len(fast_prod.store.watches(active=False)) == 1  # the same watch, not a second one
     assert [e.kind for e in events] == ["alarm", "auto"]
     fast_prod.jobs.wait(events[-1].job_id, timeout=60)
+
+
+def test_in_slack_an_alarm_offers_the_rollback_and_the_card_ends_with_the_settle_verdict(
+        fast_prod, fast_workspace, cloudwatch, fast_service, tmp_path):
+    from tests.support.slack_session import CHANNEL, all_text, header
+
+    ws = fast_workspace(policy(False) + 'notify_channel = "C-OPS"\n', ROLLBACK_WATCH_POLL="1", ROLLBACK_SETTLE="3")
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1%")
+    alert = wait_for(lambda: next((m for m in ws.standin.messages[CHANNEL] if "🚨" in m["text"]), None), 30,
+                     "the alarm's post")
+    assert f"`{ALARM}` went into ALARM 0 min after build b-v2 ({fast_service.commits['v2'][:7]}) went live" \
+        in alert["text"]
+    n = ws.cards()
+    ws.ana.click(alert, "plan_build")
+    card = ws.card(n)
+    assert header(card) == f"Roll back prod to {fast_service.commits['v1'][:7]}?"
+    ws.bo.click(card, "approve")
+    wait_for(lambda: "👀" in all_text(ws.standin.message(CHANNEL, card["ts"])), 60, "the settle verdict")
+    text = all_text(ws.standin.message(CHANNEL, card["ts"]))
+    assert f"`{ALARM}` still in ALARM 3 s after the rollback: the cause may not be the deploy" in text

@@ -167,13 +167,14 @@ class Watcher:
         self.store.update_watch(w["id"], state="done")
         if w["kind"] != "settle":
             return
-        minutes = int(round((w["until"] - w["since"]) / 60))
+        seconds = w["until"] - w["since"]
+        span = f"{int(round(seconds / 60))} min" if seconds >= 120 else f"{int(seconds)} s"
         still = json.loads(w["in_alarm"] or "[]")
         if still:
-            text = (f"{', '.join(f'`{n}`' for n in still)} still in ALARM {minutes} min after the rollback: the cause "
+            text = (f"{', '.join(f'`{n}`' for n in still)} still in ALARM {span} after the rollback: the cause "
                     "may not be the deploy")
         else:
-            text = f"alarms OK for {minutes} min after the rollback"
+            text = f"alarms OK for {span} after the rollback"
         self.store.update_job(w["job_id"], settle=text)
         self._emit(WatchEvent("settled", StageKey(w["service"], w["stage"]), w, text, job_id=w["job_id"]))
 

@@ -372,6 +372,8 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
     if state is JobState.RUNNING and not job.cancelled_by:
         blocks.append({"type": "actions", "elements": [
             button("Cancel", ids.CANCEL_JOB, ids.job_value(job.id), "danger")]})
+    if job.settle:  # the alarm watch's verdict, some minutes after the rollback
+        blocks.append(context(f"👀 {esc_message(job.settle)}"))
     return blocks
 
 

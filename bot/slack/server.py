@@ -17,9 +17,11 @@ from bot.core.masking import Masker, mask_logs
 from bot.core.policy import PolicySource
 from bot.engine.build import Engine, build_fleet
 from bot.engine.service import RollbackService
+from bot.engine.watch import make_watcher
 from bot.slack.app import build_app, make_client, sweep_expired
 from bot.slack.mrkdwn import esc_message
 from bot.slack.notifier import Notifier
+from bot.slack.watch_posts import WatchPoster
 
 log = logging.getLogger("rollback-bot")
 
@@ -103,6 +105,10 @@ def start_up(settings: Settings, engine: Engine, service: RollbackService, clien
     stop = threading.Event()
     threading.Thread(target=_housekeeping_loop, args=(settings, engine, service, client, stop),
                      name="rollback-housekeeping", daemon=True).start()
+    if settings.watch_poll:  # the alarm watch: deploys and rollbacks, in their windows
+        watcher = make_watcher(service)
+        watcher.listeners.append(WatchPoster(Notifier(client), service, settings))
+        threading.Thread(target=watcher.run, args=(stop,), name="rollback-watch", daemon=True).start()
     return stop
 
 

@@ -115,7 +115,7 @@ def workspaces(make_engine, tmp_path):
     def start(policy: str = "", socket: bool = False, **overrides) -> Workspace:
         """The bot on HTTP, or with ``socket`` on a Socket Mode connection (SLACK_APP_TOKEN, no signing secret)."""
         env = {"SLACK_BOT_TOKEN": "xoxb-test-bot-token", "SLACK_API_URL": standin.api_url,
-               "ROLLBACK_CHANNEL": "C-DEPLOYS", **overrides}
+               "ROLLBACK_CHANNEL": "C-DEPLOYS", "ROLLBACK_WATCH_POLL": "0", **overrides}  # the watch: when asked
         env.update({"SLACK_APP_TOKEN": "xapp-test-app-token"} if socket else {"SLACK_SIGNING_SECRET": SECRET})
         if policy:
             (tmp_path / "policy.toml").write_text(policy)

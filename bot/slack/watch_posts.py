@@ -1,0 +1,85 @@
+"""What the alarm watch says in Slack: an alarm after a deploy (in the deploy notification's thread and
+in the channel, with a button to roll back), an automatic rollback (with its live card), the
+settle verdict as a rollback card's last line, and a CloudWatch problem once."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from bot.core.config import Settings
+from bot.core.jobs import Job
+from bot.engine.watch import WatchEvent
+from bot.slack import blocks as kit
+from bot.slack import ids
+from bot.slack.mrkdwn import esc_message
+from bot.slack.notifier import Notifier
+from bot.slack.progress import ProgressReporter
+
+log = logging.getLogger("rollback-bot.slack")
+
+
+class WatchPoster:
+    def __init__(self, notify: Notifier, service, settings: Settings):
+        self.notify, self.service, self.settings = notify, service, settings
+
+    def _channel(self, event: WatchEvent) -> str:
+        return self.service.policy.notify_channel(event.key.stage, self.settings.channel, event.key.service)
+
+    def __call__(self, event: WatchEvent) -> None:
+        try:
+            getattr(self, f"_{event.kind}")(event)
+        except Exception:  # Slack or S3 trouble: the watch goes on; the job and the audit have the facts
+            log.exception("could not post a watch event (%s)", event.kind)
+
+    def _where(self, event: WatchEvent) -> str:
+        return f"{event.key.service} {event.key.stage}" if self.service.several else event.key.stage
+
+    def _alarm(self, event: WatchEvent) -> None:
+        w = event.watch
+        text = f"🚨 {esc_message(event.text)} ({esc_message(self._where(event))})"
+        request = ids.PlanRequest(event.key.stage, "previous", f"{w['commit_sha']}:{w['build']}",
+                                  event.key.service if self.service.several else "")
+        blocks = [kit.section(text), kit.context(esc_message(event.alarm.reason if event.alarm else "")),
+                  {"type": "actions", "elements": [
+                      kit.button("Roll back to previous", ids.PLAN_BUILD, request.value(), "danger")]}]
+        index = self.service.index(event.key)
+        notice = next((r.notice_at for r in index.history if r.at == w["since"] and r.notice_at), None)
+        if notice:  # in the deploy notification's thread too
+            self.notify.post(notice[0], text, blocks, thread_ts=notice[1])
+        channel = self._channel(event)
+        if channel:  # and in the channel, where people look
+            self.notify.post(channel, text, blocks)
+
+    def _auto(self, event: WatchEvent) -> None:
+        channel = self._channel(event)
+        if not channel:
+            return
+        self.notify.post(channel, f"🤖 {esc_message(event.text)}")
+        if event.job_id is None:
+            return
+        job = Job.from_row(self.service.store.job(event.job_id))
+        posted = self.notify.post(channel, f"Rollback job {job.id}", kit.progress_blocks(job, {}, [], time.time()))
+        if not posted:
+            return
+        self.service.attach_message(job.id, posted["channel"], posted["ts"],
+                                    self.notify.permalink(posted["channel"], posted["ts"]))
+        reporter = ProgressReporter(self.notify.client, self.service.store, job.id, posted["channel"], posted["ts"],
+                                    start=False)
+        runner = self.service.runner_of(job.id)
+        runner.subscribe(job.id, reporter)
+        reporter.start()
+
+    def _settled(self, event: WatchEvent) -> None:
+        row = self.service.store.job(event.job_id) if event.job_id else None
+        if not row or not row.get("channel") or not row.get("message_ts"):
+            return
+        steps = {e["step"]: (e["status"], e["duration"]) for e in self.service.store.events(row["id"])
+                 if e["step"] in kit.STEP_LABELS}
+        self.notify.update(row["channel"], row["message_ts"], f"Rollback job {row['id']}",
+                           kit.progress_blocks(Job.from_row(row), steps, [], time.time()))
+
+    def _error(self, event: WatchEvent) -> None:
+        channel = self._channel(event)
+        if channel:
+            self.notify.post(channel, f"⚠️ Alarm watch: {esc_message(event.text)}")
