@@ -358,6 +358,28 @@ def cmd_audit(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_alarms(args, settings: Settings) -> int:
+    """The alarms the watch reads for a service's stage, their states, and the watches running here."""
+    from bot.engine.watch import alarm_reader, stack_name
+
+    service = _service(settings)
+    key = service.key(args.stage, args.service)
+    service.may_view(key, args.by or settings.actor or "cli", None)
+    alarms = alarm_reader(service).read(key.stage, key.service, stack_name(service, key))
+    names, prefix = settings.catalog.alarm_spec(key.stage, key.service)
+    print(f"{key.service} {key.stage}: the alarms of stack {stack_name(service, key)}"
+          + (f", and {', '.join(names)}" if names else "") + (f", and every alarm named {prefix}…" if prefix else ""))
+    for a in alarms:
+        print(clean(f"  {a.state:<18} {a.name}  since {_iso(a.updated)}  {a.reason}"))
+    if not alarms:
+        print("  (no alarms found)")
+    watching = [w for w in service.store.watches() if (w["service"], w["stage"]) == (key.service, key.stage)]
+    for w in watching:
+        what = f"build {w['build']} ({w['commit_sha'][:7]})"
+        print(f"watching {what} ({w['kind']}) until {_iso(w['until'])}")
+    return 0
+
+
 COMMANDS = {
     # name: (handler, what settings it needs)
     "publish": (cmd_publish, ("artifacts",)),
@@ -370,6 +392,7 @@ COMMANDS = {
     "unfreeze": (cmd_unfreeze, ("artifacts",)),
     "history": (cmd_history, ()),
     "audit": (cmd_audit, ()),
+    "alarms": (cmd_alarms, ("engine",)),
 }
 
 
@@ -435,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--since", required=True, help="YYYY-MM-DD or an ISO time (UTC unless it says otherwise)")
     s.add_argument("--stage", help="only this stage")
     s.add_argument("--json", action="store_true", help="machine-readable")
+
+    s = sub.add_parser("alarms", help="the alarms the watch reads for a stage, their states, and running watches")
+    s.add_argument("stage")
+    s.add_argument("--by", help="who is asking (the policy's channel rules do not apply at a terminal)")
 
     for name, command in sub.choices.items():  # every command of a stage names its service the same way
         command.add_argument("--service", help="which service (default: the only one, or ROLLBACK_SERVICE)"

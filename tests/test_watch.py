@@ -147,3 +147,27 @@ def test_in_slack_an_alarm_offers_the_rollback_and_the_card_ends_with_the_settle
     wait_for(lambda: "👀" in all_text(ws.standin.message(CHANNEL, card["ts"])), 60, "the settle verdict")
     text = all_text(ws.standin.message(CHANNEL, card["ts"]))
     assert f"`{ALARM}` still in ALARM 3 s after the rollback: the cause may not be the deploy" in text
+
+
+def test_the_cli_lists_the_watched_alarms_and_the_home_shows_the_watches(watch, cloudwatch, fast_prod, tmp_path):
+    import subprocess
+    import sys
+
+    from bot.slack import blocks as kit
+
+    watcher, _, service = watch(auto=False)
+    watcher.poll()
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1%")
+    watcher.poll()
+    s = fast_prod.settings
+    env = {**s.child_env, "ROLLBACK_BUCKET": s.bucket, "ROLLBACK_SERVICE": s.service, "ROLLBACK_PREFIX": s.prefix,
+           "ROLLBACK_REPO": s.repo, "ROLLBACK_DATA_DIR": str(s.data_dir), "ROLLBACK_CONFIG": str(s.config_path)}
+    shown = subprocess.run([sys.executable, "-m", "bot", "alarms", "prod"], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"ALARM              {ALARM}" in shown.stdout and "5xx over 1%" in shown.stdout
+    assert "watching build b-v2" in shown.stdout and "(deploy)" in shown.stdout
+    view = service.overview()
+    home = "\n".join(b.get("text", {}).get("text", "") for b in kit.home_blocks(
+        view.stages, view.jobs, time.time(), view.policy_configured, view.several, view.watches))
+    assert "*Watching*" in home and f"🚨 in ALARM: {ALARM}" in home

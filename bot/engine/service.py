@@ -63,6 +63,7 @@ class Overview:
     jobs: list[Job]
     policy_configured: bool
     several: bool = False  # several services: rows name theirs
+    watches: tuple | list = ()  # the alarm watch's running watches (store rows)
 
 
 @dataclass(frozen=True)
@@ -406,7 +407,8 @@ class RollbackService:
 
     def overview(self) -> Overview:
         stages = [(i, self.store.lock_of(StageKey(i.service, i.stage))) for i in self.indexes()]
-        return Overview(stages, self._runs(None, 10), self.policy.configured, self.several)
+        return Overview(stages, self._runs(None, 10), self.policy.configured, self.several,
+                        self.store.watches(limit=20))
 
     def stage_overview(self, stage: str, user: str, channel: str | None) -> list[tuple[StageIndex, str]]:
         """``/rollback prod`` with several services: each service's index of the stage, and where it runs."""

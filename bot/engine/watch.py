@@ -96,7 +96,7 @@ class Watcher:
     # -- one watch -------------------------------------------------------------------------------
 
     def _stack(self, w: dict) -> str:
-        return f"{w['service']}-{self.service.fleet.catalog.serverless_stage(w['stage'])}"
+        return stack_name(self.service, StageKey(w["service"], w["stage"]))
 
     def _check(self, w: dict, now: float) -> None:
         key = StageKey(w["service"], w["stage"])
@@ -179,18 +179,29 @@ class Watcher:
         self._emit(WatchEvent("settled", StageKey(w["service"], w["stage"]), w, text, job_id=w["job_id"]))
 
 
-def make_watcher(service, clock: Callable[[], float] = time.time) -> Watcher:
-    """The watch of a rollback service, reading each stage's alarms with that stage's credentials."""
+def alarm_reader(service) -> AlarmReader:
+    """Each stage's alarms, read with that stage's credentials (its role's, or the bot's own)."""
     fleet = service.fleet
-    settings = fleet.settings
 
     def env_for(stage: str):
         if fleet.shared.uses_accounts:
             return fleet.shared.accounts.env_for(stage, f"rollback-bot-watch-{stage}")
-        return settings.child_env
+        return fleet.settings.child_env
 
-    watcher = Watcher(service, AlarmReader(fleet.catalog, env_for), settings.watch_poll or 15,
-                      settings.watch_window, settings.settle, clock)
+    return AlarmReader(fleet.catalog, env_for)
+
+
+def stack_name(service, key: StageKey) -> str:
+    """The stage's CloudFormation stack, as Serverless names it."""
+    return f"{key.service}-{service.fleet.catalog.serverless_stage(key.stage)}"
+
+
+def make_watcher(service, clock: Callable[[], float] = time.time) -> Watcher:
+    """The watch of a rollback service; rollbacks that succeed settle under it."""
+    settings = service.fleet.settings
+    watcher = Watcher(service, alarm_reader(service), settings.watch_poll or 15, settings.watch_window,
+                      settings.settle, clock)
+    fleet = service.fleet
 
     def on_job_event(job_id: int, event) -> None:  # a rollback that succeeded settles under watch
         if event.step == "job" and event.status == "succeeded":

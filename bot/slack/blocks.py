@@ -279,7 +279,7 @@ def run_line(j: Job) -> str:
 
 
 def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], now: float,
-                policy_configured: bool = True, several: bool = False) -> list[dict]:
+                policy_configured: bool = True, several: bool = False, watches: list | tuple = ()) -> list[dict]:
     """The App Home tab: each stage's live build, lock holder and freeze, then recent jobs."""
     blocks = [header("rollback-bot")]
     if not policy_configured:
@@ -297,6 +297,15 @@ def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], n
         blocks.append(section(text))
     if not stages:
         blocks.append(section("No stage has builds yet: CI adds them with `rollback-bot publish`."))
+    if watches:  # the alarm watch: deploys in their window, rollbacks settling
+        rows = []
+        for w in watches:
+            where = f"{w['service']} {w['stage']}" if several else w["stage"]
+            what = "deploy of" if w["kind"] == "deploy" else "rollback to"
+            alarmed = json.loads(w.get("in_alarm") or "[]")
+            rows.append(f"• {code(where)} {what} {code(w['build'])} until {date(w['until'])}"
+                        + (f" · 🚨 in ALARM: {esc(', '.join(alarmed))}" if alarmed else " · alarms OK"))
+        blocks.append(section("*Watching*\n" + _whole_lines(rows)))
     blocks.append({"type": "divider"})
     recent = _whole_lines([run_line(j) for j in jobs]) or "none yet"
     blocks.append(section(f"*Recent rollbacks*\n{recent}"))

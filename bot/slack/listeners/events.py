@@ -14,6 +14,7 @@ def register(app: App, slack: Slack) -> None:
     def on_home(body, respond, groups_of):
         view = slack.service.overview()
         slack.notify.home(body["event"]["user"], kit.home_blocks(view.stages, view.jobs, time.time(),
-                                                                 view.policy_configured, view.several))
+                                                                 view.policy_configured, view.several,
+                                                                 view.watches))
 
     app.event("app_home_opened")(slack.after_ack(on_home))
