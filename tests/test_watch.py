@@ -105,8 +105,9 @@ def test_auto_rollback_acts_once_with_the_alarm_in_the_audit_and_never_after_a_r
     watcher.poll()
     assert len([e for e in events if e.kind == "auto"]) == 1
     assert [j["id"] for j in fast_prod.store.jobs()] == [auto[0].job_id]
-    # the deploy's watch goes on to the end of its window; the rollback's result is settled, not watched as a deploy
-    assert [(w["kind"], w["build"]) for w in fast_prod.store.watches()] == [("settle", "b-v1"), ("deploy", "b-v2")]
+    # the deploy's watch ended with the rollback; the rollback's result is settled, not watched as a deploy
+    assert [(w["kind"], w["build"]) for w in fast_prod.store.watches()] == [("settle", "b-v1")]
+    assert [w["state"] for w in fast_prod.store.watches(active=False) if w["kind"] == "deploy"] == ["ended"]
 
 
 def test_an_alarm_after_the_window_says_nothing_and_a_restart_resumes_the_watch(watch, cloudwatch, fast_prod):
@@ -171,3 +172,4 @@ def test_the_cli_lists_the_watched_alarms_and_the_home_shows_the_watches(watch, 
     home = "\n".join(b.get("text", {}).get("text", "") for b in kit.home_blocks(
         view.stages, view.jobs, time.time(), view.policy_configured, view.several, view.watches))
     assert "*Watching*" in home and f"🚨 in ALARM: {ALARM}" in home
+

@@ -72,17 +72,23 @@ class Watcher:
         if self._polls % 20 == 0:  # the list of stages changes rarely; an index read is the cheap part
             self._stages = {n: e.artifacts.stages() for n, e in self.service.fleet.engines.items()}
         self._polls += 1
+        lives = {}
         for name, stages in self._stages.items():
             engine = self.service.fleet.engine(name)
             for stage in stages:
                 live = engine.artifacts.read_index(stage).live  # one request; 304 when unchanged
+                lives[(name, stage)] = (live.commit, live.build_id) if live else None
                 if live is None or live.via != "deploy" or now - live.at >= self.window:
                     continue  # a deploy by CI, still inside its window (a rollback's result is not re-watched)
                 if self.store.watch(name, stage, "deploy", live.at) is None:
                     self.store.add_watch(service=name, stage=stage, kind="deploy", commit_sha=live.commit,
                                          build=live.build_id, since=live.at, until=live.at + self.window)
         for w in self.store.watches():
-            if now >= w["until"]:
+            moved_on = w["kind"] == "deploy" and lives.get((w["service"], w["stage"]), "?") not in (
+                "?", (w["commit_sha"], w["build"]))
+            if moved_on:  # rolled back, or deployed over: this deploy's alarms are no longer its to report
+                self.store.update_watch(w["id"], state="ended")
+            elif now >= w["until"]:
                 self._close(w)
             elif now >= (w["next_check"] or 0):
                 self._check(w, now)
