@@ -103,6 +103,13 @@ def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
     assert page.locator(".message", has_text="orders in prod is now running").count() == 2  # names the service
     assert "account 111111111111" in page.inner_text("#lambda-function")
 
+    # the sample's alarm trips after the deploy: the watch posts it with a way back
+    page.click("#trip-alarm")
+    alert = page.locator(".message", has_text="went into ALARM").last
+    alert.wait_for(timeout=30_000)
+    assert "`hello-service-5xx`" not in alert.inner_text() and "hello-service-5xx went into ALARM" in alert.inner_text()
+    assert alert.locator("button", has_text="Roll back to previous").is_visible()
+
     type_as(page, "U-ANA", "/rollback prod")  # a line per service
     overview = page.locator(".message.ephemeral", has_text="2 services").last
     overview.wait_for(timeout=30_000)

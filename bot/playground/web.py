@@ -29,12 +29,13 @@ FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle
 
 class ChannelPage:
     def __init__(self, standin: SlackStandIn, users: dict[str, SlackUser], channel: tuple[str, str],
-                 running: Callable[[], dict], port: int = 0):
+                 running: Callable[[], dict], port: int = 0, trip: Callable[[], str] | None = None):
         self.standin = standin
         self.users = users  # user id -> the person typing as them
         self.names = {uid: u.name for uid, u in users.items()}
         self.channel_id, self.channel_name = channel
         self.running = running  # what Lambda runs now, for the side panel
+        self.trip = trip  # puts the sample's alarm into ALARM (the side panel's button)
         page = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -115,6 +116,10 @@ class ChannelPage:
                 "lambda": self.running(), "now": time.time()}
 
     def act(self, path: str, body: dict) -> tuple[int, dict]:
+        if path == "/api/alarm":
+            if self.trip is None:
+                return 404, {"error": "this page has no alarm to trip"}
+            return 200, {"said": self.trip()}
         user = self.users[body["user"]]
         if path == "/api/command":
             text = body["text"].strip()

@@ -194,5 +194,16 @@
     }
   });
 
+  $("trip-alarm").addEventListener("click", async () => {
+    try {
+      const resp = await fetch("/api/alarm", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: "{}" });
+      const answer = await resp.json();
+      toast(answer.said || answer.error);
+    } catch (err) {
+      toast("Could not trip the alarm: " + err.message);
+    }
+  });
+
   poll();
 })();
