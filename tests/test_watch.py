@@ -199,7 +199,8 @@ def test_cloudwatch_trouble_backs_off_and_is_said_once(watch, cloudwatch, fast_p
         now = [time.time()]
         watcher, events, _ = watch(auto=False, clock=lambda: now[0])
         throttled = f"http://127.0.0.1:{server.server_address[1]}"  # CloudWatch only; S3 and STS are moto
-        watcher.reader.env_for = lambda stage: {**fast_prod.settings.child_env, "AWS_ENDPOINT_URL_CLOUDWATCH": throttled}
+        own = dict(fast_prod.settings.child_env)
+        watcher.reader.env_for = lambda stage: {**own, "AWS_ENDPOINT_URL_CLOUDWATCH": throttled}
         for _ in range(5):
             watcher.poll()
             now[0] += 1
