@@ -211,3 +211,20 @@ def test_cloudwatch_trouble_backs_off_and_is_said_once(watch, cloudwatch, fast_p
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_in_slack_an_automatic_rollback_says_what_it_did_and_shows_its_card(
+        fast_prod, fast_workspace, cloudwatch, fast_service):
+    from tests.support.slack_session import CHANNEL, all_text, header
+
+    ws = fast_workspace(policy(True) + 'notify_channel = "C-OPS"\n', ROLLBACK_WATCH_POLL="1")
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1%")
+    said = wait_for(lambda: next((m for m in ws.standin.messages[CHANNEL] if "🤖" in m["text"]), None), 30,
+                    "the automatic rollback's post")
+    assert f"`{ALARM}` went into ALARM (5xx over 1%): rolling hello-service prod back to" in said["text"]
+    assert "without waiting for a person" in said["text"]
+    card = wait_for(lambda: next((m for m in ws.standin.messages[CHANNEL] if header(m).startswith("✅")), None), 60,
+                    "its card, finished")
+    assert f"requested by alarm:{ALARM} approved by alarm:{ALARM}" in all_text(card)
+    assert live_code() == fast_code(fast_service, "v1")
+    assert sum("🤖" in m["text"] for m in ws.standin.messages[CHANNEL]) == 1  # once for this deploy
