@@ -97,3 +97,12 @@ def test_a_busy_service_refuses_the_whole_plan(app, repo, lam, tmp_path):
     hold.unlink()
     single.becomes("✅")
     assert live(lam, "api") == code(repo, "api", "v2") and live(lam, "billing") == code(repo, "billing", "v2")
+
+
+def test_each_service_of_an_app_rollback_settles_under_watch_on_the_apps_card(app, repo):
+    ws = app(ROLLBACK_WATCH_POLL="1", ROLLBACK_SETTLE="2")
+    card = ws.posts_card(ws.ana, "prod previous")  # billing only: the newest deploy
+    ws.cy.click(card.first, "approve")
+    card.becomes("✅")
+    wait_for(lambda: "👀" in all_text(card.now), 30, "the settle verdict on the app's card")
+    assert "👀 billing: alarms OK for 2 s after the rollback" in all_text(card.now)

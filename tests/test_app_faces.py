@@ -73,3 +73,4 @@ def test_with_on_failure_cancel_a_failing_service_stops_the_others_of_its_phase(
     text = "\n".join(b.get("text", {}).get("text", "") for b in card.becomes("❌", timeout=90)["blocks"])
     assert "at the target: worker; failed: billing" in text and "cancelled: api" in text
     assert live(lam, "api") == code(repo, "api", "v2")  # stopped before its deploy went through
+

@@ -512,6 +512,9 @@ def app_progress_blocks(job: Job, parts: list[Job], steps: dict[int, str], now: 
     if job.state is JobState.RUNNING and not job.cancelled_by:
         blocks.append({"type": "actions", "elements": [
             button("Cancel", ids.CANCEL_JOB, ids.job_value(job.id), "danger")]})
+    settled = [f"{esc(p.service)}: {esc_message(p.settle)}" for p in parts if p.settle]
+    if settled:  # the alarm watch's verdict on each service that moved
+        blocks.append(context(_clip("👀 " + " · ".join(settled))))
     finished = [p for p in parts if p.state is JobState.SUCCEEDED]
     if job.state in (JobState.FAILED, JobState.CANCELLED) and finished:
         blocks.append({"type": "actions", "elements": [

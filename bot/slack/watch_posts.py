@@ -72,6 +72,13 @@ class WatchPoster:
 
     def _settled(self, event: WatchEvent) -> None:
         row = self.service.store.job(event.job_id) if event.job_id else None
+        if row and row.get("app_id"):  # one service of an app rollback: the app's card shows each verdict
+            app = self.service.store.job(row["app_id"])
+            if app and app.get("channel") and app.get("message_ts"):
+                parts = [Job.from_row(r) for r in self.service.store.parts_of(app["id"])]
+                self.notify.update(app["channel"], app["message_ts"], f"App rollback {app['id']}",
+                                   kit.app_progress_blocks(Job.from_row(app), parts, {}, time.time()))
+            return
         if not row or not row.get("channel") or not row.get("message_ts"):
             return
         steps = {e["step"]: (e["status"], e["duration"]) for e in self.service.store.events(row["id"])
