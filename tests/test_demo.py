@@ -107,8 +107,11 @@ def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
     page.click("#trip-alarm")
     alert = page.locator(".message", has_text="went into ALARM").last
     alert.wait_for(timeout=30_000)
-    assert "`hello-service-5xx`" not in alert.inner_text() and "hello-service-5xx went into ALARM" in alert.inner_text()
+    assert "hello-service-prod-errors went into ALARM" in alert.inner_text()  # the stack's own alarm
     assert alert.locator("button", has_text="Roll back to previous").is_visible()
+    notification = page.locator(".message", has_text="is now running").filter(
+        has_text="demo-v3", has_not_text="No longer live").first  # v3's own deploy notification
+    assert notification.locator("button.thread-toggle", has_text="1 reply").count() == 1  # in its thread too
 
     type_as(page, "U-ANA", "/rollback prod")  # a line per service
     overview = page.locator(".message.ephemeral", has_text="2 services").last

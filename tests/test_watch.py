@@ -228,3 +228,17 @@ def test_in_slack_an_automatic_rollback_says_what_it_did_and_shows_its_card(
     assert f"requested by alarm:{ALARM} approved by alarm:{ALARM}" in all_text(card)
     assert live_code() == fast_code(fast_service, "v1")
     assert sum("🤖" in m["text"] for m in ws.standin.messages[CHANNEL]) == 1  # once for this deploy
+
+
+def test_the_alarms_of_the_services_own_stack_are_watched_too(watch, cloudwatch):
+    import json
+
+    stack_alarm = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {"FunctionErrors": {
+        "Type": "AWS::CloudWatch::Alarm", "Properties": {
+            "AlarmName": "hello-service-prod-errors", "MetricName": "Errors", "Namespace": "AWS/Lambda",
+            "Statistic": "Sum", "Period": 60, "EvaluationPeriods": 1, "Threshold": 1,
+            "ComparisonOperator": "GreaterThanThreshold"}}}}
+    boto3.client("cloudformation").create_stack(StackName="hello-service-prod", TemplateBody=json.dumps(stack_alarm))
+    watcher, _, _ = watch(auto=False)
+    names = [a.name for a in watcher.reader.read("prod", "hello-service", "hello-service-prod")]
+    assert names == [ALARM, "hello-service-prod-errors"]  # the config's, and the stack's own

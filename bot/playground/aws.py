@@ -1,4 +1,4 @@
-"""moto's server (embedded AWS) on a free loopback port, patched in two places to behave as AWS does.
+"""moto's server (embedded AWS) on a free loopback port, patched in three places to behave as AWS does.
 
 moto checks If-Match / If-None-Match and then writes, without a lock, so two racing writers can
 both pass the check; real S3 never lets that happen. Serialising PutObject restores S3's
@@ -14,6 +14,9 @@ import threading
 import urllib.request
 
 from moto.cloudformation.models import CloudFormationBackend
+from moto.cloudformation.parsing import get_model_map, get_name_type_map
+from moto.cloudwatch.models import cloudwatch_backends
+from moto.core.common_models import CloudFormationModel
 from moto.s3.responses import S3Response
 from moto.server import ThreadedMotoServer
 
@@ -50,10 +53,59 @@ def _tolerate_missing_change_set() -> None:
     CloudFormationBackend.delete_change_set = delete_change_set
 
 
+class _StackAlarm(CloudFormationModel):
+    """AWS::CloudWatch::Alarm in a stack, as CloudFormation makes it (serverless-plugin-aws-alerts'
+    alarms). moto 5.2.5 has no model for it and leaves an empty placeholder; this one makes the alarm
+    in moto's CloudWatch, so a stack's own alarms can be found and watched."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::CloudWatch::Alarm"
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "AlarmName"
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.name
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        p = cloudformation_json["Properties"]
+        name = p.get("AlarmName") or resource_name
+        cloudwatch_backends[account_id][region_name].put_metric_alarm(
+            name=name, namespace=p.get("Namespace"), metric_name=p.get("MetricName"),
+            comparison_operator=p["ComparisonOperator"], evaluation_periods=int(p["EvaluationPeriods"]),
+            period=int(p.get("Period", 60)), threshold=float(p["Threshold"]), statistic=p.get("Statistic"),
+            description=p.get("AlarmDescription", ""), dimensions=p.get("Dimensions", []),
+            alarm_actions=p.get("AlarmActions", []))
+        return cls(name)
+
+    @classmethod
+    def update_from_cloudformation_json(cls, original_resource, new_resource_name, cloudformation_json, account_id,
+                                        region_name):
+        cls.delete_from_cloudformation_json(original_resource.name, cloudformation_json, account_id, region_name)
+        return cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
+
+    @classmethod
+    def delete_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name):
+        cloudwatch_backends[account_id][region_name].delete_alarms([resource_name])
+
+
+def _model_stack_alarms() -> None:
+    get_model_map.cache_clear()  # the map is built from CloudFormationModel's subclasses, _StackAlarm now one
+    get_name_type_map.cache_clear()
+
+
 class MotoServer:
     def __init__(self) -> None:
         _make_put_atomic()
         _tolerate_missing_change_set()
+        _model_stack_alarms()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns test output
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()

@@ -77,7 +77,9 @@ class SampleService:
             repo = git.Repo(self.repo_dir)
             shas = [c.hexsha for c in repo.iter_commits("main", reverse=True)]
             repo.close()
-            if len(shas) == len(HISTORY) and (self.repo_dir / ORDERS_DIR / "serverless.yml").is_file():
+            current = (self.repo_dir / "serverless.yml").is_file() and \
+                (self.repo_dir / "serverless.yml").read_text() == (SOURCE / "serverless.yml").read_text()
+            if len(shas) == len(HISTORY) and current and (self.repo_dir / ORDERS_DIR / "serverless.yml").is_file():
                 return shas
             shutil.rmtree(self.repo_dir)  # made by an older demo: made again
         self.repo_dir.mkdir(parents=True)
