@@ -102,21 +102,40 @@ def main(counts: list[int]) -> None:
         print(f"| {n:,} | {im * 1000:.1f} ms | {ir:g} | {sm * 1000:,.0f} ms | {sr:,} | {sm / im:,.0f}× |")
 
 
-def services(n_services: int, n_builds: int, runs: int = 11) -> None:
-    """`/rollback prod` on a bot of ``n_services`` services: the real RollbackService over a Fleet built
-    from a catalog, each service's index holding ``n_builds`` builds, read concurrently."""
-    import os
-    import tempfile
-
-    from bot.core.config import load_settings
-    from bot.engine.build import build_fleet
-    from bot.engine.service import RollbackService
-
+def moto_with_bucket() -> tuple[ThreadedMotoServer, str, object]:
+    """moto's server on a free port with the benchmark bucket: the server, its URL, an S3 client."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
     s3 = client(url)
     s3.create_bucket(Bucket=BUCKET)
+    return server, url, s3
+
+
+def fleet_of(url: str, names: list[str], tmp: str, stages: str = ""):
+    """The real fleet of a bot whose catalog names these services (no repository is read); ``stages``
+    is the config's [stages.*] text (the policy)."""
+    import os
+
+    from bot.core.config import load_settings
+    from bot.engine.build import build_fleet
+
+    config = Path(tmp) / "rollback.toml"
+    config.write_text("".join(f'[services.{n}]\ndir = "services/{n}"\n' for n in names) + stages)
+    env = {"ROLLBACK_BUCKET": BUCKET, "ROLLBACK_REPO": tmp, "ROLLBACK_CONFIG": str(config),
+           "ROLLBACK_DATA_DIR": tmp, "AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "PATH": os.environ["PATH"]}
+    return build_fleet(load_settings(env, needs=["engine"]))
+
+
+def services(n_services: int, n_builds: int, runs: int = 11) -> None:
+    """`/rollback prod` on a bot of ``n_services`` services: the real RollbackService over a Fleet built
+    from a catalog, each service's index holding ``n_builds`` builds, read concurrently."""
+    import tempfile
+
+    from bot.engine.service import RollbackService
+
+    server, url, s3 = moto_with_bucket()
     names = [f"svc{i:02d}" for i in range(n_services)]
     print(f"populating {n_services} indexes of {n_builds} builds…", file=sys.stderr, flush=True)
     for name in names:
@@ -129,13 +148,7 @@ def services(n_services: int, n_builds: int, runs: int = 11) -> None:
         index.set_live(index.artifacts[0], "ci", float(n_builds))
         s3.put_object(Bucket=BUCKET, Key=store.index_key("prod"), Body=index.to_json())
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "rollback.toml"
-        config.write_text("".join(f'[services.{n}]\ndir = "services/{n}"\n' for n in names)
-                          + '[stages.prod]\nregion = "us-east-1"\n')
-        env = {"ROLLBACK_BUCKET": BUCKET, "ROLLBACK_REPO": tmp, "ROLLBACK_CONFIG": str(config),
-               "ROLLBACK_DATA_DIR": tmp, "AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench",
-               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "PATH": os.environ["PATH"]}
-        fleet = build_fleet(load_settings(env, needs=["engine"]))
+        fleet = fleet_of(url, names, tmp, '[stages.prod]\nregion = "us-east-1"\n')
         service = RollbackService(fleet, fleet.settings.policy)
         calls: list = []
         fleet.default.artifacts.s3.meta.events.register("before-send.s3", lambda **kw: calls.append(1))

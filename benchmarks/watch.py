@@ -13,25 +13,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from moto.server import ThreadedMotoServer  # noqa: E402
 
-from benchmarks.listing import BUCKET, client  # noqa: E402
+from benchmarks.listing import BUCKET, fleet_of, moto_with_bucket  # noqa: E402
 from bot.adapters.artifacts import ArtifactStore  # noqa: E402
-from bot.core.config import load_settings  # noqa: E402
 from bot.core.stage_index import Artifact, StageIndex  # noqa: E402
-from bot.engine.build import build_fleet  # noqa: E402
 from bot.engine.service import RollbackService  # noqa: E402
 from bot.engine.watch import make_watcher  # noqa: E402
 
 
 def main(n_services: int = 50, n_stages: int = 3, rounds: int = 40) -> None:
-    import os
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
-    s3 = client(url)
-    s3.create_bucket(Bucket=BUCKET)
+    server, url, s3 = moto_with_bucket()
     names = [f"svc{i:02d}" for i in range(n_services)]
     stages = [f"stage{j}" for j in range(n_stages)]
     for name in names:
@@ -45,12 +36,7 @@ def main(n_services: int = 50, n_stages: int = 3, rounds: int = 40) -> None:
             index.set_live(index.artifacts[0], "ci", 1.0)  # deployed long ago: nothing to watch, only to poll
             s3.put_object(Bucket=BUCKET, Key=store.index_key(stage), Body=index.to_json())
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "rollback.toml"
-        config.write_text("".join(f'[services.{n}]\ndir = "services/{n}"\n' for n in names))
-        env = {"ROLLBACK_BUCKET": BUCKET, "ROLLBACK_REPO": tmp, "ROLLBACK_CONFIG": str(config),
-               "ROLLBACK_DATA_DIR": tmp, "AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench",
-               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "PATH": os.environ["PATH"]}
-        fleet = build_fleet(load_settings(env, needs=["engine"]))
+        fleet = fleet_of(url, names, tmp)
         watcher = make_watcher(RollbackService(fleet, fleet.settings.policy))
         calls: list[str] = []
         fleet.default.artifacts.s3.meta.events.register(
