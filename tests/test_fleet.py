@@ -317,3 +317,40 @@ aproovers = ["U-BO"]
                      "external_id without role_arn", "`prod` is both a stage and a service",
                      "ROLLBACK_REPO is not set"):
         assert expected in text, f"{expected!r} not in:\n{text}"
+
+
+def test_a_compose_service_is_checked_out_where_compose_put_it_at_the_target_commit(aws_env, s3, tmp_path):
+    """worker lived in services/worker-old at m1 and moved to services/worker at m2: rolling back to m1
+    checks out and deploys the folder that m1's serverless-compose.yml names."""
+    import git as gitlib
+
+    from tests.support.deploy_script import deploy_package
+
+    work = ServiceRepo(tmp_path / "work")
+    old = "services:\n  api:\n    path: services/api\n  worker:\n    path: services/worker-old\n"
+    m1 = work.commit("m1", {"serverless-compose.yml": old, "services/api/serverless.yml": yml("api"),
+                            "services/worker-old/serverless.yml": yml("worker"),
+                            "services/worker-old/handler.js": handler("worker v1")})
+    work.repo.git.mv("services/worker-old", "services/worker")
+    m2 = work.commit("m2: worker moves", {"serverless-compose.yml": old.replace("worker-old", "worker"),
+                                          "services/worker/handler.js": handler("worker v2")})
+    origin = tmp_path / "origin.git"
+    gitlib.Repo.clone_from(work.path, origin, bare=True).close()
+    packages = {v: fast_package(tmp_path / f"pkg-{v}", f"worker {v}", service="worker") for v in ("v1", "v2")}
+    store = ArtifactStore(make_s3_client(2), BUCKET, "worker", "rollback/")
+    for commit, v in ((m1, "v1"), (m2, "v2")):
+        store.publish("prod", commit, packages[v], build_id=f"worker-{v}", deployed=True, by="ci")
+    deploy_package(packages["v2"])
+    env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_PREFIX": "rollback/", "ROLLBACK_REPO": str(origin),
+           "ROLLBACK_DEPLOY_COMMAND": DEPLOY_COMMAND, "ROLLBACK_DATA_DIR": str(tmp_path / "bot")}
+    start = workspaces(lambda **o: load_settings({**env, **o}, needs=["engine"]), tmp_path)
+    ws = next(start)()
+    try:
+        card = ws.posts_card(ws.ana, "worker prod previous")
+        assert f"At {m1[:7]} the service's folder is services/worker-old" in all_text(card.first)
+        ws.bo.click(card.first, "approve")
+        card.becomes("✅")
+        lam = boto3.client("lambda")
+        assert code_in(lam, "worker-prod-hello") == code_sha256(packages["v1"] / "worker.zip")
+    finally:
+        next(start, None)

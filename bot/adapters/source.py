@@ -244,6 +244,16 @@ class SourceRepo:
         except (git.GitCommandError, SourceError):
             return None
 
+    def file_at(self, sha: str, name: str) -> str | None:
+        """A file at the repository's root at ``sha`` (the mirror as fetched), or None."""
+        if "/" in name or name.startswith(("-", ".")):
+            raise SourceError(f"{name!r} is not a plain file name")
+        with self._repo() as repo:
+            try:
+                return repo.git.show(f"{_sha(sha)}:{name}", "--")
+            except (git.GitCommandError, SourceError):
+                return None
+
     def fetch_root(self, name: str) -> str | None:
         """Fetch, then a file at the repository's root on its default branch (HEAD), or None."""
         if "/" in name or name.startswith(("-", ".")):

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
+import yaml
+
 from bot.core.errors import UserError
 from bot.core.names import closest
 
@@ -51,6 +53,7 @@ class ServiceEntry:
     dir: str = "."
     repo: str = ""  # "" means ROLLBACK_REPO
     after: tuple[str, ...] = ()
+    compose: bool = False  # from serverless-compose.yml: its folder is read again at each rollback's commit
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,18 @@ class Catalog:
             out.setdefault(depth(n), []).append(n)
         return [sorted(out[k]) for k in sorted(out)]
 
+    @staticmethod
+    def compose_path(compose_text: str | None, service: str) -> str | None:
+        """Where a Compose file (one commit's) puts ``service``, or None when it does not say."""
+        try:
+            doc = yaml.safe_load(compose_text or "")
+        except yaml.YAMLError:
+            return None
+        entry = doc.get("services", {}).get(service) if isinstance(doc, Mapping) and \
+            isinstance(doc.get("services"), Mapping) else None
+        path = entry.get("path", ".") if isinstance(entry, Mapping) else None
+        return path if isinstance(path, str) and _inside(path) else None
+
     def with_compose(self, compose: Mapping, source: str = COMPOSE_FILE) -> tuple[Catalog, list[str]]:
         """Add the services of a serverless-compose.yml: [services] entries in the file win."""
         problems: list[str] = []
@@ -163,7 +178,7 @@ class Catalog:
             if not isinstance(depends, list) or not all(isinstance(d, str) for d in depends):
                 problems.append(f"{source}: {name}.dependsOn must be a service name or a list of them")
                 depends = []
-            found[name] = ServiceEntry(name, path, "", tuple(depends))
+            found[name] = ServiceEntry(name, path, "", tuple(depends), compose=True)
         merged = {**found, **{k: v for k, v in self.services.items() if self.configured}}
         if not self.configured:  # ROLLBACK_SERVICE alone: Compose says which services there are
             merged = found or dict(self.services)

@@ -90,7 +90,15 @@ class Engine:
         return make_plan(self.artifacts, self.source, stage, ref, self.stage_stack(stage), build_id,
                          deploy_stage=catalog.serverless_stage(stage) if account else "",
                          account=account.describe() if account and self.shared.uses_accounts else "",
-                         region=account.region if account and account.role_arn else "", fetch=fetch)
+                         region=account.region if account and account.role_arn else "", fetch=fetch,
+                         dir_at=self._compose_dir_at)
+
+    def _compose_dir_at(self, commit: str) -> str | None:
+        """A Compose service's folder at ``commit`` (it may have moved since the bot started)."""
+        entry = self.settings.catalog.services.get(self.service)
+        if entry is None or not entry.compose:
+            return None
+        return self.settings.catalog.compose_path(self.source.file_at(commit, COMPOSE_FILE), self.service)
 
 
 class Shared:

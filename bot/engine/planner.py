@@ -37,6 +37,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     forward: bool = False  # the target was published after the live build: a roll forward
     refused_entries: int = 0  # index entries that failed validation (never offered)
+    service_dir: str = ""  # the service's folder at the target's commit, when Compose moved it ("": the usual one)
     exports: frozenset[str] = frozenset()  # CloudFormation export names the target's template declares
     imports: frozenset[str] = frozenset()  # … and the ones it imports (Fn::ImportValue)
 
@@ -145,6 +146,7 @@ def make_plan(
     account: str = "",
     region: str = "",
     fetch: bool = True,
+    dir_at: Callable[[str], str | None] | None = None,
 ) -> Plan:
     """``build_id`` with a full commit as ``ref`` names one build exactly (an approved card).
     ``deploy_stage`` is the Serverless stage the package must be built for; ``region`` the stage's."""
@@ -163,6 +165,12 @@ def make_plan(
     if fetch:  # an app plan fetches the shared mirror once for all its services
         source.fetch()
     source.commit(target.commit)  # a commit missing from the repository stops here, before anything runs
+    moved = dir_at(target.commit) if dir_at else None  # Compose's folder for the service at that commit
+    if moved and moved != source.service_dir:
+        source = source.for_dir(moved)
+        plan.service_dir = moved
+        plan.warnings.append(f"At {target.short} the service's folder is {moved} (its serverless-compose.yml); "
+                             "the rollback checks out and deploys that folder.")
     if live is not None and live.commit != target.commit and source.has(live.commit):
         # For a roll forward, the commits it brings back; for a rollback, the commits it undoes.
         plan.commits = (source.commits_between(target.commit, live.commit) if plan.forward

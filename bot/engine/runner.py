@@ -283,8 +283,9 @@ class JobRunner:
                                                        "AWS_ACCESS_KEY_ID")]
                 mask_line = Masker([*self.mask.secrets, *temporary]).lines()
                 emit(Event("job", "output", f"AWS: {plan.account or OWN_CREDENTIALS}, session rollback-job-{job_id}"))
+            source = self.source.for_dir(plan.service_dir) if plan.service_dir else self.source
             pipeline = Pipeline(
-                artifacts=self.artifacts, source=self.source, stage=plan.deploy_stage or plan.stage,
+                artifacts=self.artifacts, source=source, stage=plan.deploy_stage or plan.stage,
                 target=plan.target, workdir=workdir, plugin_cache=self.plugin_cache, env=env,
                 emit=emit, cancel=cancel, step_timeout=self.config.step_timeout,
                 deploy_template=self.config.deploy_template, install_template=self.config.install_template,
