@@ -270,7 +270,7 @@ def app_main(runs: int = 2, n_services: int = 6) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--app"]:
-        app_main(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
+    if sys.argv[1:2] == ["--app"]:  # --app [runs] [services]
+        app_main(int(sys.argv[2]) if len(sys.argv) > 2 else 2, int(sys.argv[3]) if len(sys.argv) > 3 else 6)
     else:
         main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
