@@ -5,6 +5,7 @@ after the window says nothing, a restart resumes, and a rollback settles under w
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import boto3
 import pytest
@@ -242,3 +243,35 @@ def test_the_alarms_of_the_services_own_stack_are_watched_too(watch, cloudwatch)
     watcher, _, _ = watch(auto=False)
     names = [a.name for a in watcher.reader.read("prod", "hello-service", "hello-service-prod")]
     assert names == [ALARM, "hello-service-prod-errors"]  # the config's, and the stack's own
+
+
+def test_alarm_names_and_reasons_from_cloudwatch_reach_slack_as_text(fast_prod, cloudwatch):
+    """An alarm's name and state reason are written by whoever owns the account: data, never markup."""
+    from slack_sdk import WebClient
+
+    from bot.adapters.alarms import AlarmState
+    from bot.core.keys import StageKey
+    from bot.engine.watch import WatchEvent
+    from bot.playground.slack import SlackStandIn
+    from bot.slack.notifier import Notifier
+    from bot.slack.watch_posts import WatchPoster
+    from tests.test_trust_rules import HOSTILE, assert_inert
+
+    standin = SlackStandIn()
+    try:
+        settings = fast_prod.settings
+        service = RollbackService(Fleet.of_one(fast_prod), settings.policy)
+        poster = WatchPoster(Notifier(WebClient(token="xoxb-t", base_url=standin.api_url)), service,
+                             replace(settings, channel="C-OPS"))
+        watch = {"commit_sha": "a" * 40, "build": "b-v2", "since": 1.0}
+        alarm = AlarmState(HOSTILE, "ALARM", HOSTILE, 2.0)
+        for kind in ("alarm", "auto", "error"):
+            poster(WatchEvent(kind, StageKey("hello-service", "prod"), watch, f"`{HOSTILE}` {HOSTILE}", alarm))
+        posted = standin.messages["C-OPS"]
+        assert len(posted) == 3
+        for message in posted:
+            assert "<!channel>" not in message["text"] and "<https://evil" not in message["text"]
+            as_text = [{"type": "section", "text": {"type": "mrkdwn", "text": message["text"]}}]
+            assert_inert(message["blocks"] or as_text)
+    finally:
+        standin.stop()
