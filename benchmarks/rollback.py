@@ -17,6 +17,7 @@ rollback in each phase.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -36,6 +37,13 @@ from tests.support.serverless_fixture import SLS_BIN, build_history, ci_deploy, 
 
 BUCKET = "bench-rollback"
 SERVICE = "hello-service"
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (the bot and, in these benchmarks, moto's server) and of its finished
+    children (node, git): what the machine's cores spent."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def timed(fn) -> float:
@@ -217,20 +225,26 @@ def _measure_app(service, fleet, names: list[str], commits: dict[str, str], runs
     def single(name: str, version: str) -> float:
         """One service's rollback as Slack runs it: from the approval (which plans again) to the end."""
         pending = service.request(service.key("prod", name), f"{name}-{version}", "bench", None)
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         job, _ = service.approve(pending.job_id, "bench-approver", None)
         result = fleet.engine(name).jobs.wait(job.id)
         if result["state"] != "succeeded":
             raise SystemExit(f"{name} failed: {result['reason']}")
-        took = time.perf_counter() - t0
-        fleet.engine(name).jobs.idle()
+        took, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        fleet.engine(name).jobs.idle()  # removing the job's folder and refilling the spare, off the clock
+        cpu_after[name] = cpu_seconds() - c0 - cpu
+        cpu_single[name] = cpu
         return took
+
+    cpu_single: dict[str, float] = {}
+    cpu_after: dict[str, float] = {}
+    cpu_app: list[float] = []
 
     breakdown: list[str] = []
 
     def app(ref: str) -> float:
         pending = service.apps.request("prod", ref, "bench", None)
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         service.apps.approve(pending.job_id, "bench-approver", None)
         approved = time.perf_counter() - t0
         result = service.apps.wait(pending.job_id)
@@ -248,6 +262,7 @@ def _measure_app(service, fleet, names: list[str], commits: dict[str, str], runs
         if result["state"] != "succeeded":
             raise SystemExit(f"app rollback failed: {result['reason']}")
         took = time.perf_counter() - t0
+        cpu_app.append(cpu_seconds() - c0)
         for name in names:
             fleet.engine(name).jobs.idle()
         return took
@@ -259,13 +274,18 @@ def _measure_app(service, fleet, names: list[str], commits: dict[str, str], runs
     for name in names:
         print(f"single-service rollback of {name}…", file=sys.stderr, flush=True)
         warm[name] = single(name, "v1")
+        cpu_v1, after_v1 = cpu_single[name], cpu_after[name]
         single(name, "v2")  # and back, off the clock
+        cpu_single[name], cpu_after[name] = cpu_v1, after_v1
     phases = [names[half:], names[:half]]  # the rollback order: dependents first
     expected = sum(max(warm[n] for n in phase) for phase in phases)
-    app_times = []
+    warm_cpu = dict(cpu_single)  # the singles' CPU on their way back (v2 → v1), as the app run moves
+    warm_after = dict(cpu_after)
+    app_times, app_cpu = [], []
     for n in range(runs):
         print(f"app rollback {n + 1}/{runs}…", file=sys.stderr, flush=True)
         app_times.append(app(commits["v1"]))
+        app_cpu.append(cpu_app[-1])
         app(commits["v2"])  # forward again (deploy order), off the clock
     median = statistics.median(app_times)
     print("| warm single-service rollback | " + " | ".join(names) + " |")
@@ -278,6 +298,19 @@ def _measure_app(service, fleet, names: list[str], commits: dict[str, str], runs
     print(f"ratio: {median / expected:.2f} (target ≤ 1.3)")
     print("breakdown of each app run: " + " | ".join(breakdown))
     print(f"this machine has {os.cpu_count()} CPU cores; a phase runs {half} {what} at once")
+    cores = os.cpu_count() or 1
+    need = sum(warm_cpu.values())
+    floor = need / cores
+    print(f"\nCPU (this process, which also runs moto's server, plus node and git): a single rollback uses "
+          f"{statistics.median(warm_cpu.values()):.1f} s of CPU in its "
+          f"{statistics.median(warm.values()):.1f} s (median), and {statistics.median(warm_after.values()):.1f} s "
+          f"more after it ends (removing its folder, refilling the spare)")
+    verdict = (f"so the lowest ratio this machine's CPU allows is {floor / expected:.2f}" if floor > expected
+               else "well under the phases' sum: the CPU is not what limits the ratio here")
+    print(f"the {n_services} singles' CPU together: {need:.1f} s; on {cores} cores no schedule finishes them in "
+          f"under {floor:.1f} s, {verdict}")
+    print(f"CPU of each app run: {', '.join(f'{c:.1f} s' for c in app_cpu)} "
+          f"(over {cores} cores: {', '.join(f'{c / cores:.1f} s' for c in app_cpu)})")
 
 
 
