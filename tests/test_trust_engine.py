@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -204,3 +205,57 @@ def test_a_failed_or_unverified_deploy_says_which_build_lambda_runs_now(fast_pro
     deploy_package(fast_package(fast_service.work.path.parent / "odd", "hotfix-by-hand"))
     job = failing.jobs.wait(failing.jobs.start(failing.plan("prod", "previous"), "U-ANA", "U-BO"), timeout=60)
     assert "Lambda runs none of the stored builds compared" in job["reason"]
+
+
+def _cancelled_run(tmp_path, script: str, grace: float, monkeypatch) -> tuple[threading.Thread, list, Path]:
+    """run_command on a Python child that writes its pid and its group's, cancelled once it is running."""
+    from bot.engine import pipeline
+
+    monkeypatch.setattr(pipeline, "KILL_GRACE", grace)
+    cancel, outcome = threading.Event(), []
+    pids = tmp_path / "pids"
+
+    def run() -> None:
+        try:
+            pipeline.run_command("deploy", [sys.executable, "-c", script, str(pids)], tmp_path, dict(os.environ),
+                                 lambda line: None, timeout=120, cancel=cancel)
+        except pipeline.Cancelled as exc:
+            outcome.append(exc.reason)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    wait_for(lambda: pids.exists() and pids.read_text().count("\n") >= 1, 10, "the command to start")
+    cancel.set()
+    return t, outcome, pids
+
+
+def test_a_cancelled_deploy_that_stops_at_once_is_not_held_for_the_kill_grace_period(tmp_path, monkeypatch):
+    # A deploy exits on SIGTERM. Its group used to look alive until the grace period ran out (the
+    # leader, not yet reaped, was a zombie), so every cancel of a running deploy took 5 s more.
+    script = ("import os, sys, time; open(sys.argv[1], 'w').write(f'{os.getpid()}\\n'); time.sleep(60)")
+    t, outcome, _ = _cancelled_run(tmp_path, script, grace=60, monkeypatch=monkeypatch)
+    t.join(timeout=15)  # far below the 60 s grace: only a wait on a dead process could reach it
+    assert not t.is_alive(), "cancel waited for the kill grace period although the deploy had stopped"
+    assert outcome == ["cancelled while running; its processes were stopped"]
+
+
+def test_a_cancelled_deploy_that_ignores_sigterm_is_killed_with_its_children(tmp_path, monkeypatch):
+    script = ("import os, signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)']); "
+              "open(sys.argv[1], 'w').write(f'{os.getpid()}\\n{child.pid}\\n'); time.sleep(60)")
+    t, outcome, pids = _cancelled_run(tmp_path, script, grace=0.5, monkeypatch=monkeypatch)
+    t.join(timeout=15)
+    assert not t.is_alive() and outcome == ["cancelled while running; its processes were stopped"]
+    leader, child = (int(p) for p in pids.read_text().split())
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        state = Path(f"/proc/{pid}/stat")
+        return state.exists() and state.read_text().split(")")[1].split()[0] == "Z"  # dead, awaiting its parent
+
+    wait_for(lambda: gone(child), 10, "the deploy's own child to be killed")
+    assert gone(leader)

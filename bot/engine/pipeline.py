@@ -56,14 +56,19 @@ class Outcome:
     installed_from_cache: bool = False
 
 
-def kill_group(pid: int) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
+def kill_group(pid: int, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after a grace period.
+
+    ``proc``, when the leader is our child, is reaped while we wait: an unreaped leader stays a
+    zombie, which keeps its group alive, and the wait would last the whole grace period."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
     deadline = time.monotonic() + KILL_GRACE
     while time.monotonic() < deadline:
+        if proc is not None:
+            proc.poll()
         try:
             os.killpg(pid, 0)
         except (ProcessLookupError, PermissionError):
@@ -113,10 +118,10 @@ def run_command(
         elif time.monotonic() > deadline:
             why = "timeout"
         if why:
-            kill_group(proc.pid)
+            kill_group(proc.pid, proc)
             proc.wait()
             break
-    kill_group(proc.pid)  # children the command left behind in its group
+    kill_group(proc.pid, proc)  # children the command left behind in its group
     reader.join(timeout=5)
     if why == "cancelled":
         raise Cancelled(step, "cancelled while running; its processes were stopped")
