@@ -20,7 +20,7 @@ from bot.adapters.source import local_commit
 from bot.core.catalog import UnknownService
 from bot.core.config import Settings
 from bot.core.errors import UserError
-from bot.core.jobs import Job
+from bot.core.jobs import Job, JobState
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
 from bot.engine.build import artifact_store, build_fleet
@@ -259,7 +259,8 @@ def _rollback_app(args, service: RollbackService) -> int:
 
 def _say_parts(service: RollbackService, app_id: int, said: dict[int, str]) -> None:
     for part in service.apps.parts(app_id):
-        state = str(part.state)
+        # approved with the app; "approving" is how a service waits for its phase
+        state = "waiting for its phase" if part.state == JobState.APPROVING else str(part.state)
         if said.get(part.id) != state:
             said[part.id] = state
             took = f" in {part.duration:.1f}s" if part.finished and part.duration is not None else ""

@@ -35,6 +35,39 @@ def test_the_terminal_rolls_the_app_back_and_history_shows_it_as_one_entry(app_e
         "api-v1", "billing-v1", "worker-v1"]
 
 
+
+def test_ctrl_c_in_the_terminal_starts_no_further_phase_and_releases_every_lock(app_env, repo, lam, tmp_path):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import threading
+
+    held = tmp_path / "hold-the-deploy"
+    held.write_text("")
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", repo.commits["c1"][:8], "--yes",
+                             "--by", "U-CY"], env={**app_env, "SLS_TEST_DEPLOY_WAIT_FOR": str(held)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("[worker] running" in line for line in out), 60, "worker's deploy to start")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        held.unlink(missing_ok=True)
+        proc.kill()
+    reader.join(timeout=5)
+    said, err = "".join(out), proc.stderr.read()
+    assert proc.returncode == 1, said + err
+    assert "cancelling: no further phase starts" in err and "cancelled" in err
+    assert "[api] waiting for its phase" in said and "[worker] running" in said
+    assert "[worker] cancelled" in said and "[api] skipped" in said and "[billing] skipped" in said
+    assert all(live(lam, svc) == code(repo, svc, "v2") for svc in ("api", "worker", "billing"))
+    with sqlite3.connect(tmp_path / "bot" / "rollback-bot.sqlite") as db:  # no lock outlives the terminal
+        assert db.execute("SELECT service, stage FROM stage_locks").fetchall() == []
+
 def test_the_live_card_keeps_to_the_call_budget_and_labels_each_services_output(app, repo):
     ws = app(SLS_TEST_DEPLOY_LINES="3000", SLS_TEST_DEPLOY_SLEEP="2")
     card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
