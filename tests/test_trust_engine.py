@@ -5,6 +5,7 @@ server that never answers, a pid that was reused)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -259,3 +260,41 @@ def test_a_cancelled_deploy_that_ignores_sigterm_is_killed_with_its_children(tmp
 
     wait_for(lambda: gone(child), 10, "the deploy's own child to be killed")
     assert gone(leader)
+
+
+def test_ctrl_c_during_a_terminal_rollback_stops_the_deploy_and_releases_the_stage(
+        fast_prod, fast_service, aws_env, tmp_path):
+    from bot.adapters.store import Store
+    from tests.support.fast_service import DEPLOY_COMMAND
+    from tests.support.serverless_fixture import sls_env
+
+    held = tmp_path / "hold-the-deploy"
+    held.write_text("")
+    data = tmp_path / "terminal"
+    env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
+           "ROLLBACK_REPO": str(fast_service.origin), "ROLLBACK_DATA_DIR": str(data),
+           "ROLLBACK_DEPLOY_COMMAND": DEPLOY_COMMAND, "SLS_TEST_DEPLOY_WAIT_FOR": str(held),
+           "SLS_TEST_DEPLOY_PRINT": "deploy under way"}
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", "previous", "--yes", "--by", "ana"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("deploy under way" in line for line in out), 60, "the deploy to start")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        held.unlink(missing_ok=True)
+        proc.kill()
+    reader.join(timeout=5)
+    err = proc.stderr.read()
+    assert proc.returncode == 1, "".join(out) + err
+    assert "cancelling: stopping the job's processes" in err
+    assert "cancelled" in err and "Lambda runs" in err  # what runs now, said before the terminal returns
+    assert live_code() == fast_code(fast_service, "v2")
+    job = Store(data / "rollback-bot.sqlite").jobs()[0]
+    assert job["state"] == "cancelled" and job["cancelled_by"] == "ana"
+    assert Store(data / "rollback-bot.sqlite").lock_of(PROD) is None
+    assert fast_prod.artifacts.read_index("prod").in_use == []  # the build is no longer held for the job
