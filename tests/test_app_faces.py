@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from tests.support.app_fixtures import code, live
-from tests.support.slack_session import CHANNEL
+from tests.support.slack_session import CHANNEL, all_text
 from tests.support.waiting import wait_for
 
 
@@ -67,6 +67,42 @@ def test_ctrl_c_in_the_terminal_starts_no_further_phase_and_releases_every_lock(
     assert all(live(lam, svc) == code(repo, svc, "v2") for svc in ("api", "worker", "billing"))
     with sqlite3.connect(tmp_path / "bot" / "rollback-bot.sqlite") as db:  # no lock outlives the terminal
         assert db.execute("SELECT service, stage FROM stage_locks").fetchall() == []
+
+
+def test_rollback_cancel_stage_stops_the_app_rollback_running_there(app, repo, lam, tmp_path):
+    held = tmp_path / "hold-the-deploys"
+    held.write_text("")
+    ws = app(SLS_TEST_DEPLOY_WAIT_FOR=str(held))
+    try:
+        assert "No rollback of `prod` is running here." in ws.says(ws.bo, "cancel prod")
+        card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
+        ws.cy.click(card.first, "approve")
+        card.becomes("⏳ Rolling back the app")
+        # Bo, an approver of prod, neither asked nor approved: the stage's one command stops the app's run
+        assert "Cancelling app rollback" in ws.says(ws.bo, "cancel prod")
+        done = card.becomes("🛑 App rollback cancelled")
+    finally:
+        held.unlink(missing_ok=True)
+    assert "Cancelled by" in all_text(done)
+    assert all(live(lam, svc) == code(repo, svc, "v2") for svc in ("api", "worker", "billing"))
+
+
+def test_rollback_cancel_stage_names_the_services_when_several_of_their_own_run(app, repo, tmp_path):
+    held = tmp_path / "hold-the-deploys"
+    held.write_text("")
+    ws = app(SLS_TEST_DEPLOY_WAIT_FOR=str(held))
+    try:
+        for svc in ("api", "worker"):
+            card = ws.posts_card(ws.ana, f"{svc} prod {svc}-v1")
+            ws.bo.click(card.first, "approve")
+            card.becomes("⏳")
+        said = ws.says(ws.bo, "cancel prod")
+        assert "Several rollbacks are running in `prod`: `api` (job" in said and "`worker` (job" in said
+        assert "`/rollback cancel api prod`" in said
+        assert "Cancelling job" in ws.says(ws.bo, "cancel worker prod")
+        wait_for(lambda: "Cancelling job" in ws.says(ws.bo, "cancel prod"), 30, "the one left to be cancelled")
+    finally:
+        held.unlink(missing_ok=True)
 
 def test_the_live_card_keeps_to_the_call_budget_and_labels_each_services_output(app, repo):
     ws = app(SLS_TEST_DEPLOY_LINES="3000", SLS_TEST_DEPLOY_SLEEP="2")

@@ -341,6 +341,24 @@ class RollbackService:
             raise Refused(f"No rollback of `{stage}` is running here.", "gone")
         return self.cancel_job(job["id"], user, channel, groups_of)
 
+    def cancel_in_stage(self, stage: str, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str:
+        """`/rollback cancel prod` on a bot of several services: the app rollback running in the stage, or
+        the one service's rollback running there. Several services' own rollbacks are named, not guessed."""
+        stage = self._stage(StageKey(APP, stage))
+        running = [Job.from_row(r) for r in self.store.jobs(states=[JobState.RUNNING]) if r["stage"] == stage]
+        app = next((j for j in running if j.is_app), None)
+        if app is not None:
+            return self.cancel_job(app.id, user, channel, groups_of)
+        alone = [j for j in running if not j.app_id]
+        if len(alone) == 1:
+            return self.cancel_job(alone[0].id, user, channel, groups_of)
+        self._check(self.policy.may_act_in(stage, channel), user, "cancel", StageKey(APP, stage))
+        if not alone:
+            raise Refused(f"No rollback of `{stage}` is running here.", "gone")
+        named = ", ".join(f"`{j.service}` (job {j.id})" for j in sorted(alone, key=lambda j: j.service))
+        raise Refused(f"Several rollbacks are running in `{stage}`: {named}. Say which one: "
+                      f"`/rollback cancel {sorted(alone, key=lambda j: j.service)[0].service} {stage}`.", "busy")
+
     def unfreeze(self, key: StageKey, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str | None:
         stage = self._stage(key)
         self._check(self.policy.may_approve(stage, user, "", channel, groups_of, key.service), user, "unfreeze", key)

@@ -18,10 +18,11 @@ SEVERAL_COMMANDS = (  # a bot of several services
     ("/rollback <stage>", "a line per service: its live build, bad or frozen, and a button to its builds"),
     ("/rollback <service> <stage>", "the service's recent builds on the stage, a button on each"),
     ("/rollback <service> <stage> <sha|build-id|previous>", "a plan card for that service, with Approve and Cancel"),
+    ("/rollback <stage> <sha|previous>", "the whole app back to that commit: one card, every service"),
     ("/rollback status", "running rollbacks and frozen stages, per service"),
     ("/rollback history [service] <stage>", "past rollbacks: who, when, from → to, outcome"),
     ("/rollback unfreeze <service> <stage>", "let CI deploy the service's stage again (approvers)"),
-    ("/rollback cancel <service> <stage>", "stop the running rollback of the service's stage"),
+    ("/rollback cancel [service] <stage>", "stop the running rollback: the app's or the only one, or the service's"),
     ("/rollback help", "this"),
 )
 USAGE = " · ".join(f"`{syntax}`" for syntax, _ in COMMANDS)

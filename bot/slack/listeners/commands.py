@@ -43,7 +43,9 @@ def register(app: App, slack: Slack) -> None:
                         text="rollback-bot status")
             elif cmd.action == "history":
                 respond(kit.history_text(cmd.stage, service.history_of(cmd.stage, key, user_id, channel)))
-            elif key is None:  # unfreeze or cancel: one service's stage
+            elif cmd.action == "cancel" and key is None:  # several services: the app's, or the only one running
+                respond(service.cancel_in_stage(cmd.stage, user_id, channel, groups_of))
+            elif key is None:  # unfreeze: one service's stage
                 respond(kit.choose_service_text(cmd.stage, "", service.services, cmd.action))
             elif cmd.action == "unfreeze":
                 was = service.unfreeze(key, user_id, channel, groups_of)
