@@ -155,6 +155,8 @@ def cmd_rollback(args, settings: Settings) -> int:
     key = service.key(args.stage, args.service)
     engine = service.fleet.engine(key.service)
     engine.jobs.recover()
+    if service.several:  # an app rollback a crash cut short holds nothing any more, and says so
+        service.apps.recover()
     who = args.by or settings.actor or "cli"
     plan = service.plan_for_terminal(key, args.ref, who)
     where = plan.where  # "api in prod" on a bot of several services
@@ -215,6 +217,7 @@ def _rollback_app(args, service: RollbackService) -> int:
     """Every service of the stage to its newest build at or before the commit, as in Slack."""
     for engine in service.fleet.engines.values():
         engine.jobs.recover()
+    service.apps.recover()
     who = args.by or service.fleet.settings.actor or "cli"
     pending = service.apps.request(args.stage, args.ref, who, None)
     shown = json.loads(service.store.job(pending.job_id)["plan_json"])

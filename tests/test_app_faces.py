@@ -104,6 +104,41 @@ def test_rollback_cancel_stage_names_the_services_when_several_of_their_own_run(
     finally:
         held.unlink(missing_ok=True)
 
+
+def test_a_bot_killed_mid_app_rollback_is_recovered_with_who_is_where_on_restart(app, app_env, repo, lam, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    held = tmp_path / "hold-the-deploy"
+    held.write_text("")
+    bot = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", repo.commits["c1"][:8], "--yes",
+                            "--by", "U-CY"], env={**app_env, "SLS_TEST_DEPLOY_WAIT_FOR": str(held)},
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    try:
+        out: list[str] = []
+        wait_for(lambda: out.append(bot.stdout.readline()) or "[worker] running" in out[-1], 60, "worker to run")
+        bot.send_signal(signal.SIGKILL)  # the machine went away: nothing of the bot runs its cleanup
+        bot.wait(timeout=30)
+        ws = app()  # the bot starts again on the same data
+        said = next(m for m in ws.standin.messages["C-DEPLOYS"]  # start-up recovers before serving anyone
+                    if "App rollback 1 of `prod` was interrupted by a restart" in m["text"])
+    finally:
+        held.unlink(missing_ok=True)
+        bot.kill()
+    assert "interrupted: worker (" in said["text"] and "unchanged (not started): api, billing" in said["text"]
+    job = ws.service.store.job(1)
+    assert job["state"] == "interrupted" and "Check each service's stack" in job["reason"]
+    parts = {p["service"]: p["state"] for p in ws.service.store.parts_of(1)}
+    assert parts == {"worker": "interrupted", "api": "skipped", "billing": "skipped"}
+    assert all(ws.service.store.lock_of(ws.service.key("prod", s)) is None for s in parts)
+    assert all(live(lam, svc) == code(repo, svc, "v2") for svc in ("api", "worker", "billing"))
+    # nothing is stuck: the same rollback can be asked for and runs
+    card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
+    ws.cy.click(card.first, "approve")
+    card.becomes("✅")
+    assert all(live(lam, svc) == code(repo, svc, "v1") for svc in ("api", "worker", "billing"))
+
 def test_the_live_card_keeps_to_the_call_budget_and_labels_each_services_output(app, repo):
     ws = app(SLS_TEST_DEPLOY_LINES="3000", SLS_TEST_DEPLOY_SLEEP="2")
     card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")

@@ -335,3 +335,25 @@ def test_the_app_cards_stay_inside_slacks_limits_at_50_services_and_keep_text_as
     assert_inert(progress)
     assert any(b["type"] == "actions" and b["elements"][0]["action_id"] == "undo_app" for b in progress)
     assert_inert([kit.section(kit.app_details_text(shown)[:2900])])
+
+
+def test_an_app_card_after_a_restart_says_so_and_keeps_the_way_back():
+    from bot.engine.app import who_is_where
+
+    rows = {"worker": {"state": "succeeded", "recorded": 1}, "api": {"state": "interrupted", "reason": "deploy: cut"},
+            "billing": {"state": "skipped"}}
+    where = who_is_where(rows)
+    assert where == "at the target: worker; interrupted: api (deploy: cut); unchanged (not started): billing"
+    shown = {"ref": "abc1234", "commit": SHA, "phases": [["worker"], ["api", "billing"]], "services": [
+        {"service": n, "status": "roll"} for n in rows]}
+    app = Job.from_row({"id": 9, "stage": "prod", "state": "interrupted", "service": "*", "requested_by": "U-ANA",
+                        "reason": f"interrupted by a restart: {where}", "started": 1.0, "finished": 9.0,
+                        "created": 1.0, "plan_json": json.dumps(shown)})
+    parts = [Job.from_row({"id": 10 + n, "stage": "prod", "state": row["state"], "service": name, "app_id": 9,
+                           "target_commit": SHA2, "live_commit": SHA, "created": 1.0})
+             for n, (name, row) in enumerate(rows.items())]
+    card = kit.app_progress_blocks(app, parts, {}, 10.0)
+    text = json.dumps(card, ensure_ascii=False)
+    assert "⚠️ App rollback interrupted by a restart: prod" in text
+    assert "Where each service is:* interrupted by a restart: at the target: worker" in text
+    assert any(b["type"] == "actions" and b["elements"][0]["action_id"] == "undo_app" for b in card)

@@ -196,6 +196,38 @@ def app_card_json(app: AppPlan) -> str:
     })
 
 
+NOT_STARTED = "not started: an earlier phase failed or the rollback was cancelled"
+
+
+def skip_unstarted(store, parts: dict[str, int], reason: str) -> dict[str, dict]:
+    """The services of an app rollback that never started become skipped and free their lock.
+    Returns every service's job row as it is now."""
+    for name, job_id in parts.items():
+        job = store.job(job_id)
+        if job["state"] == JobState.APPROVING:  # approved with the app, waiting for its phase
+            store.update_job(job_id, state="skipped", finished=time.time(), reason=reason)
+            store.release_lock(StageKey(name, job["stage"]), job_id)
+    return {name: store.job(job_id) for name, job_id in parts.items()}
+
+
+def who_is_where(parts: dict[str, dict]) -> str:
+    """"at the target: api; failed: billing (why); …": what an app rollback left, service by service."""
+    def named(*states: str, why: bool = False) -> str:
+        return ", ".join(f"{n} ({j.get('reason') or '?'})" if why else n
+                         for n, j in parts.items() if j["state"] in states)
+
+    done = [n for n, j in parts.items() if j["state"] == "succeeded"]
+    words = [f"{label}: {names}" for label, names in (
+        ("at the target", named("succeeded")),
+        ("failed", named("failed", why=True)),
+        ("interrupted", named("interrupted", why=True)),
+        ("cancelled", named("cancelled")),
+        ("unchanged (not started)", named("skipped")),
+        ("index.json not yet updated (CI NOT frozen) for",
+         ", ".join(n for n in done if parts[n].get("recorded") == 0))) if names]
+    return "; ".join(words)
+
+
 class AppRun:
     """Runs an approved app rollback's phases on a thread of its own: each phase's services at once
     (at most ``concurrency``), the next phase only when every service of this one succeeded."""
@@ -271,35 +303,15 @@ class AppRun:
         return ok
 
     def _finish(self) -> None:
-        parts = {name: self.store.job(job_id) for name, job_id in self.parts.items()}
-        for name, job in parts.items():
-            if job["state"] == JobState.APPROVING:  # never started: an earlier phase failed, or a cancel
-                self.store.update_job(job["id"], state="skipped", finished=time.time(),
-                                      reason="not started: an earlier phase failed or the rollback was cancelled")
-                self.store.release_lock(StageKey(name, job["stage"]), job["id"])
-        parts = {name: self.store.job(job_id) for name, job_id in self.parts.items()}
+        parts = skip_unstarted(self.store, self.parts, NOT_STARTED)
         states = {name: job["state"] for name, job in parts.items()}
         done = [n for n, st in states.items() if st == "succeeded"]
         failed = [n for n, st in states.items() if st in ("failed", "interrupted")]
-        stopped = [n for n, st in states.items() if st == "cancelled"]
-        skipped = [n for n, st in states.items() if st == "skipped"]
         unrecorded = [n for n in done if parts[n].get("recorded") == 0]
-        words = []
-        if done:
-            words.append("at the target: " + ", ".join(done))
-        if failed:
-            words.append("failed: " + ", ".join(f"{n} ({parts[n].get('reason') or '?'})" for n in failed))
-        if stopped:
-            words.append("cancelled: " + ", ".join(stopped))
-        if skipped:
-            words.append("unchanged (not started): " + ", ".join(skipped))
-        if unrecorded:
-            words.append("index.json not yet updated (CI NOT frozen) for: " + ", ".join(unrecorded))
         state = "succeeded" if len(done) == len(parts) else ("cancelled" if self.cancelled.is_set() and not failed
                                                              else "failed")
-        reason = "; ".join(words)
         self.store.update_job(self.app_id, state=state, finished=time.time(),
-                              reason="" if state == "succeeded" and not unrecorded else reason,
+                              reason="" if state == "succeeded" and not unrecorded else who_is_where(parts),
                               recorded=0 if unrecorded else 1)
         self.store.audit(self.approved_by or self.requested_by, f"app.{state}", StageKey("*", self.app.stage),
                          self.app_id, services=states, **self.audit)

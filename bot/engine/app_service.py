@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 from bot.adapters.store import StageBusy
 from bot.core.jobs import APP, Job
 from bot.core.keys import StageKey
-from bot.engine.app import AppPlan, AppRun, app_card_json, make_app_plan
+from bot.engine.app import AppPlan, AppRun, app_card_json, make_app_plan, skip_unstarted, who_is_where
 from bot.engine.planner import card_json, summary_changes
+from bot.engine.runner import runner_alive, runner_stamp
 
 if TYPE_CHECKING:
     from bot.engine.service import RollbackService
@@ -167,7 +168,7 @@ class AppRollbacks:
                 svc._audit(user, "approve.refused", key, job_id, reason=str(exc))
                 raise svc.refused(f"{exc}. Nothing was deployed: an app rollback takes every service's lock "
                                   "or none.", "busy") from exc
-            self.store.update_job(job_id, state="running", started=svc.clock())
+            self.store.update_job(job_id, state="running", started=svc.clock(), **runner_stamp())
         except Exception as exc:
             if isinstance(exc, svc.refused_type):
                 raise
@@ -203,6 +204,32 @@ class AppRollbacks:
         self.store.update_job(job_id, cancelled_by=user)
         run.cancel(user)
         return f"Cancelling app rollback {job_id}: no further phase starts, and running services are stopped."
+
+    def recover(self) -> list[dict]:
+        """App rollbacks a restart cut short (run after each service's runner recovered its own jobs):
+        the services that never started are skipped and freed, and the app is marked interrupted with
+        who is where. One that another live process on this machine runs is left alone."""
+        recovered = []
+        for job in self.store.jobs(states=["running"], limit=1000, service=APP):
+            with self._lock:
+                if job["id"] in self.runs:
+                    continue
+            if runner_alive(job):
+                continue
+            parts = {p["service"]: p["id"] for p in self.store.parts_of(job["id"])}
+            for name, part_id in parts.items():
+                part = self.store.job(part_id)
+                if part["state"] == "running" and name in self.service.fleet.engines:
+                    self.service.fleet.engine(name).jobs.recover()  # its own runner marks it interrupted
+            rows = skip_unstarted(self.store, parts, "not started: the bot restarted during the app rollback")
+            where = who_is_where(rows)
+            self.store.update_job(job["id"], state="interrupted", finished=self.service.clock(),
+                                  reason=f"interrupted by a restart: {where or 'no service had started'}. "
+                                         "Check each service's stack before doing anything else")
+            self.service._audit("rollback-bot", "app.interrupted", StageKey(APP, job["stage"]), job["id"],
+                                services={n: r["state"] for n, r in rows.items()})
+            recovered.append(self.store.job(job["id"]))
+        return recovered
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict:
         with self._lock:

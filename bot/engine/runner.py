@@ -455,18 +455,11 @@ class JobRunner:
     # -- recovery --------------------------------------------------------------------------------
 
     def _runner_alive(self, job: dict) -> bool:
-        """Whether the process that runs ``job`` is still there: same host, same pid, same start
-        time, and not this process (which knows its own jobs)."""
-        pid = job.get("pid")
-        if job.get("host") != socket.gethostname() or not pid:
-            return False
-        if pid == self.pid:
+        """Whether the process that runs ``job`` is still there (this process knows its own jobs)."""
+        if job.get("pid") == self.pid and job.get("host") == socket.gethostname():
             with self._lock:
                 return job["id"] in self._cancels
-        if not _alive(pid):
-            return False
-        started = process_start(pid)
-        return not (job.get("pid_start") and started and started != job["pid_start"])
+        return runner_alive(job)
 
     def _stage_stack(self, stage: str, name: str, region: str) -> Stack:
         """A stack read with the stage's credentials (the bot's own unless the stage has a role)."""
@@ -533,6 +526,23 @@ class JobRunner:
             unfreeze = bool(job.get("unfreeze"))
             self._later_thread(lambda j=job["id"], p=plan, h=holder, m=marker, u=unfreeze:
                                self._retry_record(j, p, h, m, u))
+
+
+def runner_stamp() -> dict:
+    """What a running job records of the process that runs it, for ``runner_alive``."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid())}
+
+
+def runner_alive(job: dict) -> bool:
+    """Whether another process on this machine that runs ``job`` is still there: same host, same
+    pid, same start time (a reused pid is not the same process)."""
+    pid = job.get("pid")
+    if job.get("host") != socket.gethostname() or not pid or pid == os.getpid():
+        return False
+    if not _alive(pid):
+        return False
+    started = process_start(pid)
+    return not (job.get("pid_start") and started and started != job["pid_start"])
 
 
 def _alive(pid: int) -> bool:

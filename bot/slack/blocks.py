@@ -471,7 +471,8 @@ def app_title_of(job: Job) -> str:
     if job.state is JobState.RUNNING:
         return "⏳ Stopping the app rollback…" if job.cancelled_by else "⏳ Rolling back the app"
     return {JobState.SUCCEEDED: "✅ Rolled back the app", JobState.FAILED: "❌ App rollback stopped",
-            JobState.CANCELLED: "🛑 App rollback cancelled"}.get(job.state, f"App rollback {job.state}")
+            JobState.CANCELLED: "🛑 App rollback cancelled",
+            JobState.INTERRUPTED: "⚠️ App rollback interrupted by a restart"}.get(job.state, f"App rollback {job.state}")
 
 
 def app_progress_blocks(job: Job, parts: list[Job], steps: dict[int, str], now: float) -> list[dict]:
@@ -516,7 +517,7 @@ def app_progress_blocks(job: Job, parts: list[Job], steps: dict[int, str], now: 
     if settled:  # the alarm watch's verdict on each service that moved
         blocks.append(context(_clip("👀 " + " · ".join(settled))))
     finished = [p for p in parts if p.state is JobState.SUCCEEDED]
-    if job.state in (JobState.FAILED, JobState.CANCELLED) and finished:
+    if job.state in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED) and finished:
         blocks.append({"type": "actions", "elements": [
             button("Roll the finished services forward again", ids.UNDO_APP, ids.job_value(job.id))]})
     return blocks

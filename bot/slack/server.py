@@ -13,11 +13,13 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.core.config import Settings
+from bot.core.jobs import Job
 from bot.core.masking import Masker, mask_logs
 from bot.core.policy import PolicySource
 from bot.engine.build import Engine, build_fleet
 from bot.engine.service import RollbackService
 from bot.engine.watch import make_watcher
+from bot.slack import blocks as kit
 from bot.slack.app import build_app, make_client, sweep_expired
 from bot.slack.mrkdwn import esc_message
 from bot.slack.notifier import Notifier
@@ -101,6 +103,8 @@ def start_up(settings: Settings, engine: Engine, service: RollbackService, clien
             if channel:  # a Slack failure here is logged and never stops the bot from starting
                 Notifier(client).post(channel, f"⚠️ Rollback job {job['id']} of `{esc_message(what)}` was "
                                                f"interrupted by a restart. {esc_message(job['reason'])}")
+    for job in service.apps.recover():  # after the services' own jobs: the app says who is where
+        _app_interrupted(service, settings, Notifier(client), job)
     housekeeping(settings, engine, service, client)
     stop = threading.Event()
     threading.Thread(target=_housekeeping_loop, args=(settings, engine, service, client, stop),
@@ -110,6 +114,19 @@ def start_up(settings: Settings, engine: Engine, service: RollbackService, clien
         watcher.listeners.append(WatchPoster(Notifier(client), service, settings))
         threading.Thread(target=watcher.run, args=(stop,), name="rollback-watch", daemon=True).start()
     return stop
+
+
+def _app_interrupted(service: RollbackService, settings: Settings, notify: Notifier, job: dict) -> None:
+    """The app's card shows where each service was left (with the way back), and its channel is told."""
+    app = Job.from_row(job)
+    parts = [Job.from_row(r) for r in service.store.parts_of(app.id)]
+    if app.channel and app.message_ts:
+        notify.update(app.channel, app.message_ts, f"App rollback {app.id}: interrupted",
+                      kit.app_progress_blocks(app, parts, {}, time.time()))
+    channel = service.policy.notify_channel(app.stage, settings.channel) or app.channel
+    if channel:
+        notify.post(channel, f"⚠️ App rollback {app.id} of `{esc_message(app.stage)}` was interrupted by a "
+                             f"restart. {esc_message(app.reason)}", thread_ts=app.message_ts or None)
 
 
 def housekeeping(settings: Settings, engine: Engine, service: RollbackService, client) -> None:
