@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bot import __version__
+from bot.adapters.artifacts import validate_stage
 from bot.adapters.source import local_commit
 from bot.core.catalog import UnknownService
 from bot.core.config import Settings
 from bot.core.errors import UserError
-from bot.core.jobs import Job, JobState
+from bot.core.jobs import APP, Job, JobState
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
 from bot.engine.build import artifact_store, build_fleet
@@ -298,6 +299,37 @@ def cmd_unfreeze(args, settings: Settings) -> int:
     return 0
 
 
+CANCEL_WAIT = 60.0  # seconds the terminal waits for a cancelled job to end (SIGKILL comes after 5)
+
+
+def cmd_cancel(args, settings: Settings) -> int:
+    """Stop a running rollback on this machine, whichever process runs it: the Slack bot's, or another
+    terminal's. The policy decides, as for the Cancel button: the requester, the approver or an approver."""
+    service = _service(settings)
+    who = args.by or settings.actor or "cli"
+    stage = validate_stage(args.stage)
+    before = [j["id"] for j in service.store.jobs(stage=stage, states=["running"], limit=200, app_parts=False)]
+    if service.several and not args.service:  # the app rollback running in the stage, or the only one
+        said = service.cancel_in_stage(stage, who, None)
+    else:
+        said = service.cancel_running(service.key(stage, args.service), who, None)
+    print(clean(said))
+    deadline = time.monotonic() + CANCEL_WAIT
+    while True:  # until the job it cancelled (or found dead) has ended
+        jobs = [j for j in map(service.store.job, before) if j["state"] != "running" or j.get("cancelled_by") == who]
+        if all(j["state"] != "running" for j in jobs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for job in jobs:
+        what = "app job" if job["service"] == APP else "job"
+        if job["state"] == "running":
+            print(f"{what} {job['id']} is still stopping after {CANCEL_WAIT:.0f}s; see `rollback-bot history "
+                  f"{stage}` and the bot's log", file=sys.stderr)
+            return EXIT_FAILED
+        print(clean(f"{what} {job['id']} {job['state']}: {job['reason']}"))
+    return 0
+
+
 def cmd_history(args, settings: Settings) -> int:
     service = _service(settings)
     key = service.key(args.stage, args.service) if args.service or not service.several else None
@@ -394,6 +426,7 @@ COMMANDS = {
     "rollback": (cmd_rollback, ("engine",)),
     "check-freeze": (cmd_check_freeze, ("artifacts",)),
     "unfreeze": (cmd_unfreeze, ("artifacts",)),
+    "cancel": (cmd_cancel, ("engine",)),
     "history": (cmd_history, ()),
     "audit": (cmd_audit, ()),
     "alarms": (cmd_alarms, ("engine",)),
@@ -451,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("unfreeze", help="let CI deploy the stage again after a rollback")
     s.add_argument("stage")
     s.add_argument("--by")
+
+    s = sub.add_parser("cancel", help="stop a running rollback, the Slack bot's or a terminal's (this machine)")
+    s.add_argument("stage")
+    s.add_argument("--by", help="who is cancelling (default: $USER); the policy decides, as for the Cancel button")
 
     s = sub.add_parser("history", help="past rollback jobs of a stage (this machine's record)")
     s.add_argument("stage")

@@ -139,6 +139,32 @@ def test_a_bot_killed_mid_app_rollback_is_recovered_with_who_is_where_on_restart
     card.becomes("✅")
     assert all(live(lam, svc) == code(repo, svc, "v1") for svc in ("api", "worker", "billing"))
 
+
+def test_slack_cancels_an_app_rollback_that_a_terminal_runs(app, app_env, repo, lam, tmp_path):
+    import subprocess
+    import sys
+
+    held = tmp_path / "hold-the-deploy"
+    held.write_text("")
+    terminal = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", repo.commits["c1"][:8], "--yes",
+                                 "--by", "U-CY"], env={**app_env, "SLS_TEST_DEPLOY_WAIT_FOR": str(held)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        out: list[str] = []
+        wait_for(lambda: out.append(terminal.stdout.readline()) or "[worker] running" in out[-1], 60, "worker")
+        ws = app()  # the Slack bot on the same machine and data, started while the terminal runs
+        assert ws.service.store.job(1)["state"] == "running"  # a live process's run is not "recovered"
+        said = ws.says(ws.bo, "cancel prod")
+        assert f"the rollback-bot process that runs it (pid {terminal.pid})" in said
+        terminal.wait(timeout=60)
+    finally:
+        held.unlink(missing_ok=True)
+        terminal.kill()
+    assert terminal.returncode == 1
+    assert "app job 1 cancelled: cancelled: worker; unchanged (not started): api, billing" in terminal.stderr.read()
+    assert ws.service.store.job(1)["cancelled_by"] == "U-BO"
+    assert all(live(lam, svc) == code(repo, svc, "v2") for svc in ("api", "worker", "billing"))
+
 def test_the_live_card_keeps_to_the_call_budget_and_labels_each_services_output(app, repo):
     ws = app(SLS_TEST_DEPLOY_LINES="3000", SLS_TEST_DEPLOY_SLEEP="2")
     card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")

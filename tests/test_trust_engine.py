@@ -262,9 +262,9 @@ def test_a_cancelled_deploy_that_ignores_sigterm_is_killed_with_its_children(tmp
     assert gone(leader)
 
 
-def test_ctrl_c_during_a_terminal_rollback_stops_the_deploy_and_releases_the_stage(
-        fast_prod, fast_service, aws_env, tmp_path):
-    from bot.adapters.store import Store
+def _terminal_rollback(fast_service, aws_env, tmp_path):
+    """`rollback-bot rollback prod previous` in a terminal of its own, its deploy held until the test
+    lets go; returns the process, its output so far, the data dir, the environment and the release."""
     from tests.support.fast_service import DEPLOY_COMMAND
     from tests.support.serverless_fixture import sls_env
 
@@ -279,22 +279,53 @@ def test_ctrl_c_during_a_terminal_rollback_stops_the_deploy_and_releases_the_sta
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True)
     out: list[str] = []
-    reader = threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
+    threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    wait_for(lambda: any("deploy under way" in line for line in out), 60, "the deploy to start")
+    return proc, out, data, env, lambda: held.unlink(missing_ok=True)
+
+
+def _stopped_cleanly(fast_prod, fast_service, data, by: str) -> None:
+    from bot.adapters.store import Store
+
+    assert live_code() == fast_code(fast_service, "v2")
+    job = Store(data / "rollback-bot.sqlite").jobs()[0]
+    assert job["state"] == "cancelled" and job["cancelled_by"] == by
+    assert Store(data / "rollback-bot.sqlite").lock_of(PROD) is None
+    assert fast_prod.artifacts.read_index("prod").in_use == []  # the build is no longer held for the job
+
+
+def test_ctrl_c_during_a_terminal_rollback_stops_the_deploy_and_releases_the_stage(
+        fast_prod, fast_service, aws_env, tmp_path):
+    proc, out, data, _, release = _terminal_rollback(fast_service, aws_env, tmp_path)
     try:
-        wait_for(lambda: any("deploy under way" in line for line in out), 60, "the deploy to start")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
-        held.unlink(missing_ok=True)
+        release()
         proc.kill()
-    reader.join(timeout=5)
     err = proc.stderr.read()
     assert proc.returncode == 1, "".join(out) + err
     assert "cancelling: stopping the job's processes" in err
     assert "cancelled" in err and "Lambda runs" in err  # what runs now, said before the terminal returns
-    assert live_code() == fast_code(fast_service, "v2")
-    job = Store(data / "rollback-bot.sqlite").jobs()[0]
-    assert job["state"] == "cancelled" and job["cancelled_by"] == "ana"
-    assert Store(data / "rollback-bot.sqlite").lock_of(PROD) is None
-    assert fast_prod.artifacts.read_index("prod").in_use == []  # the build is no longer held for the job
+    _stopped_cleanly(fast_prod, fast_service, data, "ana")
+
+
+def test_rollback_bot_cancel_in_another_terminal_stops_a_rollback_running_elsewhere(
+        fast_prod, fast_service, aws_env, tmp_path):
+    # Slack is down; the rollback runs in someone's terminal (or in the Slack bot's process) on this host
+    proc, out, data, env, release = _terminal_rollback(fast_service, aws_env, tmp_path)
+    try:
+        cancel = subprocess.run([sys.executable, "-m", "bot", "cancel", "prod", "--by", "bo"], env=env,
+                                capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+        proc.wait(timeout=60)
+    finally:
+        release()
+        proc.kill()
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    assert f"the rollback-bot process that runs it (pid {proc.pid})" in cancel.stdout
+    assert "job 1 cancelled: deploy: cancelled while running" in cancel.stdout  # it waited for the end
+    assert proc.returncode == 1 and "cancelled" in proc.stderr.read()
+    _stopped_cleanly(fast_prod, fast_service, data, "bo")
+    again = subprocess.run([sys.executable, "-m", "bot", "cancel", "prod", "--by", "bo"], env=env,
+                           capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+    assert again.returncode == 1 and "No rollback of `prod` is running here." in again.stderr

@@ -254,10 +254,19 @@ class AppRun:
             if job and job["state"] == JobState.RUNNING:
                 self.fleet.engine(name).jobs.cancel(job_id, by)
 
+    def _cancel_asked(self) -> None:
+        """A cancel asked for by another process (a terminal, or a Slack bot for a terminal's run)
+        reaches this run through the store."""
+        if not self.cancelled.is_set():
+            by = (self.store.job(self.app_id) or {}).get("cancelled_by")
+            if by:
+                self.cancel(by)
+
     def _run(self) -> None:
         failed = False
         try:
             for number, phase in enumerate(self.app.phases, start=1):
+                self._cancel_asked()
                 if failed or self.cancelled.is_set():
                     break
                 self.notify(self.app_id, f"phase {number}")
@@ -284,6 +293,7 @@ class AppRun:
             started += batch
             waiting = dict(batch)
             while waiting:  # in the order they end: a failure is seen while the others still run
+                self._cancel_asked()
                 for name, job_id in list(waiting.items()):
                     state = self.store.job(job_id)["state"]
                     if state == JobState.RUNNING:

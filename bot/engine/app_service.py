@@ -199,7 +199,17 @@ class AppRollbacks:
         with self._lock:
             run = self.runs.get(job_id)
         if run is None:
-            return f"App rollback {job_id} is not running here; nothing was cancelled."
+            job = self.store.job(job_id)
+            if job is None or job["state"] != "running":
+                return f"App rollback {job_id} is not running; nothing was cancelled."
+            if not runner_alive(job):  # its bot died: what a restart would do, now
+                self.recover()
+                return (f"App rollback {job_id}'s bot process is gone: it is marked interrupted and every lock "
+                        "is released. Check each service's stack before doing anything else.")
+            self.service._audit(user, "app.cancel", StageKey(APP, job["stage"]), job_id, via=f"pid {job['pid']}")
+            self.store.update_job(job_id, cancelled_by=user)  # the process that runs it sees this and stops
+            return (f"Cancelling app rollback {job_id}: the rollback-bot process that runs it (pid {job['pid']}) "
+                    "starts no further phase and stops its running services within a few seconds.")
         self.service._audit(user, "app.cancel", StageKey(APP, run.app.stage), job_id)
         self.store.update_job(job_id, cancelled_by=user)
         run.cancel(user)

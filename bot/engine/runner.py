@@ -37,6 +37,9 @@ OWN_CREDENTIALS = "the bot's own credentials"
 log = logging.getLogger("rollback-bot.engine.runner")
 
 
+CANCEL_POLL = 1.0  # seconds: how soon a running job sees a cancel asked for by another process
+
+
 def process_start(pid: int) -> str:
     """When a process started (clock ticks since boot, from /proc): with the pid, it names one
     process, so a pid reused after a restart is not taken for the runner. Empty where unknown."""
@@ -126,6 +129,7 @@ class JobRunner:
         self.listeners: list[Listener] = []
         self._subscribers: dict[int, list[Listener]] = {}
         self._cancels: dict[int, threading.Event] = {}
+        self._cancel_watch: threading.Thread | None = None
         self._futures: dict[int, Future] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -182,7 +186,31 @@ class JobRunner:
         with self._lock:
             self._cancels[job_id] = cancel
             self._futures[job_id] = self.executor.submit(self._run, job_id, plan, cancel, holder, unfreeze)
+            if self._cancel_watch is None:
+                self._cancel_watch = threading.Thread(target=self._watch_cancels, daemon=True,
+                                                      name=f"rollback-cancels-{self.service}")
+                self._cancel_watch.start()
         return job_id
+
+    def _watch_cancels(self) -> None:
+        """Cancels that another process asked for through the store (`rollback-bot cancel` at a
+        terminal, a Slack bot for a terminal's job): seen within CANCEL_POLL seconds. Runs while
+        this runner has jobs."""
+        while not self._stopping.wait(CANCEL_POLL):
+            with self._lock:
+                if not self._cancels:
+                    self._cancel_watch = None
+                    return
+                waiting = {i: e for i, e in self._cancels.items() if not e.is_set()}
+            for job_id, event in waiting.items():
+                try:
+                    job = self.store.job(job_id)
+                except Exception:  # a busy or failing database: try again on the next round
+                    log.warning("job %s: could not read whether it was cancelled", job_id, exc_info=True)
+                    continue
+                if job and job["state"] == "running" and job.get("cancelled_by"):
+                    log.info("job %s: cancelled by %s from another process", job_id, job["cancelled_by"])
+                    event.set()
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict:
         with self._lock:
@@ -194,15 +222,18 @@ class JobRunner:
     def cancel(self, job_id: int, by: str) -> str:
         """Stop a job. Returns what happened: "cancelling" (its processes are being stopped here),
         "ended" (it is not running), "runner_gone" (its bot died: the job is marked interrupted and
-        its lock released) or "elsewhere" (another live process on this machine runs it)."""
+        its lock released) or "asked" (another live process on this machine runs it and sees the
+        request in the store within ``CANCEL_POLL`` seconds)."""
         with self._lock:
             cancel = self._cancels.get(job_id)
         job = self.store.job(job_id)
         if job is None or job["state"] != "running":
             return "ended"
         if cancel is None:
-            if self._runner_alive(job):
-                return "elsewhere"
+            if self._runner_alive(job):  # another process on this machine runs it: ask it through the store
+                self.store.audit(by, "rollback.cancel", self.key(job["stage"]), job_id, via=f"pid {job['pid']}")
+                self.store.update_job(job_id, cancelled_by=by)
+                return "asked"
             self._interrupt(job, by=by)
             return "runner_gone"
         self.store.audit(by, "rollback.cancel", self.key(job["stage"]), job_id)

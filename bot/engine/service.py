@@ -326,9 +326,9 @@ class RollbackService:
         if outcome == "runner_gone":
             return (f"Job {job_id}'s bot process is gone: the job is marked interrupted and the stage's lock "
                     "released. Check the stack before doing anything else.")
-        if outcome == "elsewhere":
-            raise Refused(f"Job {job_id} runs in another rollback-bot process on this machine; cancel it there.",
-                          "gone")
+        if outcome == "asked":
+            return (f"Cancelling job {job_id}: the rollback-bot process that runs it (pid {job['pid']}) stops its "
+                    "processes within a few seconds.")
         if outcome == "ended":
             raise Refused(f"Job {job_id} already ended; nothing was cancelled.", "closed")
         return f"Cancelling job {job_id}: its processes are being stopped."
