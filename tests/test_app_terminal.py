@@ -4,15 +4,19 @@ test_app's (three services, an export and an import)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+
 from tests.support.app_fixtures import code, live
 from tests.support.waiting import wait_for
 
 
 def test_the_terminal_rolls_the_app_back_and_history_shows_it_as_one_entry(app_env, repo, lam):
-    import json
-    import subprocess
-    import sys
-
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "bot", *args], env=app_env, capture_output=True, text=True,
                               timeout=120, stdin=subprocess.DEVNULL)
@@ -33,13 +37,10 @@ def test_the_terminal_rolls_the_app_back_and_history_shows_it_as_one_entry(app_e
         "api-v1", "billing-v1", "worker-v1"]
 
 
-def test_ctrl_c_in_the_terminal_starts_no_further_phase_and_releases_every_lock(app_env, repo, lam, tmp_path):
-    import signal
-    import sqlite3
-    import subprocess
-    import sys
-    import threading
-
+@contextlib.contextmanager
+def terminal_app_rollback(app_env, repo, tmp_path):
+    """`rollback-bot rollback prod <c1> --yes` in a terminal of its own, held in worker's deploy (phase 1)
+    until the block ends. Yields the process and its output lines (a reader keeps adding them)."""
     held = tmp_path / "hold-the-deploy"
     held.write_text("")
     proc = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", repo.commits["c1"][:8], "--yes",
@@ -50,12 +51,17 @@ def test_ctrl_c_in_the_terminal_starts_no_further_phase_and_releases_every_lock(
     reader.start()
     try:
         wait_for(lambda: any("[worker] running" in line for line in out), 60, "worker's deploy to start")
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        yield proc, out
     finally:
         held.unlink(missing_ok=True)
         proc.kill()
-    reader.join(timeout=5)
+        reader.join(timeout=5)
+
+
+def test_ctrl_c_in_the_terminal_starts_no_further_phase_and_releases_every_lock(app_env, repo, lam, tmp_path):
+    with terminal_app_rollback(app_env, repo, tmp_path) as (proc, out):
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
     said, err = "".join(out), proc.stderr.read()
     assert proc.returncode == 1, said + err
     assert "cancelling: no further phase starts" in err and "cancelled" in err
@@ -65,27 +71,14 @@ def test_ctrl_c_in_the_terminal_starts_no_further_phase_and_releases_every_lock(
     with sqlite3.connect(tmp_path / "bot" / "rollback-bot.sqlite") as db:  # no lock outlives the terminal
         assert db.execute("SELECT service, stage FROM stage_locks").fetchall() == []
 
-def test_a_bot_killed_mid_app_rollback_is_recovered_with_who_is_where_on_restart(app, app_env, repo, lam, tmp_path):
-    import signal
-    import subprocess
-    import sys
 
-    held = tmp_path / "hold-the-deploy"
-    held.write_text("")
-    bot = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", repo.commits["c1"][:8], "--yes",
-                            "--by", "U-CY"], env={**app_env, "SLS_TEST_DEPLOY_WAIT_FOR": str(held)},
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
-    try:
-        out: list[str] = []
-        wait_for(lambda: out.append(bot.stdout.readline()) or "[worker] running" in out[-1], 60, "worker to run")
+def test_a_bot_killed_mid_app_rollback_is_recovered_with_who_is_where_on_restart(app, app_env, repo, lam, tmp_path):
+    with terminal_app_rollback(app_env, repo, tmp_path) as (bot, _):
         bot.send_signal(signal.SIGKILL)  # the machine went away: nothing of the bot runs its cleanup
         bot.wait(timeout=30)
         ws = app()  # the bot starts again on the same data
         said = next(m for m in ws.standin.messages["C-DEPLOYS"]  # start-up recovers before serving anyone
                     if "App rollback 1 of `prod` was interrupted by a restart" in m["text"])
-    finally:
-        held.unlink(missing_ok=True)
-        bot.kill()
     assert "interrupted: worker (" in said["text"] and "unchanged (not started): api, billing" in said["text"]
     job = ws.service.store.job(1)
     assert job["state"] == "interrupted" and "Check each service's stack" in job["reason"]
@@ -99,26 +92,14 @@ def test_a_bot_killed_mid_app_rollback_is_recovered_with_who_is_where_on_restart
     card.becomes("✅")
     assert all(live(lam, svc) == code(repo, svc, "v1") for svc in ("api", "worker", "billing"))
 
-def test_slack_cancels_an_app_rollback_that_a_terminal_runs(app, app_env, repo, lam, tmp_path):
-    import subprocess
-    import sys
 
-    held = tmp_path / "hold-the-deploy"
-    held.write_text("")
-    terminal = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", repo.commits["c1"][:8], "--yes",
-                                 "--by", "U-CY"], env={**app_env, "SLS_TEST_DEPLOY_WAIT_FOR": str(held)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    try:
-        out: list[str] = []
-        wait_for(lambda: out.append(terminal.stdout.readline()) or "[worker] running" in out[-1], 60, "worker")
+def test_slack_cancels_an_app_rollback_that_a_terminal_runs(app, app_env, repo, lam, tmp_path):
+    with terminal_app_rollback(app_env, repo, tmp_path) as (terminal, _):
         ws = app()  # the Slack bot on the same machine and data, started while the terminal runs
         assert ws.service.store.job(1)["state"] == "running"  # a live process's run is not "recovered"
         said = ws.says(ws.bo, "cancel prod")
         assert f"the rollback-bot process that runs it (pid {terminal.pid})" in said
         terminal.wait(timeout=60)
-    finally:
-        held.unlink(missing_ok=True)
-        terminal.kill()
     assert terminal.returncode == 1
     assert "app job 1 cancelled: cancelled: worker; unchanged (not started): api, billing" in terminal.stderr.read()
     assert ws.service.store.job(1)["cancelled_by"] == "U-BO"
