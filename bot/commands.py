@@ -34,6 +34,7 @@ from bot.terminal import (
     render_history,
     render_listing,
     render_plan,
+    render_status,
 )
 
 EXIT_FAILED = 1
@@ -330,6 +331,26 @@ def cmd_cancel(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_status(args, settings: Settings) -> int:
+    """What runs now on this machine, by which process, and which stages are frozen: `/rollback status`
+    for when Slack is down."""
+    service = _service(settings)
+    status = service.status()
+    shown = [j for j in status.running if not j.app_id]  # an app's services are shown under it
+    parts = {j.id: service.apps.parts(j.id) for j in shown if j.is_app}
+    name = _people(settings, service).name
+    if args.json:
+        json.dump({"running": [{**job_json(j, name), "pid": j.pid, "host": j.host,
+                                **({"services": [job_json(p, name) for p in parts[j.id]]} if j.is_app else {})}
+                               for j in shown],
+                   "frozen": [{"service": k.service, "stage": k.stage, "by": m.by, "reason": m.reason,
+                               "since": _iso(m.at)} for k, m in status.freezes.items()]}, sys.stdout, indent=2)
+        print()
+    else:
+        print(render_status(shown, status.freezes, time.time(), name, parts))
+    return 0
+
+
 def cmd_history(args, settings: Settings) -> int:
     service = _service(settings)
     key = service.key(args.stage, args.service) if args.service or not service.several else None
@@ -363,7 +384,8 @@ def job_json(job: Job, name=lambda who: who) -> dict:
         return {"id": who, "name": name(who)} if who else None
 
     return {
-        "id": job.id, "stage": job.stage, "state": str(job.state), "origin": job.origin,
+        "id": job.id, "service": None if job.is_app else job.service, "stage": job.stage, "state": str(job.state),
+        "origin": job.origin,
         "from": {"commit": job.live_commit, "build": job.live_build},
         "to": {"commit": job.target_commit, "build": job.target_build},
         "direction": "forward" if job.forward else "rollback",
@@ -427,6 +449,7 @@ COMMANDS = {
     "check-freeze": (cmd_check_freeze, ("artifacts",)),
     "unfreeze": (cmd_unfreeze, ("artifacts",)),
     "cancel": (cmd_cancel, ("engine",)),
+    "status": (cmd_status, ("artifacts",)),
     "history": (cmd_history, ()),
     "audit": (cmd_audit, ()),
     "alarms": (cmd_alarms, ("engine",)),
@@ -488,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cancel", help="stop a running rollback, the Slack bot's or a terminal's (this machine)")
     s.add_argument("stage")
     s.add_argument("--by", help="who is cancelling (default: $USER); the policy decides, as for the Cancel button")
+
+    s = sub.add_parser("status", help="running rollbacks on this machine (which process runs each) and frozen stages")
+    s.add_argument("--json", action="store_true", help="machine-readable")
 
     s = sub.add_parser("history", help="past rollback jobs of a stage (this machine's record)")
     s.add_argument("stage")

@@ -170,3 +170,21 @@ def render_history(jobs: list[Job], now: float, name: Callable[[str], str] = lam
             lines.append(f"      {p.service}: {p.state} {p.live_commit[:7] or '?'} → {p.target_commit[:7]}"
                          + (f" ({p.reason})" if p.reason and p.state is not JobState.SUCCEEDED else ""))
     return clean("\n".join(lines))
+
+
+def render_status(running: list[Job], freezes: dict, now: float, name: Callable[[str], str] = lambda who: who,
+                  parts: dict[int, list[Job]] | None = None) -> str:
+    """Running rollbacks (an app's services under it) with the process that runs each, and frozen stages."""
+    lines = ["Running rollbacks:" if running else "Running rollbacks: none"]
+    for j in running:
+        to = f"{j.target_commit[:7] or 'previous'}" + (f" (build {j.target_build})" if j.target_build else "")
+        who = name(j.approved_by or j.requested_by) or "?"
+        lines.append(f"  #{j.id} {j.where} → {to}, by {who}, for {age(now - (j.started or now))}"
+                     + (f", cancel asked by {name(j.cancelled_by)}" if j.cancelled_by else "")
+                     + (f", process {j.pid} on {j.host}" if j.pid else ""))
+        for p in (parts or {}).get(j.id, []):
+            lines.append(f"      {p.service}: {'waiting for its phase' if p.state is JobState.APPROVING else p.state}")
+    lines.append("Frozen stages:" if freezes else "Frozen stages: none")
+    for key, mark in freezes.items():
+        lines.append(f"  {key.service} {key.stage}: by {mark.by or 'unknown'} {age(now - mark.at)} ago: {mark.reason}")
+    return clean("\n".join(lines))

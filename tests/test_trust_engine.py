@@ -315,6 +315,12 @@ def test_rollback_bot_cancel_in_another_terminal_stops_a_rollback_running_elsewh
     # Slack is down; the rollback runs in someone's terminal (or in the Slack bot's process) on this host
     proc, out, data, env, release = _terminal_rollback(fast_service, aws_env, tmp_path)
     try:
+        status = subprocess.run([sys.executable, "-m", "bot", "status"], env=env, capture_output=True, text=True,
+                                timeout=90, stdin=subprocess.DEVNULL)
+        assert status.returncode == 0, status.stderr
+        assert f"#1 prod → {fast_service.commits['v1'][:7]} (build b-v1), by ana, for " in status.stdout
+        assert f"process {proc.pid} on {socket.gethostname()}" in status.stdout
+        assert "Frozen stages: none" in status.stdout
         cancel = subprocess.run([sys.executable, "-m", "bot", "cancel", "prod", "--by", "bo"], env=env,
                                 capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
         proc.wait(timeout=60)

@@ -357,3 +357,21 @@ def test_an_app_card_after_a_restart_says_so_and_keeps_the_way_back():
     assert "⚠️ App rollback interrupted by a restart: prod" in text
     assert "Where each service is:* interrupted by a restart: at the target: worker" in text
     assert any(b["type"] == "actions" and b["elements"][0]["action_id"] == "undo_app" for b in card)
+
+
+def test_the_terminals_status_names_each_runs_process_and_keeps_outside_text_inert():
+    from bot.core.keys import StageKey
+    from bot.core.stage_index import Mark
+    from bot.terminal import render_status
+
+    app = Job.from_row({"id": 4, "stage": "prod", "state": "running", "service": "*", "requested_by": "U-ANA",
+                        "approved_by": "U-CY", "target_commit": SHA, "started": 100.0, "created": 90.0,
+                        "pid": 4242, "host": "bot-1"})
+    parts = {4: [Job.from_row({"id": 5, "stage": "prod", "state": "running", "service": "worker", "app_id": 4}),
+                 Job.from_row({"id": 6, "stage": "prod", "state": "approving", "service": "api", "app_id": 4})]}
+    freeze = {StageKey("api", "prod"): Mark("ci\x1b[2J", "rolled back \x1b]0;owned\x07", 50.0)}
+    text = render_status([app], freeze, 160.0, lambda who: {"U-CY": "Cy"}.get(who, who), parts)
+    assert f"#4 the app in prod → {SHA[:7]}, by Cy, for 1m, process 4242 on bot-1" in text
+    assert "      worker: running" in text and "      api: waiting for its phase" in text
+    assert "api prod: by ci?[2J 1m ago: rolled back ?]0;owned?" in text and "\x1b" not in text
+    assert render_status([], {}, 0.0) == "Running rollbacks: none\nFrozen stages: none"

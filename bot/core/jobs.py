@@ -91,6 +91,8 @@ class Job:
     plan_json: str = ""
     app_id: int | None = None  # the app rollback this service's job is part of
     settle: str = ""  # after a rollback: whether the alarms stayed quiet (the card's last line)
+    host: str = ""  # the machine and process that run it (a running job, or an app's run)
+    pid: int | None = None
 
     @classmethod
     def from_row(cls, row: dict) -> Job:
