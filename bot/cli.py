@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command = args.command or "serve"
     handler, needs = FACES.get(args.command) or COMMANDS[args.command]
     try:
-        settings = load_settings(needs=needs)
+        settings = load_settings(needs=needs, named_service=getattr(args, "service", None) or "")
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

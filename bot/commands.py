@@ -1,7 +1,8 @@
-"""The commands CI and people run in a terminal, each a function of (arguments, Settings).
+"""The commands CI and people run in a terminal: each parses its arguments, calls the rollback
+service and prints what it returns.
 
-``bot.cli`` reads the settings and calls these; the demo calls ``run`` with its own settings, so
-nothing has to pass through the process environment.
+The composition root (bot/cli.py) reads the settings and calls these; the demo calls ``run`` with its
+own settings, so nothing has to pass through the process environment.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from bot import __version__
 from bot.adapters.artifacts import validate_stage
 from bot.adapters.source import local_commit
+from bot.core.actor import terminal_operator
 from bot.core.catalog import UnknownService
 from bot.core.config import Settings
 from bot.core.errors import UserError
@@ -37,6 +39,10 @@ from bot.terminal import (
     render_status,
 )
 
+DESCRIPTION = """Roll a Serverless Framework service back to an earlier build, the right way.
+
+CI publishes every package (publish, mark-deployed) and asks before deploying (check-freeze); people
+roll back from Slack (serve) or, when Slack is down, from here (rollback, cancel, unfreeze)."""
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
@@ -89,7 +95,7 @@ def cmd_mark_deployed(args, settings: Settings) -> int:
 
 def cmd_list(args, settings: Settings) -> int:
     service = _service(settings)
-    index = service.index(service.key(args.stage, args.service))
+    index = service.builds(service.key(args.stage, args.service))
     if args.json:
         json.dump(
             {
@@ -116,8 +122,10 @@ def cmd_show(args, settings: Settings) -> int:
         print()
     else:
         state = "live" if index.is_live(art) else ("marked bad" if art.bad else "not live")
-        print(f"{args.stage} `{args.ref}` → {art.commit} build {art.build_id} ({state})")
-        print(f"  {art.author}: {art.message}")
+        print(clean(f"{args.stage} `{args.ref}` → {art.commit} build {art.build_id} ({state})"))
+        print(clean(f"  {art.author}: {art.message}"))
+        if art.bad:
+            print(clean(f"  marked bad by {art.bad.by}: {art.bad.reason}"))
         print(f"  {art.size} bytes, sha256 {art.sha256}, s3://{settings.bucket}/{art.key}")
     return 0
 
@@ -134,6 +142,11 @@ def cmd_prune(args, settings: Settings) -> int:
     for key in result.failed_deletes:
         print(f"warning: s3://{settings.bucket}/{key} could not be deleted; remove it by hand", file=sys.stderr)
     return 0
+
+
+def _operator(args, settings: Settings) -> str:
+    """Who runs a command that the policy checks: never a Slack user (a terminal cannot prove it is one)."""
+    return terminal_operator(args.by or settings.actor)
 
 
 def _service(settings: Settings) -> RollbackService:
@@ -159,7 +172,7 @@ def cmd_rollback(args, settings: Settings) -> int:
     engine.jobs.recover()
     if service.several:  # an app rollback a crash cut short holds nothing any more, and says so
         service.apps.recover()
-    who = args.by or settings.actor or "cli"
+    who = _operator(args, settings)
     plan = service.plan_for_terminal(key, args.ref, who)
     where = plan.where  # "api in prod" on a bot of several services
     flag = f"--service {key.service} " if service.several else ""
@@ -220,7 +233,7 @@ def _rollback_app(args, service: RollbackService) -> int:
     for engine in service.fleet.engines.values():
         engine.jobs.recover()
     service.apps.recover()
-    who = args.by or service.fleet.settings.actor or "cli"
+    who = terminal_operator(args.by or service.fleet.settings.actor)
     pending = service.apps.request(args.stage, args.ref, who, None)
     shown = json.loads(service.store.job(pending.job_id)["plan_json"])
     print(render_app_plan(shown, args.stage))
@@ -287,6 +300,8 @@ def cmd_check_freeze(args, settings: Settings) -> int:
     check = service.check_freeze(service.key(args.stage, args.service), args.commit or "")
     for p in check.problems:
         print(clean(f"rollback-bot: {p}"), file=sys.stderr)
+    if not check.problems and (hint := service.stage_hint(service.key(args.stage, args.service))):
+        print(clean(f"rollback-bot: warning: {hint}"), file=sys.stderr)  # a typo would check nothing
     if not check.problems:
         print(f"{args.stage}: not frozen" + (f", {args.commit[:12]} not marked bad" if args.commit else ""))
     return EXIT_FAILED if check.problems else 0
@@ -295,8 +310,8 @@ def cmd_check_freeze(args, settings: Settings) -> int:
 def cmd_unfreeze(args, settings: Settings) -> int:
     """The policy decides, as in Slack: the operator (--by, ROLLBACK_ACTOR) must be one of the stage's approvers."""
     service = _service(settings)
-    was = service.unfreeze(service.key(args.stage, args.service), args.by or settings.actor or "cli", channel=None)
-    print(f"{args.stage}: unfrozen (was: {was})" if was else f"{args.stage}: was not frozen")
+    was = service.unfreeze(service.key(args.stage, args.service), _operator(args, settings), channel=None)
+    print(clean(f"{args.stage}: unfrozen (was: {was})" if was else f"{args.stage}: was not frozen"))
     return 0
 
 
@@ -307,7 +322,7 @@ def cmd_cancel(args, settings: Settings) -> int:
     """Stop a running rollback on this machine, whichever process runs it: the Slack bot's, or another
     terminal's. The policy decides, as for the Cancel button: the requester, the approver or an approver."""
     service = _service(settings)
-    who = args.by or settings.actor or "cli"
+    who = _operator(args, settings)
     stage = validate_stage(args.stage)
     before = [j["id"] for j in service.store.jobs(stage=stage, states=["running"], limit=200, app_parts=False)]
     if service.several and not args.service:  # the app rollback running in the stage, or the only one
@@ -354,7 +369,7 @@ def cmd_status(args, settings: Settings) -> int:
 def cmd_history(args, settings: Settings) -> int:
     service = _service(settings)
     key = service.key(args.stage, args.service) if args.service or not service.several else None
-    jobs = service.history_of(args.stage, key, args.by or settings.actor or "cli", None, args.limit)
+    jobs = service.history_of(args.stage, key, _operator(args, settings), None, args.limit)
     parts = {j.id: service.apps.parts(j.id) for j in jobs if j.is_app}  # an app rollback is one entry
     name = _people(settings, service).name
     if args.json:
@@ -422,7 +437,7 @@ def cmd_alarms(args, settings: Settings) -> int:
 
     service = _service(settings)
     key = service.key(args.stage, args.service)
-    service.may_view(key, args.by or settings.actor or "cli", None)
+    service.may_view(key, _operator(args, settings), None)
     alarms = alarm_reader(service).read(key.stage, key.service, stack_name(service, key))
     names, prefix = settings.catalog.alarm_spec(key.stage, key.service)
     print(f"{key.service} {key.stage}: the alarms of stack {stack_name(service, key)}"
@@ -457,12 +472,15 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rollback-bot", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="rollback-bot", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Settings come from the environment (ROLLBACK_BUCKET, ROLLBACK_SERVICE, ROLLBACK_REPO, SLACK_BOT_TOKEN, "
+               "...): see docs/configuration.md. `rollback-bot COMMAND --help` explains one command.")
     p.add_argument("--version", action="version", version=f"rollback-bot {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("publish", help="store a `serverless package` folder for a stage (run by CI)")
-    s.add_argument("--stage", required=True)
+    s.add_argument("--stage", required=True, help="the stage the package was built for")
     s.add_argument("--commit", required=True, help="the commit the package was built from")
     s.add_argument("--package", required=True, help="the folder given to `serverless package --package`")
     s.add_argument("--build-id", help="CI's build id (default: derived from the package's contents)")
@@ -472,28 +490,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--by", help="who is publishing (default: CI's actor variable or $USER)")
 
     s = sub.add_parser("mark-deployed", help="record a published build as live (run by CI after deploy)")
-    s.add_argument("--stage", required=True)
-    s.add_argument("--commit", required=True)
+    s.add_argument("--stage", required=True, help="the stage CI deployed")
+    s.add_argument("--commit", required=True, help="the commit it deployed")
     s.add_argument("--build-id", help="default: the newest build of that commit")
-    s.add_argument("--by")
+    s.add_argument("--by", help="who deployed (default: CI's actor variable or $USER)")
 
     s = sub.add_parser("list", help="a stage's builds, newest first")
-    s.add_argument("stage")
-    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("stage", help="the stage whose builds to list (prod, staging, ...)")
+    s.add_argument("--limit", type=int, default=20, help="how many builds (default 20)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("show", help="the build a ref names: SHA, SHA prefix, build id or `previous`")
-    s.add_argument("stage")
-    s.add_argument("ref")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("stage", help="the stage")
+    s.add_argument("ref", help="a commit SHA (4+ characters), a build id, or `previous`")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("prune", help="delete old builds (never the live or last known-good one)")
-    s.add_argument("--stage", required=True)
+    s.add_argument("--stage", required=True, help="the stage to prune")
     s.add_argument("--keep", type=int, required=True, help="how many of the newest builds to keep")
     s.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
 
     s = sub.add_parser("rollback", help="roll a stage back from the terminal (for when Slack is down)")
-    s.add_argument("stage")
+    s.add_argument("stage", help="the stage to roll back")
     s.add_argument("ref", help="a commit SHA (4+ characters), a build id, or `previous`")
     s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     s.add_argument("--quiet", action="store_true", help="show the steps, not the deploy output")
@@ -501,25 +519,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unfreeze", action="store_true", help="for a roll forward: also lift the CI freeze")
 
     s = sub.add_parser("check-freeze", help="for CI: exit 1 while the stage is frozen or the commit is marked bad")
-    s.add_argument("--stage", required=True)
-    s.add_argument("--commit", help="the commit CI is about to deploy")
+    s.add_argument("--stage", required=True, help="the stage CI is about to deploy")
+    s.add_argument("--commit", help="the commit CI is about to deploy (refused when it is marked bad)")
 
     s = sub.add_parser("unfreeze", help="let CI deploy the stage again after a rollback")
-    s.add_argument("stage")
-    s.add_argument("--by")
+    s.add_argument("stage", help="the frozen stage")
+    s.add_argument("--by", help="who is unfreezing (default: $USER); the policy decides, as in Slack")
 
     s = sub.add_parser("cancel", help="stop a running rollback, the Slack bot's or a terminal's (this machine)")
-    s.add_argument("stage")
+    s.add_argument("stage", help="the stage whose rollback to stop")
     s.add_argument("--by", help="who is cancelling (default: $USER); the policy decides, as for the Cancel button")
 
     s = sub.add_parser("status", help="running rollbacks on this machine (which process runs each) and frozen stages")
     s.add_argument("--json", action="store_true", help="machine-readable")
 
     s = sub.add_parser("history", help="past rollback jobs of a stage (this machine's record)")
-    s.add_argument("stage")
+    s.add_argument("stage", help="the stage")
     s.add_argument("--by", help="who is asking (the policy's channel rules do not apply at a terminal)")
     s.add_argument("--json", action="store_true", help="machine-readable, for the incident review")
-    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
 
     s = sub.add_parser("audit", help="the audit trail: requests, approvals, refusals, runs, unfreezes")
     s.add_argument("--since", required=True, help="YYYY-MM-DD or an ISO time (UTC unless it says otherwise)")
@@ -527,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable")
 
     s = sub.add_parser("alarms", help="the alarms the watch reads for a stage, their states, and running watches")
-    s.add_argument("stage")
+    s.add_argument("stage", help="the stage")
     s.add_argument("--by", help="who is asking (the policy's channel rules do not apply at a terminal)")
 
     for name, command in sub.choices.items():  # every command of a stage names its service the same way

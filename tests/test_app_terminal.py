@@ -24,9 +24,9 @@ def test_the_terminal_rolls_the_app_back_and_history_shows_it_as_one_entry(app_e
     refused = cli("rollback", "prod", repo.commits["c1"][:8])  # no terminal to confirm with
     assert refused.returncode == 1 and "pass --yes" in refused.stderr
     assert "Order (dependents first): 1. worker → 2. api, billing" in refused.stdout
-    refused = cli("rollback", "prod", repo.commits["c1"][:8], "--yes", "--by", "U-ANA")
+    refused = cli("rollback", "prod", repo.commits["c1"][:8], "--yes", "--by", "ana")
     assert refused.returncode == 1 and "not an approver for `billing` in `prod`" in refused.stderr  # its team
-    done = cli("rollback", "prod", repo.commits["c1"][:8], "--yes", "--by", "U-CY")
+    done = cli("rollback", "prod", repo.commits["c1"][:8], "--yes", "--by", "cy")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[worker] succeeded" in done.stdout and "every service runs its target" in done.stdout
     assert all(live(lam, svc) == code(repo, svc, "v1") for svc in ("api", "worker", "billing"))
@@ -44,7 +44,7 @@ def terminal_app_rollback(app_env, repo, tmp_path):
     held = tmp_path / "hold-the-deploy"
     held.write_text("")
     proc = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", repo.commits["c1"][:8], "--yes",
-                             "--by", "U-CY"], env={**app_env, "SLS_TEST_DEPLOY_WAIT_FOR": str(held)},
+                             "--by", "cy"], env={**app_env, "SLS_TEST_DEPLOY_WAIT_FOR": str(held)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True)

@@ -81,7 +81,8 @@ def test_cli_errors_say_what_to_do(run, tmp_path):
     assert proc.returncode == 1 and "run `serverless package` first" in proc.stderr
 
     proc = run("show", "prod", "beef", ok=False)
-    assert proc.returncode == 1 and "no builds yet" in proc.stderr
+    assert proc.returncode == 1 and "Stage `prod` has no builds" in proc.stderr
+    assert "CI adds builds with `rollback-bot publish`" in proc.stderr
 
     proc = run("list", "prod", ok=False, ROLLBACK_BUCKET="missing-bucket")
     assert proc.returncode == 1 and "bucket 'missing-bucket' does not exist" in proc.stderr

@@ -104,7 +104,7 @@ def test_check_freeze_from_another_machine(prod, service_history, aws_env, tmp_p
     assert "rolled back to" in frozen.stderr
     assert not (tmp_path / "ci-machine").exists()  # it read S3 only
 
-    assert cli("unfreeze", "prod", "--by", "U-ANA").returncode == 0
+    assert cli("unfreeze", "prod", "--by", "ana").returncode == 0
     assert cli("check-freeze", "--stage", "prod", "--commit", v2.commit).returncode == 1  # still bad
     fresh = cli("check-freeze", "--stage", "prod", "--commit", "e" * 40)
     assert fresh.returncode == 0, fresh.stderr

@@ -152,8 +152,11 @@ def _yaml(path: Path, problems: list[str]) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str] = ()) -> Settings:
-    """Read and validate the settings. ``needs`` names what the command is about to use."""
+def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str] = (),
+                  named_service: str = "") -> Settings:
+    """Read and validate the settings. ``needs`` names what the command is about to use;
+    ``named_service`` is the service a command line names (``--service``): with no catalog and no
+    ROLLBACK_SERVICE it is the one service, so a pipeline that names its service needs nothing else."""
     env = dict(os.environ if environ is None else environ)
     problems: list[str] = []
 
@@ -207,6 +210,11 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         # CI runs in the repository's checkout: its serverless-compose.yml names the services
         catalog, compose_problems = catalog.with_compose(_yaml(compose, problems), str(compose))
         problems += compose_problems
+    if not catalog.services and named_service and NAME_RE.match(named_service):
+        service = named_service  # --service alone: a catalog of that one service
+        catalog, catalog_problems = Catalog.parse(doc, str(config_path or "ROLLBACK_CONFIG"), service, service_dir,
+                                                  env.get("ROLLBACK_REPO", "").strip(), region)
+        problems += [f"ROLLBACK_CONFIG: {p}" for p in catalog_problems]
     # The bot (and the engine's commands) can still read a Compose file from ROLLBACK_REPO at start-up.
     if not catalog.services and ("artifacts" in needs and "engine" not in needs
                                  or "engine" in needs and not env.get("ROLLBACK_REPO", "").strip()):

@@ -27,7 +27,7 @@ from bot.core.policy import Policy, PolicySource
 from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.app_service import AppRollbacks
 from bot.engine.build import Engine, Fleet
-from bot.engine.planner import Plan, card_json, load_stage, summary_changes
+from bot.engine.planner import Plan, UnknownStage, card_json, load_stage, summary_changes
 from bot.engine.refusals import Outdated, Refused
 
 DEFAULT_TTL = 15 * 60
@@ -378,10 +378,22 @@ class RollbackService:
         stage = self._stage(key)
         return self._engine(key).artifacts.read_index(stage)
 
+    def builds(self, key: StageKey) -> StageIndex:
+        """A stage's index for a person reading it: a stage with no builds is a typo until shown
+        otherwise, and the refusal names the closest known stage."""
+        return load_stage(self._engine(key).artifacts, self._stage(key))
+
     def show(self, key: StageKey, ref: str) -> tuple[StageIndex, Artifact]:
-        stage = self._stage(key)
-        index = self._engine(key).artifacts.read_index(stage)
+        index = self.builds(key)
         return index, index.resolve(ref)
+
+    def stage_hint(self, key: StageKey) -> str:
+        """For CI's check-freeze: "" when the stage has builds (or no close name), else what it may have meant."""
+        try:
+            self.builds(key)
+        except UnknownStage as exc:
+            return str(exc) if "did you mean" in str(exc) else ""
+        return ""
 
     def history(self, key: StageKey, user: str, channel: str | None, limit: int = 20) -> list[Job]:
         """The stage's runs, newest first: plans that never ran are not history."""

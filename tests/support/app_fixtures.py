@@ -33,7 +33,7 @@ dir = "services/billing"
 approver_must_differ = true
 
 [stages.prod.services.billing]
-approvers = ["U-CY"]   # billing's team: an app rollback that moves billing needs one of them
+approvers = ["U-CY", "cy"]   # billing's team (Cy in Slack, "cy" at a terminal): moving billing needs one of them
 """
 # (commit message, service, version, exports, imports) per commit; each commit changes one service
 # after the first
