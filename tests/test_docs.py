@@ -46,9 +46,7 @@ def test_every_link_and_named_file_exists(page):
             continue
         path, _, anchor = target.partition("#")
         where = (page.parent / path).resolve() if path else page
-        if not where.exists():
-            broken.append(target)
-        elif anchor and where.suffix == ".md" and anchor not in anchors(where):
+        if not where.exists() or anchor and where.suffix == ".md" and anchor not in anchors(where):
             broken.append(target)
     for named in NAMED.findall(text):
         if not (ROOT / named.rstrip("/.")).exists():
