@@ -94,6 +94,10 @@ def render_plan(plan: Plan, now: float) -> str:
             lines.append(f"  + adds {logical} ({kind})")
     if plan.freeze:
         lines.append(f"CI is frozen on {plan.where} (by {plan.freeze.by}: {plan.freeze.reason})")
+    if plan.target.bad:
+        bad = plan.target.bad
+        lines.append(f"WARNING: {plan.target.label()} is marked bad by {bad.by}: {bad.reason}. Deploying it anyway "
+                     "clears the mark.")
     lines += [f"WARNING: {w}" for w in plan.warnings]
     return clean("\n".join(lines))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -99,6 +100,42 @@ def test_only_the_message_list_scrolls_and_it_follows_new_messages(chromium_page
         log = opened.value
         log.wait_for_load_state()
         assert log.locator("body").inner_text().strip() == "<b>line</b>"
+    finally:
+        page.stop()
+        standin.stop()
+
+
+def test_another_site_cannot_make_ana_or_bo_act():
+    """A page on another origin posts a form (text/plain, no preflight) or a script fetch at the demo:
+    nothing is typed or clicked in anyone's name. The page's own JSON requests still work."""
+    typed: list[str] = []
+
+    class Ana:
+        name = "Ana"
+        def command(self, text):
+            typed.append(text)
+            return 200
+
+    standin = SlackStandIn()
+    page = ChannelPage(standin, {"U-ANA": Ana()}, ("C-OPS", "ops"), lambda: {"function": "f"}).start()
+    body = b'{"user": "U-ANA", "text": "/rollback prod previous"}'
+
+    def post(headers: dict) -> int:
+        request = urllib.request.Request(page.url + "api/command", data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        assert post({"Content-Type": "text/plain", "Origin": "http://evil.example"}) == 403  # a form
+        assert post({"Content-Type": "application/json", "Origin": "http://evil.example"}) == 403
+        assert post({"Content-Type": "text/plain"}) == 403  # no preflight without JSON
+        assert post({"Content-Type": "application/json", "Host": "evil.example"}) == 403  # DNS rebinding
+        assert typed == []
+        assert post({"Content-Type": "application/json", "Origin": page.url.rstrip("/")}) == 200
+        assert typed == ["prod previous"]
     finally:
         page.stop()
         standin.stop()

@@ -50,7 +50,7 @@ def test_roll_back_to_v1_then_forward_to_v2(prod, service_history):
 
     index = prod.artifacts.read_index("prod")
     assert index.live.ident == (v1.commit, "b-v1") and index.live.via == "rollback"
-    assert index.find(v2.commit, "b-v2").bad.reason == f"rolled back to {v1.commit[:7]} (build b-v1) by job {job_id}"
+    assert index.find(v2.commit, "b-v2").bad.reason == f"rolled back to {v1.commit[:7]} (build b-v1) (job {job_id})"
     assert index.freeze is not None and index.freeze.by == "U-BO"
     assert index.in_use == [] and prod.store.lock_of(StageKey(SERVICE, "prod")) is None
 

@@ -56,7 +56,7 @@ def test_request_approve_and_watch_the_rollback_go_green(prod, workspace, servic
     # v2 is now marked bad and CI frozen: not a mistake to ask for it, the card warns
     ws.ana.command("prod b-v2")
     warned = all_text(ws.card(1))
-    assert "⚠️" in warned and "is marked bad by U-BO" in warned and "CI is frozen on prod" in warned
+    assert "⚠️" in warned and "is marked bad by <@U-BO>" in warned and "CI is frozen on prod" in warned
     n = len(ws.standin.responses)
     ws.ana.command("history prod")
     assert "job 1 *succeeded*" in ws.reply(n)["text"]

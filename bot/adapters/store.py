@@ -6,6 +6,7 @@ Freezes and bad marks are not here: they live in the stage's index.json in S3, w
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -119,9 +120,16 @@ class StageBusy(UserError):
         self.lock = lock
         what = f"{key.service} on {key.stage}" if several else f"stage {key.stage}"
         super().__init__(
-            f"{what} is busy: job {lock['job_id']} started by {lock['holder'] or 'someone'} "
+            f"{what} is busy: job {lock['job_id']} started by {plain_name(lock['holder'])} "
             f"is running. Wait for it, or cancel it first"
         )
+
+
+def plain_name(who: str | None) -> str:
+    """A lock holder as refusals quote it: a person, CI or ``alarm:<name>`` (an alarm's name comes from
+    CloudWatch). Refusals are the bot's own words in every face, so nothing in it may be markup."""
+    s = re.sub(r"[^\w.:@/+= -]", "?", str(who or ""))[:120]
+    return s or "someone"
 
 
 class Store:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bot.adapters.store import StageBusy
+from bot.adapters.store import StageBusy, plain_name
 from bot.core.jobs import APP, Job
 from bot.core.keys import StageKey
 from bot.engine.app import AppPlan, AppRun, app_card_json, make_app_plan, skip_unstarted, who_is_where
@@ -95,7 +95,7 @@ class AppRollbacks:
         for key in self._keys(stage, app):
             lock = self.store.lock_of(key)
             if lock:
-                busy.append(f"{key.service} (job {lock['job_id']}, started by {lock['holder'] or 'someone'})")
+                busy.append(f"{key.service} (job {lock['job_id']}, started by {plain_name(lock['holder'])})")
         return PendingApp(job_id, app, now + svc.ttl, self.needs(stage, user, moving), policy.configured, busy)
 
     def undo(self, app_id: int, user: str, channel: str | None, groups_of=lambda u: set()) -> PendingApp:

@@ -197,11 +197,7 @@ def make_plan(
     except StackError as exc:
         plan.warnings.append(f"Template changes unknown: {exc}")
 
-    if target.bad:
-        plan.warnings.append(
-            f"{target.label()} is marked bad by {target.bad.by}: {target.bad.reason}. "
-            "Deploying it anyway clears the mark."
-        )
+    # a bad mark is not in ``warnings``: each face says who marked it in its own way (a name in Slack)
     if live is not None and live.ident == target.ident:
         plan.warnings.append(f"{target.label()} is already live; this redeploys it.")
     if index.live is None:

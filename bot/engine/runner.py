@@ -437,7 +437,7 @@ class JobRunner:
             if plan.forward:
                 lifted = index.record_forward(plan.target, holder, self.clock(), unfreeze)
                 return [], lifted
-            reason = f"rolled back to {plan.target.label()} by job {job_id}"
+            reason = f"rolled back to {plan.target.label()} (job {job_id})"
             return index.record_rollback(plan.target, holder, self.clock(), reason), None
 
         return self.artifacts.update_index(plan.stage, change)

@@ -53,6 +53,7 @@ class Pending:
 class Status:
     running: list[Job]
     freezes: dict[StageKey, Mark]
+    hidden: int = 0  # stages left out: the policy keeps them to other channels
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class Overview:
     policy_configured: bool
     several: bool = False  # several services: rows name theirs
     watches: tuple | list = ()  # the alarm watch's running watches (store rows)
+    parts: dict[int, list[Job]] | None = None  # each app rollback's services, by the app's job id
+    hidden: int = 0  # stages left out: the policy keeps them to their channels
 
 
 @dataclass(frozen=True)
@@ -430,15 +433,40 @@ class RollbackService:
             pairs = [(e, s) for e, stages in zip(engines, stage_lists, strict=True) for s in stages]
             return list(pool.map(lambda p: p[0].artifacts.read_index(p[1]), pairs))
 
-    def status(self) -> Status:
+    def _shown_in(self, stage: str, service: str, channel: str | None) -> bool:
+        """Whether a stage's state may be shown in ``channel``; ``None`` is the App Home, which is in no
+        channel: a stage the policy keeps to some channels is shown only there."""
+        policy = self.policy
+        names = self.fleet.names if service == APP else [service]
+        for name in names:
+            rule = policy.rule(stage, name)
+            if rule is None or (rule.channels is not None and (channel is None or channel not in rule.channels)):
+                return False
+        return True
+
+    def status(self, channel: str | None = "") -> Status:
+        """What runs and what is frozen. In Slack (``channel``) only the stages the policy lets that
+        channel see; ``""`` (the terminal, on the bot's host) everything."""
         running = [Job.from_row(r) for r in self.store.jobs(states=[JobState.RUNNING])]
         freezes = {StageKey(i.service, i.stage): i.freeze for i in self.indexes() if i.freeze}
-        return Status(running, freezes)
+        if channel == "":
+            return Status(running, freezes)
+        shown_jobs = [j for j in running if self._shown_in(j.stage, j.service, channel)]
+        shown_freezes = {k: m for k, m in freezes.items() if self._shown_in(k.stage, k.service, channel)}
+        hidden = {(j.service, j.stage) for j in running if j not in shown_jobs} | {
+            (k.service, k.stage) for k in freezes if k not in shown_freezes}
+        return Status(shown_jobs, shown_freezes, len(hidden))
 
     def overview(self) -> Overview:
-        stages = [(i, self.store.lock_of(StageKey(i.service, i.stage))) for i in self.indexes()]
-        return Overview(stages, self._runs(None, 10), self.policy.configured, self.several,
-                        self.store.watches(limit=20))
+        """The App Home: only the stages that no policy keeps to particular channels."""
+        indexes = self.indexes()
+        shown = [i for i in indexes if self._shown_in(i.stage, i.service, None)]
+        stages = [(i, self.store.lock_of(StageKey(i.service, i.stage))) for i in shown]
+        runs = [j for j in self._runs(None, 30) if self._shown_in(j.stage, j.service, None)][:10]
+        watches = [w for w in self.store.watches(limit=50) if self._shown_in(w["stage"], w["service"], None)][:20]
+        parts = {j.id: self.apps.parts(j.id) for j in runs if j.is_app}
+        return Overview(stages, runs, self.policy.configured, self.several, watches, parts,
+                        len(indexes) - len(shown))
 
     def stage_overview(self, stage: str, user: str, channel: str | None) -> list[tuple[StageIndex, str]]:
         """``/rollback prod`` with several services: each service's index of the stage, and where it runs."""

@@ -213,7 +213,13 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
                                    StateReason="Threshold Crossed: 1 datapoint [12.0] was >= 1.0 (demo)")
         except Exception as exc:  # the page says so; the demo goes on
             return f"could not trip {ALARM}: {exc}"
-        return f"{ALARM} is in ALARM: the watch posts in the channel within a few seconds"
+        watching = {w["kind"] for w in service.store.watches() if (w["service"], w["stage"]) == (SERVICE, STAGE)}
+        if "deploy" in watching:
+            return f"{ALARM} is in ALARM: the watch posts in the channel within a few seconds"
+        if "settle" in watching:  # the live build came from a rollback: it is not watched as a deploy
+            return (f"{ALARM} is in ALARM. The live build came from a rollback, so no alarm post (no loops): the "
+                    "rollback's card says, when its settle time ends, that the alarm stayed in ALARM.")
+        return f"{ALARM} is in ALARM, but no deploy of {SERVICE} in {STAGE} is being watched now: nothing is posted."
 
     page = ChannelPage(standin, users, CHANNEL, LambdaView({**aws, **prod}), port=port, trip=trip).start()
     running.callback(page.stop)

@@ -64,7 +64,21 @@ class ChannelPage:
                 else:
                     self._json(404, {"error": "not found"})
 
+            def _from_this_page(self) -> bool:
+                """Only the page itself may type and click as Ana or Bo: another site's form or script
+                (a cross-origin POST, or a rebinding of its name to 127.0.0.1) is refused. JSON alone is
+                accepted, which a cross-origin page cannot send without a preflight that gets no CORS answer."""
+                port = self.server.server_address[1]
+                ours = {f"127.0.0.1:{port}", f"localhost:{port}"}
+                origin = self.headers.get("Origin")
+                return (self.headers.get("Host", "") in ours
+                        and (origin is None or origin in {f"http://{h}" for h in ours})
+                        and self.headers.get("Content-Type", "").split(";")[0].strip() == "application/json")
+
             def do_POST(self):
+                if not self._from_this_page():
+                    self.close_connection = True
+                    return self._json(403, {"error": "only the demo page itself may act in the demo"})
                 try:
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                     status, answer = page.act(self.path, body)

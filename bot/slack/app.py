@@ -25,7 +25,7 @@ from bot.engine.build import Engine
 from bot.engine.pipeline import Event
 from bot.engine.service import Refused, RollbackService
 from bot.slack import blocks as kit
-from bot.slack.mrkdwn import code, esc, esc_message
+from bot.slack.mrkdwn import code, esc, esc_message, user
 from bot.slack.notifier import Notifier, edit_superseded
 
 GROUP_TTL = 60.0
@@ -180,6 +180,15 @@ class Slack:
                 verdict = "🟥 deployed but CI NOT frozen"
             self.notify.post(channel, f"{verdict}: {code(Job.from_row(job).where)} → {code(job['target_commit'][:7])} "
                                       f"(job {job['id']}) {esc_message(job.get('reason') or '')}")
+
+    def announce_unfreeze(self, key: StageKey, user_id: str, channel: str, was: str) -> None:
+        """Everyone who watches the stage learns that CI may deploy it again: the channel where it was
+        said, and the stage's notification channel when that is another."""
+        what = code(f"{key.service} {key.stage}" if self.service.several else key.stage)
+        text = f"🧊→✅ {user(user_id)} lifted the CI freeze on {what}: CI may deploy again. (It was: {esc(was)})"
+        notify = self.service.policy.notify_channel(key.stage, self.settings.channel, key.service)
+        for where in dict.fromkeys(c for c in (channel, notify) if c):
+            self.notify.post(where, text)
 
     def on_job_event(self, job_id: int, event: Event) -> None:
         """A result that reached index.json late (after retries) is announced where the card is."""

@@ -186,6 +186,9 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
         fields.append({"type": "mrkdwn", "text": _clip(f"*CloudFormation*\n{text.strip()}", 1900)})
     if fields:
         blocks.append({"type": "section", "fields": fields})
+    if t.bad:
+        blocks.append(section(f"⚠️ {code(t.short)} (build {code(t.build_id)}) is marked bad by {user(t.bad.by)}: "
+                              f"{esc(t.bad.reason)}. Deploying it anyway clears the mark."))
     for warning in plan.warnings:
         blocks.append(section(f"⚠️ {esc(warning)}"))
     if plan.freeze:
@@ -260,30 +263,62 @@ def superseded_blocks(stage: str, was: LiveRecord, live: LiveRecord, service: st
             context(f"⏹️ No longer live: {_replaced_by(live)}")]
 
 
-def run_line(j: Job) -> str:
+def run_line(j: Job, parts: list[Job] | None = None) -> str:
     """One run in history (Slack and the App Home): when and how long, who asked and who approved,
-    from → to, the outcome and why, and a link to its card."""
+    from → to, the outcome and why, and a link to its card. An app rollback is one entry, its services
+    (``parts``) under it."""
     took = f" in {j.duration:.0f}s" if j.duration is not None and j.finished else ""
-    line = (f"• {date(j.started or j.created)}{took} · job {j.id} *{esc(j.state)}* {code(j.where)} "
-            f"{code(j.live_commit[:7] or '?')} → {code(j.target_commit[:7])} (build {code(j.target_build)})"
-            f" · requested by {user(j.requested_by)}")
+    if j.is_app:
+        line = (f"• {date(j.started or j.created)}{took} · app job {j.id} *{esc(j.state)}* {code(j.where)} → "
+                f"{code(j.target_commit[:7])} · requested by {user(j.requested_by)}")
+    else:
+        line = (f"• {date(j.started or j.created)}{took} · job {j.id} *{esc(j.state)}* {code(j.where)} "
+                f"{code(j.live_commit[:7] or '?')} → {code(j.target_commit[:7])} (build {code(j.target_build)})"
+                f" · requested by {user(j.requested_by)}")
     if j.approved_by:
         line += f", approved by {user(j.approved_by)}"
     if j.cancelled_by:
         line += f", cancelled by {user(j.cancelled_by)}"
-    if j.reason and j.state is not JobState.SUCCEEDED:
-        line += f"\n    _{_clip(esc_message(j.reason), 300)}_"
     if j.permalink:
         line += f" · {link(j.permalink, 'card')}"
+    for p in parts or []:
+        line += (f"\n    {esc(p.service)} {code(p.live_commit[:7] or '?')} → {code(p.target_commit[:7])} "
+                 f"(build {code(p.target_build)}) {esc(p.state)}")
+    if j.reason and (j.state is not JobState.SUCCEEDED or j.is_app):
+        # not in _italics_: a reason's own underscores (UPDATE_COMPLETE) would end them
+        line += f"\n    why: {_clip(esc_message(j.reason), 300)}"
     return line
 
 
+MAX_HOME_BLOCKS = 100  # Slack refuses a Home view with more
+
+
+def _sections(lines: list[str], most: int) -> list[dict]:
+    """Lines packed into as few sections as fit (at most ``most``); what does not fit is counted."""
+    out: list[dict] = []
+    chunk: list[str] = []
+    for n, line in enumerate(lines):
+        if chunk and sum(len(x) + 1 for x in chunk) + len(line) + 40 > MAX_TEXT:
+            if len(out) == most - 1:
+                out.append(section("\n".join(chunk) + f"\n…and {len(lines) - n} more"))
+                return out
+            out.append(section("\n".join(chunk)))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        out.append(section("\n".join(chunk)))
+    return out
+
+
 def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], now: float,
-                policy_configured: bool = True, several: bool = False, watches: list | tuple = ()) -> list[dict]:
-    """The App Home tab: each stage's live build, lock holder and freeze, then recent jobs."""
+                policy_configured: bool = True, several: bool = False, watches: list | tuple = (),
+                parts: dict[int, list[Job]] | None = None, hidden: int = 0) -> list[dict]:
+    """The App Home tab: each stage's live build, lock holder and freeze, then recent jobs. Stage rows
+    share sections, so 50 services × 3 stages stay within Slack's 100 blocks."""
     blocks = [header("rollback-bot")]
     if not policy_configured:
         blocks.append(section(f"⚠️ *{NO_POLICY}*: set ROLLBACK_CONFIG to a policy file before real use."))
+    rows = []
     for index, lock in stages:
         live = index.live
         name = f"{esc(index.service)} · {esc(index.stage)}" if several else esc(index.stage)
@@ -294,8 +329,12 @@ def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], n
             text += f"\n⏳ job {lock['job_id']} running, started by {user(lock['holder'])}"
         if index.freeze:
             text += f"\n🧊 frozen by {_mark(index.freeze)}"
-        blocks.append(section(text))
-    if not stages:
+        rows.append(text)
+    blocks += _sections(rows, MAX_HOME_BLOCKS - 10)
+    if hidden:
+        blocks.append(context(f"{hidden} stage{'s' if hidden != 1 else ''} not shown: the policy keeps "
+                              f"{'them' if hidden != 1 else 'it'} to their own channels (`/rollback status` there)."))
+    if not stages and not hidden:
         blocks.append(section("No stage has builds yet: CI adds them with `rollback-bot publish`."))
     if watches:  # the alarm watch: deploys in their window, rollbacks settling
         rows = []
@@ -307,7 +346,7 @@ def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], n
                         + (f" · 🚨 in ALARM: {esc(', '.join(alarmed))}" if alarmed else " · alarms OK"))
         blocks.append(section("*Watching*\n" + _whole_lines(rows)))
     blocks.append({"type": "divider"})
-    recent = _whole_lines([run_line(j) for j in jobs]) or "none yet"
+    recent = _whole_lines([run_line(j, (parts or {}).get(j.id)) for j in jobs]) or "none yet"
     blocks.append(section(f"*Recent rollbacks*\n{recent}"))
     return blocks
 
@@ -325,9 +364,16 @@ def job_title(job: Job) -> str:
     running = "⏳ Rolling forward" if job.forward else "⏳ Rolling back"
     if job.state is JobState.RUNNING and job.cancelled_by:
         running = "⏳ Stopping…"
-    return {JobState.RUNNING: running, JobState.SUCCEEDED: done, JobState.FAILED: "❌ Rollback failed",
-            JobState.CANCELLED: "🛑 Rollback cancelled",
-            JobState.INTERRUPTED: "⚠️ Rollback interrupted"}.get(job.state, str(job.state))
+    what = "Roll forward" if job.forward else "Rollback"
+    return {JobState.RUNNING: running, JobState.SUCCEEDED: done, JobState.FAILED: f"❌ {what} failed",
+            JobState.CANCELLED: f"🛑 {what} cancelled",
+            JobState.INTERRUPTED: f"⚠️ {what} interrupted"}.get(job.state, str(job.state))
+
+
+def unfreeze_command(stage: str, service: str = "") -> str:
+    """The command that lifts a freeze, exactly as it must be typed (a bot of several services names the
+    service)."""
+    return code(f"/rollback unfreeze {service} {stage}" if service else f"/rollback unfreeze {stage}")
 
 
 def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: list[str], now: float) -> list[dict]:
@@ -376,8 +422,8 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
             blocks.append(section(f"Lambda runs the target's code (verified). Rolled forward: nothing was marked "
                                   f"bad; {freeze} on `{stage}`."))
         else:
-            blocks.append(section(f"Lambda runs the target's code (verified). CI is frozen on `{stage}`: "
-                                  f"`/rollback unfreeze {stage}` when the fix is in."))
+            blocks.append(section(f"Lambda runs the target's code (verified). CI is frozen on {code(job.where)}: "
+                                  f"{unfreeze_command(job.stage, job.shown_service)} when the fix is in."))
     if state is JobState.RUNNING and not job.cancelled_by:
         blocks.append({"type": "actions", "elements": [
             button("Cancel", ids.CANCEL_JOB, ids.job_value(job.id), "danger")]})
@@ -386,22 +432,35 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
     return blocks
 
 
-def status_blocks(running: list[Job], freezes: dict, now: float, several: bool = False) -> list[dict]:
-    """Running jobs and frozen stages; ``freezes`` maps a StageKey to its freeze."""
+def status_blocks(running: list[Job], freezes: dict, now: float, several: bool = False, hidden: int = 0,
+                  parts_of=None) -> list[dict]:
+    """Running jobs and frozen stages; ``freezes`` maps a StageKey to its freeze. An app rollback is one
+    entry named as its card names it ("app job 3"), its services under it (``parts_of(app_id)``)."""
     def name(key) -> str:
         return f"{key.service} {key.stage}" if several else key.stage
 
-    blocks = [section("*Running rollbacks*\n" + ("\n".join(
-        f"• {code(j.where)} → {code(j.target_commit[:7])} job {j.id} by "
-        f"{user(j.approved_by or j.requested_by)} since {date(j.started or now)}" for j in running)
-        or "none"))]
-    blocks.append(section("*Frozen stages*\n" + ("\n".join(f"• {code(name(k))}: {_mark(m)}" for k, m in freezes.items())
-                                                 or "none")))
+    lines = []
+    for j in running:
+        if j.app_id:
+            continue  # shown under its app
+        what = "app job" if j.is_app else "job"
+        lines.append(f"• {code(j.where)} → {code(j.target_commit[:7])} {what} {j.id} approved by "
+                     f"{user(j.approved_by or j.requested_by)} since {date(j.started or now)}")
+        if j.is_app and parts_of is not None:
+            lines += [f"    {esc(p.service)} {esc(p.state)} (job {p.id})" for p in parts_of(j.id)]
+    blocks = [section("*Running rollbacks*\n" + (_whole_lines(lines) or "none"))]
+    blocks.append(section("*Frozen stages*\n" + (_whole_lines([f"• {code(name(k))}: {_mark(m)}"
+                                                                for k, m in freezes.items()]) or "none")))
+    if hidden:
+        blocks.append(context(f"{hidden} more stage{'s' if hidden != 1 else ''} not shown here: the policy keeps "
+                              "them to their own channels."))
     return blocks
 
 
-def history_text(stage: str, jobs: list[Job]) -> str:
-    return _whole_lines([run_line(j) for j in jobs]) or f"No rollbacks of {code(stage)} yet."
+def history_text(stage: str, jobs: list[Job], parts: dict[int, list[Job]] | None = None) -> str:
+    """``parts``: each app rollback's services, by the app's job id."""
+    return (_whole_lines([run_line(j, (parts or {}).get(j.id)) for j in jobs])
+            or f"No rollbacks of {code(stage)} yet.")
 
 
 # -- app rollbacks (every service of a stage to one commit) -------------------------------------------
@@ -508,8 +567,9 @@ def app_progress_blocks(job: Job, parts: list[Job], steps: dict[int, str], now: 
     if job.state in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED) or (job.reason and job.finished):
         blocks.append(section(_clip(f"*Where each service is:* {esc_message(job.reason)}")))
     if job.state is JobState.SUCCEEDED and not job.reason:
-        blocks.append(section(f"Every service runs its target (verified). CI is frozen on the services that moved "
-                              f"in `{esc(job.stage)}`: `/rollback unfreeze <service> {esc(job.stage)}` when fixed."))
+        commands = " · ".join(unfreeze_command(job.stage, p.service) for p in parts if p.state is JobState.SUCCEEDED)
+        blocks.append(section(_clip(f"Every service runs its target (verified). CI is frozen on the services that "
+                                    f"moved in {code(job.stage)}; when the fix is in: {commands}")))
     if job.state is JobState.RUNNING and not job.cancelled_by:
         blocks.append({"type": "actions", "elements": [
             button("Cancel", ids.CANCEL_JOB, ids.job_value(job.id), "danger")]})

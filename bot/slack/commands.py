@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from bot.core.names import closest
+
 COMMANDS = (  # one line each, for help (a bot of one service)
     ("/rollback <stage>", "the stage's recent builds: live and bad ones marked, a button on each"),
     ("/rollback <stage> <sha|build-id|previous>", "a plan card: what would change, with Approve and Cancel"),
@@ -26,6 +28,7 @@ SEVERAL_COMMANDS = (  # a bot of several services
     ("/rollback help", "this"),
 )
 USAGE = " · ".join(f"`{syntax}`" for syntax, _ in COMMANDS)
+SEVERAL_USAGE = " · ".join(f"`{syntax}`" for syntax, _ in SEVERAL_COMMANDS)
 KEYWORDS = {"help", "status", "history", "unfreeze", "cancel"}
 
 
@@ -66,4 +69,9 @@ def parse(text: str, services: Iterable[str] = ()) -> Command:
         return Command("list", stage=words[0])
     if len(words) == 2:
         return Command("plan", stage=words[0], ref=words[1])
-    return Command("invalid", error=f"Too many words. Usage: {USAGE}")
+    if services and len(words) == 3:  # `/rollback hello prod previous`: a mistyped service
+        guess = closest(words[0], services)
+        hint = f" Did you mean `/rollback {guess} {' '.join(words[1:])}`?" if guess else ""
+        return Command("invalid", error=f"This bot serves no service `{words[0]}`.{hint} Services: "
+                                        + ", ".join(f"`{s}`" for s in sorted(services)) + ".")
+    return Command("invalid", error=f"Too many words. Usage: {SEVERAL_USAGE if services else USAGE}")

@@ -38,11 +38,13 @@ def register(app: App, slack: Slack) -> None:
             elif cmd.action == "plan":
                 slack.post_plan(key, cmd.ref, user_id, channel, respond, groups_of)
             elif cmd.action == "status":
-                status = service.status()
-                respond(blocks=kit.status_blocks(status.running, status.freezes, time.time(), service.several),
+                status = service.status(channel)
+                respond(blocks=kit.status_blocks(status.running, status.freezes, time.time(), service.several,
+                                                 status.hidden, service.apps.parts),
                         text="rollback-bot status")
             elif cmd.action == "history":
-                respond(kit.history_text(cmd.stage, service.history_of(cmd.stage, key, user_id, channel)))
+                runs = service.history_of(cmd.stage, key, user_id, channel)
+                respond(kit.history_text(cmd.stage, runs, {j.id: service.apps.parts(j.id) for j in runs if j.is_app}))
             elif cmd.action == "cancel" and key is None:  # several services: the app's, or the only one running
                 respond(service.cancel_in_stage(cmd.stage, user_id, channel, groups_of))
             elif key is None:  # unfreeze: one service's stage
@@ -50,7 +52,11 @@ def register(app: App, slack: Slack) -> None:
             elif cmd.action == "unfreeze":
                 was = service.unfreeze(key, user_id, channel, groups_of)
                 what = code(f"{key.service} {key.stage}" if service.several else key.stage)
-                respond(f"{what} unfrozen: CI may deploy again." if was else f"{what} was not frozen.")
+                if not was:
+                    respond(f"{what} was not frozen.")
+                    return
+                slack.announce_unfreeze(key, user_id, channel, was)
+                respond(f"{what} unfrozen: CI may deploy again. The channel was told.")
             elif cmd.action == "cancel":
                 respond(service.cancel_running(key, user_id, channel, groups_of))
         except UserError as exc:
