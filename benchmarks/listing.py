@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.adapters.artifacts import ArtifactStore  # noqa: E402
+from bot.core.actor import Actor
 from bot.core.stage_index import Artifact, StageIndex  # noqa: E402
 
 BUCKET = "bench-artifacts"
@@ -153,11 +154,11 @@ def services(n_services: int, n_builds: int, runs: int = 11) -> None:
         calls: list = []
         fleet.default.artifacts.s3.meta.events.register("before-send.s3", lambda **kw: calls.append(1))
         t0 = time.perf_counter()
-        rows = service.stage_overview("prod", "U-BENCH", None)
+        rows = service.stage_overview("prod", Actor.in_slack("U-BENCH", None))
         cold, cold_requests = time.perf_counter() - t0, len(calls)
         assert len(rows) == n_services and all(len(i.artifacts) == n_builds for i, _ in rows)
         calls.clear()
-        warm, _ = measure(lambda: service.stage_overview("prod", "U-BENCH", None), runs)
+        warm, _ = measure(lambda: service.stage_overview("prod", Actor.in_slack("U-BENCH", None)), runs)
         warm_requests = len(calls) / runs
     server.stop()
     print("| services × builds | first `/rollback prod` (cold) | requests | warm (median) | requests |")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bot.core.actor import Actor
 from bot.core.config import load_settings  # noqa: E402
 from bot.engine.build import build_engine  # noqa: E402
 from bot.playground.aws import MotoServer  # noqa: E402
@@ -110,10 +111,10 @@ def app_main(n_services: int = 50, runs: int = 5) -> None:
 
         def plan() -> float:
             started = time.monotonic()
-            pending = service.apps.request("prod", commits["v1"][:10], "bench", None)
+            pending = service.apps.request("prod", commits["v1"][:10], Actor.in_slack("bench", None))
             took = time.monotonic() - started
             assert len(pending.app.rolling) == n_services and len(pending.app.phases) == 5
-            service.withdraw(pending.job_id, "bench")
+            service.withdraw(pending.job_id, Actor.in_slack("bench", None))
             return took
 
         cold = plan()  # the first after start: git mirror fetched, clients made, indexes read

@@ -30,6 +30,7 @@ from pathlib import Path
 import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bot.core.actor import Actor
 from bot.core.config import load_settings  # noqa: E402
 from bot.engine.build import build_engine  # noqa: E402
 from bot.playground.aws import MotoServer  # noqa: E402
@@ -224,9 +225,9 @@ def _measure_app(service, fleet, names: list[str], commits: dict[str, str], runs
 
     def single(name: str, version: str) -> float:
         """One service's rollback as Slack runs it: from the approval (which plans again) to the end."""
-        pending = service.request(service.key("prod", name), f"{name}-{version}", "bench", None)
+        pending = service.request(service.key("prod", name), f"{name}-{version}", Actor.in_slack("bench", None))
         c0, t0 = cpu_seconds(), time.perf_counter()
-        job, _ = service.approve(pending.job_id, "bench-approver", None)
+        job = service.approve(pending.job_id, Actor.in_slack("bench-approver", None)).job
         result = fleet.engine(name).jobs.wait(job.id)
         if result["state"] != "succeeded":
             raise SystemExit(f"{name} failed: {result['reason']}")
@@ -243,9 +244,9 @@ def _measure_app(service, fleet, names: list[str], commits: dict[str, str], runs
     breakdown: list[str] = []
 
     def app(ref: str) -> float:
-        pending = service.apps.request("prod", ref, "bench", None)
+        pending = service.apps.request("prod", ref, Actor.in_slack("bench", None))
         c0, t0 = cpu_seconds(), time.perf_counter()
-        service.apps.approve(pending.job_id, "bench-approver", None)
+        service.approve(pending.job_id, Actor.in_slack("bench-approver", None))
         approved = time.perf_counter() - t0
         result = service.apps.wait(pending.job_id)
         parts = {p.service: p for p in service.apps.parts(pending.job_id)}

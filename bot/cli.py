@@ -1,4 +1,5 @@
-"""`rollback-bot` / `python -m bot`: read the settings once, then run a command, serve Slack, or the demo."""
+"""`rollback-bot` / `python -m bot`, the command line's composition root: read the settings once, then run
+a command (with Slack handed in, when a token is set), serve Slack, or the demo."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from bot.commands import COMMANDS, EXIT_CONFIG, build_parser, dispatch
 from bot.core.config import ConfigError, Settings, load_settings
 from bot.core.masking import Masker, mask_logs
+from bot.terminal.commands import COMMANDS, EXIT_CONFIG, Outlets, build_parser, dispatch
 
 
 def cmd_serve(args, settings: Settings) -> int:
@@ -27,6 +28,12 @@ def cmd_demo(args, settings: Settings) -> int:
     return main(Path(args.data_dir) if args.data_dir else settings.data_dir / "demo", args.port)
 
 
+def slack_outlets() -> Outlets:
+    """Deploy notifications and people's names for the terminal's commands (Slack is optional for them)."""
+    from bot.slack.notify import names, notify_deployed
+
+    return Outlets(deployed=notify_deployed, names=names)
+
 FACES = {"serve": (cmd_serve, ("engine", "slack")), "demo": (cmd_demo, ())}
 
 
@@ -43,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args, settings)
     logging.basicConfig(level=logging.WARNING, format="rollback-bot: %(levelname)s %(name)s: %(message)s")
     mask_logs(Masker(settings.secrets()))
-    return dispatch(args, settings)
+    return dispatch(args, settings, slack_outlets())

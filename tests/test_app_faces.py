@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from bot.core.actor import Actor
 from tests.support.app_fixtures import code, live
 from tests.support.slack_session import CHANNEL, all_text
 from tests.support.waiting import wait_for
@@ -65,7 +66,7 @@ def _thread(ws, card) -> str:
 def test_the_plan_warns_when_a_target_removes_an_export_a_live_stack_still_imports(app, repo):
     ws = app()
     # api alone back to c1 (its template without the export) while worker stays on c3, importing it
-    pending = ws.service.apps.request("prod", "by hand", "U-ANA", None,
+    pending = ws.service.apps.request("prod", "by hand", Actor.in_slack("U-ANA", None),
                                       targets={"api": (repo.commits["c1"], "api-v1")})
     assert pending.app.warnings == [
         "api's target removes the export `api-prod-url`, which worker still import(s) after the rollback: "

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from bot.core.actor import Actor
 from bot.core.jobs import JobState
 from bot.core.policy import Policy
 from bot.engine.service import RollbackService
@@ -30,7 +31,8 @@ def test_history_is_runs_only_in_every_face(fast_prod):
     ran = store.create_job(stage="prod", target_commit="c" * 40, target_build="7", requested_by="U-ANA",
                            state="running", started=time.time())
     store.update_job(ran, state="failed", finished=time.time(), reason="deploy: boom")
-    assert [(j.id, j.state) for j in service.history(service.key("prod"), "U-ANA", None)] == [(ran, JobState.FAILED)]
+    runs = service.history(service.key("prod"), Actor.in_slack("U-ANA", None))
+    assert [(j.id, j.state) for j in runs] == [(ran, JobState.FAILED)]
     out = cli(fast_prod, "history", "prod").stdout
     assert f"#{ran}" in out and f"#{waiting} " not in out and f"#{gone} " not in out
 
@@ -60,7 +62,7 @@ def test_every_request_names_a_stage_of_a_service_this_bot_serves(fast_prod):
     assert service.key("prod") == StageKey("hello-service", "prod")
     assert service.index(service.key("prod")).live is not None
     other = StageKey("billing", "prod")
-    for call in (service.index, service.check_freeze, lambda k: service.history(k, "U", None)):
+    for call in (service.index, service.check_freeze, lambda k: service.history(k, Actor.in_slack("U", None))):
         with pytest.raises(Refused, match="This bot serves `hello-service`, not `billing`"):
             call(other)
 
@@ -69,8 +71,8 @@ def test_history_and_the_audit_trail_export_as_json_for_the_incident_review(fast
     import json
 
     service = RollbackService(fast_prod, Policy())
-    plan = service.plan_for_terminal(service.key("prod"), "previous", "ana")
-    job_id = service.start_from_terminal(plan, "ana", "previous", unfreeze=False)
+    ana = Actor.at_terminal("ana")
+    job_id = service.approve(service.request(service.key("prod"), "previous", ana).job_id, ana).job.id
     fast_prod.jobs.wait(job_id, timeout=60)
     runs = json.loads(cli(fast_prod, "history", "prod", "--json").stdout)
     assert len(runs) == 1 and runs[0]["id"] == job_id and runs[0]["state"] == "succeeded"

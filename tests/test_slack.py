@@ -302,7 +302,7 @@ def test_a_finished_card_keeps_the_story_and_its_times_read_in_each_readers_zone
 def test_the_bolt_app_starts_without_a_warning_about_its_token(make_fast_engine, monkeypatch, caplog):
     from bot.engine.service import RollbackService
     from bot.playground.slack import SlackStandIn
-    from bot.slack.app import build_app
+    from bot.slack.server import build_app
 
     standin = SlackStandIn()
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-from-the-environment")  # as in every real deploy

@@ -18,6 +18,7 @@ import pytest
 
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
 from bot.adapters.source import SourceError, SourceRepo
+from bot.core.actor import Actor
 from bot.core.keys import StageKey
 from tests.conftest import BUCKET, SERVICE, fast_code, live_code
 from tests.support.fast_service import fast_package
@@ -139,7 +140,7 @@ def test_cancel_of_a_job_whose_bot_died_releases_the_lock_and_says_so(fast_prod)
     from bot.engine.service import RollbackService
 
     service = RollbackService(fast_prod, Policy())
-    said = service.cancel_running(service.key("prod"), "U-BO")
+    said = service.cancel_running(service.key("prod"), Actor.in_slack("U-BO", None))
     assert "bot process is gone: the job is marked interrupted and the stage's lock released" in said
     assert fast_prod.store.lock_of(PROD) is None and fast_prod.store.job(job_id)["state"] == "interrupted"
 

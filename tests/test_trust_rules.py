@@ -362,7 +362,7 @@ def test_an_app_card_after_a_restart_says_so_and_keeps_the_way_back():
 def test_the_terminals_status_names_each_runs_process_and_keeps_outside_text_inert():
     from bot.core.keys import StageKey
     from bot.core.stage_index import Mark
-    from bot.terminal import render_status
+    from bot.terminal.render import render_status
 
     app = Job.from_row({"id": 4, "stage": "prod", "state": "running", "service": "*", "requested_by": "U-ANA",
                         "approved_by": "U-CY", "target_commit": SHA, "started": 100.0, "created": 90.0,

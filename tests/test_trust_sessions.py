@@ -198,7 +198,7 @@ def test_junk_requests_get_4xx_not_500(fast_prod, fast_workspace):
 
 def test_per_person_limits_and_expired_plans_are_swept(fast_prod, fast_workspace):
     ws = fast_workspace()
-    ws.service.limits = type(ws.service.limits)(plans_per_minute=3, pending_per_user=2)
+    ws.service.gate.limits = type(ws.service.gate.limits)(plans_per_minute=3, pending_per_user=2)
     ws.ana.command("prod previous")
     first = seen(ws.card(0))
     ws.ana.command("prod b-v1")

@@ -10,6 +10,7 @@ from dataclasses import replace
 import boto3
 import pytest
 
+from bot.core.actor import Actor
 from bot.core.config import load_settings
 from bot.engine.build import Fleet
 from bot.engine.service import RollbackService
@@ -69,8 +70,8 @@ def test_an_alarm_after_a_deploy_is_reported_once_and_a_rollback_settles_under_w
         ("alarm", f"`{ALARM}` went into ALARM 0 min after build b-v2 ({fast_service.commits['v2'][:7]}) went live.")]
     assert service.store.jobs() == []  # no auto_rollback in this policy: a person decides
 
-    plan = service.plan_for_terminal(service.key("prod"), "previous", "ana")
-    job_id = service.start_from_terminal(plan, "ana", "previous", unfreeze=False)
+    ana = Actor.at_terminal("ana")
+    job_id = service.approve(service.request(service.key("prod"), "previous", ana).job_id, ana).job.id
     fast_prod.jobs.wait(job_id, timeout=60)
     assert live_code() == fast_code(fast_service, "v1")
     settle = [w for w in fast_prod.store.watches() if w["kind"] == "settle"]

@@ -1,13 +1,10 @@
-"""The rollback service: every face (the CLI, Slack, the App Home, the demo) calls it and renders what
-it returns. Nobody else reads indexes, filters job rows or writes audit entries.
+"""The rollback service: the one door into the engine. Every face (the CLI, Slack, the App Home, the
+demo) calls it with an ``Actor`` and renders the typed values it returns; nobody else reads indexes,
+filters job rows, writes the bucket or writes audit entries.
 
-Requesting and approving rollbacks: a plan waits for a person, who is checked at the click.
-
-An approval approves exactly what the card showed: the plan is made again at the click and compared
-with what was stored when the card was posted; any difference deploys nothing. The policy is
-checked here, for every action and every face, not in the Slack handlers.
-
-Knows nothing of Slack: the Slack handlers (and anything else) call it and render what it returns.
+A plan waits for a person, who is checked at the click; an approval approves exactly what the card
+showed (bot.engine.approval, one path for one service and for the app). The policy is checked by the
+gate (bot.engine.gate), for every action and every face, not in the Slack handlers.
 """
 
 from __future__ import annotations
@@ -16,27 +13,24 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from bot.adapters.artifacts import validate_stage
-from bot.adapters.store import StageBusy
-from bot.core.catalog import UnknownService
+from bot.adapters.artifacts import PruneResult, PublishResult, validate_stage
+from bot.adapters.source import local_commit, local_commits_between
+from bot.core.actor import Actor, Origin
 from bot.core.jobs import APP, RUN_STATES, Job, JobState
 from bot.core.keys import StageKey
 from bot.core.policy import Policy, PolicySource
 from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.app_service import AppRollbacks
+from bot.engine.approval import Approved, OneService, approve
 from bot.engine.build import Engine, Fleet
-from bot.engine.planner import Plan, UnknownStage, card_json, load_stage, summary_changes
-from bot.engine.refusals import Outdated, Refused
+from bot.engine.gate import DEFAULT_TTL, Gate, RequestLimits
+from bot.engine.planner import Plan, UnknownStage, card_json, load_stage
+from bot.engine.refusals import RefusalKind, Refused
 
-DEFAULT_TTL = 15 * 60
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    plans_per_minute: int = 10  # per person
-    pending_per_user: int = 5  # plans waiting for approval, per person
+__all__ = ["DEFAULT_TTL", "RequestLimits", "RollbackService"]
 
 
 @dataclass
@@ -78,20 +72,45 @@ class FreezeCheck:
     problems: list[str]
 
 
+@dataclass(frozen=True)
+class DeployNotice:
+    """What a deploy notification says: the stage's index, the build now live, the one live before it,
+    and the commits between them (from the git checkout CI runs in, when there is one)."""
+
+    index: StageIndex
+    live: Artifact
+    previous: Artifact | None
+    commits: list
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What a start-up found cut short by a crash: services' jobs and app rollbacks, now interrupted."""
+
+    jobs: list[Job] = field(default_factory=list)
+    apps: list[Job] = field(default_factory=list)
+
+
 class RollbackService:
     def __init__(self, engine: Engine | Fleet, policy: Policy | PolicySource, ttl: float = DEFAULT_TTL,
-                 clock: Callable[[], float] = time.time, limits: RequestLimits = RequestLimits()):
+                 clock: Callable[[], float] = time.time, limits: RequestLimits | None = None):
         self.fleet = engine if isinstance(engine, Fleet) else Fleet.of_one(engine)
         settings = self.fleet.settings
-        self.apps = AppRollbacks(self, settings.app_concurrency, settings.app_on_failure)
         self.policies = policy if isinstance(policy, PolicySource) else PolicySource(policy)
-        self.ttl = ttl
-        self.clock = clock
-        self.limits = limits
+        self.gate = Gate(self.fleet, self.policies, clock, ttl, limits or RequestLimits())
+        self.apps = AppRollbacks(self.gate, settings.app_concurrency, settings.app_on_failure)
 
     @property
     def policy(self) -> Policy:
         return self.policies.current()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.gate.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:  # tests move time on
+        self.gate.clock = clock
 
     @property
     def engine(self) -> Engine:
@@ -106,192 +125,146 @@ class RollbackService:
     def several(self) -> bool:
         return self.fleet.several
 
-    def key(self, stage: str, service: str | None = None) -> StageKey:
-        """The key of a stage of a service this bot serves; without a service, the default one."""
-        if service is None and not self.several:
-            return StageKey(self.engine.service, stage)
-        try:
-            return StageKey(self.fleet.catalog.resolve(service), stage)
-        except UnknownService as exc:
-            raise Refused(str(exc), "not_allowed") from None
-
-    # the app service (bot.engine.app_service) builds its refusals through these
-    refused = Refused
-    refused_type = Refused
-    outdated = Outdated
-
-    def _stage(self, key: StageKey) -> str:
-        if key.service == APP:  # an app rollback: every service of the stage
-            return validate_stage(key.stage)
-        if key.service not in self.fleet.engines:
-            served = ", ".join(f"`{n}`" for n in self.fleet.names)
-            raise Refused(f"This bot serves {served}, not `{key.service}`.", "not_allowed")
-        return validate_stage(key.stage)
-
-    def _engine(self, key: StageKey) -> Engine:
-        self._stage(key)
-        return self.fleet.engine(key.service)
-
-    def _job_key(self, job: dict) -> StageKey:
-        return StageKey(job.get("service") or self.engine.service, job["stage"])
-
-    def runner_of(self, job_id: int):
-        """The job runner of the service a job belongs to (to follow its events)."""
-        job = self.store.job(job_id)
-        return (self._engine(self._job_key(job)) if job else self.engine).jobs
-
-    def account(self, key: StageKey) -> str:
-        """Where a stage's AWS work happens, for cards and listings."""
-        return self._engine(key).accounts.describe(key.stage) if self.fleet.shared.uses_accounts else ""
-
     @property
     def store(self):
         return self.fleet.store  # opened on first use: CI's read-only commands never create it
 
-    # -- helpers ---------------------------------------------------------------------------------
+    def key(self, stage: str, service: str | None = None) -> StageKey:
+        """The key of a stage of a service this bot serves; without a service, the default one."""
+        return self.gate.key(stage, service)
 
-    def _audit(self, actor: str, action: str, key: StageKey, job_id: int | None, **detail) -> None:
-        policy = self.policy
-        self.store.audit(actor, action, key, job_id, policy=policy.source if policy.configured else "none", **detail)
+    def job(self, job_id: int) -> Job | None:
+        row = self.store.job(job_id)
+        return Job.from_row(row) if row else None
 
-    def _refuse(self, user: str, action: str, key: StageKey, job_id: int | None, message: str, kind="not_allowed"):
-        self._audit(user, f"{action}.refused", key, job_id, reason=message)
-        raise Refused(message, kind)
+    def runner_of(self, job_id: int):
+        """The job runner of the service a job belongs to (to follow its events)."""
+        job = self.store.job(job_id)
+        return (self.gate.engine(self.gate.job_key(job)) if job else self.engine).jobs
 
-    def _check(self, decision, user: str, action: str, key: StageKey, job_id: int | None = None) -> None:
-        stage = self._stage(key)  # refusals quote the stage: only a valid name may appear in them
-        if not decision.allowed:
-            if self.policy.rule(stage, key.service) is None and job_id is None:
-                # a typo'd stage: "no builds, known stages: …" helps more
-                load_stage(self.fleet.engine(key.service).artifacts, stage)
-            self._refuse(user, action, key, job_id, decision.reason)
+    def account(self, key: StageKey) -> str:
+        """Where a stage's AWS work happens, for cards and listings."""
+        return self.gate.engine(key).accounts.describe(key.stage) if self.fleet.shared.uses_accounts else ""
 
-    def may_view(self, key: StageKey, user: str, channel: str | None) -> None:
+    def may_view(self, key: StageKey, actor: Actor) -> None:
         """Listing and history follow the stage's channel rule too."""
-        stage = self._stage(key)
-        self._check(self.policy.may_act_in(stage, channel, key.service), user, "view", key)
+        stage = self.gate.stage(key)
+        self.gate.check(self.policy.may_act_in(stage, actor.channel, key.service), actor.user, "view", key)
+
+    # -- starting, every face --------------------------------------------------------------------
+
+    def recover(self) -> Recovered:
+        """Jobs and app rollbacks a crash cut short: each service's runner first (it stops their
+        processes, releases their locks and records the stack's status), then the apps, which say who
+        is where. Every face calls this once when it starts."""
+        jobs = [Job.from_row(j) for one in self.fleet.engines.values() for j in one.jobs.recover()]
+        return Recovered(jobs, [Job.from_row(j) for j in self.apps.recover()])
+
+    def housekeeping(self) -> list[Job]:
+        """Close plans whose buttons expired (returned, so their cards can say so) and forget what is past
+        retention. Whatever the face: the Slack bot runs it every 30 s, the terminal at each rollback."""
+        swept = self.sweep_expired()
+        self.store.prune(self.clock() - self.fleet.settings.retention_days * 86400)
+        return swept
+
+    # -- what CI writes --------------------------------------------------------------------------
+
+    def publish(self, key: StageKey, commit: str, package: Path, build_id: str | None, author: str | None,
+                message: str | None, deployed: bool, by: str) -> PublishResult:
+        """Store a package for a stage (and record it live with ``deployed``). Inside the repository a short
+        SHA is enough, and author and message default to git's."""
+        info = local_commit(commit.strip())
+        commit = info.sha if info else commit.strip()
+        author = author if author is not None else (info.author if info else "")
+        message = message if message is not None else (info.subject if info else "")
+        return self.gate.engine(key).artifacts.publish(key.stage, commit, package, build_id=build_id, author=author,
+                                                       message=message, deployed=deployed, by=by)
+
+    def mark_deployed(self, key: StageKey, commit: str, build_id: str | None, by: str) -> tuple[Artifact, bool]:
+        info = local_commit(commit.strip())
+        return self.gate.engine(key).artifacts.mark_deployed(key.stage, info.sha if info else commit, build_id, by=by)
+
+    def deploy_notice(self, key: StageKey) -> DeployNotice | None:
+        """What went live on a stage, for its deploy notification; None when nothing live is recorded."""
+        index = self.index(key)
+        live = index.live_artifact()
+        if live is None or index.live is None:
+            return None
+        previous = next((index.find(*h.ident) for h in index.history[1:] if h.commit != live.commit), None)
+        commits = local_commits_between(previous.commit, live.commit) if previous else []
+        return DeployNotice(index, live, previous, commits)
+
+    def note_notice(self, key: StageKey, notice: DeployNotice, channel: str, ts: str) -> None:
+        """Where the notification was posted, kept on the live record so any machine can edit it later."""
+        self.gate.engine(key).artifacts.note_notice(key.stage, notice.index.live, channel, ts)
+
+    def prune(self, key: StageKey, keep: int, by: str, dry_run: bool = False) -> PruneResult:
+        """Delete all but the newest ``keep`` builds (never the live, last known-good or in-use one);
+        a real prune is in the audit trail, with what it removed."""
+        result = self.gate.engine(key).artifacts.prune(self.gate.stage(key), keep, dry_run=dry_run)
+        if not dry_run:
+            self.gate.audit(by, "prune", key, None, keep=keep, removed=[a.label() for a in result.removed],
+                            failed_deletes=list(result.failed_deletes))
+        return result
 
     # -- plans -----------------------------------------------------------------------------------
 
-    def request(self, key: StageKey, ref: str, user: str, channel: str | None, groups_of=lambda u: set()) -> Pending:
+    def request(self, key: StageKey, ref: str, actor: Actor) -> Pending:
         """Check the requester and their limits, work out the plan, and record it as a pending job
-        together with what its card shows."""
-        stage = self._stage(key)
-        engine = self._engine(key)
-        self._check(self.policy.may_request(stage, user, channel, groups_of, key.service), user, "request", key)
-        now = self.clock()
-        self._limits(user, key)
-        plan = engine.plan(stage, ref)
+        together with what its card shows. At a terminal the typed confirmation will be the approval
+        (no second person can be asked for there), so the operator must also be an approver."""
+        gate, stage = self.gate, self.gate.stage(key)
+        engine = gate.engine(key)
         policy = self.policy
+        gate.check(policy.may_request(stage, actor.user, actor.channel, actor.groups_of, key.service), actor.user,
+                   "request", key)
+        if actor.origin is Origin.TERMINAL:
+            gate.check(policy.may_approve(stage, actor.user, "", None, service=key.service), actor.user, "approve",
+                       key)
+        now = self.clock()
+        gate.within_limits(actor.user, key)
+        plan = engine.plan(stage, ref)
         job_id = self.store.create_job(
             service=key.service, stage=stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
-            requested_by=user, state="pending", origin="slack", channel=channel or "", created=now,
-            expires=now + self.ttl, stack_name=plan.stack_name, region=plan.region,
-            plan_json=card_json(plan, ref),
-            policy=policy.source if policy.configured else "none",
+            requested_by=actor.user, state="pending", origin=str(actor.origin), channel=actor.channel or "",
+            created=now, expires=now + gate.ttl, stack_name=plan.stack_name, region=plan.region,
+            plan_json=card_json(plan, ref), policy=gate.policy_source,
         )
-        self._audit(user, "request", key, job_id, target=plan.target.label(), sha256=plan.target.sha256)
+        gate.audit(actor.user, "request", key, job_id, target=plan.target.label(), sha256=plan.target.sha256)
         running = engine.jobs.running_job(stage)
-        return Pending(job_id, plan, now + self.ttl, policy.approval_needs(stage, user, key.service),
+        return Pending(job_id, plan, now + gate.ttl, policy.approval_needs(stage, actor.user, key.service),
                        policy.configured, Job.from_row(running) if running else None)
-
-    def _limits(self, user: str, key: StageKey) -> None:
-        """Each person may ask for so many plans a minute and have so many waiting."""
-        now = self.clock()
-        recent = self.store.count_audit(user, ("request", "request.refused", "app.request"), now - 60)
-        if recent >= self.limits.plans_per_minute:
-            self._refuse(user, "request", key, None, f"You asked for {recent} plans in the last minute; wait a "
-                         "minute and ask again.", "limited")
-        waiting = sum(1 for j in self.store.jobs(states=["pending"], limit=1000, app_parts=False)
-                      if j["requested_by"] == user and (j.get("expires") or 0) > now)
-        if waiting >= self.limits.pending_per_user:
-            self._refuse(user, "request", key, None, f"You have {waiting} plans waiting for approval; approve or "
-                         "cancel one of them first.", "limited")
-
-    def _expired_or_closed(self, job: dict, user: str) -> None:
-        """A plan that is no longer waiting, or whose buttons expired, cannot be approved."""
-        if job["state"] != "pending":
-            what = {"running": "already approved and running", "succeeded": "already done",
-                    "outdated": "out of date (what is live changed)"}.get(job["state"], job["state"])
-            raise Refused(f"This plan was {what}; nothing more happens.", "closed")
-        if self.clock() > (job.get("expires") or 0):
-            if self.store.claim(job["id"], "pending", "expired", finished=self.clock()):
-                self._audit(user, "approve.expired", self._job_key(job), job["id"])
-            ask = f"`/rollback {job['stage']} {job['target_commit'][:8]}`" if job["target_commit"] else "again"
-            raise Refused(f"This plan expired. Ask again with {ask}.", "expired")
-
-    def is_app(self, job_id: int) -> bool:
-        job = self.store.job(job_id)
-        return bool(job) and job["service"] == APP
 
     def attach_message(self, job_id: int, channel: str, ts: str, permalink: str = "") -> None:
         self.store.update_job(job_id, channel=channel, message_ts=ts, permalink=permalink)
 
-    def approve(self, job_id: int, user: str, channel: str | None, groups_of=lambda u: set(),
-                unfreeze: bool = False) -> tuple[Job, Plan]:
-        """Start the job of a pending plan, if the plan now is the plan the card showed. Exactly one
-        of several concurrent clicks starts it."""
+    def approve(self, job_id: int, actor: Actor, unfreeze: bool = False) -> Approved:
+        """Start a pending plan, one service's or the whole app's, if the plan now is the plan its card
+        showed. Exactly one of several concurrent clicks starts it. At a terminal the operator who
+        requested it approves it (the typed confirmation)."""
         job = self.store.job(job_id)
-        if job is None:
-            raise Refused("That plan no longer exists.", "gone")
-        key = self._job_key(job)
-        stage, engine = key.stage, self._engine(key)
-        self._expired_or_closed(job, user)
-        policy = self.policy
-        # The approver, the requester and the channel are all checked now, not only when the card was posted.
-        self._check(policy.may_approve(stage, user, job["requested_by"], channel, groups_of, key.service), user,
-                    "approve", key, job_id)
-        requester_now = policy.may_request(stage, job["requested_by"], job.get("channel") or channel, groups_of,
-                                           key.service)
-        if not requester_now.allowed:
-            self._refuse(user, "approve", key, job_id,
-                         f"The requester may no longer request rollbacks of `{stage}` ({requester_now.reason}) "
-                         "Ask someone who may to request it again.")
-        if not self.store.claim(job_id, "pending", "approving", approved_by=user):
-            raise Refused("Someone already approved this plan.", "closed")
-        try:
-            # Plan again at the click and compare: what is live, or the stored package, may have changed.
-            plan = engine.plan(stage, job["target_commit"], job["target_build"])
-            shown = json.loads(job.get("plan_json") or "{}")
-            changes = summary_changes(shown, plan.summary())
-            if changes:
-                self.store.update_job(job_id, state="outdated", finished=self.clock(),
-                                      reason="out of date at approval: " + "; ".join(changes))
-                self._audit(user, "approve.outdated", key, job_id, changes=changes)
-                plan.ref = shown.get("ref") or plan.ref
-                raise Outdated("Nothing was deployed: the plan changed since the card was posted ("
-                               + "; ".join(changes) + "). Read the new plan before approving.",
-                               changes, Job.from_row(self.store.job(job_id)), plan)
-            engine.jobs.start(plan, job["requested_by"], approved_by=user, origin="slack", job_id=job_id,
-                                   unfreeze=unfreeze and plan.forward,
-                                   audit={"policy": policy.source if policy.configured else "none"})
-        except StageBusy as exc:
-            self.store.update_job(job_id, state="refused", reason=str(exc), finished=self.clock())
-            self._audit(user, "approve.refused", key, job_id, reason=str(exc))
-            raise Refused(str(exc), "busy") from exc
-        except Refused:
-            raise
-        except Exception as exc:
-            self.store.update_job(job_id, state="failed", reason=str(exc), finished=self.clock())
-            raise
-        self._audit(user, "approve", key, job_id, sha256=plan.target.sha256)
-        return Job.from_row(self.store.job(job_id)), plan
+        if job is not None and job["service"] == APP:
+            return self.apps.approve(job_id, actor)
+        return approve(self.gate, job_id, actor, OneService(), unfreeze=unfreeze,
+                       terminal=actor.origin is Origin.TERMINAL)
 
-    def withdraw(self, job_id: int, user: str, channel: str | None = None, groups_of=lambda u: set()) -> Job:
+    def withdraw(self, job_id: int, actor: Actor) -> Job:
         """Cancel a pending plan: its requester or anyone who may approve it."""
-        job = self.store.job(job_id)
+        gate, job = self.gate, self.store.job(job_id)
         if job is None or job["state"] != "pending":
-            raise Refused("This plan is no longer waiting for approval.", "closed")
-        key = self._job_key(job)
-        self._check(self.policy.may_act_in(key.stage, channel, key.service), user, "withdraw", key, job_id)
-        if user != job["requested_by"]:
-            decision = self.policy.may_approve(key.stage, user, job["requested_by"], channel, groups_of, key.service)
+            raise Refused("This plan is no longer waiting for approval.", RefusalKind.CLOSED)
+        key = gate.job_key(job)
+        rule = None if key.service == APP else key.service  # the app: the stage's own rule
+        gate.check(self.policy.may_act_in(key.stage, actor.channel, rule), actor.user, "withdraw", key, job_id)
+        if actor.user != job["requested_by"]:
+            decision = self.policy.may_approve(key.stage, actor.user, job["requested_by"], actor.channel,
+                                               actor.groups_of, rule)
             if not decision.allowed:
-                self._refuse(user, "withdraw", key, job_id, "Only the requester or an approver may cancel it.")
-        if not self.store.claim(job_id, "pending", "withdrawn", finished=self.clock(), cancelled_by=user):
-            raise Refused("This plan is no longer waiting for approval.", "closed")
-        self._audit(user, "withdraw", key, job_id)
+                gate.refuse(actor.user, "withdraw", key, job_id, "Only the requester or an approver may cancel it.")
+        if not self.store.claim(job_id, "pending", "withdrawn", finished=self.clock(), cancelled_by=actor.user):
+            raise Refused("This plan is no longer waiting for approval.", RefusalKind.CLOSED)
+        gate.audit(actor.user, "withdraw", key, job_id)
         return Job.from_row(self.store.job(job_id))
 
     def sweep_expired(self) -> list[Job]:
@@ -300,32 +273,64 @@ class RollbackService:
         swept = []
         for job in self.store.jobs(states=["pending"], limit=500):
             if (job.get("expires") or 0) < now and self.store.claim(job["id"], "pending", "expired", finished=now):
-                self._audit("rollback-bot", "plan.expired", self._job_key(job), job["id"])
+                self.gate.audit("rollback-bot", "plan.expired", self.gate.job_key(job), job["id"])
                 swept.append(Job.from_row(self.store.job(job["id"])))
         return swept
 
+    # -- following jobs --------------------------------------------------------------------------
+
+    def follow(self, job_id: int, listener) -> Callable[[], None]:
+        """Call ``listener`` with a service job's events until it ends (subscribe before approving, so no
+        event is missed); an app rollback's faces listen to ``apps.listeners``. Returns an unsubscribe."""
+        return self.runner_of(job_id).subscribe(job_id, listener)
+
+    def on_job_events(self, listener) -> None:
+        """Call ``listener(job_id, event)`` with every event of every service's jobs (the Slack bot's
+        late "index.json updated" announcements)."""
+        for one in self.fleet.engines.values():
+            one.jobs.listeners.append(listener)
+
+    def wait(self, job_id: int, timeout: float | None = None) -> Job:
+        """The job once it has ended (or after ``timeout``), one service's or an app's."""
+        job = self.store.job(job_id)
+        if job is not None and job["service"] == APP:
+            return self.apps.wait(job_id, timeout)
+        self.runner_of(job_id).wait(job_id, timeout)
+        return self.job(job_id)
+
+    def log_path(self, job_id: int) -> Path:
+        return self.runner_of(job_id).log_path(job_id)
+
+    def log_tail(self, job_id: int, lines: int = 20) -> list[str]:
+        return self.store.log_tail(job_id, lines)
+
+    def shutdown(self) -> None:
+        self.fleet.shutdown()
+
     # -- running jobs ----------------------------------------------------------------------------
 
-    def _may_cancel(self, job: dict, user: str, channel: str | None, groups_of) -> None:
-        key = self._job_key(job)
-        self._check(self.policy.may_act_in(key.stage, channel, key.service), user, "cancel", key, job["id"])
-        if user not in (job["requested_by"], job["approved_by"]):
-            decision = self.policy.may_approve(key.stage, user, job["requested_by"], channel, groups_of, key.service)
+    def _may_cancel(self, job: dict, actor: Actor) -> None:
+        gate, key = self.gate, self.gate.job_key(job)
+        rule = None if key.service == APP else key.service  # stopping the app: the stage's own rule
+        gate.check(self.policy.may_act_in(key.stage, actor.channel, rule), actor.user, "cancel", key, job["id"])
+        if actor.user not in (job["requested_by"], job["approved_by"]):
+            decision = self.policy.may_approve(key.stage, actor.user, job["requested_by"], actor.channel,
+                                               actor.groups_of, rule)
             if not decision.allowed:
-                self._refuse(user, "cancel", key, job["id"], "Only the requester, the approver or an approver may "
-                                                               "cancel a running rollback.")
+                gate.refuse(actor.user, "cancel", key, job["id"], "Only the requester, the approver or an "
+                                                                  "approver may cancel a running rollback.")
 
-    def cancel_job(self, job_id: int, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str:
+    def cancel_job(self, job_id: int, actor: Actor) -> str:
         """Cancel one job (the one a Cancel button was drawn for), never whatever runs now."""
         job = self.store.job(job_id)
         if job is None:
-            raise Refused("That job no longer exists.", "gone")
+            raise Refused("That job no longer exists.", RefusalKind.GONE)
         if job["state"] != "running":
-            raise Refused(f"Job {job_id} already ended ({job['state']}); nothing was cancelled.", "closed")
-        self._may_cancel(job, user, channel, groups_of)
+            raise Refused(f"Job {job_id} already ended ({job['state']}); nothing was cancelled.", RefusalKind.CLOSED)
+        self._may_cancel(job, actor)
         if job["service"] == APP:
-            return self.apps.cancel(job_id, user)
-        outcome = self._engine(self._job_key(job)).jobs.cancel(job_id, user)
+            return self.apps.cancel(job_id, actor.user)
+        outcome = self.gate.engine(self.gate.job_key(job)).jobs.cancel(job_id, actor.user)
         if outcome == "runner_gone":
             return (f"Job {job_id}'s bot process is gone: the job is marked interrupted and the stage's lock "
                     "released. Check the stack before doing anything else.")
@@ -333,58 +338,59 @@ class RollbackService:
             return (f"Cancelling job {job_id}: the rollback-bot process that runs it (pid {job['pid']}) stops its "
                     "processes within a few seconds.")
         if outcome == "ended":
-            raise Refused(f"Job {job_id} already ended; nothing was cancelled.", "closed")
+            raise Refused(f"Job {job_id} already ended; nothing was cancelled.", RefusalKind.CLOSED)
         return f"Cancelling job {job_id}: its processes are being stopped."
 
-    def cancel_running(self, key: StageKey, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str:
-        stage = self._stage(key)
-        job = self._engine(key).jobs.running_job(stage)
+    def cancel_running(self, key: StageKey, actor: Actor) -> str:
+        stage = self.gate.stage(key)
+        job = self.gate.engine(key).jobs.running_job(stage)
         if job is None:
-            self._check(self.policy.may_act_in(stage, channel, key.service), user, "cancel", key)
-            raise Refused(f"No rollback of `{stage}` is running here.", "gone")
-        return self.cancel_job(job["id"], user, channel, groups_of)
+            self.gate.check(self.policy.may_act_in(stage, actor.channel, key.service), actor.user, "cancel", key)
+            raise Refused(f"No rollback of `{stage}` is running here.", RefusalKind.GONE)
+        return self.cancel_job(job["id"], actor)
 
-    def cancel_in_stage(self, stage: str, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str:
+    def cancel_in_stage(self, stage: str, actor: Actor) -> str:
         """`/rollback cancel prod` on a bot of several services: the app rollback running in the stage, or
         the one service's rollback running there. Several services' own rollbacks are named, not guessed."""
-        stage = self._stage(StageKey(APP, stage))
+        stage = self.gate.stage(StageKey(APP, stage))
         running = [Job.from_row(r) for r in self.store.jobs(states=[JobState.RUNNING]) if r["stage"] == stage]
         app = next((j for j in running if j.is_app), None)
         if app is not None:
-            return self.cancel_job(app.id, user, channel, groups_of)
+            return self.cancel_job(app.id, actor)
         alone = [j for j in running if not j.app_id]
         if len(alone) == 1:
-            return self.cancel_job(alone[0].id, user, channel, groups_of)
-        self._check(self.policy.may_act_in(stage, channel), user, "cancel", StageKey(APP, stage))
+            return self.cancel_job(alone[0].id, actor)
+        self.gate.check(self.policy.may_act_in(stage, actor.channel), actor.user, "cancel", StageKey(APP, stage))
         if not alone:
-            raise Refused(f"No rollback of `{stage}` is running here.", "gone")
+            raise Refused(f"No rollback of `{stage}` is running here.", RefusalKind.GONE)
         named = ", ".join(f"`{j.service}` (job {j.id})" for j in sorted(alone, key=lambda j: j.service))
         raise Refused(f"Several rollbacks are running in `{stage}`: {named}. Say which one: "
-                      f"`/rollback cancel {sorted(alone, key=lambda j: j.service)[0].service} {stage}`.", "busy")
+                      f"`/rollback cancel {sorted(alone, key=lambda j: j.service)[0].service} {stage}`.",
+                      RefusalKind.BUSY)
 
-    def unfreeze(self, key: StageKey, user: str, channel: str | None = None, groups_of=lambda u: set()) -> str | None:
-        stage = self._stage(key)
-        self._check(self.policy.may_approve(stage, user, "", channel, groups_of, key.service), user, "unfreeze", key)
-        was = self._engine(key).artifacts.unfreeze(stage)
-        self._audit(user, "unfreeze", key, None, was=was.reason if was else None)
+    def unfreeze(self, key: StageKey, actor: Actor) -> str | None:
+        stage = self.gate.stage(key)
+        self.gate.check(self.policy.may_approve(stage, actor.user, "", actor.channel, actor.groups_of, key.service),
+                        actor.user, "unfreeze", key)
+        was = self.gate.engine(key).artifacts.unfreeze(stage)
+        self.gate.audit(actor.user, "unfreeze", key, None, was=was.reason if was else None)
         return was.reason if was else None
 
     # -- what people read ------------------------------------------------------------------------
 
-    def listing(self, key: StageKey, user: str, channel: str | None) -> StageIndex:
-        stage = self._stage(key)
-        self.may_view(key, user, channel)
-        return load_stage(self._engine(key).artifacts, stage)
+    def listing(self, key: StageKey, actor: Actor) -> StageIndex:
+        self.may_view(key, actor)
+        return self.builds(key)
 
     def index(self, key: StageKey) -> StageIndex:
         """A stage's index as CI reads it (S3 only; an unknown stage is simply empty)."""
-        stage = self._stage(key)
-        return self._engine(key).artifacts.read_index(stage)
+        stage = self.gate.stage(key)
+        return self.gate.engine(key).artifacts.read_index(stage)
 
     def builds(self, key: StageKey) -> StageIndex:
         """A stage's index for a person reading it: a stage with no builds is a typo until shown
         otherwise, and the refusal names the closest known stage."""
-        return load_stage(self._engine(key).artifacts, self._stage(key))
+        return load_stage(self.gate.engine(key).artifacts, self.gate.stage(key))
 
     def show(self, key: StageKey, ref: str) -> tuple[StageIndex, Artifact]:
         index = self.builds(key)
@@ -398,22 +404,28 @@ class RollbackService:
             return str(exc) if "did you mean" in str(exc) else ""
         return ""
 
-    def history(self, key: StageKey, user: str, channel: str | None, limit: int = 20) -> list[Job]:
+    def history(self, key: StageKey, actor: Actor, limit: int = 20) -> list[Job]:
         """The stage's runs, newest first: plans that never ran are not history."""
-        self._stage(key)
-        self.may_view(key, user, channel)
+        self.may_view(key, actor)
         return self._runs(key, limit)
 
-    def history_of(self, stage: str, key: StageKey | None, user: str, channel: str | None,
-                   limit: int = 20) -> list[Job]:
+    def history_of(self, stage: str, key: StageKey | None, actor: Actor, limit: int = 20) -> list[Job]:
         """One service's runs on a stage, or (``key`` None, a bot of several services) every service's."""
         if key is not None:
-            return self.history(key, user, channel, limit)
+            return self.history(key, actor, limit)
         stage = validate_stage(stage)
         for name in self.fleet.names:
-            self.may_view(StageKey(name, stage), user, channel)
+            self.may_view(StageKey(name, stage), actor)
         rows = self.store.jobs(stage=stage, states=[str(s) for s in RUN_STATES], limit=limit, app_parts=False)
         return [Job.from_row(r) for r in rows]
+
+    def watches(self, key: StageKey) -> list[dict]:
+        """The alarm watch's running watches of a stage."""
+        return [w for w in self.store.watches() if (w["service"], w["stage"]) == (key.service, key.stage)]
+
+    def parts(self, app_id: int) -> list[Job]:
+        """The services' jobs of an app rollback."""
+        return self.apps.parts(app_id)
 
     def stage_names(self) -> list[str]:
         """Every stage any service has builds in (for help)."""
@@ -468,11 +480,11 @@ class RollbackService:
         return Overview(stages, runs, self.policy.configured, self.several, watches, parts,
                         len(indexes) - len(shown))
 
-    def stage_overview(self, stage: str, user: str, channel: str | None) -> list[tuple[StageIndex, str]]:
+    def stage_overview(self, stage: str, actor: Actor) -> list[tuple[StageIndex, str]]:
         """``/rollback prod`` with several services: each service's index of the stage, and where it runs."""
         stage = validate_stage(stage)
         for name in self.fleet.names:
-            self.may_view(StageKey(name, stage), user, channel)
+            self.may_view(StageKey(name, stage), actor)
         found = [i for i in self.indexes(stage) if i.artifacts]
         if not found:
             load_stage(self.engine.artifacts, stage)  # no service has the stage: say which stages exist
@@ -480,8 +492,8 @@ class RollbackService:
 
     def check_freeze(self, key: StageKey, commit: str = "") -> FreezeCheck:
         """For CI: may this stage be deployed (with this commit)? Reads S3 only."""
-        stage = self._stage(key)
-        index = self._engine(key).artifacts.read_index(stage)
+        stage = self.gate.stage(key)
+        index = self.gate.engine(key).artifacts.read_index(stage)
         flags = f" --service {key.service}" if self.several else ""
         problems = []
         if index.freeze:
@@ -503,28 +515,6 @@ class RollbackService:
     def audit(self, since: float, key: StageKey | None = None) -> list[dict]:
         """The audit trail from ``since`` on (every request, approval, refusal, run and unfreeze)."""
         if key:
-            self._stage(key)
+            self.gate.stage(key)
         rows = self.store.audit_since(since, key)
         return [{**r, "detail": json.loads(r["detail"] or "{}")} for r in rows]
-
-    # -- the terminal ----------------------------------------------------------------------------
-
-    def plan_for_terminal(self, key: StageKey, ref: str, actor: str) -> Plan:
-        """A rollback from a shell: the operator, named by --by or ROLLBACK_ACTOR, must be one the policy
-        lets request and approve. (A second person cannot be asked for at a terminal: the typed
-        confirmation is the approval, and the audit trail records it as the CLI's.)"""
-        stage = self._stage(key)
-        policy = self.policy
-        self._check(policy.may_request(stage, actor, None, service=key.service), actor, "request", key)
-        self._check(policy.may_approve(stage, actor, "", None, service=key.service), actor, "approve", key)
-        return self._engine(key).plan(stage, ref)
-
-    def start_from_terminal(self, plan: Plan, actor: str, ref: str, unfreeze: bool) -> int:
-        if unfreeze and not plan.forward:
-            raise Refused("--unfreeze applies to a roll forward only; a rollback freezes CI", "not_allowed")
-        policy = self.policy
-        engine = self._engine(StageKey(plan.service or self.engine.service, plan.stage))
-        return engine.jobs.start(plan, requested_by=actor, approved_by=actor, origin="cli", unfreeze=unfreeze,
-                                      plan_json=card_json(plan, ref),
-                                      audit={"policy": policy.source if policy.configured else "none"})
-

@@ -21,7 +21,6 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bot import commands
 from bot.adapters import aws_clients
 from bot.adapters.plugin_cache import PluginCache
 from bot.core.config import ConfigError, load_settings
@@ -39,7 +38,9 @@ from bot.playground.sample import (
 )
 from bot.playground.slack import SlackStandIn, SlackUser
 from bot.playground.web import ChannelPage
+from bot.slack.notify import names, notify_deployed
 from bot.slack.server import assemble, http_server, start_up
+from bot.terminal import commands
 
 BUCKET = "rollback-demo-artifacts"
 CHANNEL = ("C-OPS", "ops")
@@ -238,7 +239,7 @@ def _ci(out, settings, *argv: str) -> None:
     """A CI command, run by the same code as `rollback-bot …` on a CI machine."""
     shown = [a[:7] if len(a) == 40 and a.isalnum() else a for a in argv]
     out("  $ rollback-bot " + " ".join(f"'{a}'" if " " in a else a for a in shown))
-    if commands.run(list(argv), settings) != 0:
+    if commands.run(list(argv), settings, commands.Outlets(deployed=notify_deployed, names=names)) != 0:
         raise RuntimeError(f"`rollback-bot {argv[0]}` failed; see its message above")
 
 

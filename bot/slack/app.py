@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -10,20 +9,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from slack_bolt import App
-from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from bot.core.actor import Actor
 from bot.core.config import Settings
-from bot.core.jobs import APP, Job
+from bot.core.jobs import APP, Job, JobState
 from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
-from bot.engine.build import Engine
-from bot.engine.pipeline import Event
-from bot.engine.service import Refused, RollbackService
+from bot.engine import Event, Refused, RollbackService
 from bot.slack import blocks as kit
 from bot.slack.mrkdwn import code, esc, esc_message, user
 from bot.slack.notifier import Notifier, edit_superseded
@@ -164,11 +160,11 @@ class Slack:
     def announce(self, job: dict) -> None:
         """Rollback results go to the stage's notification channel too, when that is elsewhere; the
         deploy notification of the build it replaced says it is no longer live."""
-        key = self.service._job_key(job)
+        key = StageKey(job["service"], job["stage"])
         if key.service == APP:  # each service that moved: its notification is no longer live
-            for part in self.store.parts_of(job["id"]):
-                if part["state"] == "succeeded" and part.get("recorded") != 0:
-                    self.superseded(self.service._job_key(part))
+            for part in self.service.parts(job["id"]):
+                if part.state is JobState.SUCCEEDED and part.recorded != 0:
+                    self.superseded(StageKey(part.service, part.stage))
         elif job["state"] == "succeeded" and job.get("recorded") != 0:
             self.superseded(key)
         channel = self.service.policy.notify_channel(key.stage, self.settings.channel, key.service)
@@ -201,7 +197,7 @@ class Slack:
             self.notify.update(job["channel"], job["message_ts"], f"Rollback job {job_id}",
                                kit.progress_blocks(Job.from_row(job), _steps(self.store, job_id), [], time.time()))
         self.notify.post(job["channel"], f"✅ Job {job_id}: {esc(event.text)}", thread_ts=job.get("message_ts"))
-        self.superseded(self.service._job_key(job))
+        self.superseded(StageKey(job["service"], job["stage"]))
 
     def superseded(self, key: StageKey) -> None:
         try:
@@ -209,37 +205,37 @@ class Slack:
         except Exception as exc:  # S3 unreadable: the notification stays as it was; nothing else depends on it
             log.warning("could not mark the deploy notification of %s as no longer live: %s", key, exc)
 
-    def post_plan(self, key: StageKey, ref: str, user_id: str, channel: str, respond, groups_of) -> None:
-        pending = self.service.request(key, ref, user_id, channel, groups_of)
+    def post_plan(self, key: StageKey, ref: str, actor: Actor, respond) -> None:
+        pending = self.service.request(key, ref, actor)
+        user_id, channel = actor.user, actor.channel
         try:
             posted = self.notify.post(channel, esc(kit.plan_title(pending.plan)), kit.plan_blocks(
                 pending.plan, pending.job_id, user_id, pending.expires_at, time.time(), pending.needs,
                 pending.policy_configured, pending.running), quiet=False)
         except SlackApiError as exc:
-            self.service.withdraw(pending.job_id, user_id, channel)
+            self.service.withdraw(pending.job_id, actor)
             respond(f"I could not post the plan here ({esc(exc.response.get('error'))}). "
                     "Invite me to the channel with `/invite @rollback-bot` and try again.")
             return
         except Exception as exc:  # Slack unreachable: nothing was posted, so nothing may stay pending
-            self.service.withdraw(pending.job_id, user_id, channel)
+            self.service.withdraw(pending.job_id, actor)
             log.warning("could not post a plan card: %s", exc)
             return
         self.service.attach_message(pending.job_id, posted["channel"], posted["ts"],
                                     self.notify.permalink(posted["channel"], posted["ts"]))
 
-    def post_app_plan(self, stage: str, ref: str, user_id: str, channel: str, respond, groups_of,
-                      undo: int | None = None) -> None:
+    def post_app_plan(self, stage: str, ref: str, actor: Actor, respond, undo: int | None = None) -> None:
         """The app's plan card (every service of the stage to one commit, or the newest deploy undone)."""
         apps = self.service.apps
-        pending = (apps.undo(undo, user_id, channel, groups_of) if undo is not None
-                   else apps.request(stage, ref, user_id, channel, groups_of))
-        shown = json.loads(self.store.job(pending.job_id)["plan_json"])
+        pending = apps.undo(undo, actor) if undo is not None else apps.request(stage, ref, actor)
+        user_id, channel = actor.user, actor.channel
+        shown = json.loads(self.service.job(pending.job_id).plan_json)
         try:
             posted = self.notify.post(channel, esc(kit.app_title(shown, pending.app.stage)), kit.app_plan_blocks(
                 pending.job_id, shown, pending.app.stage, user_id, pending.expires_at, pending.needs,
                 pending.policy_configured, pending.busy), quiet=False)
         except Exception as exc:  # nothing was posted, so nothing may stay pending
-            self.service.withdraw(pending.job_id, user_id, channel)
+            self.service.withdraw(pending.job_id, actor)
             respond(f"I could not post the plan here ({esc(exc)}). Invite me with `/invite @rollback-bot`.")
             return
         self.service.attach_message(pending.job_id, posted["channel"], posted["ts"],
@@ -251,48 +247,10 @@ class Slack:
         self.notify.update(channel, ts, "Plan closed", kit.closed_plan_blocks(job.stage, job.target_commit, why))
 
 
-def groups_middleware(slack: Slack):
-    """Who the person is, group-wise, resolved at most once per request and only if a check needs it."""
-
-    def middleware(context, next):
-        context["groups_of"] = functools.lru_cache(maxsize=8)(slack.groups)
-        next()
-
-    return middleware
-
-
-class _SameToken(logging.Filter):
-    """Bolt reads SLACK_BOT_TOKEN from the environment even when given a client, then warns that the
-    client wins. Our client carries that same token (behind the mask), so the warning says nothing."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != warning_client_prioritized_and_token_skipped()
-
-
-def quiet_same_token() -> None:
-    bolt = logging.getLogger("slack_bolt.App")
-    if not any(isinstance(f, _SameToken) for f in bolt.filters):
-        bolt.addFilter(_SameToken())
-
-
-def build_app(settings: Settings, engine: Engine, service: RollbackService, client: WebClient | None = None) -> App:
-    """The Bolt app: one middleware, then the listeners of each kind (bot/slack/listeners/)."""
-    from bot.slack.listeners import register
-
-    slack = Slack(settings, service, client or make_client(settings))
-    quiet_same_token()
-    app = App(signing_secret=settings.slack_signing_secret or None, client=slack.client,
-              process_before_response=True)
-    app.use(groups_middleware(slack))
-    for one in service.fleet.engines.values():
-        one.jobs.listeners.append(slack.on_job_event)
-    register(app, slack)
-    return app
-
-
 def sweep_expired(service: RollbackService, client: WebClient) -> int:
-    """Close the cards of plans whose buttons expired. Returns how many."""
-    swept = service.sweep_expired()
+    """The engine's housekeeping (expired plans closed, what is past retention pruned); then the cards of
+    the plans whose buttons expired say so. Returns how many."""
+    swept = service.housekeeping()
     notify = Notifier(client)
     for job in swept:
         if job.channel and job.message_ts:

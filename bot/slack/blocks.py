@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 
-from bot.core.jobs import Job, JobState
+from bot.core.jobs import APP, Job, JobState
 from bot.core.policy import NO_POLICY
 from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
-from bot.engine.pipeline import STEPS
-from bot.engine.planner import Plan
+from bot.engine import STEPS, Plan
 from bot.slack import ids
-from bot.slack.commands import COMMANDS, SEVERAL_COMMANDS
 from bot.slack.mrkdwn import code, date, esc, esc_message, link, user
+from bot.slack.slash import COMMANDS, SEVERAL_COMMANDS
 
 STEP_LABELS = {"restore": "Restore artifact", "checkout": "Check out source", "install": "Install plugins",
                "deploy": "Deploy", "verify": "Verify Lambda code"}
@@ -212,8 +211,9 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
 
 def outdated_plan_blocks(stage: str, target_commit: str, changes: list[str], ref: str,
                          service: str = "") -> list[dict]:
-    """A card whose plan changed before approval: nothing was deployed; one click plans again."""
-    where = f"{service} in {stage}" if service else stage
+    """A card whose plan changed before approval: nothing was deployed; one click plans again (``service``
+    "*": the whole app's plan)."""
+    where = f"the app in {stage}" if service == APP else f"{service} in {stage}" if service else stage
     return [
         section(f"~Roll {esc(where)} to {code(target_commit[:7])}~"),
         section("⚠️ *Out of date: nothing was deployed.* Since this card was posted:\n"

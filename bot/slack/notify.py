@@ -5,35 +5,39 @@ from __future__ import annotations
 import sys
 import time
 
-from bot.adapters.artifacts import ArtifactStore
-from bot.adapters.source import local_commits_between
 from bot.core.config import Settings
+from bot.core.keys import StageKey
+from bot.engine import RollbackService
 from bot.slack.app import make_client
 from bot.slack.blocks import deployed_blocks
 from bot.slack.mrkdwn import esc
 from bot.slack.notifier import Notifier, edit_superseded
+from bot.slack.people import People
 
 
-def notify_deployed(settings: Settings, store: ArtifactStore, stage: str, by: str, service: str = "") -> None:
-    """Post what went live on ``stage`` to its channel, with a button to roll it back; the notification
+def names(settings: Settings, service: RollbackService):
+    """Names for Slack user ids (users.info, cached in the store); the ids when Slack is not configured."""
+    return People(make_client(settings) if settings.slack_bot_token else None, service.store).name
+
+
+def notify_deployed(settings: Settings, service: RollbackService, key: StageKey, by: str) -> None:
+    """Post what went live on a stage to its channel, with a button to roll it back; the notification
     of the build it replaced is edited to say it is no longer live."""
-    channel = settings.policy.notify_channel(stage, settings.channel, store.service)
+    channel = settings.policy.notify_channel(key.stage, settings.channel, key.service)
     if not settings.slack_bot_token or not channel:
         return
-    index = store.read_index(stage)
-    live = index.live_artifact()
-    if live is None or index.live is None:
+    notice = service.deploy_notice(key)
+    if notice is None:
         return
-    record = index.live
-    previous = next((index.find(*h.ident) for h in index.history[1:] if h.commit != live.commit), None)
-    commits = local_commits_between(previous.commit, live.commit) if previous else []
+    named = key.service if service.several else ""
     notifier = Notifier(make_client(settings))
     try:  # CI must not fail because Slack did
-        edit_superseded(notifier, index, service)
-        where = f"{service} in {stage}" if service else stage
-        posted = notifier.post(channel, esc(f"{where} is now running {live.label()}"),
-                               deployed_blocks(stage, live, previous, commits, by, time.time(), service), quiet=False)
-        store.note_notice(stage, record, posted["channel"], posted["ts"])
+        edit_superseded(notifier, notice.index, named)
+        where = f"{named} in {key.stage}" if named else key.stage
+        posted = notifier.post(channel, esc(f"{where} is now running {notice.live.label()}"),
+                               deployed_blocks(key.stage, notice.live, notice.previous, notice.commits, by,
+                                               time.time(), named), quiet=False)
+        service.note_notice(key, notice, posted["channel"], posted["ts"])
     except Exception as exc:
         print(f"warning: could not post the deploy notification to Slack ({exc}); the deploy is recorded",
               file=sys.stderr)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from bot.adapters.store import Store
+from bot.core.text import clean
 from bot.slack.mrkdwn import SLACK_USER_RE
-from bot.terminal import clean
+
+if TYPE_CHECKING:
+    from bot.adapters.store import Store
 
 log = logging.getLogger("rollback-bot.slack")
 NAME_TTL = 24 * 3600.0

@@ -1,5 +1,7 @@
-"""Turn a job's events into Slack updates: the card edited at most once every 2 s, the deploy
-output batched into its thread, and the final state always delivered, however Slack behaves."""
+"""A rollback's progress in Slack, for one service's job and for an app rollback alike: the card edited
+at most once every 2 s, the deploy output batched into its thread every 6 s (an app's labelled by
+service), and the final state always delivered, however Slack behaves. Two views of one rhythm:
+``ProgressReporter`` (one job's checklist) and ``AppReporter`` (a checklist per phase and service)."""
 
 from __future__ import annotations
 
@@ -7,19 +9,33 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from bot.adapters.store import Store
 from bot.core.jobs import Job, JobState
-from bot.engine.pipeline import STEPS, Event
+from bot.engine import STEPS, Event
 from bot.slack import blocks as kit
 from bot.slack.mrkdwn import esc
 from bot.slack.notifier import Notifier
+
+if TYPE_CHECKING:
+    from bot.adapters.store import Store
 
 log = logging.getLogger("rollback-bot.slack")
 UPDATE_INTERVAL = 2.0  # Slack allows about one chat.update per second per message; we do half
 THREAD_INTERVAL = 6.0  # thread posts: with the card edits, at most 40 calls a job minute
 THREAD_CHARS = 3500
 FINAL_RETRY_SECONDS = 600.0
+
+
+def deliver_final(send: Callable[[], bool], clock: Callable[[], float]) -> bool:
+    """The final state is always sent: retried with backoff for up to 10 minutes while Slack fails."""
+    deadline, delay = clock() + FINAL_RETRY_SECONDS, 1.0
+    while not send():
+        if clock() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 30)
+    return True
 
 
 class ProgressReporter:
@@ -130,15 +146,10 @@ class ProgressReporter:
         self.notify.post(self.channel, f"{header}```{text}```", thread_ts=self.ts)
 
     def _finish(self) -> None:
-        deadline = self.clock() + FINAL_RETRY_SECONDS
-        delay = 1.0
         with self.cond:
             self.dirty = True
-        while not self._update_card():
-            if self.clock() > deadline:
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 30)
+        if not deliver_final(self._update_card, self.clock):
+            return
         if self.lines:
             self._post_lines()
         job = self.store.job(self.job_id)
@@ -147,6 +158,83 @@ class ProgressReporter:
             self.notify.upload(self.channel, self.ts, log or "(no output)", f"rollback-job-{self.job_id}.log",
                                f"Full log of rollback job {self.job_id}")
         self.on_final(job)
+
+    def wait(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+
+class AppReporter:
+    """One per app rollback; a listener of AppRollbacks. Each service's output goes to the thread with
+    an equal share of each post, so the calls stay within 40 a job minute however many services move."""
+
+    def __init__(self, notify: Notifier, store: Store, app_id: int, channel: str, ts: str,
+                 clock: Callable[[], float] = time.monotonic, on_final: Callable[[dict], None] = lambda job: None):
+        self.notify, self.store, self.app_id, self.channel, self.ts = notify, store, app_id, channel, ts
+        self.clock, self.on_final = clock, on_final
+        self.seen: dict[int, int] = {}  # part job id -> the last output row posted
+        self.wake = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"slack-app-{app_id}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def __call__(self, app_id: int, what: str) -> None:  # an AppRollbacks listener
+        if app_id == self.app_id:
+            self.wake.set()
+
+    def _card(self) -> bool:
+        job = Job.from_row(self.store.job(self.app_id))
+        parts = [Job.from_row(r) for r in self.store.parts_of(self.app_id)]
+        steps = {}
+        for p in parts:
+            if p.state is JobState.RUNNING:
+                events = [e for e in self.store.events(p.id) if e["status"] == "started"]
+                steps[p.id] = events[-1]["step"] if events else "starting"
+        return self.notify.update(self.channel, self.ts, f"App rollback {self.app_id}: {job.state}",
+                                  kit.app_progress_blocks(job, parts, steps, time.time()))
+
+    def _thread(self) -> None:
+        """New output of every service, labelled, in one post: each service with output gets an equal
+        share of the message (its newest lines); every line is in the job logs."""
+        batches = []
+        for part in self.store.parts_of(self.app_id):
+            rows = self.store.output_after(part["id"], self.seen.get(part["id"], 0))
+            if rows:
+                self.seen[part["id"]] = rows[-1][0]
+                batches.append((part["service"], [line for _, line in rows]))
+        if not batches:
+            return
+        share = THREAD_CHARS // len(batches)
+        text = ""
+        for service, lines in batches:
+            kept, size = [], 0
+            for line in reversed(lines):
+                labelled = f"[{service}] {line}"
+                if size + len(labelled) + 1 > share:
+                    break
+                kept.append(labelled)
+                size += len(labelled) + 1
+            if len(kept) < len(lines):
+                kept.append(f"[{service}] …{len(lines) - len(kept)} earlier lines are in its job's log")
+            text += "\n".join(reversed(kept)) + "\n"
+        self.notify.post(self.channel, "```" + esc(text) + "```", thread_ts=self.ts)
+
+    def _loop(self) -> None:
+        last_card, last_thread = -UPDATE_INTERVAL, self.clock()
+        while True:
+            self.wake.wait(UPDATE_INTERVAL)  # the app's events wake it: the end is seen at once
+            self.wake.clear()
+            if self.store.job(self.app_id)["state"] != JobState.RUNNING:
+                break
+            if self.clock() - last_card >= UPDATE_INTERVAL:  # at most one edit every 2 s
+                self._card()
+                last_card = self.clock()
+            if self.clock() - last_thread >= THREAD_INTERVAL:
+                self._thread()
+                last_thread = self.clock()
+        deliver_final(self._card, self.clock)
+        self._thread()
+        self.on_final(self.store.job(self.app_id))
 
     def wait(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)

@@ -1,7 +1,10 @@
-"""Serve the Bolt app: Socket Mode when SLACK_APP_TOKEN is set, else HTTP behind waitress."""
+"""The Slack bot's composition root: build the engine and the Bolt app with its listeners, start up
+(recovery, housekeeping, the alarm watch), and serve: Socket Mode when SLACK_APP_TOKEN is set, else
+HTTP behind waitress."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import io
 import json
@@ -11,21 +14,58 @@ import time
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+from slack_sdk import WebClient
 
 from bot.core.config import Settings
 from bot.core.jobs import Job
 from bot.core.masking import Masker, mask_logs
 from bot.core.policy import PolicySource
-from bot.engine.build import Engine, build_fleet
-from bot.engine.service import RollbackService
-from bot.engine.watch import make_watcher
+from bot.engine import Engine, RollbackService, build_fleet, make_watcher
 from bot.slack import blocks as kit
-from bot.slack.app import build_app, make_client, sweep_expired
+from bot.slack.app import Slack, make_client, sweep_expired
+from bot.slack.listeners import register
 from bot.slack.mrkdwn import esc_message
 from bot.slack.notifier import Notifier
 from bot.slack.watch_posts import WatchPoster
 
 log = logging.getLogger("rollback-bot")
+
+
+def groups_middleware(slack: Slack):
+    """Who the person is, group-wise, resolved at most once per request and only if a check needs it."""
+
+    def middleware(context, next):
+        context["groups_of"] = functools.lru_cache(maxsize=8)(slack.groups)
+        next()
+
+    return middleware
+
+
+class _SameToken(logging.Filter):
+    """Bolt reads SLACK_BOT_TOKEN from the environment even when given a client, then warns that the
+    client wins. Our client carries that same token (behind the mask), so the warning says nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+def quiet_same_token() -> None:
+    bolt = logging.getLogger("slack_bolt.App")
+    if not any(isinstance(f, _SameToken) for f in bolt.filters):
+        bolt.addFilter(_SameToken())
+
+
+def build_app(settings: Settings, engine: Engine, service: RollbackService, client: WebClient | None = None) -> App:
+    """The Bolt app: one middleware, then the listeners of each kind (bot/slack/listeners/)."""
+    slack = Slack(settings, service, client or make_client(settings))
+    quiet_same_token()
+    app = App(signing_secret=settings.slack_signing_secret or None, client=slack.client,
+              process_before_response=True)
+    app.use(groups_middleware(slack))
+    service.on_job_events(slack.on_job_event)
+    register(app, slack)
+    return app
 
 
 def wsgi_app(app: App, engine: Engine):
@@ -94,17 +134,16 @@ def start_up(settings: Settings, engine: Engine, service: RollbackService, clien
         log.warning("NO POLICY FILE (ROLLBACK_CONFIG): anyone in the workspace may request AND approve rollbacks")
     if service.several:
         log.info("serving %d services: %s", len(service.services), ", ".join(service.services))
-    for one in service.fleet.engines.values():
-        for job in one.jobs.recover():
-            # Tell the stage's channel that a rollback was cut short and must be checked by a person.
-            key = service._job_key(job)
-            channel = service.policy.notify_channel(key.stage, settings.channel, key.service) or job.get("channel")
-            what = f"{key.service} {key.stage}" if service.several else key.stage
-            if channel:  # a Slack failure here is logged and never stops the bot from starting
-                Notifier(client).post(channel, f"⚠️ Rollback job {job['id']} of `{esc_message(what)}` was "
-                                               f"interrupted by a restart. {esc_message(job['reason'])}")
-    for job in service.apps.recover():  # after the services' own jobs: the app says who is where
-        _app_interrupted(service, settings, Notifier(client), job)
+    recovered = service.recover()
+    for job in recovered.jobs:
+        # Tell the stage's channel that a rollback was cut short and must be checked by a person.
+        channel = service.policy.notify_channel(job.stage, settings.channel, job.service) or job.channel
+        what = f"{job.service} {job.stage}" if service.several else job.stage
+        if channel:  # a Slack failure here is logged and never stops the bot from starting
+            Notifier(client).post(channel, f"⚠️ Rollback job {job.id} of `{esc_message(what)}` was "
+                                           f"interrupted by a restart. {esc_message(job.reason)}")
+    for app in recovered.apps:  # after the services' own jobs: the app says who is where
+        _app_interrupted(service, settings, Notifier(client), app)
     housekeeping(settings, engine, service, client)
     stop = threading.Event()
     threading.Thread(target=_housekeeping_loop, args=(settings, engine, service, client, stop),
@@ -116,10 +155,9 @@ def start_up(settings: Settings, engine: Engine, service: RollbackService, clien
     return stop
 
 
-def _app_interrupted(service: RollbackService, settings: Settings, notify: Notifier, job: dict) -> None:
+def _app_interrupted(service: RollbackService, settings: Settings, notify: Notifier, app: Job) -> None:
     """The app's card shows where each service was left (with the way back), and its channel is told."""
-    app = Job.from_row(job)
-    parts = [Job.from_row(r) for r in service.store.parts_of(app.id)]
+    parts = service.parts(app.id)
     if app.channel and app.message_ts:
         notify.update(app.channel, app.message_ts, f"App rollback {app.id}: interrupted",
                       kit.app_progress_blocks(app, parts, {}, time.time()))
@@ -130,10 +168,9 @@ def _app_interrupted(service: RollbackService, settings: Settings, notify: Notif
 
 
 def housekeeping(settings: Settings, engine: Engine, service: RollbackService, client) -> None:
-    """Close expired plans and prune what is past retention; never raises."""
+    """Close expired plans (their cards say so) and prune what is past retention; never raises."""
     try:
         sweep_expired(service, client)
-        engine.store.prune(time.time() - settings.retention_days * 86400)
     except Exception:
         log.exception("housekeeping failed; trying again later")
 

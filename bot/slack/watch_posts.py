@@ -9,7 +9,7 @@ import time
 
 from bot.core.config import Settings
 from bot.core.jobs import Job
-from bot.engine.watch import WatchEvent
+from bot.engine import WatchEvent
 from bot.slack import blocks as kit
 from bot.slack import ids
 from bot.slack.mrkdwn import esc_message

@@ -3,10 +3,10 @@ bolt-python-starter-template lays them out)."""
 
 from slack_bolt import App
 
-from bot.slack.listeners import actions, commands, events
+from bot.slack.listeners import actions, events, rollback_command
 
 
 def register(app: App, slack) -> None:
-    commands.register(app, slack)
+    rollback_command.register(app, slack)
     actions.register(app, slack)
     events.register(app, slack)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -11,16 +10,8 @@ from typing import TextIO
 
 from bot.core.jobs import Job, JobState
 from bot.core.stage_index import Artifact, StageIndex
-from bot.engine.pipeline import STEPS, Event
-from bot.engine.planner import Plan
-
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def clean(text: str) -> str:
-    """Text from outside (commit subjects, log lines) without control characters: no escape
-    sequence in a commit subject can rewrite the operator's terminal."""
-    return CONTROL.sub("?", text)
+from bot.core.text import clean
+from bot.engine import STEPS, Event, Plan
 
 
 def age(seconds: float) -> str:

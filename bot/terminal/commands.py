@@ -12,26 +12,24 @@ import contextlib
 import json
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bot import __version__
-from bot.adapters.artifacts import validate_stage
-from bot.adapters.source import local_commit
-from bot.core.actor import terminal_operator
-from bot.core.catalog import UnknownService
+from bot.core.actor import Actor
 from bot.core.config import Settings
 from bot.core.errors import UserError
-from bot.core.jobs import APP, Job, JobState
+from bot.core.jobs import Job, JobState
+from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
-from bot.engine.build import artifact_store, build_fleet
-from bot.engine.service import RollbackService
-from bot.terminal import (
+from bot.core.text import clean
+from bot.engine import RollbackService, alarm_reader, build_fleet, stack_name
+from bot.terminal.render import (
     ProgressPrinter,
     artifact_json,
-    clean,
     render_app_plan,
     render_history,
     render_listing,
@@ -44,56 +42,53 @@ DESCRIPTION = """Roll a Serverless Framework service back to an earlier build, t
 CI publishes every package (publish, mark-deployed) and asks before deploying (check-freeze); people
 roll back from Slack (serve) or, when Slack is down, from here (rollback, cancel, unfreeze)."""
 EXIT_FAILED = 1
+
+
+def _no_names(settings: Settings, service: RollbackService):
+    return lambda who: who
+
+
+@dataclass(frozen=True)
+class Outlets:
+    """What the terminal may tell Slack or ask it, handed in by the composition root (bot/cli.py, the
+    demo): this face never imports another. Without Slack, nothing is posted and ids stay ids."""
+
+    deployed: Callable[[Settings, RollbackService, StageKey, str], None] = lambda settings, service, key, by: None
+    names: Callable[[Settings, RollbackService], Callable[[str], str]] = _no_names
 EXIT_CONFIG = 2
 
 
 # -- commands --------------------------------------------------------------------------------------
 
 
-def cmd_publish(args, settings: Settings) -> int:
-    commit = args.commit.strip()
-    info = local_commit(commit)
-    if info is not None:
-        commit = info.sha  # a short SHA is fine inside the repository
-    author = args.author if args.author is not None else (info.author if info else "")
-    message = args.message if args.message is not None else (info.subject if info else "")
-    settings = _one(settings, args)
-    result = artifact_store(settings).publish(
-        args.stage, commit, Path(args.package), build_id=args.build_id, author=author,
-        message=message, deployed=args.deployed, by=args.by or settings.actor,
-    )
+def cmd_publish(args, settings: Settings, out: Outlets) -> int:
+    service = _service(settings)
+    key = service.key(args.stage, args.service)
+    by = args.by or settings.actor
+    result = service.publish(key, args.commit, Path(args.package), args.build_id, args.author, args.message,
+                             args.deployed, by)
     art = result.artifact
     verb = "published" if result.uploaded else "already published (unchanged)"
-    print(f"{verb}: {args.stage} {art.label()} {art.size} bytes sha256 {art.sha256[:12]}…")
+    print(clean(f"{verb}: {args.stage} {art.label()} {art.size} bytes sha256 {art.sha256[:12]}…"))
     if args.deployed:
-        print(f"live on {args.stage}: {art.label()}" + ("" if result.went_live else " (already was)"))
+        print(clean(f"live on {args.stage}: {art.label()}" + ("" if result.went_live else " (already was)")))
         if result.went_live:
-            _notify(settings, args.stage, args.by or settings.actor)
+            out.deployed(settings, service, key, by)
     return 0
 
 
-def _notify(settings: Settings, stage: str, by: str) -> None:
-    if not settings.slack_bot_token:
-        return
-    from bot.slack.notify import notify_deployed  # Slack is optional for CI commands
-
-    notify_deployed(settings, artifact_store(settings), stage, by,
-                    settings.service if len(settings.catalog.services) > 1 else "")
-
-
-def cmd_mark_deployed(args, settings: Settings) -> int:
-    info = local_commit(args.commit.strip())
-    commit = info.sha if info else args.commit
-    who = args.by or settings.actor
-    settings = _one(settings, args)
-    art, changed = artifact_store(settings).mark_deployed(args.stage, commit, args.build_id, by=who)
-    print(f"live on {args.stage}: {art.label()}" + ("" if changed else " (already was)"))
+def cmd_mark_deployed(args, settings: Settings, out: Outlets) -> int:
+    service = _service(settings)
+    key = service.key(args.stage, args.service)
+    by = args.by or settings.actor
+    art, changed = service.mark_deployed(key, args.commit, args.build_id, by)
+    print(clean(f"live on {args.stage}: {art.label()}" + ("" if changed else " (already was)")))
     if changed:
-        _notify(settings, args.stage, who)
+        out.deployed(settings, service, key, by)
     return 0
 
 
-def cmd_list(args, settings: Settings) -> int:
+def cmd_list(args, settings: Settings, out: Outlets) -> int:
     service = _service(settings)
     index = service.builds(service.key(args.stage, args.service))
     if args.json:
@@ -114,7 +109,7 @@ def cmd_list(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_show(args, settings: Settings) -> int:
+def cmd_show(args, settings: Settings, out: Outlets) -> int:
     service = _service(settings)
     index, art = service.show(service.key(args.stage, args.service), args.ref)
     if args.json:
@@ -130,86 +125,75 @@ def cmd_show(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_prune(args, settings: Settings) -> int:
-    settings = _one(settings, args)
-    result = artifact_store(settings).prune(args.stage, args.keep, dry_run=args.dry_run)
+def cmd_prune(args, settings: Settings, out: Outlets) -> int:
+    service = _service(settings)
+    result = service.prune(service.key(args.stage, args.service), args.keep, args.by or settings.actor or "ci",
+                           dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for art in result.removed:
-        print(f"{verb} {art.label()}")
+        print(clean(f"{verb} {art.label()}"))
     for ident, why in result.protected.items():
-        print(f"kept {ident[0][:7]} (build {ident[1]}): {why}")
+        print(clean(f"kept {ident[0][:7]} (build {ident[1]}): {why}"))
     print(f"{verb} {len(result.removed)}, kept {len(result.kept)}")
     for key in result.failed_deletes:
         print(f"warning: s3://{settings.bucket}/{key} could not be deleted; remove it by hand", file=sys.stderr)
     return 0
 
 
-def _operator(args, settings: Settings) -> str:
-    """Who runs a command that the policy checks: never a Slack user (a terminal cannot prove it is one)."""
-    return terminal_operator(args.by or settings.actor)
-
-
 def _service(settings: Settings) -> RollbackService:
     return RollbackService(build_fleet(settings), settings.policy)
 
 
-def _one(settings: Settings, args) -> Settings:
-    """The settings of the service a command names (--service, ROLLBACK_SERVICE, or the only one)."""
-    if not settings.catalog.services:
-        return settings
-    try:
-        return settings.for_service(settings.catalog.resolve(getattr(args, "service", None) or None))
-    except UnknownService as exc:
-        raise UserError(f"{exc} Pass --service NAME.") from None
-
-
-def cmd_rollback(args, settings: Settings) -> int:
+def cmd_rollback(args, settings: Settings, out: Outlets) -> int:
     service = _service(settings)
+    service.recover()  # a crash's leftovers hold nothing any more, and say so
+    service.housekeeping()
+    actor = Actor.at_terminal(args.by or settings.actor)
     if service.several and not args.service:  # no service named: the whole app back to one commit
-        return _rollback_app(args, service)
+        return _rollback_app(args, service, actor)
     key = service.key(args.stage, args.service)
-    engine = service.fleet.engine(key.service)
-    engine.jobs.recover()
-    if service.several:  # an app rollback a crash cut short holds nothing any more, and says so
-        service.apps.recover()
-    who = _operator(args, settings)
-    plan = service.plan_for_terminal(key, args.ref, who)
+    pending = service.request(key, args.ref, actor)
+    plan = pending.plan
     where = plan.where  # "api in prod" on a bot of several services
     flag = f"--service {key.service} " if service.several else ""
     print(render_plan(plan, time.time()))
     if plan.account:
         print(f"  AWS: {plan.account}")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("rollback-bot: not a terminal, so nothing to confirm with; pass --yes to go ahead", file=sys.stderr)
-            return EXIT_FAILED
-        if input(f"Deploy this to {where}? Type the stage name to confirm: ").strip() != args.stage:
-            print("Nothing was done.")
-            return EXIT_FAILED
-    job_id = service.start_from_terminal(plan, who, args.ref, args.unfreeze)
-    engine.jobs.subscribe(job_id, ProgressPrinter(job_id, show_output=not args.quiet))
+    if args.unfreeze and not plan.forward:
+        service.withdraw(pending.job_id, actor)
+        raise UserError("--unfreeze applies to a roll forward only; a rollback freezes CI")
+    if not _confirmed(args, where, service, pending.job_id, actor):
+        return EXIT_FAILED
+    unsubscribe = service.follow(pending.job_id, ProgressPrinter(pending.job_id, show_output=not args.quiet))
+    try:
+        job_id = service.approve(pending.job_id, actor, unfreeze=args.unfreeze).job.id
+    except UserError:
+        unsubscribe()
+        with contextlib.suppress(UserError):  # refused before anything ran: the plan is not left waiting
+            service.withdraw(pending.job_id, actor)
+        raise
     print(f"job {job_id} started")
     try:
-        job = engine.jobs.wait(job_id)
+        job = service.wait(job_id)
     except KeyboardInterrupt:
         print("\ncancelling: stopping the job's processes…", file=sys.stderr)
-        engine.jobs.cancel(job_id, who)
-        job = engine.jobs.wait(job_id)
-    took = job["finished"] - job["started"]
-    if job["state"] == "succeeded" and job.get("recorded") == 0:
+        service.cancel_job(job_id, actor)
+        job = service.wait(job_id)
+    took = (job.finished or 0) - (job.started or 0)
+    if job.state is JobState.SUCCEEDED and job.recorded == 0:
         print(f"job {job_id} SUCCEEDED, CI NOT FROZEN: {where} runs {plan.target.label()} (verified), but "
               "index.json could not be updated, so CI may deploy over it and nothing is marked bad. Retrying for "
               f"up to {RECORD_WAIT:.0f}s…", file=sys.stderr)
-        job = _wait_recorded(engine, job_id, RECORD_WAIT)
-        if job.get("recorded") != 1:
-            engine.shutdown()
+        job = _wait_recorded(service, job_id, RECORD_WAIT)
+        if job.recorded != 1:
+            service.shutdown()
             print(f"index.json is still not updated. Start `rollback-bot serve` with this data dir (it keeps "
                   f"retrying), or freeze CI by hand; then check `rollback-bot list {flag}{args.stage}`.",
                   file=sys.stderr)
             return 0
-        print(f"index.json updated after retrying: {job['reason']}", file=sys.stderr)
-    engine.shutdown()
-    if job["state"] == "succeeded":
+        print(clean(f"index.json updated after retrying: {job.reason}"), file=sys.stderr)
+    service.shutdown()
+    if job.state is JobState.SUCCEEDED:
         if plan.forward:
             lifted = "; the CI freeze was lifted" if args.unfreeze else ""
             print(f"job {job_id} succeeded in {took:.1f}s: rolled forward, {where} runs {plan.target.label()}"
@@ -218,8 +202,8 @@ def cmd_rollback(args, settings: Settings) -> int:
         print(f"job {job_id} succeeded in {took:.1f}s: {where} runs {plan.target.label()}; CI is frozen "
               f"on {where} until `rollback-bot unfreeze {flag}{args.stage}`")
         return 0
-    print(clean(f"job {job_id} {job['state']} after {took:.1f}s: {job['reason']}"), file=sys.stderr)
-    tail = engine.store.log_tail(job_id, 20)
+    print(clean(f"job {job_id} {job.state} after {took:.1f}s: {job.reason}"), file=sys.stderr)
+    tail = service.log_tail(job_id, 20)
     if tail:
         print(clean("last lines of the log:\n  " + "\n  ".join(tail)), file=sys.stderr)
     return EXIT_FAILED
@@ -228,55 +212,57 @@ def cmd_rollback(args, settings: Settings) -> int:
 RECORD_WAIT = 120.0
 
 
-def _rollback_app(args, service: RollbackService) -> int:
+def _confirmed(args, where: str, service: RollbackService, job_id: int, actor: Actor) -> bool:
+    """The typed confirmation is the approval at a terminal; anything else withdraws the plan."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        service.withdraw(job_id, actor)
+        print("rollback-bot: not a terminal, so nothing to confirm with; pass --yes to go ahead", file=sys.stderr)
+        return False
+    if input(f"Deploy this to {where}? Type the stage name to confirm: ").strip() != args.stage:
+        service.withdraw(job_id, actor)
+        print("Nothing was done.")
+        return False
+    return True
+
+
+def _rollback_app(args, service: RollbackService, actor: Actor) -> int:
     """Every service of the stage to its newest build at or before the commit, as in Slack."""
-    for engine in service.fleet.engines.values():
-        engine.jobs.recover()
-    service.apps.recover()
-    who = terminal_operator(args.by or service.fleet.settings.actor)
-    pending = service.apps.request(args.stage, args.ref, who, None)
-    shown = json.loads(service.store.job(pending.job_id)["plan_json"])
+    pending = service.apps.request(args.stage, args.ref, actor)
+    shown = json.loads(service.job(pending.job_id).plan_json)
     print(render_app_plan(shown, args.stage))
     for busy in pending.busy:
-        print(f"  busy: {busy}")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            service.withdraw(pending.job_id, who)
-            print("rollback-bot: not a terminal, so nothing to confirm with; pass --yes to go ahead", file=sys.stderr)
-            return EXIT_FAILED
-        if input(f"Deploy this to {args.stage}? Type the stage name to confirm: ").strip() != args.stage:
-            service.withdraw(pending.job_id, who)
-            print("Nothing was done.")
-            return EXIT_FAILED
+        print(clean(f"  busy: {busy}"))
+    if not _confirmed(args, args.stage, service, pending.job_id, actor):
+        return EXIT_FAILED
     try:
-        app_id = service.apps.start_from_terminal(pending, who)
+        app_id = service.approve(pending.job_id, actor).job.id
     except UserError:
         with contextlib.suppress(UserError):  # refused before anything ran: the plan is not left waiting
-            service.withdraw(pending.job_id, who)
+            service.withdraw(pending.job_id, actor)
         raise
     print(f"app job {app_id} started")
     said: dict[int, str] = {}
     try:
-        while (job := service.store.job(app_id))["state"] == "running":
+        while service.job(app_id).state is JobState.RUNNING:
             _say_parts(service, app_id, said)
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\ncancelling: no further phase starts; stopping the running services…", file=sys.stderr)
-        service.apps.cancel(app_id, who)
-        job = service.apps.wait(app_id)
-    service.apps.wait(app_id)
+        service.cancel_job(app_id, actor)
+    job = service.wait(app_id)
     _say_parts(service, app_id, said)
-    job = service.store.job(app_id)
-    service.fleet.shutdown()
-    if job["state"] == "succeeded" and not job.get("reason"):
+    service.shutdown()
+    if job.state is JobState.SUCCEEDED and not job.reason:
         print(f"app job {app_id} succeeded: every service runs its target; CI is frozen on the services that moved")
         return 0
-    print(clean(f"app job {app_id} {job['state']}: {job['reason']}"), file=sys.stderr)
-    return 0 if job["state"] == "succeeded" else EXIT_FAILED
+    print(clean(f"app job {app_id} {job.state}: {job.reason}"), file=sys.stderr)
+    return 0 if job.state is JobState.SUCCEEDED else EXIT_FAILED
 
 
 def _say_parts(service: RollbackService, app_id: int, said: dict[int, str]) -> None:
-    for part in service.apps.parts(app_id):
+    for part in service.parts(app_id):
         # approved with the app; "approving" is how a service waits for its phase
         state = "waiting for its phase" if part.state == JobState.APPROVING else str(part.state)
         if said.get(part.id) != state:
@@ -285,16 +271,16 @@ def _say_parts(service: RollbackService, app_id: int, said: dict[int, str]) -> N
             print(clean(f"  [{part.service}] {state}{took}" + (f": {part.reason}" if part.reason else "")))
 
 
-def _wait_recorded(engine, job_id: int, timeout: float) -> dict:
+def _wait_recorded(service: RollbackService, job_id: int, timeout: float) -> Job:
     deadline = time.monotonic() + timeout
-    job = engine.store.job(job_id)
-    while job.get("recorded") == 0 and time.monotonic() < deadline:
+    job = service.job(job_id)
+    while job.recorded == 0 and time.monotonic() < deadline:
         time.sleep(1)
-        job = engine.store.job(job_id)
+        job = service.job(job_id)
     return job
 
 
-def cmd_check_freeze(args, settings: Settings) -> int:
+def cmd_check_freeze(args, settings: Settings, out: Outlets) -> int:
     """For CI: may this stage be deployed (with this commit)? Needs only read access to the bucket."""
     service = _service(settings)
     check = service.check_freeze(service.key(args.stage, args.service), args.commit or "")
@@ -307,10 +293,10 @@ def cmd_check_freeze(args, settings: Settings) -> int:
     return EXIT_FAILED if check.problems else 0
 
 
-def cmd_unfreeze(args, settings: Settings) -> int:
+def cmd_unfreeze(args, settings: Settings, out: Outlets) -> int:
     """The policy decides, as in Slack: the operator (--by, ROLLBACK_ACTOR) must be one of the stage's approvers."""
     service = _service(settings)
-    was = service.unfreeze(service.key(args.stage, args.service), _operator(args, settings), channel=None)
+    was = service.unfreeze(service.key(args.stage, args.service), Actor.at_terminal(args.by or settings.actor))
     print(clean(f"{args.stage}: unfrozen (was: {was})" if was else f"{args.stage}: was not frozen"))
     return 0
 
@@ -318,42 +304,43 @@ def cmd_unfreeze(args, settings: Settings) -> int:
 CANCEL_WAIT = 60.0  # seconds the terminal waits for a cancelled job to end (SIGKILL comes after 5)
 
 
-def cmd_cancel(args, settings: Settings) -> int:
+def cmd_cancel(args, settings: Settings, out: Outlets) -> int:
     """Stop a running rollback on this machine, whichever process runs it: the Slack bot's, or another
     terminal's. The policy decides, as for the Cancel button: the requester, the approver or an approver."""
     service = _service(settings)
-    who = _operator(args, settings)
-    stage = validate_stage(args.stage)
-    before = [j["id"] for j in service.store.jobs(stage=stage, states=["running"], limit=200, app_parts=False)]
+    actor = Actor.at_terminal(args.by or settings.actor)
+    stage = args.stage
+    before = [j.id for j in service.status().running if j.stage == stage and not j.app_id]
     if service.several and not args.service:  # the app rollback running in the stage, or the only one
-        said = service.cancel_in_stage(stage, who, None)
+        said = service.cancel_in_stage(stage, actor)
     else:
-        said = service.cancel_running(service.key(stage, args.service), who, None)
+        said = service.cancel_running(service.key(stage, args.service), actor)
     print(clean(said))
     deadline = time.monotonic() + CANCEL_WAIT
     while True:  # until the job it cancelled (or found dead) has ended
-        jobs = [j for j in map(service.store.job, before) if j["state"] != "running" or j.get("cancelled_by") == who]
-        if all(j["state"] != "running" for j in jobs) or time.monotonic() > deadline:
+        jobs = [j for j in map(service.job, before)
+                if j.state is not JobState.RUNNING or j.cancelled_by == actor.user]
+        if all(j.state is not JobState.RUNNING for j in jobs) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     for job in jobs:
-        what = "app job" if job["service"] == APP else "job"
-        if job["state"] == "running":
-            print(f"{what} {job['id']} is still stopping after {CANCEL_WAIT:.0f}s; see `rollback-bot history "
+        what = "app job" if job.is_app else "job"
+        if job.state is JobState.RUNNING:
+            print(f"{what} {job.id} is still stopping after {CANCEL_WAIT:.0f}s; see `rollback-bot history "
                   f"{stage}` and the bot's log", file=sys.stderr)
             return EXIT_FAILED
-        print(clean(f"{what} {job['id']} {job['state']}: {job['reason']}"))
+        print(clean(f"{what} {job.id} {job.state}: {job.reason}"))
     return 0
 
 
-def cmd_status(args, settings: Settings) -> int:
+def cmd_status(args, settings: Settings, out: Outlets) -> int:
     """What runs now on this machine, by which process, and which stages are frozen: `/rollback status`
     for when Slack is down."""
     service = _service(settings)
     status = service.status()
     shown = [j for j in status.running if not j.app_id]  # an app's services are shown under it
-    parts = {j.id: service.apps.parts(j.id) for j in shown if j.is_app}
-    name = _people(settings, service).name
+    parts = {j.id: service.parts(j.id) for j in shown if j.is_app}
+    name = out.names(settings, service)
     if args.json:
         json.dump({"running": [{**job_json(j, name), "pid": j.pid, "host": j.host,
                                 **({"services": [job_json(p, name) for p in parts[j.id]]} if j.is_app else {})}
@@ -366,12 +353,12 @@ def cmd_status(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_history(args, settings: Settings) -> int:
+def cmd_history(args, settings: Settings, out: Outlets) -> int:
     service = _service(settings)
     key = service.key(args.stage, args.service) if args.service or not service.several else None
-    jobs = service.history_of(args.stage, key, _operator(args, settings), None, args.limit)
-    parts = {j.id: service.apps.parts(j.id) for j in jobs if j.is_app}  # an app rollback is one entry
-    name = _people(settings, service).name
+    jobs = service.history_of(args.stage, key, Actor.at_terminal(args.by or settings.actor), args.limit)
+    parts = {j.id: service.parts(j.id) for j in jobs if j.is_app}  # an app rollback is one entry
+    name = out.names(settings, service)
     if args.json:
         json.dump([{**job_json(j, name), **({"services": [job_json(p, name) for p in parts[j.id]]}
                                             if j.is_app else {})} for j in jobs], sys.stdout, indent=2)
@@ -379,14 +366,6 @@ def cmd_history(args, settings: Settings) -> int:
     else:
         print(render_history(jobs, time.time(), name, parts))
     return 0
-
-
-def _people(settings: Settings, service: RollbackService):
-    """Names for Slack user ids (users.info, cached in the store); the ids when Slack is not configured."""
-    from bot.slack.app import make_client  # Slack is optional for the CLI
-    from bot.slack.people import People
-
-    return People(make_client(settings) if settings.slack_bot_token else None, service.store)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -412,7 +391,7 @@ def job_json(job: Job, name=lambda who: who) -> dict:
     }
 
 
-def cmd_audit(args, settings: Settings) -> int:
+def cmd_audit(args, settings: Settings, out: Outlets) -> int:
     try:
         since = datetime.fromisoformat(args.since)
     except ValueError:
@@ -420,7 +399,7 @@ def cmd_audit(args, settings: Settings) -> int:
     since = since if since.tzinfo else since.replace(tzinfo=UTC)
     service = _service(settings)
     rows = service.audit(since.timestamp(), service.key(args.stage, args.service) if args.stage else None)
-    name = _people(settings, service).name
+    name = out.names(settings, service)
     if args.json:
         json.dump([{**r, "at": _iso(r["at"]), "actor_name": name(r["actor"])} for r in rows], sys.stdout, indent=2)
         print()
@@ -431,13 +410,11 @@ def cmd_audit(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_alarms(args, settings: Settings) -> int:
+def cmd_alarms(args, settings: Settings, out: Outlets) -> int:
     """The alarms the watch reads for a service's stage, their states, and the watches running here."""
-    from bot.engine.watch import alarm_reader, stack_name
-
     service = _service(settings)
     key = service.key(args.stage, args.service)
-    service.may_view(key, _operator(args, settings), None)
+    service.may_view(key, Actor.at_terminal(args.by or settings.actor))
     alarms = alarm_reader(service).read(key.stage, key.service, stack_name(service, key))
     names, prefix = settings.catalog.alarm_spec(key.stage, key.service)
     print(f"{key.service} {key.stage}: the alarms of stack {stack_name(service, key)}"
@@ -446,8 +423,7 @@ def cmd_alarms(args, settings: Settings) -> int:
         print(clean(f"  {a.state:<18} {a.name}  since {_iso(a.updated)}  {a.reason}"))
     if not alarms:
         print("  (no alarms found)")
-    watching = [w for w in service.store.watches() if (w["service"], w["stage"]) == (key.service, key.stage)]
-    for w in watching:
+    for w in service.watches(key):
         what = f"build {w['build']} ({w['commit_sha'][:7]})"
         print(f"watching {what} ({w['kind']}) until {_iso(w['until'])}")
     return 0
@@ -509,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stage", required=True, help="the stage to prune")
     s.add_argument("--keep", type=int, required=True, help="how many of the newest builds to keep")
     s.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    s.add_argument("--by", help="who is pruning, for the audit trail (default: CI's actor variable or $USER)")
 
     s = sub.add_parser("rollback", help="roll a stage back from the terminal (for when Slack is down)")
     s.add_argument("stage", help="the stage to roll back")
@@ -560,11 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def dispatch(args, settings: Settings) -> int:
+def dispatch(args, settings: Settings, out: Outlets | None = None) -> int:
     """Run one parsed command; a UserError is printed (masked, without control characters) and gives 1."""
     mask = Masker(settings.secrets())
     try:
-        return COMMANDS[args.command][0](args, settings)
+        return COMMANDS[args.command][0](args, settings, out or Outlets())
     except RefError as exc:
         print(clean(mask(f"rollback-bot: {exc}")), file=sys.stderr)
         for art in exc.candidates:
@@ -576,6 +553,6 @@ def dispatch(args, settings: Settings) -> int:
         return EXIT_FAILED
 
 
-def run(argv: list[str], settings: Settings) -> int:
+def run(argv: list[str], settings: Settings, out: Outlets | None = None) -> int:
     """A command line, with settings already read (the demo's CI steps)."""
-    return dispatch(build_parser().parse_args(argv), settings)
+    return dispatch(build_parser().parse_args(argv), settings, out)

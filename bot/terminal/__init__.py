@@ -1,0 +1,1 @@
+"""The terminal face: the commands CI and people run (commands.py) and what they print (render.py)."""
