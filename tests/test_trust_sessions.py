@@ -4,17 +4,13 @@ requests, the fast engine (real git, moto, a small real deploy script): no Node.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
-from bot.playground.slack import SlackUser
+from bot.playground.slack import SlackUser, signed_post
 from bot.slack.app import make_client, sweep_expired
 from bot.slack.server import housekeeping
 from tests.conftest import fast_code, live_code
@@ -176,17 +172,8 @@ def test_secrets_printed_by_a_deploy_are_masked_in_slack_sqlite_and_the_log_file
 def test_junk_requests_get_4xx_not_500(fast_prod, fast_workspace):
     ws = fast_workspace()
 
-    def post(body: bytes, ts: str, sign: bool = True, length: int | None = None) -> int:
-        mac = hmac.new(SECRET.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
-        sig = f"v0={mac}" if sign else "v0=00"
-        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
-                   "X-Slack-Signature": sig}
-        req = urllib.request.Request(ws.url, data=body, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
+    def post(body: bytes, ts: str, sign: bool = True) -> int:
+        return signed_post(ws.url, SECRET, body, timestamp=ts, signature=None if sign else "v0=00")
 
     now = str(int(time.time()))
     assert post(b"x" * (1024 * 1024 + 1), now) == 413
