@@ -5,14 +5,39 @@ Faces import from here and from ``bot.core``, nothing else of the engine's or th
 """
 
 from bot.adapters.artifacts import ArtifactError
+from bot.engine.app import StepStatus
 from bot.engine.approval import Approved
 from bot.engine.build import Engine, Fleet, build_fleet
-from bot.engine.pipeline import STEPS, Event
+from bot.engine.pipeline import STEPS, Event, EventStatus
 from bot.engine.planner import Plan, UnknownStage
 from bot.engine.refusals import Outdated, RefusalKind, Refused
 from bot.engine.service import FreezeCheck, Overview, Pending, Recovered, RollbackService, Status
-from bot.engine.watch import WatchEvent, alarm_reader, make_watcher, stack_name
+from bot.engine.watch import WatchEvent, WatchKind, alarm_reader, make_watcher, stack_name
 
-__all__ = ["STEPS", "Approved", "ArtifactError", "Engine", "Event", "Fleet", "FreezeCheck", "Outdated", "Overview",
-           "Pending", "Plan", "Recovered", "RefusalKind", "Refused", "RollbackService", "Status", "UnknownStage",
-           "WatchEvent", "alarm_reader", "build_fleet", "make_watcher", "stack_name"]
+__all__ = [
+    "Approved",
+    "ArtifactError",
+    "Engine",
+    "Event",
+    "EventStatus",
+    "Fleet",
+    "FreezeCheck",
+    "Outdated",
+    "Overview",
+    "Pending",
+    "Plan",
+    "Recovered",
+    "RefusalKind",
+    "Refused",
+    "RollbackService",
+    "STEPS",
+    "Status",
+    "StepStatus",
+    "UnknownStage",
+    "WatchEvent",
+    "WatchKind",
+    "alarm_reader",
+    "build_fleet",
+    "make_watcher",
+    "stack_name",
+]

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from bot.adapters.archive import TEMPLATE_NAME
 from bot.adapters.artifacts import ArtifactError
@@ -27,13 +28,22 @@ from bot.engine.build import Engine, Fleet
 from bot.engine.planner import Plan, template_exports, template_imports
 
 log = logging.getLogger("rollback-bot.engine.app")
-ROLL, AT_TARGET, NO_BUILD, UNTOUCHED = "roll", "at_target", "no_build", "untouched"
+class StepStatus(StrEnum):
+    """What an app rollback does with one service."""
+
+    ROLL = "roll"  # it moves
+    AT_TARGET = "at_target"  # already live at its target
+    NO_BUILD = "no_build"  # no build at or before the commit: left as it is, with a warning
+    UNTOUCHED = "untouched"  # not part of this move
+
+
+ROLL, AT_TARGET, NO_BUILD, UNTOUCHED = StepStatus.ROLL, StepStatus.AT_TARGET, StepStatus.NO_BUILD, StepStatus.UNTOUCHED
 
 
 @dataclass
 class ServiceStep:
     service: str
-    status: str  # roll | at_target | no_build | untouched
+    status: StepStatus
     plan: Plan | None = None
     live: Artifact | None = None
     note: str = ""

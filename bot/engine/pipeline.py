@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from bot.adapters.archive import PackageError
@@ -29,12 +30,29 @@ STEPS = ("restore", "checkout", "install", "deploy", "verify")
 KILL_GRACE = 5.0
 
 
+class EventStatus(StrEnum):
+    STARTED = "started"
+    OUTPUT = "output"
+    FINISHED = "finished"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    RECORDED = "recorded"  # the index took a job's result late, after retries
+    # the end of a job (step "job"): its final state
+    SUCCEEDED = "succeeded"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    REFUSED = "refused"
+
+
 @dataclass(frozen=True)
 class Event:
     step: str
-    status: str  # started | output | finished | failed | skipped
+    status: EventStatus
     text: str = ""
     duration: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "status", EventStatus(self.status))  # a stray word fails where it is made
 
 
 class StepFailed(Exception):

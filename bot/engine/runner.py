@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
@@ -49,6 +50,13 @@ def process_start(pid: int) -> str:
         return fields[19].decode()
     except (OSError, IndexError):
         return ""
+
+
+class CancelOutcome(StrEnum):
+    CANCELLING = "cancelling"  # its processes are being stopped here
+    ENDED = "ended"  # it is not running
+    RUNNER_GONE = "runner_gone"  # its bot died: the job is marked interrupted and its lock released
+    ASKED = "asked"  # another live process on this machine runs it and sees the request within CANCEL_POLL s
 
 
 @dataclass(frozen=True)
@@ -219,27 +227,24 @@ class JobRunner:
             future.result(timeout=timeout)
         return self.store.job(job_id)
 
-    def cancel(self, job_id: int, by: str) -> str:
-        """Stop a job. Returns what happened: "cancelling" (its processes are being stopped here),
-        "ended" (it is not running), "runner_gone" (its bot died: the job is marked interrupted and
-        its lock released) or "asked" (another live process on this machine runs it and sees the
-        request in the store within ``CANCEL_POLL`` seconds)."""
+    def cancel(self, job_id: int, by: str) -> CancelOutcome:
+        """Stop a job. Returns what happened (see ``CancelOutcome``)."""
         with self._lock:
             cancel = self._cancels.get(job_id)
         job = self.store.job(job_id)
         if job is None or job["state"] != "running":
-            return "ended"
+            return CancelOutcome.ENDED
         if cancel is None:
             if self._runner_alive(job):  # another process on this machine runs it: ask it through the store
                 self.store.audit(by, "rollback.cancel", self.key(job["stage"]), job_id, via=f"pid {job['pid']}")
                 self.store.update_job(job_id, cancelled_by=by)
-                return "asked"
+                return CancelOutcome.ASKED
             self._interrupt(job, by=by)
-            return "runner_gone"
+            return CancelOutcome.RUNNER_GONE
         self.store.audit(by, "rollback.cancel", self.key(job["stage"]), job_id)
         self.store.update_job(job_id, cancelled_by=by)
         cancel.set()
-        return "cancelling"
+        return CancelOutcome.CANCELLING
 
     def _own_env(self, stage: str, name: str) -> Mapping[str, str]:
         return self.config.env

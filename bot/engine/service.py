@@ -29,6 +29,7 @@ from bot.engine.build import Engine, Fleet
 from bot.engine.gate import DEFAULT_TTL, Gate, RequestLimits
 from bot.engine.planner import Plan, UnknownStage, card_json, load_stage
 from bot.engine.refusals import RefusalKind, Refused
+from bot.engine.runner import CancelOutcome
 
 __all__ = ["DEFAULT_TTL", "RequestLimits", "RollbackService"]
 
@@ -331,13 +332,13 @@ class RollbackService:
         if job["service"] == APP:
             return self.apps.cancel(job_id, actor.user)
         outcome = self.gate.engine(self.gate.job_key(job)).jobs.cancel(job_id, actor.user)
-        if outcome == "runner_gone":
+        if outcome is CancelOutcome.RUNNER_GONE:
             return (f"Job {job_id}'s bot process is gone: the job is marked interrupted and the stage's lock "
                     "released. Check the stack before doing anything else.")
-        if outcome == "asked":
+        if outcome is CancelOutcome.ASKED:
             return (f"Cancelling job {job_id}: the rollback-bot process that runs it (pid {job['pid']}) stops its "
                     "processes within a few seconds.")
-        if outcome == "ended":
+        if outcome is CancelOutcome.ENDED:
             raise Refused(f"Job {job_id} already ended; nothing was cancelled.", RefusalKind.CLOSED)
         return f"Cancelling job {job_id}: its processes are being stopped."
 

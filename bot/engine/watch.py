@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from bot.adapters.alarms import AlarmReader, AlarmState
 from bot.adapters.store import StageBusy
@@ -25,9 +26,16 @@ log = logging.getLogger("rollback-bot.watch")
 MAX_BACKOFF = 300.0
 
 
+class WatchKind(StrEnum):
+    ALARM = "alarm"  # an alarm went into ALARM during a deploy's window
+    AUTO = "auto"  # an automatic rollback was started, or skipped, and why
+    SETTLED = "settled"  # the verdict on a rollback's settle period
+    ERROR = "error"  # the alarms could not be read (said once per watch)
+
+
 @dataclass
 class WatchEvent:
-    kind: str  # alarm | auto | settled | error
+    kind: WatchKind
     key: StageKey
     watch: dict
     text: str
@@ -113,7 +121,7 @@ class Watcher:
             self.store.update_watch(w["id"], failures=failures,
                                     next_check=now + min(MAX_BACKOFF, self.poll_every * 2 ** failures))
             if failures == 1:
-                self._emit(WatchEvent("error", key, w, f"cannot read the alarms of {key.service} {key.stage} "
+                self._emit(WatchEvent(WatchKind.ERROR, key, w, f"cannot read the alarms of {key.service} {key.stage} "
                                                         f"({exc.__class__.__name__}: {str(exc)[:200]}); retrying "
                                                         "with backoff"))
             return
@@ -130,7 +138,7 @@ class Watcher:
             reported.add(alarm.name)
             self.store.update_watch(w["id"], reported=json.dumps(sorted(reported)))
             minutes = max(0, int((alarm.updated - w["since"]) // 60))
-            self._emit(WatchEvent("alarm", key, w, f"`{alarm.name}` went into ALARM {minutes} min after build "
+            self._emit(WatchEvent(WatchKind.ALARM, key, w, f"`{alarm.name}` went into ALARM {minutes} min after build "
                                                    f"{w['build']} ({w['commit_sha'][:7]}) went live.", alarm))
             if self.service.policy.auto_rollback(key.stage, key.service) and not w["acted_job"]:
                 self._auto(w, key, alarm)
@@ -160,14 +168,14 @@ class Watcher:
                 why = str(exc)
             else:
                 self.store.update_watch(w["id"], acted_job=job_id)
-                self._emit(WatchEvent("auto", key, w, f"`{alarm.name}` went into ALARM ({alarm.reason}): rolling "
-                                                      f"{key.service} {key.stage} back to "
-                                                      f"{plan.target.label()} without waiting for a person.",
-                                      alarm, job_id))
+                said = (f"`{alarm.name}` went into ALARM ({alarm.reason}): rolling {key.service} {key.stage} back "
+                        f"to {plan.target.label()} without waiting for a person.")
+                self._emit(WatchEvent(WatchKind.AUTO, key, w, said, alarm, job_id))
                 return
         self.store.update_watch(w["id"], acted_job=-1)  # decided once per deploy, either way
         self.store.audit(actor, "auto_rollback.skipped", key, None, reason=why)
-        self._emit(WatchEvent("auto", key, w, f"No automatic rollback of {key.service} {key.stage}: {why}.", alarm))
+        said = f"No automatic rollback of {key.service} {key.stage}: {why}."
+        self._emit(WatchEvent(WatchKind.AUTO, key, w, said, alarm))
 
     def _close(self, w: dict) -> None:
         self.store.update_watch(w["id"], state="done")
@@ -182,7 +190,7 @@ class Watcher:
         else:
             text = f"alarms OK for {span} after the rollback"
         self.store.update_job(w["job_id"], settle=text)
-        self._emit(WatchEvent("settled", StageKey(w["service"], w["stage"]), w, text, job_id=w["job_id"]))
+        self._emit(WatchEvent(WatchKind.SETTLED, StageKey(w["service"], w["stage"]), w, text, job_id=w["job_id"]))
 
 
 def alarm_reader(service) -> AlarmReader:

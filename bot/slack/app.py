@@ -19,7 +19,7 @@ from bot.core.jobs import APP, Job, JobState
 from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
-from bot.engine import Event, Refused, RollbackService
+from bot.engine import Event, EventStatus, Refused, RollbackService
 from bot.slack import blocks as kit
 from bot.slack.mrkdwn import code, esc, esc_message, user
 from bot.slack.notifier import Notifier, edit_superseded
@@ -188,7 +188,7 @@ class Slack:
 
     def on_job_event(self, job_id: int, event: Event) -> None:
         """A result that reached index.json late (after retries) is announced where the card is."""
-        if event.step != "index" or event.status != "recorded":
+        if event.step != "index" or event.status is not EventStatus.RECORDED:
             return
         job = self.store.job(job_id)
         if not job or not job.get("channel"):

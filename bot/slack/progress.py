@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bot.core.jobs import Job, JobState
-from bot.engine import STEPS, Event
+from bot.engine import STEPS, Event, EventStatus
 from bot.slack import blocks as kit
 from bot.slack.mrkdwn import esc
 from bot.slack.notifier import Notifier
@@ -75,7 +75,7 @@ class ProgressReporter:
         if job_id != self.job_id:
             return
         with self.cond:
-            if event.status == "output":
+            if event.status is EventStatus.OUTPUT:
                 self.lines.append(event.text)
                 if len(self.lines) == 1:
                     self.cond.notify()
@@ -83,7 +83,7 @@ class ProgressReporter:
             if event.step in STEPS:
                 self.steps[event.step] = (event.status, event.duration)
                 self.dirty = True
-            elif event.step == "job" and event.status != "output":
+            elif event.step == "job" and event.status is not EventStatus.OUTPUT:
                 self.done = True
             self.cond.notify()
 

@@ -11,7 +11,7 @@ from typing import TextIO
 from bot.core.jobs import Job, JobState
 from bot.core.stage_index import Artifact, StageIndex
 from bot.core.text import clean
-from bot.engine import STEPS, Event, Plan
+from bot.engine import STEPS, Event, EventStatus, Plan
 
 
 def age(seconds: float) -> str:
@@ -106,7 +106,7 @@ class ProgressPrinter:
     def __call__(self, job_id: int, event: Event) -> None:
         if job_id != self.job_id:
             return
-        if event.status == "output":
+        if event.status is EventStatus.OUTPUT:
             if self.show_output:
                 print(f"    {clean(event.text)}", file=self.out, flush=True)
             return
