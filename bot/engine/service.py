@@ -27,6 +27,7 @@ from bot.engine.app_service import AppRollbacks
 from bot.engine.approval import Approved, OneService, approve
 from bot.engine.build import Engine, Fleet
 from bot.engine.gate import DEFAULT_TTL, Gate, RequestLimits
+from bot.engine.pipeline import STEPS, EventStatus
 from bot.engine.planner import Plan, UnknownStage, card_json, load_stage
 from bot.engine.refusals import RefusalKind, Refused
 from bot.engine.runner import CancelOutcome
@@ -298,6 +299,22 @@ class RollbackService:
             return self.apps.wait(job_id, timeout)
         self.runner_of(job_id).wait(job_id, timeout)
         return self.job(job_id)
+
+    def steps(self, job_id: int) -> dict[str, tuple[str, float | None]]:
+        """Each step of a job's checklist as it stands: (status, duration)."""
+        return {e["step"]: (e["status"], e["duration"]) for e in self.store.events(job_id) if e["step"] in STEPS}
+
+    def current_step(self, job_id: int) -> str:
+        """The step a running job is on ("starting" before the first)."""
+        started = [e["step"] for e in self.store.events(job_id) if e["status"] == EventStatus.STARTED]
+        return started[-1] if started else "starting"
+
+    def output(self, job_id: int) -> list[str]:
+        return self.store.output(job_id)
+
+    def output_after(self, job_id: int, after: int) -> list[tuple[int, str]]:
+        """A job's output lines after row ``after``, as (row, line): what a thread has not shown yet."""
+        return self.store.output_after(job_id, after)
 
     def log_path(self, job_id: int) -> Path:
         return self.runner_of(job_id).log_path(job_id)

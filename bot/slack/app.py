@@ -15,7 +15,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.core.actor import Actor
 from bot.core.config import Settings
-from bot.core.jobs import APP, Job, JobState
+from bot.core.jobs import Job, JobState
 from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
@@ -141,10 +141,6 @@ class Slack:
         self.groups = GroupDirectory(client, lambda: service.policy.group_ids())
         self.work = BoundedWork(4, WORK_QUEUE, "slack-work")
 
-    @property
-    def store(self):
-        return self.service.store
-
     def after_ack(self, handler):
         """A Bolt listener that acknowledges at once and runs ``handler(body, respond, groups_of)`` on our
         pool (Bolt's lazy listeners would deep-copy every request, half of their per-request cost)."""
@@ -157,25 +153,27 @@ class Slack:
 
         return listener
 
-    def announce(self, job: dict) -> None:
+    def announce(self, job: Job) -> None:
         """Rollback results go to the stage's notification channel too, when that is elsewhere; the
         deploy notification of the build it replaced says it is no longer live."""
-        key = StageKey(job["service"], job["stage"])
-        if key.service == APP:  # each service that moved: its notification is no longer live
-            for part in self.service.parts(job["id"]):
+        key = StageKey(job.service, job.stage)
+        if job.is_app:  # each service that moved: its notification is no longer live
+            for part in self.service.parts(job.id):
                 if part.state is JobState.SUCCEEDED and part.recorded != 0:
                     self.superseded(StageKey(part.service, part.stage))
-        elif job["state"] == "succeeded" and job.get("recorded") != 0:
+        elif job.state is JobState.SUCCEEDED and job.recorded != 0:
             self.superseded(key)
-        channel = self.service.policy.notify_channel(key.stage, self.settings.channel, key.service)
-        if channel and channel != job.get("channel"):
-            verdict = {"succeeded": "✅ rolled back", "failed": "❌ rollback failed"}.get(job["state"], job["state"])
-            if key.service == APP and job["state"] != "succeeded":
-                verdict = f"❌ app rollback {job['state']}"
-            if job["state"] == "succeeded" and job.get("recorded") == 0:
+        channel = self.service.policy.notify_channel(key.stage, self.settings.channel,
+                                                     None if job.is_app else key.service)
+        if channel and channel != job.channel:
+            verdict = {JobState.SUCCEEDED: "✅ rolled back", JobState.FAILED: "❌ rollback failed"}.get(
+                job.state, str(job.state))
+            if job.is_app and job.state is not JobState.SUCCEEDED:
+                verdict = f"❌ app rollback {job.state}"
+            if job.state is JobState.SUCCEEDED and job.recorded == 0:
                 verdict = "🟥 deployed but CI NOT frozen"
-            self.notify.post(channel, f"{verdict}: {code(Job.from_row(job).where)} → {code(job['target_commit'][:7])} "
-                                      f"(job {job['id']}) {esc_message(job.get('reason') or '')}")
+            self.notify.post(channel, f"{verdict}: {code(job.where)} → {code(job.target_commit[:7])} "
+                                      f"(job {job.id}) {esc_message(job.reason)}")
 
     def announce_unfreeze(self, key: StageKey, user_id: str, channel: str, was: str) -> None:
         """Everyone who watches the stage learns that CI may deploy it again: the channel where it was
@@ -190,14 +188,14 @@ class Slack:
         """A result that reached index.json late (after retries) is announced where the card is."""
         if event.step != "index" or event.status is not EventStatus.RECORDED:
             return
-        job = self.store.job(job_id)
-        if not job or not job.get("channel"):
+        job = self.service.job(job_id)
+        if not job or not job.channel:
             return
-        if job.get("message_ts"):
-            self.notify.update(job["channel"], job["message_ts"], f"Rollback job {job_id}",
-                               kit.progress_blocks(Job.from_row(job), _steps(self.store, job_id), [], time.time()))
-        self.notify.post(job["channel"], f"✅ Job {job_id}: {esc(event.text)}", thread_ts=job.get("message_ts"))
-        self.superseded(StageKey(job["service"], job["stage"]))
+        if job.message_ts:
+            self.notify.update(job.channel, job.message_ts, f"Rollback job {job_id}",
+                               kit.progress_blocks(job, self.service.steps(job_id), [], time.time()))
+        self.notify.post(job.channel, f"✅ Job {job_id}: {esc(event.text)}", thread_ts=job.message_ts or None)
+        self.superseded(StageKey(job.service, job.stage))
 
     def superseded(self, key: StageKey) -> None:
         try:
@@ -265,14 +263,6 @@ def _checked(body: dict, action_id: str) -> bool:
         if any(o.get("value") == "unfreeze" for o in chosen):
             return True
     return False
-
-
-def _steps(store, job_id: int) -> dict:
-    steps = {}
-    for e in store.events(job_id):
-        if e["step"] in kit.STEP_LABELS:
-            steps[e["step"]] = (e["status"], e["duration"])
-    return steps
 
 
 def _masking_respond(respond, mask):

@@ -18,7 +18,7 @@ from bot.slack.mrkdwn import esc
 from bot.slack.notifier import Notifier
 
 if TYPE_CHECKING:
-    from bot.adapters.store import Store
+    from bot.engine import RollbackService
 
 log = logging.getLogger("rollback-bot.slack")
 UPDATE_INTERVAL = 2.0  # Slack allows about one chat.update per second per message; we do half
@@ -42,12 +42,12 @@ class ProgressReporter:
     """One per job; a listener of JobRunner, with its own sender thread so a slow or failing Slack
     never holds up the deploy."""
 
-    def __init__(self, client, store: Store, job_id: int, channel: str, ts: str,
-                 clock: Callable[[], float] = time.monotonic, on_final: Callable[[dict], None] = lambda job: None,
+    def __init__(self, client, records: RollbackService, job_id: int, channel: str, ts: str,
+                 clock: Callable[[], float] = time.monotonic, on_final: Callable[[Job], None] = lambda job: None,
                  start: bool = True, full_log: Callable[[], str] = lambda: ""):
         self.client = client
         self.notify = Notifier(client)
-        self.store = store
+        self.records = records  # the service: jobs, their output and steps, as typed values
         self.job_id = job_id
         self.channel = channel
         self.ts = ts
@@ -119,8 +119,8 @@ class ProgressReporter:
         with self.cond:
             self.dirty = False
             steps = dict(self.steps)
-        job = Job.from_row(self.store.job(self.job_id))
-        tail = self.store.log_tail(self.job_id, 15) if job.state is not JobState.RUNNING else []
+        job = self.records.job(self.job_id)
+        tail = self.records.log_tail(self.job_id, 15) if job.state is not JobState.RUNNING else []
         self.last_update = self.clock()
         if self.notify.update(self.channel, self.ts, f"Rollback job {self.job_id}: {job.state}",
                               kit.progress_blocks(job, steps, tail, time.time())):
@@ -152,9 +152,9 @@ class ProgressReporter:
             return
         if self.lines:
             self._post_lines()
-        job = self.store.job(self.job_id)
-        if job["state"] in ("failed", "cancelled", "interrupted"):
-            log = self.full_log() or "\n".join(self.store.output(self.job_id))
+        job = self.records.job(self.job_id)
+        if job.state in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED):
+            log = self.full_log() or "\n".join(self.records.output(self.job_id))
             self.notify.upload(self.channel, self.ts, log or "(no output)", f"rollback-job-{self.job_id}.log",
                                f"Full log of rollback job {self.job_id}")
         self.on_final(job)
@@ -167,9 +167,9 @@ class AppReporter:
     """One per app rollback; a listener of AppRollbacks. Each service's output goes to the thread with
     an equal share of each post, so the calls stay within 40 a job minute however many services move."""
 
-    def __init__(self, notify: Notifier, store: Store, app_id: int, channel: str, ts: str,
-                 clock: Callable[[], float] = time.monotonic, on_final: Callable[[dict], None] = lambda job: None):
-        self.notify, self.store, self.app_id, self.channel, self.ts = notify, store, app_id, channel, ts
+    def __init__(self, notify: Notifier, records: RollbackService, app_id: int, channel: str, ts: str,
+                 clock: Callable[[], float] = time.monotonic, on_final: Callable[[Job], None] = lambda job: None):
+        self.notify, self.records, self.app_id, self.channel, self.ts = notify, records, app_id, channel, ts
         self.clock, self.on_final = clock, on_final
         self.seen: dict[int, int] = {}  # part job id -> the last output row posted
         self.wake = threading.Event()
@@ -183,13 +183,9 @@ class AppReporter:
             self.wake.set()
 
     def _card(self) -> bool:
-        job = Job.from_row(self.store.job(self.app_id))
-        parts = [Job.from_row(r) for r in self.store.parts_of(self.app_id)]
-        steps = {}
-        for p in parts:
-            if p.state is JobState.RUNNING:
-                events = [e for e in self.store.events(p.id) if e["status"] == "started"]
-                steps[p.id] = events[-1]["step"] if events else "starting"
+        job = self.records.job(self.app_id)
+        parts = self.records.parts(self.app_id)
+        steps = {p.id: self.records.current_step(p.id) for p in parts if p.state is JobState.RUNNING}
         return self.notify.update(self.channel, self.ts, f"App rollback {self.app_id}: {job.state}",
                                   kit.app_progress_blocks(job, parts, steps, time.time()))
 
@@ -197,11 +193,11 @@ class AppReporter:
         """New output of every service, labelled, in one post: each service with output gets an equal
         share of the message (its newest lines); every line is in the job logs."""
         batches = []
-        for part in self.store.parts_of(self.app_id):
-            rows = self.store.output_after(part["id"], self.seen.get(part["id"], 0))
+        for part in self.records.parts(self.app_id):
+            rows = self.records.output_after(part.id, self.seen.get(part.id, 0))
             if rows:
-                self.seen[part["id"]] = rows[-1][0]
-                batches.append((part["service"], [line for _, line in rows]))
+                self.seen[part.id] = rows[-1][0]
+                batches.append((part.service, [line for _, line in rows]))
         if not batches:
             return
         share = THREAD_CHARS // len(batches)
@@ -224,7 +220,7 @@ class AppReporter:
         while True:
             self.wake.wait(UPDATE_INTERVAL)  # the app's events wake it: the end is seen at once
             self.wake.clear()
-            if self.store.job(self.app_id)["state"] != JobState.RUNNING:
+            if self.records.job(self.app_id).state is not JobState.RUNNING:
                 break
             if self.clock() - last_card >= UPDATE_INTERVAL:  # at most one edit every 2 s
                 self._card()
@@ -234,7 +230,7 @@ class AppReporter:
                 last_thread = self.clock()
         deliver_final(self._card, self.clock)
         self._thread()
-        self.on_final(self.store.job(self.app_id))
+        self.on_final(self.records.job(self.app_id))
 
     def wait(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)

@@ -8,7 +8,6 @@ import logging
 import time
 
 from bot.core.config import Settings
-from bot.core.jobs import Job
 from bot.engine import WatchEvent
 from bot.slack import blocks as kit
 from bot.slack import ids
@@ -58,33 +57,29 @@ class WatchPoster:
         self.notify.post(channel, f"🤖 {esc_message(event.text)}")
         if event.job_id is None:
             return
-        job = Job.from_row(self.service.store.job(event.job_id))
+        job = self.service.job(event.job_id)
         posted = self.notify.post(channel, f"Rollback job {job.id}", kit.progress_blocks(job, {}, [], time.time()))
         if not posted:
             return
         self.service.attach_message(job.id, posted["channel"], posted["ts"],
                                     self.notify.permalink(posted["channel"], posted["ts"]))
-        reporter = ProgressReporter(self.notify.client, self.service.store, job.id, posted["channel"], posted["ts"],
+        reporter = ProgressReporter(self.notify.client, self.service, job.id, posted["channel"], posted["ts"],
                                     start=False)
-        runner = self.service.runner_of(job.id)
-        runner.subscribe(job.id, reporter)
+        self.service.follow(job.id, reporter)
         reporter.start()
 
     def _settled(self, event: WatchEvent) -> None:
-        row = self.service.store.job(event.job_id) if event.job_id else None
-        if row and row.get("app_id"):  # one service of an app rollback: the app's card shows each verdict
-            app = self.service.store.job(row["app_id"])
-            if app and app.get("channel") and app.get("message_ts"):
-                parts = [Job.from_row(r) for r in self.service.store.parts_of(app["id"])]
-                self.notify.update(app["channel"], app["message_ts"], f"App rollback {app['id']}",
-                                   kit.app_progress_blocks(Job.from_row(app), parts, {}, time.time()))
+        job = self.service.job(event.job_id) if event.job_id else None
+        if job and job.app_id:  # one service of an app rollback: the app's card shows each verdict
+            app = self.service.job(job.app_id)
+            if app and app.channel and app.message_ts:
+                self.notify.update(app.channel, app.message_ts, f"App rollback {app.id}",
+                                   kit.app_progress_blocks(app, self.service.parts(app.id), {}, time.time()))
             return
-        if not row or not row.get("channel") or not row.get("message_ts"):
+        if not job or not job.channel or not job.message_ts:
             return
-        steps = {e["step"]: (e["status"], e["duration"]) for e in self.service.store.events(row["id"])
-                 if e["step"] in kit.STEP_LABELS}
-        self.notify.update(row["channel"], row["message_ts"], f"Rollback job {row['id']}",
-                           kit.progress_blocks(Job.from_row(row), steps, [], time.time()))
+        self.notify.update(job.channel, job.message_ts, f"Rollback job {job.id}",
+                           kit.progress_blocks(job, self.service.steps(job.id), [], time.time()))
 
     def _error(self, event: WatchEvent) -> None:
         channel = self._channel(event)

@@ -56,11 +56,11 @@ def register(app: App, slack: Slack) -> None:
         job = service.job(job_id)
         # Listen before starting, so not one event of the job is missed; the subscription ends with the job.
         if job is not None and job.is_app:
-            reporter = AppReporter(slack.notify, slack.store, job_id, channel, ts, on_final=slack.announce)
+            reporter = AppReporter(slack.notify, service, job_id, channel, ts, on_final=slack.announce)
             service.apps.listeners.append(reporter)
             unsubscribe = lambda: service.apps.listeners.remove(reporter)  # noqa: E731
         else:
-            reporter = ProgressReporter(slack.client, slack.store, job_id, channel, ts, on_final=slack.announce,
+            reporter = ProgressReporter(slack.client, service, job_id, channel, ts, on_final=slack.announce,
                                         start=False, full_log=lambda: read_log(service.log_path(job_id)))
             unsubscribe = service.follow(job_id, reporter)
         try:
