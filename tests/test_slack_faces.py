@@ -121,3 +121,29 @@ def test_help_and_usage_on_a_bot_of_one_service_still_read_as_before(fast_prod, 
     ws = fast_workspace()
     assert "Too many words. Usage: `/rollback &lt;stage&gt;`" in ws.says(ws.ana, "prod a b c")
     assert SECRET not in ws.says(ws.ana, "help")
+
+
+def test_an_out_of_date_app_card_offers_plan_again_and_the_new_card_can_be_approved(app, repo, lam):
+    from bot.adapters.artifacts import ArtifactStore, make_s3_client
+    from tests.support.app_fixtures import BUCKET, code, live
+
+    ws = app()
+    card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
+    # CI rolls billing back to v1 by hand while the card waits: the plan the card shows is no longer the plan
+    ArtifactStore(make_s3_client(2), BUCKET, "billing", "rollback/").mark_deployed(
+        "prod", repo.commits["c1"], "billing-v1", by="ci")
+    said = ws.clicks(ws.cy, card.first, "approve")
+    assert "Nothing was deployed: the plan changed since the card was posted (billing:" in said
+    outdated = wait_for(lambda: "Out of date" in card.text() and card.now, 10, "the card marked out of date")
+    assert "the app in prod" in all_text(outdated)
+    assert live(lam, "api") == code(repo, "api", "v2")  # nothing moved
+
+    ws.cy.click(outdated, "plan_build")  # Plan again: the app's plan, made afresh
+    fresh = ws.card(1)
+    assert all_text(fresh).count("left as it is") == 1 and "*2 of 3 services move*" in all_text(fresh)
+    n = len(ws.standin.responses)
+    assert ws.bo.click(fresh, "approve") == 200
+    wait_for(lambda: "✅ Rolled back the app" in json.dumps(ws.standin.message(CHANNEL, fresh["ts"]),
+                                                          ensure_ascii=False), 90,
+             f"the new card to finish ({ws.standin.responses[n:]})")
+    assert live(lam, "api") == code(repo, "api", "v1") and live(lam, "worker") == code(repo, "worker", "v1")
