@@ -17,6 +17,7 @@ from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.source import CommitInfo, PluginChange
 from bot.adapters.stack import TemplateDiff
 from bot.adapters.store import OUTPUT_HEAD, OUTPUT_TAIL, Store
+from bot.core.cards import AppCard
 from bot.core.jobs import Job
 from bot.core.keys import StageKey
 from bot.core.masking import Masker, MaskingFilter
@@ -317,7 +318,7 @@ def test_the_app_cards_stay_inside_slacks_limits_at_50_services_and_keep_text_as
                  "removed": 1, "account": HOSTILE} for n in range(50)]
     shown = {"ref": "abc1234", "commit": SHA, "services": services, "warnings": [HOSTILE] * 20,
              "phases": [[s["service"] for s in services[:25]], [s["service"] for s in services[25:]]]}
-    card = kit.app_plan_blocks(9, shown, "prod", "U-ANA", 100.0, HOSTILE, True, [HOSTILE] * 9)
+    card = kit.app_plan_blocks(9, AppCard.from_dict(shown), "prod", "U-ANA", 100.0, HOSTILE, True, [HOSTILE] * 9)
     assert len(card) <= 50 and len(json.dumps(card)) < 40_000
     for block in card:
         for text in mrkdwn_texts([block]):
@@ -334,7 +335,7 @@ def test_the_app_cards_stay_inside_slacks_limits_at_50_services_and_keep_text_as
     assert len(progress) <= 50
     assert_inert(progress)
     assert any(b["type"] == "actions" and b["elements"][0]["action_id"] == "undo_app" for b in progress)
-    assert_inert([kit.section(kit.app_details_text(shown)[:2900])])
+    assert_inert([kit.section(kit.app_details_text(AppCard.from_dict(shown))[:2900])])
 
 
 def test_an_app_card_after_a_restart_says_so_and_keeps_the_way_back():

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
+from bot.core.cards import AppCard
+
 APP = "*"  # the service of an app rollback's own row (its services' jobs point to it with app_id)
 
 
@@ -125,6 +127,11 @@ class Job:
         if self.is_app:
             return f"the app in {self.stage}"
         return f"{self.shown_service} {self.stage}" if self.shown_service else self.stage
+
+    @property
+    def app_card(self) -> AppCard:
+        """What an app rollback's card showed (an empty card for one service's job)."""
+        return AppCard.parse(self.plan_json) if self.is_app else AppCard("", "")
 
     @property
     def forward(self) -> bool:

@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from bot.adapters.archive import TEMPLATE_NAME
 from bot.adapters.artifacts import ArtifactError
+from bot.core.cards import AppCard, ServiceRow
 from bot.core.errors import UserError
 from bot.core.jobs import JobState
 from bot.core.keys import StageKey
@@ -190,20 +191,15 @@ def _export_warnings(fleet: Fleet, app: AppPlan) -> list[str]:
 
 def app_card_json(app: AppPlan) -> str:
     """What an app job stores of its plan: the summary approval is compared with, and what the cards show."""
-    return json.dumps({
-        "app": True, "ref": app.ref, "commit": app.commit, "summary": app.summary(), "phases": app.phases,
-        "forward": app.forward,
-        "warnings": app.warnings,
-        "services": [{
-            "service": s.service, "status": s.status, "note": s.note,
-            "from": [s.live.commit, s.live.build_id] if s.live else None,
-            "to": [s.plan.target.commit, s.plan.target.build_id] if s.plan else None,
-            "commits": len(s.plan.commits) if s.plan else 0,
-            "plugins": s.plan.plugins.summary() if s.plan and s.plan.plugins else "",
-            "removed": len(s.plan.template.removed) if s.plan and s.plan.template else 0,
-            "account": s.plan.account if s.plan else "",
-        } for s in app.steps],
-    })
+    return AppCard(app.ref, app.commit, tuple(ServiceRow(
+        s.service, str(s.status), s.note,
+        (s.live.commit, s.live.build_id) if s.live else None,
+        (s.plan.target.commit, s.plan.target.build_id) if s.plan else None,
+        len(s.plan.commits) if s.plan else 0,
+        s.plan.plugins.summary() if s.plan and s.plan.plugins else "",
+        len(s.plan.template.removed) if s.plan and s.plan.template else 0,
+        s.plan.account if s.plan else "") for s in app.steps),
+        tuple(tuple(p) for p in app.phases), tuple(app.warnings), app.forward, app.summary()).to_json()
 
 
 NOT_STARTED = "not started: an earlier phase failed or the rollback was cancelled"

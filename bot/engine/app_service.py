@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from bot.adapters.store import StageBusy, plain_name
 from bot.core.actor import Actor, Origin
+from bot.core.cards import AppCard
 from bot.core.jobs import APP, Job
 from bot.core.keys import StageKey
 from bot.engine.app import AppPlan, AppRun, app_card_json, make_app_plan, skip_unstarted, who_is_where
@@ -193,7 +194,7 @@ class _AppApproval:
 
     def check(self, gate: Gate, job: dict, actor: Actor, terminal: bool) -> None:
         stage, policy = job["stage"], gate.policy
-        moving = moving_services(json.loads(job.get("plan_json") or "{}"))
+        moving = moving_services(job)
         requester = "" if terminal else job["requested_by"]
         gate.check_all(actor.user, "approve", stage, moving,
                        lambda k: policy.may_approve(stage, actor.user, requester, actor.channel, actor.groups_of,
@@ -207,11 +208,12 @@ class _AppApproval:
                             f"({now_ok.reason}) Ask someone who may to request it again.")
 
     def plan_again(self, gate: Gate, job: dict, shown: dict):
+        card = AppCard.parse(job.get("plan_json"))
         targets = None
-        if str(shown.get("ref", "")).startswith("undo:"):
-            targets = {s["service"]: tuple(s["to"]) for s in shown["services"] if s["status"] == "roll"}
-        app = make_app_plan(gate.fleet, job["stage"], shown.get("ref") or job["target_commit"], targets)
-        return app, app_changes(shown.get("summary", {}), app.summary())
+        if card.undo_of is not None:
+            targets = {s.service: s.target for s in card.services if s.moves and s.target}
+        app = make_app_plan(gate.fleet, job["stage"], card.ref or job["target_commit"], targets)
+        return app, app_changes(card.summary, app.summary())
 
     def start(self, gate: Gate, job: dict, app: AppPlan, actor: Actor, unfreeze: bool) -> dict:
         store, stage, job_id = gate.store, job["stage"], job["id"]

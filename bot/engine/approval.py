@@ -15,6 +15,7 @@ from typing import Protocol
 
 from bot.adapters.store import StageBusy
 from bot.core.actor import Actor
+from bot.core.cards import AppCard
 from bot.core.jobs import APP, Job
 from bot.core.keys import StageKey
 from bot.engine.gate import Gate
@@ -127,8 +128,8 @@ def _service_changes(shown, now) -> list[str]:
     return [f"was {shown if isinstance(shown, str) else 'moving'}, now {now if isinstance(now, str) else 'moving'}"]
 
 
-def moving_services(shown: dict) -> list[str]:
-    return [s["service"] for s in shown.get("services", []) if s["status"] == "roll"]
+def moving_services(job: dict) -> list[str]:
+    return AppCard.parse(job.get("plan_json")).moving
 
 
 def app_key(job: dict) -> StageKey:

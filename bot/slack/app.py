@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -227,10 +226,10 @@ class Slack:
         apps = self.service.apps
         pending = apps.undo(undo, actor) if undo is not None else apps.request(stage, ref, actor)
         user_id, channel = actor.user, actor.channel
-        shown = json.loads(self.service.job(pending.job_id).plan_json)
+        card = self.service.job(pending.job_id).app_card
         try:
-            posted = self.notify.post(channel, esc(kit.app_title(shown, pending.app.stage)), kit.app_plan_blocks(
-                pending.job_id, shown, pending.app.stage, user_id, pending.expires_at, pending.needs,
+            posted = self.notify.post(channel, esc(kit.app_title(card, pending.app.stage)), kit.app_plan_blocks(
+                pending.job_id, card, pending.app.stage, user_id, pending.expires_at, pending.needs,
                 pending.policy_configured, pending.busy), quiet=False)
         except Exception as exc:  # nothing was posted, so nothing may stay pending
             self.service.withdraw(pending.job_id, actor)
@@ -238,8 +237,8 @@ class Slack:
             return
         self.service.attach_message(pending.job_id, posted["channel"], posted["ts"],
                                     self.notify.permalink(posted["channel"], posted["ts"]))
-        if len(shown.get("services", [])) > 30:  # the card counts the rest; the thread lists them all
-            self.notify.post(posted["channel"], esc(kit.app_details_text(shown))[:39000], thread_ts=posted["ts"])
+        if len(card.services) > 30:  # the card counts the rest; the thread lists them all
+            self.notify.post(posted["channel"], esc(kit.app_details_text(card))[:39000], thread_ts=posted["ts"])
 
     def close_card(self, channel: str, ts: str, job: Job, why: str) -> None:
         self.notify.update(channel, ts, "Plan closed", kit.closed_plan_blocks(job.stage, job.target_commit, why))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from bot.core.cards import AppCard, ServiceRow
 from bot.core.jobs import APP, Job, JobState
 from bot.core.policy import NO_POLICY
 from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
@@ -465,45 +466,43 @@ def history_text(stage: str, jobs: list[Job], parts: dict[int, list[Job]] | None
 
 # -- app rollbacks (every service of a stage to one commit) -------------------------------------------
 
-def app_title(shown: dict, stage: str) -> str:
-    ref = str(shown.get("ref", ""))
-    if ref.startswith("undo:"):
-        return f"Roll the finished services of job {ref[5:]} forward again in {stage}?"
-    if ref.lower() == "previous":
+def app_title(card: AppCard, stage: str) -> str:
+    if card.undo_of is not None:
+        return f"Roll the finished services of job {card.undo_of} forward again in {stage}?"
+    if card.ref.lower() == "previous":
         return f"Undo the newest deploy of {stage}?"
-    return f"Roll back the app in {stage} to {str(shown.get('commit', ''))[:7]}?"
+    return f"Roll back the app in {stage} to {card.commit[:7]}?"
 
 
-def _app_row(s: dict) -> str:
-    name = f"*{esc(s['service'])}*"
-    if s["status"] == "roll":
-        frm = code(s["from"][0][:7]) if s.get("from") else "`?`"
-        row = f"• {name} {frm} → {code(s['to'][0][:7])} (build {code(s['to'][1])})"
-        row += f" · {s['commits']} commit{'s' if s['commits'] != 1 else ''}"
-        if s.get("plugins"):
-            row += f" · {esc(s['plugins'])}"
-        if s.get("removed"):
-            row += f" · ⚠️ {s['removed']} resource(s) removed"
-        return row + (f" · _{esc(s['account'])}_" if s.get("account") else "")
-    icon = "⚠️ " if s["status"] == "no_build" else ""
-    return f"• {name} {icon}left as it is: {esc(s.get('note', ''))}"
+def _app_row(s: ServiceRow) -> str:
+    name = f"*{esc(s.service)}*"
+    if s.moves and s.target:
+        frm = code(s.live[0][:7]) if s.live else "`?`"
+        row = f"• {name} {frm} → {code(s.target[0][:7])} (build {code(s.target[1])})"
+        row += f" · {s.commits} commit{'s' if s.commits != 1 else ''}"
+        if s.plugins:
+            row += f" · {esc(s.plugins)}"
+        if s.removed:
+            row += f" · ⚠️ {s.removed} resource(s) removed"
+        return row + (f" · _{esc(s.account)}_" if s.account else "")
+    icon = "⚠️ " if s.status == "no_build" else ""
+    return f"• {name} {icon}left as it is: {esc(s.note)}"
 
 
-def app_phases_text(phases: list[list[str]]) -> str:
+def app_phases_text(phases) -> str:
     return " → ".join(f"{n}. {', '.join(esc(x) for x in p)}" for n, p in enumerate(phases, start=1))
 
 
-def app_plan_blocks(job_id: int, shown: dict, stage: str, requested_by: str, expires_at: float, needs: str,
+def app_plan_blocks(job_id: int, card: AppCard, stage: str, requested_by: str, expires_at: float, needs: str,
                     policy_configured: bool = True, busy: list[str] | None = None) -> list[dict]:
     """The app's plan card: a compact row per service, the phases in order, one Approve for all. At 50
     services it stays within Slack's limits: rows that do not fit are counted, and the thread has them."""
-    rows = [_app_row(s) for s in shown.get("services", [])]
-    moving = sum(1 for s in shown.get("services", []) if s["status"] == "roll")
-    blocks = [header(app_title(shown, stage)),
-              section(f"*{moving} of {len(rows)} services move*\n" + _whole_lines(rows, MAX_TEXT - 40)),
-              section(f"*Order* ({'deploy order, producers first' if shown.get('forward') else 'dependents first'}): "
-                      f"{app_phases_text(shown.get('phases', []))}")]
-    for warning in shown.get("warnings", [])[:10]:
+    rows = [_app_row(s) for s in card.services]
+    blocks = [header(app_title(card, stage)),
+              section(f"*{len(card.moving)} of {len(rows)} services move*\n" + _whole_lines(rows, MAX_TEXT - 40)),
+              section(f"*Order* ({'deploy order, producers first' if card.forward else 'dependents first'}): "
+                      f"{app_phases_text(card.phases)}")]
+    for warning in card.warnings[:10]:
         blocks.append(section(_clip(f"⚠️ {esc(warning)}")))
     for b in (busy or [])[:5]:
         blocks.append(section(f"⏳ {esc(b)} is running now: an approval is refused until it ends."))
@@ -517,9 +516,9 @@ def app_plan_blocks(job_id: int, shown: dict, stage: str, requested_by: str, exp
     return blocks
 
 
-def app_details_text(shown: dict) -> str:
+def app_details_text(card: AppCard) -> str:
     """Every service's row, for the thread of a card too long to hold them."""
-    return "\n".join(_app_row(s) for s in shown.get("services", []))
+    return "\n".join(_app_row(s) for s in card.services)
 
 
 PART_ICONS = {"succeeded": "✅", "failed": "❌", "cancelled": "🛑", "interrupted": "⚠️", "skipped": "▫️",
@@ -537,12 +536,12 @@ def app_title_of(job: Job) -> str:
 def app_progress_blocks(job: Job, parts: list[Job], steps: dict[int, str], now: float) -> list[dict]:
     """The app's live card: a checklist per phase and service. ``steps`` maps a part's job id to the step
     it is on. It keeps who is where once it ends, and offers the reverse move when it stopped half-way."""
-    shown = json.loads(job.plan_json or "{}")
+    card = job.app_card
     by_service = {p.service: p for p in parts}
-    target = str(shown.get("commit") or "")[:7]
+    target = card.commit[:7]
     blocks = [header(f"{app_title_of(job)}: {job.stage}" + (f" → {target}" if target else ""))]
     lines = []
-    for n, phase in enumerate(shown.get("phases", []), start=1):
+    for n, phase in enumerate(card.phases, start=1):
         lines.append(f"*Phase {n}*")
         for name in phase:
             p = by_service.get(name)
@@ -554,7 +553,7 @@ def app_progress_blocks(job: Job, parts: list[Job], steps: dict[int, str], now: 
             lines.append(f"{PART_ICONS.get(state, '▫️')} {esc(name)} {code(p.live_commit[:7] or '?')} → "
                          f"{code(p.target_commit[:7])}{took}{doing}")
     blocks.append(section(_whole_lines(lines)))
-    still = [s["service"] for s in shown.get("services", []) if s["status"] != "roll"]
+    still = [s.service for s in card.services if not s.moves]
     if still:
         blocks.append(context(_clip(f"Left as they are: {esc(', '.join(still))}")))
     elapsed = (job.finished or now) - (job.started or now)

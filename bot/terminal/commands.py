@@ -230,8 +230,7 @@ def _confirmed(args, where: str, service: RollbackService, job_id: int, actor: A
 def _rollback_app(args, service: RollbackService, actor: Actor) -> int:
     """Every service of the stage to its newest build at or before the commit, as in Slack."""
     pending = service.apps.request(args.stage, args.ref, actor)
-    shown = json.loads(service.job(pending.job_id).plan_json)
-    print(render_app_plan(shown, args.stage))
+    print(render_app_plan(service.job(pending.job_id).app_card, args.stage))
     for busy in pending.busy:
         print(clean(f"  busy: {busy}"))
     if not _confirmed(args, args.stage, service, pending.job_id, actor):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TextIO
 
+from bot.core.cards import AppCard
 from bot.core.jobs import Job, JobState
 from bot.core.stage_index import Artifact, StageIndex
 from bot.core.text import clean
@@ -118,23 +119,22 @@ class ProgressPrinter:
                   file=self.out, flush=True)
 
 
-def render_app_plan(shown: dict, stage: str) -> str:
+def render_app_plan(card: AppCard, stage: str) -> str:
     """An app rollback's plan (what its card shows): a line per service, the order, the warnings."""
-    ref = str(shown.get("ref", ""))
-    title = (f"Undo the newest deploy of {stage}" if ref.lower() == "previous"
-             else f"Roll back the app in {stage} to {str(shown.get('commit', ''))[:12]}")
+    title = (f"Undo the newest deploy of {stage}" if card.ref.lower() == "previous"
+             else f"Roll back the app in {stage} to {card.commit[:12]}")
     lines = [title]
-    for s in shown.get("services", []):
-        if s["status"] == "roll":
-            frm = s["from"][0][:7] if s.get("from") else "?"
-            lines.append(f"  {s['service']:<20} {frm} → {s['to'][0][:7]} (build {s['to'][1]}), "
-                         f"{s['commits']} commit(s){', ' + s['plugins'] if s.get('plugins') else ''}"
-                         f"{', ' + s['account'] if s.get('account') else ''}")
+    for s in card.services:
+        if s.moves and s.target:
+            frm = s.live[0][:7] if s.live else "?"
+            lines.append(f"  {s.service:<20} {frm} → {s.target[0][:7]} (build {s.target[1]}), "
+                         f"{s.commits} commit(s){', ' + s.plugins if s.plugins else ''}"
+                         f"{', ' + s.account if s.account else ''}")
         else:
-            lines.append(f"  {s['service']:<20} left as it is: {s.get('note', '')}")
-    order = " → ".join(f"{n}. {', '.join(p)}" for n, p in enumerate(shown.get("phases", []), start=1))
-    lines.append(f"Order ({'deploy order' if shown.get('forward') else 'dependents first'}): {order}")
-    lines += [f"warning: {w}" for w in shown.get("warnings", [])]
+            lines.append(f"  {s.service:<20} left as it is: {s.note}")
+    order = " → ".join(f"{n}. {', '.join(p)}" for n, p in enumerate(card.phases, start=1))
+    lines.append(f"Order ({'deploy order' if card.forward else 'dependents first'}): {order}")
+    lines += [f"warning: {w}" for w in card.warnings]
     return clean("\n".join(lines))
 
 
