@@ -32,8 +32,6 @@ from bot.engine.planner import Plan, UnknownStage, card_json, load_stage
 from bot.engine.refusals import RefusalKind, Refused
 from bot.engine.runner import CancelOutcome
 
-__all__ = ["DEFAULT_TTL", "RequestLimits", "RollbackService"]
-
 
 @dataclass
 class Pending:
