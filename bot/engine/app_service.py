@@ -18,9 +18,9 @@ from bot.core.cards import AppCard
 from bot.core.jobs import APP, Job
 from bot.core.keys import StageKey
 from bot.engine.app import AppPlan, AppRun, app_card_json, make_app_plan, skip_unstarted, who_is_where
-from bot.engine.approval import Approved, app_changes, approve, moving_services
+from bot.engine.approval import Approved, approve
 from bot.engine.gate import Gate
-from bot.engine.planner import card_json
+from bot.engine.planner import card_json, summary_changes
 from bot.engine.refusals import RefusalKind, Refused
 from bot.engine.runner import runner_alive, runner_stamp
 
@@ -240,3 +240,21 @@ class _AppApproval:
         store.update_job(job_id, state="running", started=gate.clock(), **runner_stamp())
         self.apps._run(job, app, parts, actor.user)
         return {"services": list(parts)}
+
+
+def app_changes(shown: dict, now: dict) -> list[str]:
+    """Per service, what differs between the app card and the app plan now."""
+    names = sorted(set(shown) | set(now))
+    return [f"{name}: {change}" for name in names for change in _service_changes(shown.get(name), now.get(name))]
+
+
+def _service_changes(shown, now) -> list[str]:
+    if shown == now:
+        return []
+    if isinstance(shown, dict) and isinstance(now, dict):
+        return summary_changes(shown, now)
+    return [f"was {shown if isinstance(shown, str) else 'moving'}, now {now if isinstance(now, str) else 'moving'}"]
+
+
+def moving_services(job: dict) -> list[str]:
+    return AppCard.parse(job.get("plan_json")).moving

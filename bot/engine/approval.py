@@ -15,9 +15,7 @@ from typing import Protocol
 
 from bot.adapters.store import StageBusy
 from bot.core.actor import Actor
-from bot.core.cards import AppCard
 from bot.core.jobs import APP, Job
-from bot.core.keys import StageKey
 from bot.engine.gate import Gate
 from bot.engine.planner import summary_changes
 from bot.engine.refusals import Outdated, RefusalKind, Refused
@@ -112,25 +110,3 @@ class OneService:
                                     job_id=job["id"], unfreeze=unfreeze and plan.forward,
                                     audit={"policy": gate.policy_source})
         return {"sha256": plan.target.sha256}
-
-
-def app_changes(shown: dict, now: dict) -> list[str]:
-    """Per service, what differs between the app card and the app plan now."""
-    names = sorted(set(shown) | set(now))
-    return [f"{name}: {change}" for name in names for change in _service_changes(shown.get(name), now.get(name))]
-
-
-def _service_changes(shown, now) -> list[str]:
-    if shown == now:
-        return []
-    if isinstance(shown, dict) and isinstance(now, dict):
-        return summary_changes(shown, now)
-    return [f"was {shown if isinstance(shown, str) else 'moving'}, now {now if isinstance(now, str) else 'moving'}"]
-
-
-def moving_services(job: dict) -> list[str]:
-    return AppCard.parse(job.get("plan_json")).moving
-
-
-def app_key(job: dict) -> StageKey:
-    return StageKey(APP, job["stage"])

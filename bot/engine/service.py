@@ -369,7 +369,7 @@ class RollbackService:
         """`/rollback cancel prod` on a bot of several services: the app rollback running in the stage, or
         the one service's rollback running there. Several services' own rollbacks are named, not guessed."""
         stage = self.gate.stage(StageKey(APP, stage))
-        running = [Job.from_row(r) for r in self.store.jobs(states=[JobState.RUNNING]) if r["stage"] == stage]
+        running = self.running(stage)
         app = next((j for j in running if j.is_app), None)
         if app is not None:
             return self.cancel_job(app.id, actor)
@@ -472,10 +472,14 @@ class RollbackService:
                 return False
         return True
 
+    def running(self, stage: str | None = None) -> list[Job]:
+        """The jobs running now on this machine (sqlite only: no S3 request)."""
+        return [Job.from_row(r) for r in self.store.jobs(states=[JobState.RUNNING]) if stage in (None, r["stage"])]
+
     def status(self, channel: str | None = "") -> Status:
         """What runs and what is frozen. In Slack (``channel``) only the stages the policy lets that
         channel see; ``""`` (the terminal, on the bot's host) everything."""
-        running = [Job.from_row(r) for r in self.store.jobs(states=[JobState.RUNNING])]
+        running = self.running()
         freezes = {StageKey(i.service, i.stage): i.freeze for i in self.indexes() if i.freeze}
         if channel == "":
             return Status(running, freezes)

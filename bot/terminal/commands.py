@@ -309,7 +309,7 @@ def cmd_cancel(args, settings: Settings, out: Outlets) -> int:
     service = _service(settings)
     actor = Actor.at_terminal(args.by or settings.actor)
     stage = args.stage
-    before = [j.id for j in service.status().running if j.stage == stage and not j.app_id]
+    before = [j.id for j in service.running(stage) if not j.app_id]
     if service.several and not args.service:  # the app rollback running in the stage, or the only one
         said = service.cancel_in_stage(stage, actor)
     else:
