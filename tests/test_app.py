@@ -37,8 +37,8 @@ def test_both_services_go_back_in_order_dependents_first(app, repo, lam):
     ws.cy.click(card.first, "approve")
     done = all_text(card.becomes("✅", timeout=90))
     assert "*Phase 1*\n✅ worker" in done and "*Phase 2*" in done
-    parts = {p["service"]: p for p in ws.engine.store.jobs(limit=10) if p.get("app_id")}
-    assert parts["worker"]["finished"] <= parts["api"]["started"]  # the importer went first
+    parts = {p.service: p for p in ws.engine.store.jobs(limit=10) if p.app_id}
+    assert parts["worker"].finished <= parts["api"].started  # the importer went first
     for svc in ("api", "worker", "billing"):
         assert live(lam, svc) == code(repo, svc, "v1")
     # history shows the app as one entry with its services
@@ -93,7 +93,7 @@ def test_a_busy_service_refuses_the_whole_plan(app, repo, lam, tmp_path):
     said = ws.clicks(ws.cy, card.first, "approve")
     assert "worker on prod is busy: job" in said and "takes every service's lock or none" in said
     locks = ws.engine.store.locks()
-    assert [lk["service"] for lk in locks] == ["worker"]  # api's and billing's were not taken
+    assert [lk.service for lk in locks] == ["worker"]  # api's and billing's were not taken
     hold.unlink()
     single.becomes("✅")
     assert live(lam, "api") == code(repo, "api", "v2") and live(lam, "billing") == code(repo, "billing", "v2")

@@ -81,8 +81,8 @@ def test_a_bot_killed_mid_app_rollback_is_recovered_with_who_is_where_on_restart
                     if "App rollback 1 of `prod` was interrupted by a restart" in m["text"])
     assert "interrupted: worker (" in said["text"] and "unchanged (not started): api, billing" in said["text"]
     job = ws.service.store.job(1)
-    assert job["state"] == "interrupted" and "Check each service's stack" in job["reason"]
-    parts = {p["service"]: p["state"] for p in ws.service.store.parts_of(1)}
+    assert job.state == "interrupted" and "Check each service's stack" in job.reason
+    parts = {p.service: p.state for p in ws.service.store.parts_of(1)}
     assert parts == {"worker": "interrupted", "api": "skipped", "billing": "skipped"}
     assert all(ws.service.store.lock_of(ws.service.key("prod", s)) is None for s in parts)
     assert all(live(lam, svc) == code(repo, svc, "v2") for svc in ("api", "worker", "billing"))
@@ -96,11 +96,11 @@ def test_a_bot_killed_mid_app_rollback_is_recovered_with_who_is_where_on_restart
 def test_slack_cancels_an_app_rollback_that_a_terminal_runs(app, app_env, repo, lam, tmp_path):
     with terminal_app_rollback(app_env, repo, tmp_path) as (terminal, _):
         ws = app()  # the Slack bot on the same machine and data, started while the terminal runs
-        assert ws.service.store.job(1)["state"] == "running"  # a live process's run is not "recovered"
+        assert ws.service.store.job(1).state == "running"  # a live process's run is not "recovered"
         said = ws.says(ws.bo, "cancel prod")
         assert f"the rollback-bot process that runs it (pid {terminal.pid})" in said
         terminal.wait(timeout=60)
     assert terminal.returncode == 1
     assert "app job 1 cancelled: cancelled: worker; unchanged (not started): api, billing" in terminal.stderr.read()
-    assert ws.service.store.job(1)["cancelled_by"] == "U-BO"
+    assert ws.service.store.job(1).cancelled_by == "U-BO"
     assert all(live(lam, svc) == code(repo, svc, "v2") for svc in ("api", "worker", "billing"))

@@ -235,7 +235,7 @@ def test_ctrl_c_during_a_rollback_stops_everything(demo, page):
         urllib.request.urlopen(demo.url, timeout=5)
     # the bot stopped the deploy itself before it went: the job is recorded as cancelled, the lock released
     store = Store(demo.data / "run" / "rollback-bot.sqlite")
-    assert [j["state"] for j in store.jobs(service="hello-service", app_parts=False) if j["state"] != "pending"] == [
+    assert [j.state for j in store.jobs(service="hello-service", app_parts=False) if j.state != "pending"] == [
         "cancelled", "cancelled", "succeeded"]
     assert store.locks() == []
 

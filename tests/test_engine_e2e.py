@@ -44,7 +44,7 @@ def test_roll_back_to_v1_then_forward_to_v2(prod, service_history):
 
     job_id = prod.jobs.start(plan, requested_by="U-ANA", approved_by="U-BO")
     job = prod.jobs.wait(job_id, timeout=600)
-    assert job["state"] == "succeeded", job["reason"] + "\n" + "\n".join(prod.store.log_tail(job_id, 40))
+    assert job.state == "succeeded", job.reason + "\n" + "\n".join(prod.store.log_tail(job_id, 40))
     assert live_code() == code_of(service_history, "v1")
     assert steps_of(prod, job_id) == {s: "finished" for s in ("restore", "checkout", "install", "deploy", "verify")} | {
         "job": "succeeded"}
@@ -61,7 +61,7 @@ def test_roll_back_to_v1_then_forward_to_v2(prod, service_history):
     assert plan.target.bad is not None and "is marked bad by" in render_plan(plan, time.time())
     job_id = prod.jobs.start(plan, requested_by="U-ANA", approved_by="U-BO")
     job = prod.jobs.wait(job_id, timeout=600)
-    assert job["state"] == "succeeded", job["reason"]
+    assert job.state == "succeeded", job.reason
     assert live_code() == code_of(service_history, "v2")
     assert prod.artifacts.read_index("prod").find(v2.commit, "b-v2").bad is None
 
@@ -79,14 +79,14 @@ def test_without_force_the_roll_forward_is_skipped_and_verify_catches_it(make_en
     ci_deploy(service_history, "v2", sls_env(aws_env))
     engine.artifacts.mark_deployed("prod", service_history.builds["v2"].commit, "b-v2")
     _, job = run_job(engine, "prod", "b-v1")
-    assert job["state"] == "succeeded" and live_code() == code_of(service_history, "v1")
+    assert job.state == "succeeded" and live_code() == code_of(service_history, "v1")
 
     no_force = make_engine(
         ROLLBACK_DEPLOY_COMMAND="node_modules/.bin/serverless deploy --stage {stage} --package {package}")
     _, job = run_job(no_force, "prod", "b-v2")
-    log = "\n".join(no_force.store.output(job["id"]))
+    log = "\n".join(no_force.store.output(job.id))
     assert "No changes to deploy" in log, log
-    assert job["state"] == "failed" and job["reason"].startswith("verify: the deploy finished but 1 of 1 functions")
+    assert job.state == "failed" and job.reason.startswith("verify: the deploy finished but 1 of 1 functions")
     assert live_code() == code_of(service_history, "v1")  # v2 did not go live, and we did not claim it did
     assert no_force.artifacts.read_index("prod").live.build_id == "b-v1"
 
@@ -114,14 +114,14 @@ def test_check_freeze_from_another_machine(prod, service_history, aws_env, tmp_p
 
 
 def assert_failed_cleanly(engine, job, expect_in_reason: str, live_build: str = "b-v2"):
-    assert job["state"] in ("failed", "cancelled"), job
-    assert expect_in_reason in job["reason"]
-    assert engine.store.lock_of(StageKey(SERVICE, job["stage"])) is None
-    index = engine.artifacts.read_index(job["stage"])
+    assert job.state in ("failed", "cancelled"), job
+    assert expect_in_reason in job.reason
+    assert engine.store.lock_of(StageKey(SERVICE, job.stage)) is None
+    index = engine.artifacts.read_index(job.stage)
     assert index.live.build_id == live_build and index.freeze is None and index.in_use == []
     assert not any(a.bad for a in index.artifacts)
     engine.jobs.idle()
-    assert not (engine.settings.data_dir / "jobs" / str(job["id"])).exists()
+    assert not (engine.settings.data_dir / "jobs" / str(job.id)).exists()
 
 
 def test_deploy_fails_on_a_broken_serverless_yml(prod, service_history):
@@ -131,9 +131,9 @@ def test_deploy_fails_on_a_broken_serverless_yml(prod, service_history):
     assert_failed_cleanly(prod, job, "deploy: ")
     v2 = service_history.builds["v2"].commit[:7]
     assert (f"Stack hello-service-prod is UPDATE_COMPLETE; Lambda runs {v2} (build b-v2, live before the job; "
-            "the target has the same code): check it") in job["reason"]  # the fixture's broken build reuses v2's
+            "the target has the same code): check it") in job.reason  # the fixture's broken build reuses v2's
     assert live_code() == code_of(service_history, "v2")
-    assert prod.store.log_tail(job["id"], 20)  # the log's tail is kept for the report
+    assert prod.store.log_tail(job.id, 20)  # the log's tail is kept for the report
 
 
 def test_install_fails(prod, service_history, make_engine):
@@ -157,7 +157,7 @@ def test_checksum_mismatch_fails_at_restore(prod, s3, service_history):
     job_id = prod.jobs.start(plan, requested_by="U-ANA", approved_by="U-BO")
     job = prod.jobs.wait(job_id, timeout=120)
     assert_failed_cleanly(prod, job, "restore: ")
-    assert "corrupt in S3" in job["reason"]
+    assert "corrupt in S3" in job.reason
     assert steps_of(prod, job_id).get("checkout") is None  # nothing after restore ran
 
 
@@ -173,7 +173,7 @@ def test_cancel_during_install_stops_its_processes(prod, make_engine, tmp_path):
         hang.jobs.start(hang.plan("prod", "previous"), requested_by="U-CY")
     assert hang.jobs.cancel(job_id, "U-ANA")
     job = hang.jobs.wait(job_id, timeout=60)
-    assert job["state"] == "cancelled" and job["cancelled_by"] == "U-ANA"
+    assert job.state == "cancelled" and job.cancelled_by == "U-ANA"
     assert_failed_cleanly(hang, job, "install: cancelled")
     with pytest.raises(ProcessLookupError):
         os.kill(int(pidfile.read_text()), 0)
@@ -207,13 +207,13 @@ def test_bot_killed_mid_deploy_is_recovered_as_interrupted(prod, make_engine, aw
     os.kill(deploy_pid, 0)  # the orphaned deploy is still running
 
     before = Store(data / "rollback-bot.sqlite").jobs()[0]
-    assert before["state"] == "running"
+    assert before.state == "running"
     restarted = make_engine(data_dir=data)
     recovered = restarted.jobs.recover()
-    assert [j["id"] for j in recovered] == [before["id"]]
-    job = restarted.store.job(before["id"])
-    assert job["state"] == "interrupted" and job["stack_status"] == "UPDATE_COMPLETE"
-    assert "stack hello-service-prod is UPDATE_COMPLETE" in job["reason"]
+    assert [j.id for j in recovered] == [before.id]
+    job = restarted.store.job(before.id)
+    assert job.state == "interrupted" and job.stack_status == "UPDATE_COMPLETE"
+    assert "stack hello-service-prod is UPDATE_COMPLETE" in job.reason
     assert restarted.store.lock_of(StageKey(SERVICE, "prod")) is None
     assert restarted.artifacts.read_index("prod").in_use == []
     wait_for(lambda: not _alive(deploy_pid), timeout=10)
@@ -231,11 +231,11 @@ def _alive(pid: int) -> bool:
 def test_second_rollback_with_the_same_lockfile_reuses_the_plugin_cache(prod, make_engine, tmp_path):
     cold = make_engine(data_dir=tmp_path / "cold", cold_cache=True)
     _, first = run_job(cold, "prod", "previous")
-    assert first["state"] == "succeeded", first["reason"]
-    assert any(line.startswith("$ npm ci") for line in cold.store.output(first["id"]))
+    assert first.state == "succeeded", first.reason
+    assert any(line.startswith("$ npm ci") for line in cold.store.output(first.id))
     _, second = run_job(cold, "prod", "b-v2")
-    assert second["state"] == "succeeded", second["reason"]
-    out = cold.store.output(second["id"])
+    assert second.state == "succeeded", second.reason
+    out = cold.store.output(second.id)
     assert not any(line.startswith("$ npm ci") for line in out)
     assert any("plugins from the cache" in line for line in out)
 
@@ -284,7 +284,7 @@ def test_secrets_never_reach_the_recorded_log(prod, make_engine):
               "print('slack', os.environ.get('SLACK_BOT_TOKEN')); print('id AKIAIOSFODNN7EXAMPLE')")
     leaky = make_engine(ROLLBACK_DEPLOY_COMMAND=f"{sys.executable} -c \"{script}\"")
     _, job = run_job(leaky, "prod", "previous")
-    log = "\n".join(leaky.store.output(job["id"]))
+    log = "\n".join(leaky.store.output(job.id))
     assert "key ***" in log and "testing-secret" not in log
     assert "slack None" in log  # the Slack token is not in a subprocess's environment at all
     assert "AKIA" not in log and "id ***" in log

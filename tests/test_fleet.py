@@ -178,7 +178,7 @@ def test_one_service_rolls_back_in_its_own_account_under_its_own_approvers(team,
     job = ws.engine.store.jobs(service="api")[0]
     # the deploy ran as prod's role, in a session named for the job and its approver (CloudTrail shows it);
     # the thread's last lines are posted after the final card
-    identity = f"arn:aws:sts::{PROD_ACCOUNT}:assumed-role/rollback-deployer/rollback-job-{job['id']}-U-CY"
+    identity = f"arn:aws:sts::{PROD_ACCOUNT}:assumed-role/rollback-deployer/rollback-job-{job.id}-U-CY"
     def thread() -> str:
         return "\n".join(m["text"] for m in ws.standin.thread(CHANNEL, card.ts))
 

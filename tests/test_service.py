@@ -48,7 +48,7 @@ def test_the_terminal_follows_the_policy_as_slack_does(fast_prod, tmp_path):
     assert fast_prod.artifacts.read_index("prod").freeze is not None
     done = cli(fast_prod, "unfreeze", "prod", "--by", "ana", ROLLBACK_CONFIG=str(policy))
     assert done.returncode == 0 and "prod: unfrozen" in done.stdout
-    actions = [(a["actor"], a["action"]) for a in fast_prod.store.audit_trail("prod")]
+    actions = [(a.actor, a.action) for a in fast_prod.store.audit_trail("prod")]
     assert actions[:2] == [("ana", "unfreeze"), ("bo", "unfreeze.refused")]
     nobody = cli(fast_prod, "rollback", "prod", "previous", "--yes", "--by", "bo", ROLLBACK_CONFIG=str(policy))
     assert nobody.returncode == 1 and "not allowed to request rollbacks of `prod`" in nobody.stderr

@@ -56,8 +56,8 @@ def test_each_mistake_gets_an_ephemeral_reply_that_says_what_to_do(fast_prod, fa
     elsewhere = SlackUser(s, ws.url, SECRET, "U-ANA", "C-RANDOM")
     assert "are requested in <#C-OPS>, not here" in reply_to(elsewhere, "prod previous")
     assert ws.cards() == 0  # nothing was posted, nothing half-started
-    refusals = [a for a in ws.engine.store.audit_trail("prod") if a["action"] == "request.refused"]
-    assert {a["actor"] for a in refusals} == {"U-CY", "U-ANA"}
+    refusals = [a for a in ws.engine.store.audit_trail("prod") if a.action == "request.refused"]
+    assert {a.actor for a in refusals} == {"U-CY", "U-ANA"}
 
     assert ws.bo.command("prod previous") == 200  # Bo may request, and is an approver (via S-SRE)
     card = seen(ws.card(0))
@@ -67,9 +67,9 @@ def test_each_mistake_gets_an_ephemeral_reply_that_says_what_to_do(fast_prod, fa
     n = len(s.responses)
     ws.ana.click(card, "approve")  # Ana may request but is not in the approvers group
     assert "not an approver for `prod`" in ws.reply(n)["text"]
-    assert [a["actor"] for a in ws.engine.store.audit_trail("prod") if a["action"] == "approve.refused"] == [
+    assert [a.actor for a in ws.engine.store.audit_trail("prod") if a.action == "approve.refused"] == [
         "U-ANA", "U-BO"]
-    assert ws.engine.store.job(int(card["blocks"][-1]["elements"][0]["value"]))["state"] == "pending"
+    assert ws.engine.store.job(int(card["blocks"][-1]["elements"][0]["value"])).state == "pending"
 
     ws.cy.click(card, "cancel_plan")  # an approver may withdraw it
     wait_for(lambda: "Cancelled by <@U-CY>" in all_text(s.message(CHANNEL, card["ts"])), 10, "the closed card")
@@ -111,7 +111,7 @@ def test_an_expired_card_cannot_be_approved(fast_prod, fast_workspace):
     ws.bo.click(card, "approve")
     assert "This plan expired. Ask again with `/rollback prod" in ws.reply(n)["text"]
     wait_for(lambda: "This plan expired." in all_text(ws.standin.message(CHANNEL, card["ts"])), 10, "closed card")
-    assert [j["state"] for j in ws.engine.store.jobs()] == ["expired"]
+    assert [j.state for j in ws.engine.store.jobs()] == ["expired"]
 
 
 def test_help_list_and_status(fast_prod, fast_workspace, fast_service):
@@ -150,17 +150,17 @@ def test_a_50000_line_deploy_edits_the_card_at_most_every_2_seconds_and_loses_no
         "❌") else None, 300, "the final card")
     assert "*Why:* verify:" in all_text(final)  # nothing was really deployed, and verify says so
     job = ws.engine.store.jobs()[0]
-    full = ws.engine.jobs.log_path(job["id"]).read_text().splitlines()  # the full log, on disk
+    full = ws.engine.jobs.log_path(job.id).read_text().splitlines()  # the full log, on disk
     assert [line for line in full if line.startswith("line ")] == [f"line {i}" for i in range(50000)]
-    stored = [line for line in ws.engine.store.output(job["id"]) if line.startswith("line ")]
+    stored = [line for line in ws.engine.store.output(job.id) if line.startswith("line ")]
     assert len(stored) < 6000 and stored[:1000] == [f"line {i}" for i in range(1000)]  # sqlite: head and tail
     assert stored[-1] == "line 49999"
-    uploaded = wait_for(lambda: [f for f in s.files if f["filename"] == f"rollback-job-{job['id']}.log"], 10, "the log")
+    uploaded = wait_for(lambda: [f for f in s.files if f["filename"] == f"rollback-job-{job.id}.log"], 10, "the log")
     assert uploaded[0]["length"] > 50000 * 6
     updates = [t for t, m in s.calls if m == "chat.update"]
     gaps = [b - a for a, b in zip(updates, updates[1:], strict=False)]
     assert all(g >= 1.9 for g in gaps[:-1]), gaps  # the last one is the final state, sent at once
-    minutes = (job["finished"] - job["started"]) / 60
+    minutes = (job.finished - job.started) / 60
     assert len(s.calls) - 2 <= max(40, 40 * minutes + 5)  # auth.test and the plan card aside
     assert final["blocks"] and "line 49999" in all_text(final)  # the log's tail is on the card
 
@@ -177,7 +177,7 @@ def test_a_429_storm_during_progress_delays_updates_but_the_final_state_arrives(
     final = wait_for(lambda: s.message(CHANNEL, card["ts"]) if header(s.message(CHANNEL, card["ts"])).startswith(
         "❌") else None, 120, "the final card")
     assert "verify:" in all_text(final)
-    assert ws.engine.store.jobs()[0]["state"] == "failed"  # the job ran to its end whatever Slack did
+    assert ws.engine.store.jobs()[0].state == "failed"  # the job ran to its end whatever Slack did
     # 429s were really sent (the thread's last lines are posted after the final card, so wait for them)
     assert wait_for(lambda: "chat.postMessage" in s.rate_limited, 30, "the thread post's 429")
     assert "chat.update" in s.rate_limited
@@ -251,7 +251,7 @@ def test_a_rollback_cut_short_by_a_restart_is_announced_when_the_bot_starts(make
     note = wait_for(lambda: ws.standin.messages.get("C-DEPLOYS"), 10, "the announcement")[0]["text"]
     assert f"Rollback job {job_id} of `prod` was interrupted by a restart" in note
     assert "stack hello-service-prod is DOES_NOT_EXIST" in note and "Check the stage" in note
-    assert ws.engine.store.job(job_id)["state"] == "interrupted" and ws.engine.store.lock_of(PROD) is None
+    assert ws.engine.store.job(job_id).state == "interrupted" and ws.engine.store.lock_of(PROD) is None
 
 
 def test_help_says_each_command_in_one_line_and_a_typo_gets_a_suggestion(fast_prod, fast_workspace):
@@ -277,13 +277,13 @@ def test_a_finished_card_keeps_the_story_and_its_times_read_in_each_readers_zone
     assert "requested by <@U-ANA> approved by <@U-BO> · started <!date^" in text and "· ended <!date^" in text
     assert " ago" not in text and " ago" not in all_text(card.first)  # nothing that goes stale in the channel
     job = ws.engine.store.jobs(stage="prod")[0]
-    steps = sum(e["duration"] or 0 for e in ws.engine.store.events(job["id"]) if e["status"] in ("finished", "skipped"))
-    assert job["finished"] - job["started"] >= steps  # the job's total is never less than its steps
+    steps = sum(e["duration"] or 0 for e in ws.engine.store.events(job.id) if e["status"] in ("finished", "skipped"))
+    assert job.finished - job.started >= steps  # the job's total is never less than its steps
 
     # history, in Slack and at a terminal: when, how long, who, from → to, the outcome, and the card
     link = f"https://demo.slack.com/archives/C-OPS/p{card.ts.replace('.', '')}"
     history = ws.says(ws.cy, "history prod")
-    assert f"job {job['id']} *succeeded* `prod` `{c['v2'][:7]}` → `{c['v1'][:7]}` (build `b-v1`)" in history
+    assert f"job {job.id} *succeeded* `prod` `{c['v2'][:7]}` → `{c['v1'][:7]}` (build `b-v1`)" in history
     assert "requested by <@U-ANA>, approved by <@U-BO>" in history and f"<{link}|card>" in history
     assert "<!date^" in history and " in " in history
     s = ws.engine.settings

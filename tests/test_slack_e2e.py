@@ -51,7 +51,7 @@ def test_request_approve_and_watch_the_rollback_go_green(prod, workspace, servic
     n = len(ws.standin.responses)
     ws.bo.click(card, "approve")
     assert "already done" in ws.reply(n)["text"]
-    assert len([j for j in ws.engine.store.jobs(stage="prod") if j["state"] != "pending"]) == 1
+    assert len([j for j in ws.engine.store.jobs(stage="prod") if j.state != "pending"]) == 1
 
     # v2 is now marked bad and CI frozen: not a mistake to ask for it, the card warns
     ws.ana.command("prod b-v2")
@@ -115,4 +115,4 @@ def test_busy_stage_is_refused_naming_the_holder_and_cancel_stops_the_deploy(pro
     log_file = wait_for(lambda: [f for f in s.files if f.get("thread_ts") == first["ts"]], 10, "the log file")
     assert log_file[0]["filename"] == "rollback-job-1.log"
     assert ws.engine.store.lock_of(StageKey(SERVICE, "prod")) is None
-    assert [j["state"] for j in ws.engine.store.jobs()] == ["refused", "cancelled"]
+    assert [j.state for j in ws.engine.store.jobs()] == ["refused", "cancelled"]

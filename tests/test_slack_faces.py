@@ -10,6 +10,7 @@ import json
 from bot.adapters.store import StageBusy
 from bot.core.jobs import Job, JobState
 from bot.core.keys import StageKey
+from bot.core.records import HeldLock
 from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
 from bot.engine.refusals import Refused
 from bot.slack import blocks as kit
@@ -88,7 +89,7 @@ def test_stages_kept_to_a_channel_stay_out_of_other_channels_and_the_app_home(fa
 
 
 def test_a_lock_holders_name_is_never_markup_in_a_refusal():
-    busy = StageBusy(StageKey("api", "prod"), {"job_id": 4, "holder": "alarm:<!channel> *5xx* <https://x|y>"})
+    busy = StageBusy(StageKey("api", "prod"), HeldLock("api", "prod", 4, "alarm:<!channel> *5xx* <https://x|y>"))
     said = error_text(Refused(str(busy), "busy"))
     assert "<!channel>" not in said and "<https://" not in said and "*5xx*" not in said
     assert "job 4 started by alarm:" in said
@@ -106,7 +107,7 @@ def test_the_app_home_keeps_to_slacks_100_blocks_at_50_services_and_3_stages():
     sha = "a" * 40
     art = Artifact(sha, "b-1", "k", "0" * 64, 1, 1.0, "Ana", "v1")
     stages = [(StageIndex(f"svc{n}", stage, artifacts=[art], history=[LiveRecord(sha, "b-1", 2.0, "ci")],
-                          freeze=Mark("U-BO", "rolled back", 3.0)), {"job_id": n, "holder": "U-BO"})
+                          freeze=Mark("U-BO", "rolled back", 3.0)), HeldLock("svc", "prod", n, "U-BO"))
               for n in range(50) for stage in ("dev", "staging", "prod")]
     jobs = [Job(n, "prod", JobState.SUCCEEDED, service=f"svc{n}", target_commit=sha, target_build="b-1",
                 started=1.0, finished=2.0) for n in range(10)]

@@ -10,7 +10,7 @@ def test_schema_is_created_once_and_reopened(tmp_path):
     store = Store(db)
     job = store.create_job(stage="prod", requested_by="U1", state="running")
     again = Store(db)
-    assert again.schema_version == 6 and again.job(job)["requested_by"] == "U1"
+    assert again.schema_version == 6 and again.job(job).requested_by == "U1"
 
 
 def test_one_lock_per_stage_naming_the_holder(tmp_path):
@@ -20,7 +20,7 @@ def test_one_lock_per_stage_naming_the_holder(tmp_path):
         store.acquire_lock(StageKey("svc", "prod"), 2, "U-BO")
     store.acquire_lock(StageKey("svc", "dev"), 3, "U-BO")  # other stages are independent
     store.release_lock(StageKey("svc", "prod"), 2)  # not the holder: nothing happens
-    assert store.lock_of(StageKey("svc", "prod"))["job_id"] == 1
+    assert store.lock_of(StageKey("svc", "prod")).job_id == 1
     store.release_lock(StageKey("svc", "prod"), 1)
     store.acquire_lock(StageKey("svc", "prod"), 2, "U-BO")
 
@@ -32,7 +32,7 @@ def test_output_and_audit_are_kept_in_order(tmp_path):
     assert store.output(job)[0] == "line 0" and len(store.output(job)) == 1000
     assert store.log_tail(job, 2) == ["line 998", "line 999"]
     store.audit("U1", "approve.refused", StageKey("svc", "prod"), job, why="not an approver")
-    assert store.audit_trail("prod")[0]["action"] == "approve.refused"
+    assert store.audit_trail("prod")[0].action == "approve.refused"
 
 
 def test_secrets_are_masked():

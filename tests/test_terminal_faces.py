@@ -3,7 +3,6 @@ script against moto's S3 with the fast service's builds."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -91,11 +90,11 @@ def test_help_speaks_to_the_operator():
 def test_prune_goes_through_the_service_and_is_in_the_audit_trail(fast_prod):
     dry = run(fast_prod, "prune", "--stage", "prod", "--keep", "1", "--dry-run", "--by", "ci-bot")
     assert dry.returncode == 0 and "would remove" in dry.stdout
-    assert not [a for a in fast_prod.store.audit_trail("prod") if a["action"] == "prune"]  # a dry run changes nothing
+    assert not [a for a in fast_prod.store.audit_trail("prod") if a.action == "prune"]  # a dry run changes nothing
     done = run(fast_prod, "prune", "--stage", "prod", "--keep", "1", "--by", "ci-bot")
     assert done.returncode == 0 and "removed" in done.stdout
-    audited = [a for a in fast_prod.store.audit_trail("prod") if a["action"] == "prune"]
-    assert len(audited) == 1 and audited[0]["actor"] == "ci-bot"
-    detail = json.loads(audited[0]["detail"])
+    audited = [a for a in fast_prod.store.audit_trail("prod") if a.action == "prune"]
+    assert len(audited) == 1 and audited[0].actor == "ci-bot"
+    detail = audited[0].detail
     # v3 is the newest, v2 live and v1 the last known-good build: nothing may go, and the trail says so
     assert detail["keep"] == 1 and detail["removed"] == [] and "removed 0, kept 3" in done.stdout

@@ -58,7 +58,7 @@ def test_a_full_database_during_a_job_still_releases_the_lock(fast_prod, make_fa
     engine.store.db.execute("PRAGMA max_page_count=1073741823")
     again = make_fast_engine()
     again.jobs.recover()
-    assert again.store.job(job_id)["state"] in ("succeeded", "interrupted")
+    assert again.store.job(job_id).state in ("succeeded", "interrupted")
     assert again.store.lock_of(PROD) is None
 
 
@@ -68,7 +68,7 @@ def test_s3_failing_when_the_job_starts_fails_it_cleanly(fast_prod, proxy, fast_
     proxy.fail(-1)  # S3 is gone from here on
     job_id = fast_prod.jobs.start(plan, "U-ANA", "U-BO")
     job = fast_prod.jobs.wait(job_id, timeout=120)
-    assert job["state"] == "failed" and job["reason"].startswith("restore: S3 kept failing")
+    assert job.state == "failed" and job.reason.startswith("restore: S3 kept failing")
     assert fast_prod.store.lock_of(PROD) is None
     assert live_code() == fast_code(fast_service, "v2")  # nothing deployed
 
@@ -82,8 +82,8 @@ def test_when_index_json_cannot_be_written_the_job_says_ci_is_not_frozen_and_ret
     proxy.fail(-1, only=("PUT", "index.json"))  # reads work; every write of the index fails
     job_id = fast_prod.jobs.start(plan, "U-ANA", "U-BO")
     job = fast_prod.jobs.wait(job_id, timeout=120)
-    assert job["state"] == "succeeded" and job["recorded"] == 0
-    assert "CI is NOT frozen" in job["reason"]
+    assert job.state == "succeeded" and job.recorded == 0
+    assert "CI is NOT frozen" in job.reason
     assert live_code() == fast_code(fast_service, "v1")  # the deploy itself worked
     assert fast_prod.artifacts.read_index("prod").freeze is None
     assert fast_prod.store.lock_of(PROD) is None
@@ -93,7 +93,7 @@ def test_when_index_json_cannot_be_written_the_job_says_ci_is_not_frozen_and_ret
     index = ArtifactStore(fast_prod.artifacts.s3, BUCKET, SERVICE, "rollback/").read_index("prod")
     assert index.freeze is not None and index.live.commit == fast_service.commits["v1"]
     assert index.find(fast_service.commits["v2"], "b-v2").bad is not None
-    assert fast_prod.store.job(job_id)["recorded"] == 1 and index.in_use == []
+    assert fast_prod.store.job(job_id).recorded == 1 and index.in_use == []
 
 
 def test_recovery_knows_its_own_pid_and_a_reused_one_and_removes_work_folders(fast_prod, make_fast_engine):
@@ -114,11 +114,11 @@ def test_recovery_knows_its_own_pid_and_a_reused_one_and_removes_work_folders(fa
         fresh.jobs.recover()
         fresh.jobs.idle()
         for job_id in jobs.values():
-            assert fresh.store.job(job_id)["state"] == "interrupted"
+            assert fresh.store.job(job_id).state == "interrupted"
             assert not (fast_prod.settings.data_dir / "jobs" / str(job_id)).exists()
         assert fresh.store.lock_of(StageKey(SERVICE, "own-pid")) is None
         assert fresh.store.lock_of(StageKey(SERVICE, "reused-pid")) is None
-        assert fresh.store.job(alive)["state"] == "running"
+        assert fresh.store.job(alive).state == "running"
         assert fresh.store.lock_of(StageKey(SERVICE, "dev")) is not None
     finally:
         other.kill()
@@ -142,7 +142,7 @@ def test_cancel_of_a_job_whose_bot_died_releases_the_lock_and_says_so(fast_prod)
     service = RollbackService(fast_prod, Policy())
     said = service.cancel_running(service.key("prod"), Actor.in_slack("U-BO", None))
     assert "bot process is gone: the job is marked interrupted and the stage's lock released" in said
-    assert fast_prod.store.lock_of(PROD) is None and fast_prod.store.job(job_id)["state"] == "interrupted"
+    assert fast_prod.store.lock_of(PROD) is None and fast_prod.store.job(job_id).state == "interrupted"
 
 
 def test_a_git_server_that_never_answers_is_given_up_on(tmp_path):
@@ -193,20 +193,20 @@ def test_a_failed_or_unverified_deploy_says_which_build_lambda_runs_now(fast_pro
     c = fast_service.commits
     failing = make_fast_engine(SLS_TEST_DEPLOY_FAIL="1")
     job = failing.jobs.wait(failing.jobs.start(failing.plan("prod", "previous"), "U-ANA", "U-BO"), timeout=60)
-    assert job["state"] == "failed" and job["reason"].startswith("deploy: ")
-    assert f"Lambda runs {c['v2'][:7]} (build b-v2, live before the job): check it" in job["reason"]
+    assert job.state == "failed" and job.reason.startswith("deploy: ")
+    assert f"Lambda runs {c['v2'][:7]} (build b-v2, live before the job): check it" in job.reason
 
     # a deploy that "succeeds" without deploying: verify fails, and the card still says what runs
     idle = make_fast_engine(ROLLBACK_DEPLOY_COMMAND=f"{sys.executable} -c pass")
     job = idle.jobs.wait(idle.jobs.start(idle.plan("prod", "previous"), "U-ANA", "U-BO"), timeout=60)
-    assert job["reason"].startswith("verify: ") and f"Lambda runs {c['v2'][:7]} (build b-v2" in job["reason"]
+    assert job.reason.startswith("verify: ") and f"Lambda runs {c['v2'][:7]} (build b-v2" in job.reason
 
     # something else entirely runs: none of the builds compared
     from tests.support.deploy_script import deploy_package
 
     deploy_package(fast_package(fast_service.work.path.parent / "odd", "hotfix-by-hand"))
     job = failing.jobs.wait(failing.jobs.start(failing.plan("prod", "previous"), "U-ANA", "U-BO"), timeout=60)
-    assert "Lambda runs none of the stored builds compared" in job["reason"]
+    assert "Lambda runs none of the stored builds compared" in job.reason
 
 
 def _cancelled_run(tmp_path, script: str, grace: float, monkeypatch) -> tuple[threading.Thread, list, Path]:
@@ -290,7 +290,7 @@ def _stopped_cleanly(fast_prod, fast_service, data, by: str) -> None:
 
     assert live_code() == fast_code(fast_service, "v2")
     job = Store(data / "rollback-bot.sqlite").jobs()[0]
-    assert job["state"] == "cancelled" and job["cancelled_by"] == by
+    assert job.state == "cancelled" and job.cancelled_by == by
     assert Store(data / "rollback-bot.sqlite").lock_of(PROD) is None
     assert fast_prod.artifacts.read_index("prod").in_use == []  # the build is no longer held for the job
 

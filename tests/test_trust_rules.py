@@ -22,6 +22,7 @@ from bot.core.jobs import Job
 from bot.core.keys import StageKey
 from bot.core.masking import Masker, MaskingFilter
 from bot.core.policy import Policy, PolicyError, PolicySource
+from bot.core.records import HeldLock
 from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
 from bot.engine.planner import Plan
 from bot.slack import blocks as kit
@@ -87,7 +88,7 @@ def test_hostile_text_comes_out_of_every_builder_as_text():
         kit.plan_blocks(plan, 1, "U-ANA", 100.0, 10.0, needs=HOSTILE),
         kit.outdated_plan_blocks(HOSTILE, SHA, [HOSTILE], HOSTILE),
         kit.deployed_blocks(HOSTILE, art, art, commits, HOSTILE, 10.0),
-        kit.home_blocks([(index, {"job_id": 1, "holder": HOSTILE})], [Job.from_row(job)], 10.0,
+        kit.home_blocks([(index, HeldLock(HOSTILE, HOSTILE, 1, HOSTILE))], [Job.from_row(job)], 10.0,
                         policy_configured=False),
         kit.closed_plan_blocks(HOSTILE, SHA, "Cancelled by <@U-BO>"),
         kit.progress_blocks(Job.from_row(job), {"deploy": ("failed", 1.0)}, [HOSTILE, "```", HOSTILE], 10.0),
@@ -272,7 +273,7 @@ def test_job_output_keeps_head_and_tail_and_old_records_are_pruned(tmp_path):
     counts = store.prune(before=time.time() - 86400)
     assert counts["jobs"] == 1 and counts["output"] > 0 and counts["audit"] == 1
     assert store.job(job) is None and store.job(recent) is not None
-    assert [a["action"] for a in store.audit_trail()] == ["new"]
+    assert [a.action for a in store.audit_trail()] == ["new"]
 
 
 def test_the_plugin_cache_evicts_the_least_recently_used_sets(tmp_path):
@@ -289,7 +290,7 @@ def test_the_plugin_cache_evicts_the_least_recently_used_sets(tmp_path):
 
 
 def test_job_states_move_only_along_the_written_down_transitions(tmp_path):
-    from bot.core.jobs import IllegalTransition, Job, JobState
+    from bot.core.jobs import IllegalTransition, JobState
 
     store = Store(tmp_path / "s.sqlite")
     with pytest.raises(IllegalTransition):
@@ -300,7 +301,7 @@ def test_job_states_move_only_along_the_written_down_transitions(tmp_path):
     assert store.claim(plan, "pending", "withdrawn")
     with pytest.raises(IllegalTransition):
         store.update_job(plan, state="running")  # withdrawn is final
-    job = Job.from_row(store.job(plan))
+    job = store.job(plan)
     assert job.state is JobState.WITHDRAWN and job.state.final and not job.ran
 
 
@@ -341,8 +342,10 @@ def test_the_app_cards_stay_inside_slacks_limits_at_50_services_and_keep_text_as
 def test_an_app_card_after_a_restart_says_so_and_keeps_the_way_back():
     from bot.engine.app import who_is_where
 
-    rows = {"worker": {"state": "succeeded", "recorded": 1}, "api": {"state": "interrupted", "reason": "deploy: cut"},
-            "billing": {"state": "skipped"}}
+    rows = {name: Job.from_row({"id": 10 + n, "stage": "prod", "service": name, "app_id": 9, **row})
+            for n, (name, row) in enumerate({"worker": {"state": "succeeded", "recorded": 1},
+                                             "api": {"state": "interrupted", "reason": "deploy: cut"},
+                                             "billing": {"state": "skipped"}}.items())}
     where = who_is_where(rows)
     assert where == "at the target: worker; interrupted: api (deploy: cut); unchanged (not started): billing"
     shown = {"ref": "abc1234", "commit": SHA, "phases": [["worker"], ["api", "billing"]], "services": [
@@ -350,7 +353,7 @@ def test_an_app_card_after_a_restart_says_so_and_keeps_the_way_back():
     app = Job.from_row({"id": 9, "stage": "prod", "state": "interrupted", "service": "*", "requested_by": "U-ANA",
                         "reason": f"interrupted by a restart: {where}", "started": 1.0, "finished": 9.0,
                         "created": 1.0, "plan_json": json.dumps(shown)})
-    parts = [Job.from_row({"id": 10 + n, "stage": "prod", "state": row["state"], "service": name, "app_id": 9,
+    parts = [Job.from_row({"id": 10 + n, "stage": "prod", "state": row.state, "service": name, "app_id": 9,
                            "target_commit": SHA2, "live_commit": SHA, "created": 1.0})
              for n, (name, row) in enumerate(rows.items())]
     card = kit.app_progress_blocks(app, parts, {}, 10.0)

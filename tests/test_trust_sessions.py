@@ -52,8 +52,8 @@ def test_approving_a_card_after_ci_deployed_again_deploys_nothing_and_offers_the
                         10, "the card marked out of date")
     assert not any(e.get("action_id") == "approve" for b in outdated["blocks"] for e in b.get("elements", []))
     job = ws.engine.store.jobs(stage="prod")[0]
-    assert job["state"] == "outdated" and "out of date at approval" in job["reason"]
-    assert [a["action"] for a in ws.engine.store.audit_trail("prod")][0] == "approve.outdated"
+    assert job.state == "outdated" and "out of date at approval" in job.reason
+    assert [a.action for a in ws.engine.store.audit_trail("prod")][0] == "approve.outdated"
 
     # "Plan again" plans `previous` afresh: now v2, undoing v3 only; approving that one runs it
     ws.bo.click(seen(outdated), "plan_build")
@@ -78,9 +78,9 @@ def test_requester_approver_and_channel_are_all_checked_again_at_the_click(fast_
     (tmp_path / "policy.toml").write_text(POLICY.replace('"U-ANA", "U-BO"', '"U-BO"') + "\n")
     said = ws.clicks(ws.cy, card, "approve")
     assert "The requester may no longer request rollbacks of `prod`" in said
-    assert ws.engine.store.jobs(stage="prod")[0]["state"] == "pending"
-    refused = [a for a in ws.engine.store.audit_trail("prod") if a["action"] == "approve.refused"]
-    assert [a["actor"] for a in refused] == ["U-CY", "U-CY"]
+    assert ws.engine.store.jobs(stage="prod")[0].state == "pending"
+    refused = [a for a in ws.engine.store.audit_trail("prod") if a.action == "approve.refused"]
+    assert [a.actor for a in refused] == ["U-CY", "U-CY"]
 
 
 def test_channel_rules_cover_every_action_and_an_uncovered_stage_is_refused(fast_prod, fast_workspace, tmp_path):
@@ -106,7 +106,7 @@ def test_without_a_policy_every_card_and_the_home_tab_say_so_and_the_audit_recor
     ws.ana.open_home()
     home = wait_for(lambda: ws.standin.home.get("U-ANA"), 10, "the home tab")
     assert "No policy: anyone may approve" in json.dumps(home)
-    assert json.loads(ws.engine.store.audit_trail("prod")[0]["detail"])["policy"] == "none"
+    assert ws.engine.store.audit_trail("prod")[0].detail["policy"] == "none"
 
 
 def test_the_start_up_log_prints_each_stage_rule_and_a_broken_new_file_keeps_the_old_one(
@@ -146,7 +146,7 @@ def test_a_token_in_the_repository_url_never_reaches_slack_sqlite_or_the_log(
         said = ws.says(ws.ana, "prod previous")
     assert "cannot fetch https://***@127.0.0.1:9/org/hello.git" in said
     everything = [json.dumps(ws.standin.responses), json.dumps(dict(ws.standin.messages)), caplog.text,
-                  json.dumps(ws.engine.store.audit_trail(limit=100)), json.dumps(ws.engine.store.jobs(limit=100))]
+                  repr(ws.engine.store.audit_trail(limit=100)), repr(ws.engine.store.jobs(limit=100))]
     assert not any(token in part or "x-access-token" in part for part in everything)
 
 
@@ -158,7 +158,7 @@ def test_secrets_printed_by_a_deploy_are_masked_in_slack_sqlite_and_the_log_file
     card = seen(ws.card(0))
     ws.bo.click(card, "approve")
     wait_for(lambda: header(ws.standin.message(CHANNEL, card["ts"])).startswith("✅"), 60, "a green card")
-    job_id = ws.engine.store.jobs(stage="prod")[0]["id"]
+    job_id = ws.engine.store.jobs(stage="prod")[0].id
     stored = "\n".join(ws.engine.store.output(job_id))
     log_file = ws.engine.jobs.log_path(job_id).read_text()
     thread = wait_for(lambda: [m for m in ws.standin.thread(CHANNEL, card["ts"]) if "Service deployed" in m["text"]]
@@ -196,7 +196,7 @@ def test_per_person_limits_and_expired_plans_are_swept(fast_prod, fast_workspace
     housekeeping(ws.engine.settings, ws.engine, ws.service, make_client(ws.engine.settings))
     ws.service.clock = time.time
     assert "This plan expired" in card_text(ws, first)
-    assert [j["state"] for j in ws.engine.store.jobs(stage="prod")] == ["expired", "expired"]
+    assert [j.state for j in ws.engine.store.jobs(stage="prod")] == ["expired", "expired"]
     assert "You asked for 3 plans in the last minute" in ws.says(ws.ana, "prod previous")
     assert sweep_expired(ws.service, make_client(ws.engine.settings)) == 0
 
@@ -217,7 +217,7 @@ def test_a_stale_cancel_button_cancels_only_its_own_job(fast_prod, fast_workspac
     ws.bo.click(second, "approve")
     job2 = wait_for(lambda: ws.engine.jobs.running_job("prod"), 30, "job 2 running")
     busy = ws.posts_card(ws.cy, "prod b-v1")  # a plan made while job 2 runs says so before anyone clicks
-    assert f"⏳ Job {job2['id']} is running on `prod` now (approved by <@U-BO>)" in all_text(busy.first)
+    assert f"⏳ Job {job2.id} is running on `prod` now (approved by <@U-BO>)" in all_text(busy.first)
     said = ws.clicks(ws.cy, running, "cancel_job")  # job 1's old button
     assert "already ended" in said and ws.engine.jobs.running_job("prod") is not None
     hold.unlink()

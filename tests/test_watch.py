@@ -12,6 +12,7 @@ import pytest
 
 from bot.core.actor import Actor
 from bot.core.config import load_settings
+from bot.core.records import Watch, WatchPurpose
 from bot.engine.build import Fleet
 from bot.engine.service import RollbackService
 from bot.engine.watch import make_watcher
@@ -62,7 +63,7 @@ def test_an_alarm_after_a_deploy_is_reported_once_and_a_rollback_settles_under_w
     now = [time.time()]
     watcher, events, service = watch(auto=False, clock=lambda: now[0])
     watcher.poll()
-    assert [w["kind"] for w in fast_prod.store.watches()] == ["deploy"] and events == []
+    assert [w.kind for w in fast_prod.store.watches()] == ["deploy"] and events == []
     cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1% for 1 minute")
     watcher.poll()
     watcher.poll()  # said once, not per poll
@@ -74,15 +75,15 @@ def test_an_alarm_after_a_deploy_is_reported_once_and_a_rollback_settles_under_w
     job_id = service.approve(service.request(service.key("prod"), "previous", ana).job_id, ana).job.id
     fast_prod.jobs.wait(job_id, timeout=60)
     assert live_code() == fast_code(fast_service, "v1")
-    settle = [w for w in fast_prod.store.watches() if w["kind"] == "settle"]
-    assert len(settle) == 1 and settle[0]["job_id"] == job_id
+    settle = [w for w in fast_prod.store.watches() if w.kind == "settle"]
+    assert len(settle) == 1 and settle[0].job_id == job_id
     watcher.poll()  # the alarm is still in ALARM, then recovers before the settle period ends
     cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="OK", StateReason="back to normal")
     watcher.poll()
     now[0] += 601
     watcher.poll()
     assert events[-1].kind == "settled" and events[-1].text == "alarms OK for 10 min after the rollback"
-    assert fast_prod.store.job(job_id)["settle"] == "alarms OK for 10 min after the rollback"
+    assert fast_prod.store.job(job_id).settle == "alarms OK for 10 min after the rollback"
 
 
 def test_auto_rollback_acts_once_with_the_alarm_in_the_audit_and_never_after_a_rollback(
@@ -96,9 +97,9 @@ def test_auto_rollback_acts_once_with_the_alarm_in_the_audit_and_never_after_a_r
     fast_prod.jobs.wait(auto[0].job_id, timeout=60)
     assert live_code() == fast_code(fast_service, "v1")
     job = fast_prod.store.job(auto[0].job_id)
-    assert job["state"] == "succeeded" and job["approved_by"] == f"alarm:{ALARM}" and job["origin"] == "alarm"
-    start = next(a for a in fast_prod.store.audit_trail("prod") if a["action"] == "rollback.start")
-    assert start["actor"] == f"alarm:{ALARM}" and '"alarm_reason": "5xx over 1%"' in start["detail"]
+    assert job.state == "succeeded" and job.approved_by == f"alarm:{ALARM}" and job.origin == "alarm"
+    start = next(a for a in fast_prod.store.audit_trail("prod") if a.action == "rollback.start")
+    assert start.actor == f"alarm:{ALARM}" and start.detail["alarm_reason"] == "5xx over 1%"
 
     # the alarm flaps: no second rollback for this deploy; and the live build now came from a rollback
     cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="OK", StateReason="ok")
@@ -106,10 +107,10 @@ def test_auto_rollback_acts_once_with_the_alarm_in_the_audit_and_never_after_a_r
     watcher.poll()
     watcher.poll()
     assert len([e for e in events if e.kind == "auto"]) == 1
-    assert [j["id"] for j in fast_prod.store.jobs()] == [auto[0].job_id]
+    assert [j.id for j in fast_prod.store.jobs()] == [auto[0].job_id]
     # the deploy's watch ended with the rollback; the rollback's result is settled, not watched as a deploy
-    assert [(w["kind"], w["build"]) for w in fast_prod.store.watches()] == [("settle", "b-v1")]
-    assert [w["state"] for w in fast_prod.store.watches(active=False) if w["kind"] == "deploy"] == ["ended"]
+    assert [(w.kind, w.build) for w in fast_prod.store.watches()] == [("settle", "b-v1")]
+    assert [w.state for w in fast_prod.store.watches(active=False) if w.kind == "deploy"] == ["ended"]
 
 
 def test_an_alarm_after_the_window_says_nothing_and_a_restart_resumes_the_watch(watch, cloudwatch, fast_prod):
@@ -209,7 +210,7 @@ def test_cloudwatch_trouble_backs_off_and_is_said_once(watch, cloudwatch, fast_p
         errors = [e for e in events if e.kind == "error"]
         assert len(errors) == 1 and "Throttling" in errors[0].text and "retrying with backoff" in errors[0].text
         w = fast_prod.store.watches()[0]
-        assert w["failures"] == 1 and w["next_check"] > now[0]  # it waits before asking again
+        assert w.failures == 1 and w.next_check > now[0]  # it waits before asking again
     finally:
         server.shutdown()
         server.server_close()
@@ -264,7 +265,7 @@ def test_alarm_names_and_reasons_from_cloudwatch_reach_slack_as_text(fast_prod, 
         service = RollbackService(Fleet.of_one(fast_prod), settings.policy)
         poster = WatchPoster(Notifier(WebClient(token="xoxb-t", base_url=standin.api_url)), service,
                              replace(settings, channel="C-OPS"))
-        watch = {"commit_sha": "a" * 40, "build": "b-v2", "since": 1.0}
+        watch = Watch(1, "hello-service", "prod", WatchPurpose.DEPLOY, "a" * 40, "b-v2", 1.0, 99.0)
         alarm = AlarmState(HOSTILE, "ALARM", HOSTILE, 2.0)
         for kind in ("alarm", "auto", "error"):
             poster(WatchEvent(kind, StageKey("hello-service", "prod"), watch, f"`{HOSTILE}` {HOSTILE}", alarm))

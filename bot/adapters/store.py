@@ -16,8 +16,9 @@ from pathlib import Path
 import sqlite_utils
 
 from bot.core.errors import UserError
-from bot.core.jobs import FINAL_STATES, STARTING_STATES, IllegalTransition, can_move
+from bot.core.jobs import FINAL_STATES, STARTING_STATES, IllegalTransition, Job, can_move
 from bot.core.keys import StageKey
+from bot.core.records import AuditEntry, HeldLock, Watch, WatchState
 
 OUTPUT_HEAD = 2000  # lines of a job's output kept in sqlite from its start…
 OUTPUT_TAIL = 3000  # …and from its end; the full log is on disk (jobs' log files)
@@ -114,13 +115,13 @@ def _v6(db: sqlite_utils.Database) -> None:
 
 
 class StageBusy(UserError):
-    def __init__(self, key: StageKey, lock: dict, several: bool = False):
+    def __init__(self, key: StageKey, lock: HeldLock, several: bool = False):
         self.key = key
         self.stage = key.stage
         self.lock = lock
         what = f"{key.service} on {key.stage}" if several else f"stage {key.stage}"
         super().__init__(
-            f"{what} is busy: job {lock['job_id']} started by {plain_name(lock['holder'])} "
+            f"{what} is busy: job {lock.job_id} started by {plain_name(lock.holder)} "
             f"is running. Wait for it, or cancel it first"
         )
 
@@ -192,10 +193,10 @@ class Store:
             fields.setdefault("created", self.clock())
             return self.db["jobs"].insert(fields).last_pk
 
-    def job(self, job_id: int) -> dict | None:
+    def job(self, job_id: int) -> Job | None:
         with self._lock:
             rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
-        return rows[0] if rows else None
+        return Job.from_row(rows[0]) if rows else None
 
     def update_job(self, job_id: int, **fields) -> None:
         if isinstance(fields.get("reason"), str):
@@ -220,7 +221,7 @@ class Store:
             return cur.rowcount == 1
 
     def jobs(self, stage: str | None = None, states: Iterable[str] | None = None, limit: int = 20,
-             service: str | None = None, app_parts: bool = True) -> list[dict]:
+             service: str | None = None, app_parts: bool = True) -> list[Job]:
         """Newest first. ``app_parts=False`` leaves out the services' jobs of app rollbacks (history shows
         the app's own row, with its services)."""
         where, args = [], []
@@ -237,9 +238,9 @@ class Store:
             where.append(f"state IN ({', '.join('?' * len(states))})")
             args += states
         with self._lock:
-            return list(self.db["jobs"].rows_where(
-                " AND ".join(where) or None, args, order_by="id DESC", limit=limit
-            ))
+            rows = list(self.db["jobs"].rows_where(" AND ".join(where) or None, args, order_by="id DESC",
+                                                   limit=limit))
+        return [Job.from_row(r) for r in rows]
 
     # -- events and output -----------------------------------------------------------------------
 
@@ -309,7 +310,7 @@ class Store:
                     [key.service, key.stage, job_id, holder, self.clock()],
                 )
             except sqlite3.IntegrityError:
-                raise StageBusy(key, self.lock_of(key) or {"job_id": "?", "holder": ""}, self.several) from None
+                raise StageBusy(key, self.lock_of(key) or HeldLock(key.service, key.stage, "?"), self.several) from None
 
     def acquire_locks(self, pairs: list[tuple[StageKey, int]], holder: str) -> None:
         """Take every lock, or none: the first busy one raises StageBusy naming its holder."""
@@ -323,7 +324,7 @@ class Store:
             except sqlite3.IntegrityError:
                 self.db.execute("ROLLBACK")
                 busy = next(k for k, _ in pairs if self.lock_of(k))
-                raise StageBusy(busy, self.lock_of(busy) or {"job_id": "?", "holder": ""}, True) from None
+                raise StageBusy(busy, self.lock_of(busy) or HeldLock(busy.service, busy.stage, "?"), True) from None
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
@@ -331,31 +332,33 @@ class Store:
 
     # -- the alarm watch -------------------------------------------------------------------------
 
-    def watch(self, service: str, stage: str, kind: str, since: float, job_id: int | None = None) -> dict | None:
+    def watch(self, service: str, stage: str, kind: str, since: float, job_id: int | None = None) -> Watch | None:
         with self._lock:
             rows = list(self.db["watches"].rows_where(
                 "service = ? AND stage = ? AND kind = ? AND since = ? AND COALESCE(job_id, 0) = ?",
                 [service, stage, kind, since, job_id or 0]))
-        return rows[0] if rows else None
+        return Watch.from_row(rows[0]) if rows else None
 
     def add_watch(self, **fields) -> int:
         with self._lock:
-            return self.db["watches"].insert({"state": "watching", "reported": "[]", "failures": 0,
+            return self.db["watches"].insert({"state": WatchState.WATCHING, "reported": "[]", "failures": 0,
                                               "next_check": 0.0, "in_alarm": "[]", **fields}).last_pk
 
     def update_watch(self, watch_id: int, **fields) -> None:
         with self._lock:
             self.db["watches"].update(watch_id, fields)
 
-    def watches(self, active: bool = True, limit: int = 200) -> list[dict]:
+    def watches(self, active: bool = True, limit: int = 200) -> list[Watch]:
         with self._lock:
-            return list(self.db["watches"].rows_where("state = 'watching'" if active else None, [],
+            rows = list(self.db["watches"].rows_where("state = 'watching'" if active else None, [],
                                                       order_by="id DESC", limit=limit))
+        return [Watch.from_row(r) for r in rows]
 
-    def parts_of(self, app_id: int) -> list[dict]:
+    def parts_of(self, app_id: int) -> list[Job]:
         """The services' jobs of an app rollback, in the order they were made (the phases' order)."""
         with self._lock:
-            return list(self.db["jobs"].rows_where("app_id = ?", [app_id], order_by="id"))
+            rows = list(self.db["jobs"].rows_where("app_id = ?", [app_id], order_by="id"))
+        return [Job.from_row(r) for r in rows]
 
     def release_lock(self, key: StageKey, job_id: int) -> None:
         with self._lock:
@@ -363,16 +366,16 @@ class Store:
                             [key.service, key.stage, job_id])
             self._out_counts.pop(job_id, None)
 
-    def lock_of(self, key: StageKey) -> dict | None:
+    def lock_of(self, key: StageKey) -> HeldLock | None:
         with self._lock:
             rows = list(self.db["stage_locks"].rows_where("service = ? AND stage = ?", [key.service, key.stage]))
-        return rows[0] if rows else None
+        return HeldLock.from_row(rows[0]) if rows else None
 
-    def locks(self, service: str | None = None) -> list[dict]:
+    def locks(self, service: str | None = None) -> list[HeldLock]:
         with self._lock:
-            if service:
-                return list(self.db["stage_locks"].rows_where("service = ?", [service]))
-            return list(self.db["stage_locks"].rows)
+            rows = list(self.db["stage_locks"].rows_where("service = ?", [service]) if service
+                        else self.db["stage_locks"].rows)
+        return [HeldLock.from_row(r) for r in rows]
 
     # -- audit -----------------------------------------------------------------------------------
 
@@ -394,14 +397,15 @@ class Store:
                  "detail": self.mask(json.dumps(detail, sort_keys=True, default=str))}
             )
 
-    def audit_since(self, since: float, key: StageKey | None = None) -> list[dict]:
+    def audit_since(self, since: float, key: StageKey | None = None) -> list[AuditEntry]:
         """Audit entries from ``since`` on, oldest first (an export for the incident review)."""
         where, args = "at >= ?", [since]
         if key:
             where += " AND service = ? AND stage = ?"
             args += [key.service, key.stage]
         with self._lock:
-            return list(self.db["audit"].rows_where(where, args, order_by="id"))
+            rows = list(self.db["audit"].rows_where(where, args, order_by="id"))
+        return [AuditEntry.from_row(r) for r in rows]
 
     def count_audit(self, actor: str, actions: Iterable[str], since: float) -> int:
         actions = list(actions)
@@ -425,8 +429,10 @@ class Store:
             }
         return counts
 
-    def audit_trail(self, stage: str | None = None, limit: int = 50) -> list[dict]:
+    def audit_trail(self, stage: str | None = None, limit: int = 50) -> list[AuditEntry]:
+        """The newest entries first."""
         with self._lock:
-            return list(self.db["audit"].rows_where(
+            rows = list(self.db["audit"].rows_where(
                 "stage = ?" if stage else None, [stage] if stage else [], order_by="id DESC", limit=limit
             ))
+        return [AuditEntry.from_row(r) for r in rows]

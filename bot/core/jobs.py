@@ -67,7 +67,7 @@ def can_move(before: str, after: str) -> bool:
 
 @dataclass(frozen=True)
 class Job:
-    """A job row as the faces see it."""
+    """One job as the store keeps it: a plan, a run, an app rollback or one service's part of it."""
 
     id: int
     stage: str
@@ -95,6 +95,14 @@ class Job:
     settle: str = ""  # after a rollback: whether the alarms stayed quiet (the card's last line)
     host: str = ""  # the machine and process that run it (a running job, or an app's run)
     pid: int | None = None
+    pid_start: str = ""  # the runner's process start time, so a reused pid is not taken for it
+    child_pid: int | None = None  # the deploy's process group, stopped on cancel or recovery
+    expires: float = 0.0  # a pending plan's deadline
+    stack_name: str = ""
+    region: str = ""
+    stack_status: str = ""
+    policy: str = ""
+    output_dropped: int | None = None
 
     @classmethod
     def from_row(cls, row: dict) -> Job:
@@ -115,11 +123,11 @@ class Job:
     @property
     def shown_service(self) -> str:
         """The service, when the bot serves several (its card names it); "" otherwise."""
-        return str(json.loads(self.plan_json or "{}").get("service", ""))
+        return str(self._shown.get("service", ""))
 
     @property
     def account(self) -> str:
-        return str(json.loads(self.plan_json or "{}").get("account", ""))
+        return str(self._shown.get("account", ""))
 
     @property
     def where(self) -> str:
@@ -135,16 +143,31 @@ class Job:
 
     @property
     def forward(self) -> bool:
-        return bool(json.loads(self.plan_json or "{}").get("forward"))
+        return bool(self._shown.get("forward"))
+
+    @property
+    def ref(self) -> str:
+        """What the requester typed for the target (a commit, ``previous``, a tag), as the card showed it."""
+        return str(self._shown.get("ref") or "")
+
+    @property
+    def _shown(self) -> dict:
+        try:
+            shown = json.loads(self.plan_json or "{}")
+        except ValueError:
+            return {}
+        return shown if isinstance(shown, dict) else {}
 
     @property
     def commit_lines(self) -> list[list[str]]:
         """The commits the plan undid (or brought back): [sha, author, subject], as the card showed them."""
-        return json.loads(self.plan_json or "{}").get("commit_lines", [])
+        lines = self._shown.get("commit_lines")
+        return lines if isinstance(lines, list) else []
 
     @property
     def commit_count(self) -> int:
-        return int(json.loads(self.plan_json or "{}").get("commit_count", len(self.commit_lines)))
+        count = self._shown.get("commit_count", len(self.commit_lines))
+        return count if isinstance(count, int) else len(self.commit_lines)
 
     @property
     def duration(self) -> float | None:

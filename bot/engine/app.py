@@ -22,7 +22,7 @@ from bot.adapters.archive import TEMPLATE_NAME
 from bot.adapters.artifacts import ArtifactError
 from bot.core.cards import AppCard, ServiceRow
 from bot.core.errors import UserError
-from bot.core.jobs import JobState
+from bot.core.jobs import Job, JobState
 from bot.core.keys import StageKey
 from bot.core.stage_index import Artifact, StageIndex
 from bot.engine.build import Engine, Fleet
@@ -205,32 +205,32 @@ def app_card_json(app: AppPlan) -> str:
 NOT_STARTED = "not started: an earlier phase failed or the rollback was cancelled"
 
 
-def skip_unstarted(store, parts: dict[str, int], reason: str) -> dict[str, dict]:
+def skip_unstarted(store, parts: dict[str, int], reason: str) -> dict[str, Job]:
     """The services of an app rollback that never started become skipped and free their lock.
     Returns every service's job row as it is now."""
     for name, job_id in parts.items():
         job = store.job(job_id)
-        if job["state"] == JobState.APPROVING:  # approved with the app, waiting for its phase
-            store.update_job(job_id, state="skipped", finished=time.time(), reason=reason)
-            store.release_lock(StageKey(name, job["stage"]), job_id)
+        if job.state == JobState.APPROVING:  # approved with the app, waiting for its phase
+            store.update_job(job_id, state=JobState.SKIPPED, finished=time.time(), reason=reason)
+            store.release_lock(StageKey(name, job.stage), job_id)
     return {name: store.job(job_id) for name, job_id in parts.items()}
 
 
-def who_is_where(parts: dict[str, dict]) -> str:
+def who_is_where(parts: dict[str, Job]) -> str:
     """"at the target: api; failed: billing (why); …": what an app rollback left, service by service."""
     def named(*states: str, why: bool = False) -> str:
-        return ", ".join(f"{n} ({j.get('reason') or '?'})" if why else n
-                         for n, j in parts.items() if j["state"] in states)
+        return ", ".join(f"{n} ({j.reason or '?'})" if why else n
+                         for n, j in parts.items() if j.state in states)
 
-    done = [n for n, j in parts.items() if j["state"] == "succeeded"]
+    done = [n for n, j in parts.items() if j.state == JobState.SUCCEEDED]
     words = [f"{label}: {names}" for label, names in (
-        ("at the target", named("succeeded")),
-        ("failed", named("failed", why=True)),
-        ("interrupted", named("interrupted", why=True)),
-        ("cancelled", named("cancelled")),
-        ("unchanged (not started)", named("skipped")),
+        ("at the target", named(JobState.SUCCEEDED)),
+        ("failed", named(JobState.FAILED, why=True)),
+        ("interrupted", named(JobState.INTERRUPTED, why=True)),
+        ("cancelled", named(JobState.CANCELLED)),
+        ("unchanged (not started)", named(JobState.SKIPPED)),
         ("index.json not yet updated (CI NOT frozen) for",
-         ", ".join(n for n in done if parts[n].get("recorded") == 0))) if names]
+         ", ".join(n for n in done if parts[n].recorded == 0))) if names]
     return "; ".join(words)
 
 
@@ -257,14 +257,14 @@ class AppRun:
         self.cancelled.set()
         for name, job_id in self.parts.items():
             job = self.store.job(job_id)
-            if job and job["state"] == JobState.RUNNING:
+            if job and job.state == JobState.RUNNING:
                 self.fleet.engine(name).jobs.cancel(job_id, by)
 
     def _cancel_asked(self) -> None:
         """A cancel asked for by another process (a terminal, or a Slack bot for a terminal's run)
         reaches this run through the store."""
         if not self.cancelled.is_set():
-            by = (self.store.job(self.app_id) or {}).get("cancelled_by")
+            by = getattr(self.store.job(self.app_id), "cancelled_by", "")
             if by:
                 self.cancel(by)
 
@@ -301,7 +301,7 @@ class AppRun:
             while waiting:  # in the order they end: a failure is seen while the others still run
                 self._cancel_asked()
                 for name, job_id in list(waiting.items()):
-                    state = self.store.job(job_id)["state"]
+                    state = self.store.job(job_id).state
                     if state == JobState.RUNNING:
                         continue
                     del waiting[name]
@@ -320,14 +320,14 @@ class AppRun:
 
     def _finish(self) -> None:
         parts = skip_unstarted(self.store, self.parts, NOT_STARTED)
-        states = {name: job["state"] for name, job in parts.items()}
-        done = [n for n, st in states.items() if st == "succeeded"]
-        failed = [n for n, st in states.items() if st in ("failed", "interrupted")]
-        unrecorded = [n for n in done if parts[n].get("recorded") == 0]
-        state = "succeeded" if len(done) == len(parts) else ("cancelled" if self.cancelled.is_set() and not failed
-                                                             else "failed")
+        states = {name: job.state for name, job in parts.items()}
+        done = [n for n, st in states.items() if st == JobState.SUCCEEDED]
+        failed = [n for n, st in states.items() if st in (JobState.FAILED, JobState.INTERRUPTED)]
+        unrecorded = [n for n in done if parts[n].recorded == 0]
+        state = JobState.SUCCEEDED if len(done) == len(parts) else (
+            JobState.CANCELLED if self.cancelled.is_set() and not failed else JobState.FAILED)
         self.store.update_job(self.app_id, state=state, finished=time.time(),
-                              reason="" if state == "succeeded" and not unrecorded else who_is_where(parts),
+                              reason="" if state == JobState.SUCCEEDED and not unrecorded else who_is_where(parts),
                               recorded=0 if unrecorded else 1)
         self.store.audit(self.approved_by or self.requested_by, f"app.{state}", StageKey("*", self.app.stage),
                          self.app_id, services=states, **self.audit)

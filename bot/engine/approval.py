@@ -15,7 +15,7 @@ from typing import Protocol
 
 from bot.adapters.store import StageBusy
 from bot.core.actor import Actor
-from bot.core.jobs import APP, Job
+from bot.core.jobs import APP, Job, JobState
 from bot.engine.gate import Gate
 from bot.engine.planner import summary_changes
 from bot.engine.refusals import Outdated, RefusalKind, Refused
@@ -32,13 +32,13 @@ class Approved:
 class Strategy(Protocol):
     audit_action: str
 
-    def check(self, gate: Gate, job: dict, actor: Actor, terminal: bool) -> None:
+    def check(self, gate: Gate, job: Job, actor: Actor, terminal: bool) -> None:
         """The approver, the requester (still allowed?) and the channel, under each moving service's policy."""
 
-    def plan_again(self, gate: Gate, job: dict, shown: dict):
+    def plan_again(self, gate: Gate, job: Job, shown: dict):
         """The plan as it would run now, and the changes from ``shown`` in words."""
 
-    def start(self, gate: Gate, job: dict, plan, actor: Actor, unfreeze: bool) -> dict:
+    def start(self, gate: Gate, job: Job, plan, actor: Actor, unfreeze: bool) -> dict:
         """Start it; StageBusy is refused by the caller. Returns extra audit detail."""
 
 
@@ -52,32 +52,32 @@ def approve(gate: Gate, job_id: int, actor: Actor, strategy: Strategy, unfreeze:
     key = gate.job_key(job)
     gate.still_open(job, actor.user)
     strategy.check(gate, job, actor, terminal)
-    if not gate.store.claim(job_id, "pending", "approving", approved_by=actor.user):
+    if not gate.store.claim(job_id, JobState.PENDING, JobState.APPROVING, approved_by=actor.user):
         raise Refused("Someone already approved this plan.", RefusalKind.CLOSED)
-    shown = json.loads(job.get("plan_json") or "{}")
+    shown = json.loads(job.plan_json or "{}")
     try:
         plan, changes = strategy.plan_again(gate, job, shown)
         if changes:
-            gate.store.update_job(job_id, state="outdated", finished=gate.clock(),
+            gate.store.update_job(job_id, state=JobState.OUTDATED, finished=gate.clock(),
                                   reason="out of date at approval: " + "; ".join(changes))
             gate.audit(actor.user, "approve.outdated", key, job_id, changes=changes)
             raise Outdated("Nothing was deployed: the plan changed since the card was posted ("
                            + "; ".join(changes) + "). Read the new plan before approving.",
-                           changes, Job.from_row(gate.store.job(job_id)), plan,
-                           ref=str(shown.get("ref") or getattr(plan, "ref", "")),
+                           changes, gate.store.job(job_id), plan,
+                           ref=job.ref or str(getattr(plan, "ref", "")),
                            service=APP if key.service == APP else "")
         detail = strategy.start(gate, job, plan, actor, unfreeze)
     except StageBusy as exc:
-        gate.store.update_job(job_id, state="refused", reason=str(exc), finished=gate.clock())
+        gate.store.update_job(job_id, state=JobState.REFUSED, reason=str(exc), finished=gate.clock())
         gate.audit(actor.user, "approve.refused", key, job_id, reason=str(exc))
         raise Refused(str(exc), RefusalKind.BUSY) from exc
     except Refused:
         raise
     except Exception as exc:
-        gate.store.update_job(job_id, state="failed", reason=str(exc), finished=gate.clock())
+        gate.store.update_job(job_id, state=JobState.FAILED, reason=str(exc), finished=gate.clock())
         raise
     gate.audit(actor.user, strategy.audit_action, key, job_id, **detail)
-    return Approved(Job.from_row(gate.store.job(job_id)), plan)
+    return Approved(gate.store.job(job_id), plan)
 
 
 class OneService:
@@ -85,28 +85,28 @@ class OneService:
 
     audit_action = "approve"
 
-    def check(self, gate: Gate, job: dict, actor: Actor, terminal: bool) -> None:
+    def check(self, gate: Gate, job: Job, actor: Actor, terminal: bool) -> None:
         key = gate.job_key(job)
         policy = gate.policy
-        requester = "" if terminal else job["requested_by"]
+        requester = "" if terminal else job.requested_by
         gate.check(policy.may_approve(key.stage, actor.user, requester, actor.channel, actor.groups_of, key.service),
-                   actor.user, "approve", key, job["id"])
-        requester_now = policy.may_request(key.stage, job["requested_by"], job.get("channel") or actor.channel,
+                   actor.user, "approve", key, job.id)
+        requester_now = policy.may_request(key.stage, job.requested_by, job.channel or actor.channel,
                                            actor.groups_of, key.service)
         if not requester_now.allowed:
-            gate.refuse(actor.user, "approve", key, job["id"],
+            gate.refuse(actor.user, "approve", key, job.id,
                         f"The requester may no longer request rollbacks of `{key.stage}` ({requester_now.reason}) "
                         "Ask someone who may to request it again.")
 
-    def plan_again(self, gate: Gate, job: dict, shown: dict):
+    def plan_again(self, gate: Gate, job: Job, shown: dict):
         key = gate.job_key(job)
-        plan = gate.engine(key).plan(key.stage, job["target_commit"], job["target_build"])
-        plan.ref = shown.get("ref") or plan.ref
+        plan = gate.engine(key).plan(key.stage, job.target_commit, job.target_build)
+        plan.ref = job.ref or plan.ref
         return plan, summary_changes(shown, plan.summary())
 
-    def start(self, gate: Gate, job: dict, plan, actor: Actor, unfreeze: bool) -> dict:
+    def start(self, gate: Gate, job: Job, plan, actor: Actor, unfreeze: bool) -> dict:
         key = gate.job_key(job)
-        gate.engine(key).jobs.start(plan, job["requested_by"], approved_by=actor.user, origin=str(actor.origin),
-                                    job_id=job["id"], unfreeze=unfreeze and plan.forward,
+        gate.engine(key).jobs.start(plan, job.requested_by, approved_by=actor.user, origin=str(actor.origin),
+                                    job_id=job.id, unfreeze=unfreeze and plan.forward,
                                     audit={"policy": gate.policy_source})
         return {"sha256": plan.target.sha256}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bot.adapters.artifacts import validate_stage
 from bot.core.catalog import UnknownService
-from bot.core.jobs import APP
+from bot.core.jobs import APP, Job, JobState
 from bot.core.keys import StageKey
 from bot.core.policy import Policy, PolicySource
 from bot.engine.build import Engine, Fleet
@@ -74,8 +74,8 @@ class Gate:
         self.stage(key)
         return self.fleet.engine(key.service)
 
-    def job_key(self, job: dict) -> StageKey:
-        return StageKey(job.get("service") or self.fleet.default.service, job["stage"])
+    def job_key(self, job: Job) -> StageKey:
+        return StageKey(job.service or self.fleet.default.service, job.stage)
 
     # -- checks ----------------------------------------------------------------------------------
 
@@ -108,26 +108,26 @@ class Gate:
         if recent >= self.limits.plans_per_minute:
             self.refuse(user, "request", key, None, f"You asked for {recent} plans in the last minute; wait a "
                         "minute and ask again.", RefusalKind.LIMITED)
-        waiting = sum(1 for j in self.store.jobs(states=["pending"], limit=1000, app_parts=False)
-                      if j["requested_by"] == user and (j.get("expires") or 0) > now)
+        waiting = sum(1 for j in self.store.jobs(states=[JobState.PENDING], limit=1000, app_parts=False)
+                      if j.requested_by == user and j.expires > now)
         if waiting >= self.limits.pending_per_user:
             self.refuse(user, "request", key, None, f"You have {waiting} plans waiting for approval; approve or "
                         "cancel one of them first.", RefusalKind.LIMITED)
 
-    def still_open(self, job: dict, user: str) -> None:
+    def still_open(self, job: Job, user: str) -> None:
         """A plan that is no longer waiting, or whose buttons expired, cannot be approved."""
-        if job["state"] != "pending":
-            what = {"running": "already approved and running", "succeeded": "already done",
-                    "outdated": "out of date (what is live changed)"}.get(job["state"], job["state"])
+        if job.state != JobState.PENDING:
+            what = {JobState.RUNNING: "already approved and running", JobState.SUCCEEDED: "already done",
+                    JobState.OUTDATED: "out of date (what is live changed)"}.get(job.state, job.state)
             raise Refused(f"This plan was {what}; nothing more happens.", RefusalKind.CLOSED)
-        if self.clock() > (job.get("expires") or 0):
-            if self.store.claim(job["id"], "pending", "expired", finished=self.clock()):
-                self.audit(user, "approve.expired", self.job_key(job), job["id"])
-            if job["service"] == APP:
-                ask = f"`/rollback {job['stage']} {job['target_commit'][:8]}`"
+        if self.clock() > job.expires:
+            if self.store.claim(job.id, JobState.PENDING, JobState.EXPIRED, finished=self.clock()):
+                self.audit(user, "approve.expired", self.job_key(job), job.id)
+            if job.service == APP:
+                ask = f"`/rollback {job.stage} {job.target_commit[:8]}`"
             elif self.fleet.several:
-                ask = f"`/rollback {job['service']} {job['stage']} {job['target_commit'][:8]}`"
+                ask = f"`/rollback {job.service} {job.stage} {job.target_commit[:8]}`"
             else:
-                ask = f"`/rollback {job['stage']} {job['target_commit'][:8]}`"
-            raise Refused(f"This plan expired. Ask again with {ask if job['target_commit'] else 'a new plan'}.",
+                ask = f"`/rollback {job.stage} {job.target_commit[:8]}`"
+            raise Refused(f"This plan expired. Ask again with {ask if job.target_commit else 'a new plan'}.",
                           RefusalKind.EXPIRED)

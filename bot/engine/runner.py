@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -24,6 +23,7 @@ from bot.adapters.source import SourceRepo
 from bot.adapters.stack import Stack, code_sha256
 from bot.adapters.store import StageBusy, Store
 from bot.core.errors import UserError
+from bot.core.jobs import Job, JobState
 from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import InUse, StageIndex
@@ -173,7 +173,7 @@ class JobRunner:
         fields = dict(
             service=self.service, stage=plan.stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
-            requested_by=requested_by, approved_by=approved_by, origin=origin, state="running",
+            requested_by=requested_by, approved_by=approved_by, origin=origin, state=JobState.RUNNING,
             started=self.clock(), stack_name=plan.stack_name, region=plan.region,
             host=socket.gethostname(), pid=self.pid, pid_start=self.pid_start, unfreeze=int(unfreeze), **extra,
         )
@@ -185,7 +185,7 @@ class JobRunner:
             if not locked:  # an app rollback took every service's lock for its jobs at once
                 self.store.acquire_lock(self.key(plan.stage), job_id, holder)
         except StageBusy:
-            self.store.update_job(job_id, state="refused", finished=self.clock(), reason="stage busy")
+            self.store.update_job(job_id, state=JobState.REFUSED, finished=self.clock(), reason="stage busy")
             raise
         self.store.audit(holder, "rollback.start", self.key(plan.stage), job_id, target=plan.target.label(),
                          requested_by=requested_by, approved_by=approved_by, origin=origin,
@@ -216,11 +216,11 @@ class JobRunner:
                 except Exception:  # a busy or failing database: try again on the next round
                     log.warning("job %s: could not read whether it was cancelled", job_id, exc_info=True)
                     continue
-                if job and job["state"] == "running" and job.get("cancelled_by"):
-                    log.info("job %s: cancelled by %s from another process", job_id, job["cancelled_by"])
+                if job and job.state == JobState.RUNNING and job.cancelled_by:
+                    log.info("job %s: cancelled by %s from another process", job_id, job.cancelled_by)
                     event.set()
 
-    def wait(self, job_id: int, timeout: float | None = None) -> dict:
+    def wait(self, job_id: int, timeout: float | None = None) -> Job:
         with self._lock:
             future = self._futures.get(job_id)
         if future is not None:
@@ -232,16 +232,16 @@ class JobRunner:
         with self._lock:
             cancel = self._cancels.get(job_id)
         job = self.store.job(job_id)
-        if job is None or job["state"] != "running":
+        if job is None or job.state != JobState.RUNNING:
             return CancelOutcome.ENDED
         if cancel is None:
             if self._runner_alive(job):  # another process on this machine runs it: ask it through the store
-                self.store.audit(by, "rollback.cancel", self.key(job["stage"]), job_id, via=f"pid {job['pid']}")
+                self.store.audit(by, "rollback.cancel", self.key(job.stage), job_id, via=f"pid {job.pid}")
                 self.store.update_job(job_id, cancelled_by=by)
                 return CancelOutcome.ASKED
             self._interrupt(job, by=by)
             return CancelOutcome.RUNNER_GONE
-        self.store.audit(by, "rollback.cancel", self.key(job["stage"]), job_id)
+        self.store.audit(by, "rollback.cancel", self.key(job.stage), job_id)
         self.store.update_job(job_id, cancelled_by=by)
         cancel.set()
         return CancelOutcome.CANCELLING
@@ -252,9 +252,9 @@ class JobRunner:
     def key(self, stage: str) -> StageKey:
         return StageKey(self.service, stage)
 
-    def running_job(self, stage: str) -> dict | None:
+    def running_job(self, stage: str) -> Job | None:
         lock = self.store.lock_of(self.key(stage))
-        return self.store.job(lock["job_id"]) if lock else None
+        return self.store.job(lock.job_id) if lock else None
 
     def _later(self, chore: Callable[[], None]) -> None:
         with self._lock:
@@ -301,7 +301,7 @@ class JobRunner:
     def _run(self, job_id: int, plan: Plan, cancel: threading.Event, holder: str, unfreeze: bool) -> None:
         workdir = self.config.data_dir / "jobs" / str(job_id)
         marker = InUse(plan.target.commit, plan.target.build_id, str(job_id), self.clock())
-        state, reason, in_index, recorded = "failed", "", False, None
+        state, reason, in_index, recorded = JobState.FAILED, "", False, None
         buffer = pipeline = None
         try:
             buffer = _OutputBuffer(self.store, job_id, self.log_path(job_id))
@@ -329,12 +329,12 @@ class JobRunner:
                 stack_factory=self.stack_factory if own else (lambda name, region: Stack(name, region, env)),
             )
             pipeline.run()
-            state = "succeeded"
+            state = JobState.SUCCEEDED
             recorded = self._record_success(job_id, plan, holder, marker, unfreeze, emit)
             if recorded:
                 in_index = False  # the success write dropped the in-use mark too
         except Cancelled as exc:
-            state, reason = "cancelled", f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, pipeline)
+            state, reason = JobState.CANCELLED, f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, pipeline)
         except StepFailed as exc:
             reason = f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, pipeline)
         except UserError as exc:  # the stage's role could not be assumed: nothing ran
@@ -346,7 +346,7 @@ class JobRunner:
             self._guard("release the lock", lambda: self.store.release_lock(self.key(plan.stage), job_id))
             with self._lock:
                 self._cancels.pop(job_id, None)
-            if state == "succeeded" and not recorded:
+            if state == JobState.SUCCEEDED and not recorded:
                 reason = ("deployed and verified, but index.json could not be updated: CI is NOT frozen and "
                           "no build is marked bad yet. rollback-bot keeps retrying and says when it lands")
             if buffer is not None:
@@ -366,7 +366,7 @@ class JobRunner:
             with self._lock:
                 self._subscribers.pop(job_id, None)  # the job is over: its subscribers end with it
             self._later(lambda: self._remove_workdir(workdir))
-            if state == "succeeded" and not recorded:
+            if state == JobState.SUCCEEDED and not recorded:
                 self._later_thread(lambda: self._retry_record(job_id, plan, holder, marker, unfreeze))
 
     def _guard(self, what: str, action: Callable[[], object]) -> None:
@@ -490,11 +490,11 @@ class JobRunner:
 
     # -- recovery --------------------------------------------------------------------------------
 
-    def _runner_alive(self, job: dict) -> bool:
+    def _runner_alive(self, job: Job) -> bool:
         """Whether the process that runs ``job`` is still there (this process knows its own jobs)."""
-        if job.get("pid") == self.pid and job.get("host") == socket.gethostname():
+        if job.pid == self.pid and job.host == socket.gethostname():
             with self._lock:
-                return job["id"] in self._cancels
+                return job.id in self._cancels
         return runner_alive(job)
 
     def _stage_stack(self, stage: str, name: str, region: str) -> Stack:
@@ -503,64 +503,62 @@ class JobRunner:
             return self.stack_factory(name, region)
         return Stack(name, region, self.aws_env(stage, f"rollback-bot-check-{stage}"))
 
-    def _interrupt(self, job: dict, by: str = "rollback-bot") -> dict:
-        if job.get("child_pid"):
-            kill_group(job["child_pid"])
+    def _interrupt(self, job: Job, by: str = "rollback-bot") -> Job:
+        if job.child_pid:
+            kill_group(job.child_pid)
         status = "UNKNOWN"
-        if job.get("stack_name"):
+        if job.stack_name:
             try:
-                status = self._stage_stack(job["stage"], job["stack_name"], job.get("region") or "us-east-1").status()
+                status = self._stage_stack(job.stage, job.stack_name, job.region or "us-east-1").status()
             except UserError as exc:  # the stage's role cannot be assumed now: say so, release anyway
                 status = f"UNKNOWN ({exc})"[:300]
-        reason = (f"interrupted: the bot stopped during the job; stack {job.get('stack_name') or '?'} "
+        reason = (f"interrupted: the bot stopped during the job; stack {job.stack_name or '?'} "
                   f"is {status}. Check the stage before doing anything else")
-        self.store.update_job(job["id"], state="interrupted", reason=reason, finished=self.clock(),
+        self.store.update_job(job.id, state=JobState.INTERRUPTED, reason=reason, finished=self.clock(),
                               stack_status=status)
-        self.store.add_event(job["id"], "job", "interrupted", reason)
-        self.store.release_lock(self.key(job["stage"]), job["id"])
-        self.store.audit(by, "rollback.interrupted", self.key(job["stage"]), job["id"], stack_status=status)
+        self.store.add_event(job.id, "job", "interrupted", reason)
+        self.store.release_lock(self.key(job.stage), job.id)
+        self.store.audit(by, "rollback.interrupted", self.key(job.stage), job.id, stack_status=status)
         with contextlib.suppress(ArtifactError):
             self.artifacts.update_index(
-                job["stage"], lambda index, j=str(job["id"]): setattr(
+                job.stage, lambda index, j=str(job.id): setattr(
                     index, "in_use", [u for u in index.in_use if u.job != j])
             )
-        self._later(lambda: self._remove_workdir(self.config.data_dir / "jobs" / str(job["id"])))
-        return self.store.job(job["id"])
+        self._later(lambda: self._remove_workdir(self.config.data_dir / "jobs" / str(job.id)))
+        return self.store.job(job.id)
 
-    def recover(self) -> list[dict]:
+    def recover(self) -> list[Job]:
         """Mark jobs whose bot died as interrupted: stop their leftover processes, release their
         locks, remove their work folders, and record the stack's actual status, which someone must
         now check. Locks whose job is not running are released too."""
         recovered = []
-        for job in self.store.jobs(states=["running"], limit=1000, service=self.service):
+        for job in self.store.jobs(states=[JobState.RUNNING], limit=1000, service=self.service):
             if self._runner_alive(job):
                 continue  # still running, here or in another live process on this machine
             recovered.append(self._interrupt(job))
         for lock in self.store.locks(self.service):
-            job = self.store.job(lock["job_id"])
-            if job is None or job["state"] != "running":
-                self.store.release_lock(self.key(lock["stage"]), lock["job_id"])
+            job = self.store.job(lock.job_id)
+            if job is None or job.state != JobState.RUNNING:
+                self.store.release_lock(self.key(lock.stage), lock.job_id)
         self._resume_records()
         return recovered
 
     def _resume_records(self) -> None:
         """Jobs that succeeded but whose result never reached index.json: keep trying after a restart."""
-        for job in self.store.jobs(states=["succeeded"], limit=200, service=self.service):
-            if job.get("recorded") != 0:
+        for job in self.store.jobs(states=[JobState.SUCCEEDED], limit=200, service=self.service):
+            if job.recorded != 0:
                 continue
             try:
-                target = self.artifacts.read_index(job["stage"]).find(job["target_commit"], job["target_build"])
+                target = self.artifacts.read_index(job.stage).find(job.target_commit, job.target_build)
             except ArtifactError:
                 target = None
             if target is None:
                 continue
-            shown = json.loads(job.get("plan_json") or "{}")
-            plan = Plan(stage=job["stage"], ref=target.commit, target=target, live=None,
-                        forward=bool(shown.get("forward")))
-            marker = InUse(target.commit, target.build_id, str(job["id"]), self.clock())
-            holder = job.get("approved_by") or job.get("requested_by") or "rollback-bot"
-            unfreeze = bool(job.get("unfreeze"))
-            self._later_thread(lambda j=job["id"], p=plan, h=holder, m=marker, u=unfreeze:
+            plan = Plan(stage=job.stage, ref=target.commit, target=target, live=None, forward=job.forward)
+            marker = InUse(target.commit, target.build_id, str(job.id), self.clock())
+            holder = job.approved_by or job.requested_by or "rollback-bot"
+            unfreeze = bool(job.unfreeze)
+            self._later_thread(lambda j=job.id, p=plan, h=holder, m=marker, u=unfreeze:
                                self._retry_record(j, p, h, m, u))
 
 
@@ -569,16 +567,16 @@ def runner_stamp() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid())}
 
 
-def runner_alive(job: dict) -> bool:
+def runner_alive(job: Job) -> bool:
     """Whether another process on this machine that runs ``job`` is still there: same host, same
     pid, same start time (a reused pid is not the same process)."""
-    pid = job.get("pid")
-    if job.get("host") != socket.gethostname() or not pid or pid == os.getpid():
+    pid = job.pid
+    if job.host != socket.gethostname() or not pid or pid == os.getpid():
         return False
     if not _alive(pid):
         return False
     started = process_start(pid)
-    return not (job.get("pid_start") and started and started != job["pid_start"])
+    return not (job.pid_start and started and started != job.pid_start)
 
 
 def _alive(pid: int) -> bool:

@@ -9,7 +9,6 @@ gate (bot.engine.gate), for every action and every face, not in the Slack handle
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from bot.core.actor import Actor, Origin
 from bot.core.jobs import APP, RUN_STATES, Job, JobState
 from bot.core.keys import StageKey
 from bot.core.policy import Policy, PolicySource
+from bot.core.records import AuditEntry, HeldLock, Watch
 from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.app_service import AppRollbacks
 from bot.engine.approval import Approved, OneService, approve
@@ -54,11 +54,11 @@ class Status:
 class Overview:
     """The App Home: each stage's index and lock holder, recent runs, and whether a policy is set."""
 
-    stages: list[tuple[StageIndex, dict | None]]
+    stages: list[tuple[StageIndex, HeldLock | None]]
     jobs: list[Job]
     policy_configured: bool
     several: bool = False  # several services: rows name theirs
-    watches: tuple | list = ()  # the alarm watch's running watches (store rows)
+    watches: tuple | list = ()  # the alarm watch's running watches (Watch)
     parts: dict[int, list[Job]] | None = None  # each app rollback's services, by the app's job id
     hidden: int = 0  # stages left out: the policy keeps them to their channels
 
@@ -134,8 +134,7 @@ class RollbackService:
         return self.gate.key(stage, service)
 
     def job(self, job_id: int) -> Job | None:
-        row = self.store.job(job_id)
-        return Job.from_row(row) if row else None
+        return self.store.job(job_id)
 
     def runner_of(self, job_id: int):
         """The job runner of the service a job belongs to (to follow its events)."""
@@ -157,8 +156,8 @@ class RollbackService:
         """Jobs and app rollbacks a crash cut short: each service's runner first (it stops their
         processes, releases their locks and records the stack's status), then the apps, which say who
         is where. Every face calls this once when it starts."""
-        jobs = [Job.from_row(j) for one in self.fleet.engines.values() for j in one.jobs.recover()]
-        return Recovered(jobs, [Job.from_row(j) for j in self.apps.recover()])
+        jobs = [j for one in self.fleet.engines.values() for j in one.jobs.recover()]
+        return Recovered(jobs, self.apps.recover())
 
     def housekeeping(self) -> list[Job]:
         """Close plans whose buttons expired (returned, so their cards can say so) and forget what is past
@@ -227,14 +226,14 @@ class RollbackService:
         job_id = self.store.create_job(
             service=key.service, stage=stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
-            requested_by=actor.user, state="pending", origin=str(actor.origin), channel=actor.channel or "",
+            requested_by=actor.user, state=JobState.PENDING, origin=str(actor.origin), channel=actor.channel or "",
             created=now, expires=now + gate.ttl, stack_name=plan.stack_name, region=plan.region,
             plan_json=card_json(plan, ref), policy=gate.policy_source,
         )
         gate.audit(actor.user, "request", key, job_id, target=plan.target.label(), sha256=plan.target.sha256)
         running = engine.jobs.running_job(stage)
         return Pending(job_id, plan, now + gate.ttl, policy.approval_needs(stage, actor.user, key.service),
-                       policy.configured, Job.from_row(running) if running else None)
+                       policy.configured, running)
 
     def attach_message(self, job_id: int, channel: str, ts: str, permalink: str = "") -> None:
         self.store.update_job(job_id, channel=channel, message_ts=ts, permalink=permalink)
@@ -244,7 +243,7 @@ class RollbackService:
         showed. Exactly one of several concurrent clicks starts it. At a terminal the operator who
         requested it approves it (the typed confirmation)."""
         job = self.store.job(job_id)
-        if job is not None and job["service"] == APP:
+        if job is not None and job.service == APP:
             return self.apps.approve(job_id, actor)
         return approve(self.gate, job_id, actor, OneService(), unfreeze=unfreeze,
                        terminal=actor.origin is Origin.TERMINAL)
@@ -252,29 +251,30 @@ class RollbackService:
     def withdraw(self, job_id: int, actor: Actor) -> Job:
         """Cancel a pending plan: its requester or anyone who may approve it."""
         gate, job = self.gate, self.store.job(job_id)
-        if job is None or job["state"] != "pending":
+        if job is None or job.state != JobState.PENDING:
             raise Refused("This plan is no longer waiting for approval.", RefusalKind.CLOSED)
         key = gate.job_key(job)
         rule = None if key.service == APP else key.service  # the app: the stage's own rule
         gate.check(self.policy.may_act_in(key.stage, actor.channel, rule), actor.user, "withdraw", key, job_id)
-        if actor.user != job["requested_by"]:
-            decision = self.policy.may_approve(key.stage, actor.user, job["requested_by"], actor.channel,
+        if actor.user != job.requested_by:
+            decision = self.policy.may_approve(key.stage, actor.user, job.requested_by, actor.channel,
                                                actor.groups_of, rule)
             if not decision.allowed:
                 gate.refuse(actor.user, "withdraw", key, job_id, "Only the requester or an approver may cancel it.")
-        if not self.store.claim(job_id, "pending", "withdrawn", finished=self.clock(), cancelled_by=actor.user):
+        if not self.store.claim(job_id, JobState.PENDING, JobState.WITHDRAWN, finished=self.clock(),
+                                cancelled_by=actor.user):
             raise Refused("This plan is no longer waiting for approval.", RefusalKind.CLOSED)
         gate.audit(actor.user, "withdraw", key, job_id)
-        return Job.from_row(self.store.job(job_id))
+        return self.store.job(job_id)
 
     def sweep_expired(self) -> list[Job]:
         """Close plans whose buttons expired; returns them so their cards can say so."""
         now = self.clock()
         swept = []
-        for job in self.store.jobs(states=["pending"], limit=500):
-            if (job.get("expires") or 0) < now and self.store.claim(job["id"], "pending", "expired", finished=now):
-                self.gate.audit("rollback-bot", "plan.expired", self.gate.job_key(job), job["id"])
-                swept.append(Job.from_row(self.store.job(job["id"])))
+        for job in self.store.jobs(states=[JobState.PENDING], limit=500):
+            if job.expires < now and self.store.claim(job.id, JobState.PENDING, JobState.EXPIRED, finished=now):
+                self.gate.audit("rollback-bot", "plan.expired", self.gate.job_key(job), job.id)
+                swept.append(self.store.job(job.id))
         return swept
 
     # -- following jobs --------------------------------------------------------------------------
@@ -293,7 +293,7 @@ class RollbackService:
     def wait(self, job_id: int, timeout: float | None = None) -> Job:
         """The job once it has ended (or after ``timeout``), one service's or an app's."""
         job = self.store.job(job_id)
-        if job is not None and job["service"] == APP:
+        if job is not None and job.service == APP:
             return self.apps.wait(job_id, timeout)
         self.runner_of(job_id).wait(job_id, timeout)
         return self.job(job_id)
@@ -325,15 +325,15 @@ class RollbackService:
 
     # -- running jobs ----------------------------------------------------------------------------
 
-    def _may_cancel(self, job: dict, actor: Actor) -> None:
+    def _may_cancel(self, job: Job, actor: Actor) -> None:
         gate, key = self.gate, self.gate.job_key(job)
         rule = None if key.service == APP else key.service  # stopping the app: the stage's own rule
-        gate.check(self.policy.may_act_in(key.stage, actor.channel, rule), actor.user, "cancel", key, job["id"])
-        if actor.user not in (job["requested_by"], job["approved_by"]):
-            decision = self.policy.may_approve(key.stage, actor.user, job["requested_by"], actor.channel,
+        gate.check(self.policy.may_act_in(key.stage, actor.channel, rule), actor.user, "cancel", key, job.id)
+        if actor.user not in (job.requested_by, job.approved_by):
+            decision = self.policy.may_approve(key.stage, actor.user, job.requested_by, actor.channel,
                                                actor.groups_of, rule)
             if not decision.allowed:
-                gate.refuse(actor.user, "cancel", key, job["id"], "Only the requester, the approver or an "
+                gate.refuse(actor.user, "cancel", key, job.id, "Only the requester, the approver or an "
                                                                   "approver may cancel a running rollback.")
 
     def cancel_job(self, job_id: int, actor: Actor) -> str:
@@ -341,17 +341,17 @@ class RollbackService:
         job = self.store.job(job_id)
         if job is None:
             raise Refused("That job no longer exists.", RefusalKind.GONE)
-        if job["state"] != "running":
-            raise Refused(f"Job {job_id} already ended ({job['state']}); nothing was cancelled.", RefusalKind.CLOSED)
+        if job.state != JobState.RUNNING:
+            raise Refused(f"Job {job_id} already ended ({job.state}); nothing was cancelled.", RefusalKind.CLOSED)
         self._may_cancel(job, actor)
-        if job["service"] == APP:
+        if job.service == APP:
             return self.apps.cancel(job_id, actor.user)
         outcome = self.gate.engine(self.gate.job_key(job)).jobs.cancel(job_id, actor.user)
         if outcome is CancelOutcome.RUNNER_GONE:
             return (f"Job {job_id}'s bot process is gone: the job is marked interrupted and the stage's lock "
                     "released. Check the stack before doing anything else.")
         if outcome is CancelOutcome.ASKED:
-            return (f"Cancelling job {job_id}: the rollback-bot process that runs it (pid {job['pid']}) stops its "
+            return (f"Cancelling job {job_id}: the rollback-bot process that runs it (pid {job.pid}) stops its "
                     "processes within a few seconds.")
         if outcome is CancelOutcome.ENDED:
             raise Refused(f"Job {job_id} already ended; nothing was cancelled.", RefusalKind.CLOSED)
@@ -363,7 +363,7 @@ class RollbackService:
         if job is None:
             self.gate.check(self.policy.may_act_in(stage, actor.channel, key.service), actor.user, "cancel", key)
             raise Refused(f"No rollback of `{stage}` is running here.", RefusalKind.GONE)
-        return self.cancel_job(job["id"], actor)
+        return self.cancel_job(job.id, actor)
 
     def cancel_in_stage(self, stage: str, actor: Actor) -> str:
         """`/rollback cancel prod` on a bot of several services: the app rollback running in the stage, or
@@ -433,11 +433,11 @@ class RollbackService:
         for name in self.fleet.names:
             self.may_view(StageKey(name, stage), actor)
         rows = self.store.jobs(stage=stage, states=[str(s) for s in RUN_STATES], limit=limit, app_parts=False)
-        return [Job.from_row(r) for r in rows]
+        return rows
 
-    def watches(self, key: StageKey) -> list[dict]:
+    def watches(self, key: StageKey) -> list[Watch]:
         """The alarm watch's running watches of a stage."""
-        return [w for w in self.store.watches() if (w["service"], w["stage"]) == (key.service, key.stage)]
+        return [w for w in self.store.watches() if (w.service, w.stage) == (key.service, key.stage)]
 
     def parts(self, app_id: int) -> list[Job]:
         """The services' jobs of an app rollback."""
@@ -450,7 +450,7 @@ class RollbackService:
     def _runs(self, key: StageKey | None, limit: int) -> list[Job]:
         rows = self.store.jobs(stage=key.stage if key else None, service=key.service if key else None,
                                states=[str(s) for s in RUN_STATES], limit=limit, app_parts=key is not None)
-        return [Job.from_row(r) for r in rows]
+        return rows
 
     def indexes(self, stage: str | None = None) -> list[StageIndex]:
         """Every (service, stage) index this bot serves (or one stage's, across services), read
@@ -474,7 +474,7 @@ class RollbackService:
 
     def running(self, stage: str | None = None) -> list[Job]:
         """The jobs running now on this machine (sqlite only: no S3 request)."""
-        return [Job.from_row(r) for r in self.store.jobs(states=[JobState.RUNNING]) if stage in (None, r["stage"])]
+        return [j for j in self.store.jobs(states=[JobState.RUNNING]) if stage in (None, j.stage)]
 
     def status(self, channel: str | None = "") -> Status:
         """What runs and what is frozen. In Slack (``channel``) only the stages the policy lets that
@@ -495,7 +495,7 @@ class RollbackService:
         shown = [i for i in indexes if self._shown_in(i.stage, i.service, None)]
         stages = [(i, self.store.lock_of(StageKey(i.service, i.stage))) for i in shown]
         runs = [j for j in self._runs(None, 30) if self._shown_in(j.stage, j.service, None)][:10]
-        watches = [w for w in self.store.watches(limit=50) if self._shown_in(w["stage"], w["service"], None)][:20]
+        watches = [w for w in self.store.watches(limit=50) if self._shown_in(w.stage, w.service, None)][:20]
         parts = {j.id: self.apps.parts(j.id) for j in runs if j.is_app}
         return Overview(stages, runs, self.policy.configured, self.several, watches, parts,
                         len(indexes) - len(shown))
@@ -532,9 +532,8 @@ class RollbackService:
                                 "Deploy a fixed commit instead")
         return FreezeCheck(stage, commit, problems)
 
-    def audit(self, since: float, key: StageKey | None = None) -> list[dict]:
+    def audit(self, since: float, key: StageKey | None = None) -> list[AuditEntry]:
         """The audit trail from ``since`` on (every request, approval, refusal, run and unfreeze)."""
         if key:
             self.gate.stage(key)
-        rows = self.store.audit_since(since, key)
-        return [{**r, "detail": json.loads(r["detail"] or "{}")} for r in rows]
+        return self.store.audit_since(since, key)

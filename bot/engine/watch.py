@@ -20,7 +20,9 @@ from enum import StrEnum
 from bot.adapters.alarms import AlarmReader, AlarmState
 from bot.adapters.store import StageBusy
 from bot.core.errors import UserError
+from bot.core.jobs import Job
 from bot.core.keys import StageKey
+from bot.core.records import Watch, WatchPurpose, WatchState
 
 log = logging.getLogger("rollback-bot.watch")
 MAX_BACKOFF = 300.0
@@ -37,7 +39,7 @@ class WatchKind(StrEnum):
 class WatchEvent:
     kind: WatchKind
     key: StageKey
-    watch: dict
+    watch: Watch
     text: str
     alarm: AlarmState | None = None
     job_id: int | None = None
@@ -88,75 +90,75 @@ class Watcher:
                 lives[(name, stage)] = (live.commit, live.build_id) if live else None
                 if live is None or live.via != "deploy" or now - live.at >= self.window:
                     continue  # a deploy by CI, still inside its window (a rollback's result is not re-watched)
-                if self.store.watch(name, stage, "deploy", live.at) is None:
-                    self.store.add_watch(service=name, stage=stage, kind="deploy", commit_sha=live.commit,
+                if self.store.watch(name, stage, WatchPurpose.DEPLOY, live.at) is None:
+                    self.store.add_watch(service=name, stage=stage, kind=WatchPurpose.DEPLOY, commit_sha=live.commit,
                                          build=live.build_id, since=live.at, until=live.at + self.window)
         for w in self.store.watches():
-            moved_on = w["kind"] == "deploy" and lives.get((w["service"], w["stage"]), "?") not in (
-                "?", (w["commit_sha"], w["build"]))
+            moved_on = w.kind == WatchPurpose.DEPLOY and lives.get((w.service, w.stage), "?") not in (
+                "?", (w.commit_sha, w.build))
             if moved_on:  # rolled back, or deployed over: this deploy's alarms are no longer its to report
-                self.store.update_watch(w["id"], state="ended")
-            elif now >= w["until"]:
+                self.store.update_watch(w.id, state=WatchState.ENDED)
+            elif now >= w.until:
                 self._close(w)
-            elif now >= (w["next_check"] or 0):
+            elif now >= w.next_check:
                 self._check(w, now)
 
-    def settle_after(self, job: dict) -> None:
+    def settle_after(self, job: Job) -> None:
         """A rollback just succeeded: watch the same alarms for the settle period."""
-        self.store.add_watch(service=job["service"], stage=job["stage"], kind="settle",
-                             commit_sha=job["target_commit"], build=job["target_build"], since=self.clock(),
-                             until=self.clock() + self.settle, job_id=job["id"])
+        self.store.add_watch(service=job.service, stage=job.stage, kind=WatchPurpose.SETTLE,
+                             commit_sha=job.target_commit, build=job.target_build, since=self.clock(),
+                             until=self.clock() + self.settle, job_id=job.id)
 
     # -- one watch -------------------------------------------------------------------------------
 
-    def _stack(self, w: dict) -> str:
-        return stack_name(self.service, StageKey(w["service"], w["stage"]))
+    def _stack(self, w: Watch) -> str:
+        return stack_name(self.service, StageKey(w.service, w.stage))
 
-    def _check(self, w: dict, now: float) -> None:
-        key = StageKey(w["service"], w["stage"])
+    def _check(self, w: Watch, now: float) -> None:
+        key = StageKey(w.service, w.stage)
         try:
-            alarms = self.reader.read(w["stage"], w["service"], self._stack(w))
+            alarms = self.reader.read(w.stage, w.service, self._stack(w))
         except Exception as exc:  # throttling or an outage: back off, and say so once per watch
-            failures = (w["failures"] or 0) + 1
-            self.store.update_watch(w["id"], failures=failures,
+            failures = w.failures + 1
+            self.store.update_watch(w.id, failures=failures,
                                     next_check=now + min(MAX_BACKOFF, self.poll_every * 2 ** failures))
             if failures == 1:
                 self._emit(WatchEvent(WatchKind.ERROR, key, w, f"cannot read the alarms of {key.service} {key.stage} "
                                                         f"({exc.__class__.__name__}: {str(exc)[:200]}); retrying "
                                                         "with backoff"))
             return
-        if w["failures"]:
-            self.store.update_watch(w["id"], failures=0, next_check=0)
+        if w.failures:
+            self.store.update_watch(w.id, failures=0, next_check=0)
         in_alarm = [a for a in alarms if a.state == "ALARM"]
-        self.store.update_watch(w["id"], in_alarm=json.dumps([a.name for a in in_alarm]))
-        if w["kind"] != "deploy":
+        self.store.update_watch(w.id, in_alarm=json.dumps([a.name for a in in_alarm]))
+        if w.kind != WatchPurpose.DEPLOY:
             return
-        reported = set(json.loads(w["reported"] or "[]"))
+        reported = set(w.reported)
         for alarm in in_alarm:
-            if alarm.name in reported or alarm.updated < w["since"]:
+            if alarm.name in reported or alarm.updated < w.since:
                 continue  # already said, or in ALARM since before the deploy: not this deploy's doing
             reported.add(alarm.name)
-            self.store.update_watch(w["id"], reported=json.dumps(sorted(reported)))
-            minutes = max(0, int((alarm.updated - w["since"]) // 60))
+            self.store.update_watch(w.id, reported=json.dumps(sorted(reported)))
+            minutes = max(0, int((alarm.updated - w.since) // 60))
             self._emit(WatchEvent(WatchKind.ALARM, key, w, f"`{alarm.name}` went into ALARM {minutes} min after build "
-                                                   f"{w['build']} ({w['commit_sha'][:7]}) went live.", alarm))
-            if self.service.policy.auto_rollback(key.stage, key.service) and not w["acted_job"]:
+                                                   f"{w.build} ({w.commit_sha[:7]}) went live.", alarm))
+            if self.service.policy.auto_rollback(key.stage, key.service) and not w.acted_job:
                 self._auto(w, key, alarm)
-                w = self.store.watch(w["service"], w["stage"], "deploy", w["since"]) or w
+                w = self.store.watch(w.service, w.stage, WatchPurpose.DEPLOY, w.since) or w
 
-    def _auto(self, w: dict, key: StageKey, alarm: AlarmState) -> None:
+    def _auto(self, w: Watch, key: StageKey, alarm: AlarmState) -> None:
         """Roll the deploy back without a person: never twice for one deploy, never when the live build
         came from a rollback, never while a job holds the stage or a person froze it."""
         engine = self.service.fleet.engine(key.service)
         index = engine.artifacts.read_index(key.stage)
         live = index.live
         why = ""
-        if live is None or (live.commit, live.build_id) != (w["commit_sha"], w["build"]) or live.via != "deploy":
+        if live is None or (live.commit, live.build_id) != (w.commit_sha, w.build) or live.via != "deploy":
             why = "the live build is no longer the one this alarm followed"
         elif index.freeze is not None:
             why = f"the stage is frozen by {index.freeze.by}"
         elif self.store.lock_of(key):
-            why = f"job {self.store.lock_of(key)['job_id']} holds the stage"
+            why = f"job {self.store.lock_of(key).job_id} holds the stage"
         actor = f"alarm:{alarm.name}"
         if not why:
             try:
@@ -167,30 +169,30 @@ class Watcher:
             except (UserError, StageBusy) as exc:
                 why = str(exc)
             else:
-                self.store.update_watch(w["id"], acted_job=job_id)
+                self.store.update_watch(w.id, acted_job=job_id)
                 said = (f"`{alarm.name}` went into ALARM ({alarm.reason}): rolling {key.service} {key.stage} back "
                         f"to {plan.target.label()} without waiting for a person.")
                 self._emit(WatchEvent(WatchKind.AUTO, key, w, said, alarm, job_id))
                 return
-        self.store.update_watch(w["id"], acted_job=-1)  # decided once per deploy, either way
+        self.store.update_watch(w.id, acted_job=-1)  # decided once per deploy, either way
         self.store.audit(actor, "auto_rollback.skipped", key, None, reason=why)
         said = f"No automatic rollback of {key.service} {key.stage}: {why}."
         self._emit(WatchEvent(WatchKind.AUTO, key, w, said, alarm))
 
-    def _close(self, w: dict) -> None:
-        self.store.update_watch(w["id"], state="done")
-        if w["kind"] != "settle":
+    def _close(self, w: Watch) -> None:
+        self.store.update_watch(w.id, state=WatchState.DONE)
+        if w.kind != WatchPurpose.SETTLE:
             return
-        seconds = w["until"] - w["since"]
+        seconds = w.until - w.since
         span = f"{int(round(seconds / 60))} min" if seconds >= 120 else f"{int(seconds)} s"
-        still = json.loads(w["in_alarm"] or "[]")
+        still = list(w.in_alarm)
         if still:
             text = (f"{', '.join(f'`{n}`' for n in still)} still in ALARM {span} after the rollback: the cause "
                     "may not be the deploy")
         else:
             text = f"alarms OK for {span} after the rollback"
-        self.store.update_job(w["job_id"], settle=text)
-        self._emit(WatchEvent(WatchKind.SETTLED, StageKey(w["service"], w["stage"]), w, text, job_id=w["job_id"]))
+        self.store.update_job(w.job_id, settle=text)
+        self._emit(WatchEvent(WatchKind.SETTLED, StageKey(w.service, w.stage), w, text, job_id=w.job_id))
 
 
 def alarm_reader(service) -> AlarmReader:
@@ -220,7 +222,7 @@ def make_watcher(service, clock: Callable[[], float] = time.time) -> Watcher:
     def on_job_event(job_id: int, event) -> None:  # a rollback that succeeded settles under watch
         if event.step == "job" and event.status == "succeeded":
             job = service.store.job(job_id)
-            if job and not json.loads(job.get("plan_json") or "{}").get("forward"):
+            if job and not job.forward:
                 watcher.settle_after(job)
 
     for engine in fleet.engines.values():

@@ -214,7 +214,7 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
                                    StateReason="Threshold Crossed: 1 datapoint [12.0] was >= 1.0 (demo)")
         except Exception as exc:  # the page says so; the demo goes on
             return f"could not trip {ALARM}: {exc}"
-        watching = {w["kind"] for w in service.store.watches() if (w["service"], w["stage"]) == (SERVICE, STAGE)}
+        watching = {w.kind for w in service.watches(service.key(STAGE, SERVICE))}
         if "deploy" in watching:
             return f"{ALARM} is in ALARM: the watch posts in the channel within a few seconds"
         if "settle" in watching:  # the live build came from a rollback: it is not watched as a deploy

@@ -7,11 +7,10 @@ mention, a link or a broken code span.
 
 from __future__ import annotations
 
-import json
-
 from bot.core.cards import AppCard, ServiceRow
 from bot.core.jobs import APP, Job, JobState
 from bot.core.policy import NO_POLICY
+from bot.core.records import WatchPurpose
 from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
 from bot.engine import STEPS, Plan
 from bot.slack import ids
@@ -327,7 +326,7 @@ def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], n
             f"live {code(live.commit[:7])} (build {code(live.build_id)}) since {date(live.at)}"
             if live else "nothing live recorded")
         if lock:
-            text += f"\n⏳ job {lock['job_id']} running, started by {user(lock['holder'])}"
+            text += f"\n⏳ job {lock.job_id} running, started by {user(lock.holder)}"
         if index.freeze:
             text += f"\n🧊 frozen by {_mark(index.freeze)}"
         rows.append(text)
@@ -340,10 +339,10 @@ def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], n
     if watches:  # the alarm watch: deploys in their window, rollbacks settling
         rows = []
         for w in watches:
-            where = f"{w['service']} {w['stage']}" if several else w["stage"]
-            what = "deploy of" if w["kind"] == "deploy" else "rollback to"
-            alarmed = json.loads(w.get("in_alarm") or "[]")
-            rows.append(f"• {code(where)} {what} {code(w['build'])} until {date(w['until'])}"
+            where = f"{w.service} {w.stage}" if several else w.stage
+            what = "deploy of" if w.kind == WatchPurpose.DEPLOY else "rollback to"
+            alarmed = w.in_alarm
+            rows.append(f"• {code(where)} {what} {code(w.build)} until {date(w.until)}"
                         + (f" · 🚨 in ALARM: {esc(', '.join(alarmed))}" if alarmed else " · alarms OK"))
         blocks.append(section("*Watching*\n" + _whole_lines(rows)))
     blocks.append({"type": "divider"})

@@ -37,13 +37,13 @@ class WatchPoster:
     def _alarm(self, event: WatchEvent) -> None:
         w = event.watch
         text = f"🚨 {esc_message(event.text)} ({esc_message(self._where(event))})"
-        request = ids.PlanRequest(event.key.stage, "previous", f"{w['commit_sha']}:{w['build']}",
+        request = ids.PlanRequest(event.key.stage, "previous", f"{w.commit_sha}:{w.build}",
                                   event.key.service if self.service.several else "")
         blocks = [kit.section(text), kit.context(esc_message(event.alarm.reason if event.alarm else "")),
                   {"type": "actions", "elements": [
                       kit.button("Roll back to previous", ids.PLAN_BUILD, request.value(), "danger")]}]
         index = self.service.index(event.key)
-        notice = next((r.notice_at for r in index.history if r.at == w["since"] and r.notice_at), None)
+        notice = next((r.notice_at for r in index.history if r.at == w.since and r.notice_at), None)
         if notice:  # in the deploy notification's thread too
             self.notify.post(notice[0], text, blocks, thread_ts=notice[1])
         channel = self._channel(event)

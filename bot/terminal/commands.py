@@ -400,12 +400,13 @@ def cmd_audit(args, settings: Settings, out: Outlets) -> int:
     rows = service.audit(since.timestamp(), service.key(args.stage, args.service) if args.stage else None)
     name = out.names(settings, service)
     if args.json:
-        json.dump([{**r, "at": _iso(r["at"]), "actor_name": name(r["actor"])} for r in rows], sys.stdout, indent=2)
+        json.dump([{**asdict(r), "at": _iso(r.at), "actor_name": name(r.actor)} for r in rows], sys.stdout,
+                  indent=2)
         print()
     else:
         for r in rows:
-            print(clean(f"{_iso(r['at'])}  {name(r['actor']):<14} {r['action']:<22} {r['stage'] or '-':<10} "
-                        f"{r['job_id'] or '':<5} {json.dumps(r['detail'], sort_keys=True)}"))
+            print(clean(f"{_iso(r.at)}  {name(r.actor):<14} {r.action:<22} {r.stage or '-':<10} "
+                        f"{r.job_id or '':<5} {json.dumps(r.detail, sort_keys=True)}"))
     return 0
 
 
@@ -423,8 +424,7 @@ def cmd_alarms(args, settings: Settings, out: Outlets) -> int:
     if not alarms:
         print("  (no alarms found)")
     for w in service.watches(key):
-        what = f"build {w['build']} ({w['commit_sha'][:7]})"
-        print(f"watching {what} ({w['kind']}) until {_iso(w['until'])}")
+        print(clean(f"watching build {w.build} ({w.commit_sha[:7]}) ({w.kind}) until {_iso(w.until)}"))
     return 0
 
 
