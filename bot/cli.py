@@ -4,6 +4,7 @@ a command (with Slack handed in, when a token is set), serve Slack, or the demo.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,7 @@ FACES = {"serve": (cmd_serve, ("engine", "slack")), "demo": (cmd_demo, ())}
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # the data folder (sqlite, logs, the mirror and its credentials) is the bot's alone
     args = build_parser().parse_args(argv)
     args.command = args.command or "serve"
     handler, needs = FACES.get(args.command) or COMMANDS[args.command]

@@ -39,6 +39,12 @@ apt_install() {
   fi
 }
 
+setup_sandbox() {
+  # bubblewrap: every job's commands (the build's install scripts and plugins) run in it
+  command -v bwrap >/dev/null 2>&1 && return 0
+  apt_install bubblewrap || echo "bubblewrap is missing: jobs cannot be sandboxed (tests that need it skip)" >&2
+}
+
 ensure_node() {
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 }

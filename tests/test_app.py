@@ -8,6 +8,7 @@ refuses between stacks (an export in use cannot be removed), so a wrong order fa
 from __future__ import annotations
 
 from tests.support.app_fixtures import code, live
+from tests.support.fast_service import hold_file
 from tests.support.slack_session import all_text, header
 from tests.support.waiting import wait_for
 
@@ -82,7 +83,7 @@ def test_previous_undoes_the_newest_deploy_only(app, repo, lam):
 
 
 def test_a_busy_service_refuses_the_whole_plan(app, repo, lam, tmp_path):
-    hold = tmp_path / "hold"
+    hold = hold_file("hold")
     hold.touch()
     ws = app(SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
     single = ws.posts_card(ws.ana, "worker prod previous")

@@ -8,12 +8,13 @@ import time
 
 from bot.core.actor import Actor
 from tests.support.app_fixtures import code, live
+from tests.support.fast_service import hold_file
 from tests.support.slack_session import CHANNEL, all_text
 from tests.support.waiting import wait_for
 
 
 def test_rollback_cancel_stage_stops_the_app_rollback_running_there(app, repo, lam, tmp_path):
-    held = tmp_path / "hold-the-deploys"
+    held = hold_file("hold-the-deploys")
     held.write_text("")
     ws = app(SLS_TEST_DEPLOY_WAIT_FOR=str(held))
     try:
@@ -30,7 +31,7 @@ def test_rollback_cancel_stage_stops_the_app_rollback_running_there(app, repo, l
     assert all(live(lam, svc) == code(repo, svc, "v2") for svc in ("api", "worker", "billing"))
 
 def test_rollback_cancel_stage_names_the_services_when_several_of_their_own_run(app, repo, tmp_path):
-    held = tmp_path / "hold-the-deploys"
+    held = hold_file("hold-the-deploys")
     held.write_text("")
     ws = app(SLS_TEST_DEPLOY_WAIT_FOR=str(held))
     try:

@@ -13,6 +13,7 @@ import sys
 import threading
 
 from tests.support.app_fixtures import code, live
+from tests.support.fast_service import hold_file
 from tests.support.waiting import wait_for
 
 
@@ -41,7 +42,7 @@ def test_the_terminal_rolls_the_app_back_and_history_shows_it_as_one_entry(app_e
 def terminal_app_rollback(app_env, repo, tmp_path):
     """`rollback-bot rollback prod <c1> --yes` in a terminal of its own, held in worker's deploy (phase 1)
     until the block ends. Yields the process and its output lines (a reader keeps adding them)."""
-    held = tmp_path / "hold-the-deploy"
+    held = hold_file("hold-the-deploy")
     held.write_text("")
     proc = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", repo.commits["c1"][:8], "--yes",
                              "--by", "cy"], env={**app_env, "SLS_TEST_DEPLOY_WAIT_FOR": str(held)},

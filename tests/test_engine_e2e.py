@@ -16,6 +16,7 @@ from bot.adapters.store import StageBusy, Store
 from bot.core.keys import StageKey
 from bot.terminal.render import render_plan
 from tests.conftest import BUCKET, SERVICE, code_of, live_code
+from tests.support.procs import marker, pids_with
 from tests.support.serverless_fixture import ci_deploy, sls_env
 from tests.support.waiting import wait_for
 
@@ -162,49 +163,45 @@ def test_checksum_mismatch_fails_at_restore(prod, s3, service_history):
 
 
 def test_cancel_during_install_stops_its_processes(prod, make_engine, tmp_path):
-    pidfile = tmp_path / "installer.pid"
-    script = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); print('installing', flush=True); " \
-             "time.sleep(300)"
+    mark = marker()
+    script = f"import time; mark='{mark}'; print('installing', flush=True); time.sleep(300)"
     hang = make_engine(ROLLBACK_INSTALL_COMMAND=f"{sys.executable} -c \"{script}\"")
     plan = hang.plan("prod", "previous")
     job_id = hang.jobs.start(plan, requested_by="U-ANA", approved_by="U-BO")
-    wait_for(pidfile.exists)
+    wait_for(lambda: pids_with(mark), 120, "the installer to run")
     with pytest.raises(StageBusy, match="busy: job .* started by U-BO"):
         hang.jobs.start(hang.plan("prod", "previous"), requested_by="U-CY")
     assert hang.jobs.cancel(job_id, "U-ANA")
     job = hang.jobs.wait(job_id, timeout=60)
     assert job.state == "cancelled" and job.cancelled_by == "U-ANA"
     assert_failed_cleanly(hang, job, "install: cancelled")
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(pidfile.read_text()), 0)
+    assert pids_with(mark) == []
 
 
 def test_a_step_timeout_stops_the_whole_process_group(prod, make_engine, tmp_path):
-    pidfile = tmp_path / "child.pid"
-    script = (f"import subprocess,sys,time; p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(300)']); "
-              f"open('{pidfile}','w').write(str(p.pid)); print('deploying', flush=True); time.sleep(300)")
+    mark = marker()
+    script = (f"import subprocess,sys,time; p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(300) "
+              f"# {mark}']); print('deploying', flush=True); time.sleep(300)")
     slow = make_engine(ROLLBACK_STEP_TIMEOUT="3", ROLLBACK_DEPLOY_COMMAND=f"{sys.executable} -c \"{script}\"")
     _, job = run_job(slow, "prod", "previous")
     assert_failed_cleanly(slow, job, "deploy: timed out after 3s")
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(pidfile.read_text()), 0)  # the grandchild went with its group
+    assert pids_with(mark) == []  # the grandchild went with its group
 
 
 def test_bot_killed_mid_deploy_is_recovered_as_interrupted(prod, make_engine, aws_env, tmp_path, service_history):
     data = tmp_path / "crash-data"
-    pidfile = tmp_path / "deploy.pid"
-    script = f"import os,time; open('{pidfile}','w').write(str(os.getpid())); print('deploying', flush=True); " \
-             "time.sleep(300)"
+    mark = marker()
+    script = f"import time; mark='{mark}'; print('deploying', flush=True); time.sleep(300)"
     env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",
            "ROLLBACK_REPO": str(service_history.origin), "ROLLBACK_DATA_DIR": str(data),
            "ROLLBACK_DEPLOY_COMMAND": f"{sys.executable} -c \"{script}\""}
     bot = subprocess.Popen([sys.executable, "-m", "bot", "rollback", "prod", "previous", "--yes"], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(pidfile.exists, timeout=300)
+    wait_for(lambda: pids_with(mark), 300, "the deploy to run")
     bot.send_signal(signal.SIGKILL)
     bot.wait()
-    deploy_pid = int(pidfile.read_text())
-    os.kill(deploy_pid, 0)  # the orphaned deploy is still running
+    # the sandbox dies with its bot (bubblewrap's --die-with-parent): no deploy goes on unreported
+    wait_for(lambda: not pids_with(mark), 10, "the deploy to stop with the bot")
 
     before = Store(data / "rollback-bot.sqlite").jobs()[0]
     assert before.state == "running"
@@ -216,7 +213,6 @@ def test_bot_killed_mid_deploy_is_recovered_as_interrupted(prod, make_engine, aw
     assert "stack hello-service-prod is UPDATE_COMPLETE" in job.reason
     assert restarted.store.lock_of(StageKey(SERVICE, "prod")) is None
     assert restarted.artifacts.read_index("prod").in_use == []
-    wait_for(lambda: not _alive(deploy_pid), timeout=10)
     assert restarted.jobs.recover() == []  # once only
 
 

@@ -15,7 +15,7 @@ from bot.adapters.artifacts import ArtifactStore, make_s3_client
 from bot.adapters.stack import code_sha256
 from bot.core.config import ConfigError, load_settings
 from tests.conftest import BUCKET
-from tests.support.fast_service import DEPLOY_COMMAND, DEPLOY_SCRIPT, fast_package, handler
+from tests.support.fast_service import DEPLOY_COMMAND, DEPLOY_SCRIPT, fast_package, handler, hold_file
 from tests.support.gitrepo import ServiceRepo
 from tests.support.serverless_fixture import sls_env
 from tests.support.slack_session import CHANNEL, all_text, header, workspaces
@@ -226,7 +226,7 @@ def test_one_service_rolls_back_in_its_own_account_under_its_own_approvers(team,
 
 def test_locks_are_per_service_and_stage_and_a_role_that_cannot_be_assumed_is_refused_before_the_card(
         team, team_workspace, monorepo, tmp_path):
-    hold = tmp_path / "hold-the-deploy"
+    hold = hold_file("hold-the-deploy")
     hold.touch()
     ws = team_workspace(SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
     api = ws.posts_card(ws.ana, "api prod previous")

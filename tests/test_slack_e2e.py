@@ -10,6 +10,7 @@ import pytest
 
 from bot.core.keys import StageKey
 from tests.conftest import SERVICE, code_of, live_code
+from tests.support.procs import marker, pids_with
 from tests.support.slack_session import CHANNEL, all_text, header, seen, workspaces
 from tests.support.waiting import wait_for
 
@@ -85,14 +86,14 @@ def test_socket_mode_session_needs_no_public_url(prod, workspace, service_histor
 
 
 def test_busy_stage_is_refused_naming_the_holder_and_cancel_stops_the_deploy(prod, workspace, tmp_path):
-    started = tmp_path / "deploying"
+    mark = marker()
     ws = workspace(ROLLBACK_DEPLOY_COMMAND=py_command(
-        f"import time; open('{started}','w').write('x'); print('deploying', flush=True); time.sleep(300)"))
+        f"import time; mark='{mark}'; print('deploying', flush=True); time.sleep(300)"))
     s = ws.standin
     ws.ana.command("prod previous")
     first = seen(ws.card(0))
     ws.bo.click(first, "approve")
-    wait_for(started.exists, 120, "the deploy to start")
+    wait_for(lambda: pids_with(mark), 120, "the deploy to start")
     assert "⏳ Deploy" in all_text(wait_for(
         lambda: s.message(CHANNEL, first["ts"]) if "⏳ Deploy" in all_text(s.message(CHANNEL, first["ts"])) else None,
         10, "the checklist"))

@@ -15,6 +15,7 @@ from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
 from bot.engine.refusals import Refused
 from bot.slack import blocks as kit
 from bot.slack.app import error_text
+from tests.support.fast_service import hold_file
 from tests.support.slack_session import CHANNEL, SECRET, all_text
 from tests.support.waiting import wait_for
 
@@ -40,7 +41,7 @@ def test_the_finished_cards_unfreeze_command_works_as_typed_and_the_channel_hear
 
 
 def test_the_app_card_history_and_status_name_the_services_as_typed(app, repo, tmp_path):
-    held = tmp_path / "hold-the-deploys"
+    held = hold_file("hold-the-deploys")
     held.write_text("")
     ws = app(SLS_TEST_DEPLOY_WAIT_FOR=str(held))
     try:

@@ -75,6 +75,16 @@ def test_a_terminal_cannot_act_as_a_slack_user(fast_prod, tmp_path):
     assert via_env.returncode == 1 and "cannot act as a Slack user" in via_env.stderr
 
 
+def test_the_data_folder_is_the_bots_alone(fast_prod):
+    done = run(fast_prod, "rollback", "prod", "previous", "--yes", "--by", "ana",
+               ROLLBACK_DEPLOY_COMMAND=" ".join(fast_prod.settings.deploy_command))
+    assert done.returncode == 0, done.stderr
+    data = fast_prod.settings.data_dir
+    assert data.stat().st_mode & 0o777 == 0o700
+    loose = [str(p) for p in [data, *data.rglob("*")] if not p.is_symlink() and p.stat().st_mode & 0o077]
+    assert loose == []
+
+
 def test_help_speaks_to_the_operator():
     def helped(*args):
         return subprocess.run([sys.executable, "-m", "bot", *args], capture_output=True, text=True, timeout=30).stdout

@@ -21,7 +21,7 @@ from bot.adapters.source import SourceError, SourceRepo
 from bot.core.actor import Actor
 from bot.core.keys import StageKey
 from tests.conftest import BUCKET, SERVICE, fast_code, live_code
-from tests.support.fast_service import fast_package
+from tests.support.fast_service import fast_package, hold_file
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.waiting import wait_for
 
@@ -43,7 +43,7 @@ def through(engine, proxy) -> None:
 
 
 def test_a_full_database_during_a_job_still_releases_the_lock(fast_prod, make_fast_engine, tmp_path):
-    hold = tmp_path / "hold"
+    hold = hold_file("hold")
     hold.touch()
     engine = make_fast_engine(SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
     plan = engine.plan("prod", "previous")
@@ -269,7 +269,7 @@ def _terminal_rollback(fast_service, aws_env, tmp_path):
     from tests.support.fast_service import DEPLOY_COMMAND
     from tests.support.serverless_fixture import sls_env
 
-    held = tmp_path / "hold-the-deploy"
+    held = hold_file("hold-the-deploy")
     held.write_text("")
     data = tmp_path / "terminal"
     env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE, "ROLLBACK_PREFIX": "rollback/",

@@ -14,7 +14,7 @@ from bot.playground.slack import SlackUser, signed_post
 from bot.slack.app import make_client, sweep_expired
 from bot.slack.server import housekeeping
 from tests.conftest import fast_code, live_code
-from tests.support.fast_service import deploy
+from tests.support.fast_service import deploy, hold_file
 from tests.support.slack_session import CHANNEL, SECRET, all_text, header, seen
 from tests.support.waiting import wait_for
 
@@ -202,7 +202,7 @@ def test_per_person_limits_and_expired_plans_are_swept(fast_prod, fast_workspace
 
 
 def test_a_stale_cancel_button_cancels_only_its_own_job(fast_prod, fast_workspace, fast_service, tmp_path):
-    hold = tmp_path / "hold-deploy"
+    hold = hold_file("hold-deploy")
     ws = fast_workspace(SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
     ws.ana.command("prod previous")
     first = seen(ws.card(0))

@@ -1,8 +1,10 @@
 """Installed plugins (node_modules) cached by the hash of package.json, the lockfile and the command.
 
-Each entry keeps a master copy that no job ever uses, and one spare: a hard-linked copy of the
-master made in the background. A job takes the spare with a single rename, so a warm install costs
-no per-file work on the rollback's critical path, and every job still gets a tree of its own.
+One cache per AWS account (``for_account``). In a sandbox (bot/adapters/sandbox.py) a job sees an
+entry's tree read-only, mounted where its node_modules would be: nothing is copied, and nothing a job
+does can change what the next job runs. Without one, each entry keeps a master that no job uses and a
+spare, a real copy made in the background, which a job takes with one rename: the warm install costs
+no per-file work on the rollback's path, and the copy is the job's own.
 """
 
 from __future__ import annotations
@@ -15,16 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
-def link_tree(src: Path, dst: Path) -> None:
-    """Copy a tree as hard links (a real copy where linking is impossible)."""
-
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, symlinks=True, copy_function=link)
+def copy_tree(src: Path, dst: Path) -> None:
+    """A real copy (never hard links: a job that writes into its node_modules must not change the cache)."""
+    shutil.copytree(src, dst, symlinks=True)
 
 
 def cache_key(service_dir: Path, lockfile: Path | None, command: Sequence[str]) -> str:
@@ -96,6 +91,40 @@ class PluginCache:
             removed.append(entry.name)
         return removed
 
+    def for_account(self, account: str) -> PluginCache:
+        """The cache of the jobs of one AWS account: what a dev account's job installed is never what a
+        prod account's job runs, even for the same lockfile."""
+        name = "account-" + hashlib.sha256((account or "own credentials").encode()).hexdigest()[:12]
+        return PluginCache(self.root / name, self.background, self.max_bytes, self.spares)
+
+    def path(self, key: str) -> Path | None:
+        """The cached tree for ``key``, for a job to see read-only (in its sandbox); None on a miss."""
+        master = self._master(key)
+        if not master.is_dir():
+            return None
+        self._touch(key)
+        return master
+
+    def adopt(self, key: str, installed: Path) -> Path:
+        """Move a freshly installed tree into the cache (one rename) and return where it now is; when another
+        job filled the entry first, ours is dropped and theirs returned."""
+        master = self._master(key)
+        if not master.is_dir():
+            tmp = self.root / f".{key}.tmp-{uuid.uuid4().hex}"
+            tmp.mkdir(parents=True)
+            installed.rename(tmp / "node_modules")
+            try:
+                tmp.rename(self.root / key)
+            except OSError:  # filled meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                self._touch(key)
+                self.background(lambda: self.evict(keep=key))
+                return master
+        shutil.rmtree(installed, ignore_errors=True)
+        self._touch(key)
+        return master
+
     def _master(self, key: str) -> Path:
         return self.root / key / "node_modules"
 
@@ -105,7 +134,7 @@ class PluginCache:
         if not master.is_dir():
             return False
         if not self._take_spare(key, target):
-            link_tree(master, target)
+            copy_tree(master, target)
         self._touch(key)
         self.background(lambda: self._make_spare(key))
         return True
@@ -118,7 +147,7 @@ class PluginCache:
             return
         tmp = self.root / f".{key}.tmp-{uuid.uuid4().hex}"
         try:
-            link_tree(installed, tmp / "node_modules")
+            copy_tree(installed, tmp / "node_modules")
             entry.parent.mkdir(parents=True, exist_ok=True)
             tmp.rename(entry)
         except OSError:
@@ -145,7 +174,7 @@ class PluginCache:
         while self._master(key).is_dir() and len(list(entry.glob("spare-*"))) < self.spares:
             tmp = entry / f".spare-{uuid.uuid4().hex}.tmp"
             try:
-                link_tree(self._master(key), tmp / "node_modules")
+                copy_tree(self._master(key), tmp / "node_modules")
                 tmp.rename(entry / f"spare-{uuid.uuid4().hex}")
             except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)

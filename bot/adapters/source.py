@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import re
 import shutil
 import threading
@@ -31,6 +32,20 @@ GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "tr
 
 class SourceError(UserError):
     """The repository cannot give us what a rollback needs; the message says what to do."""
+
+
+def split_credentials(url: str) -> tuple[str, str]:
+    """(the URL without its user:token@, the user:token) — the token goes to git through a 0600 file."""
+    match = re.match(r"^(https?://)([^/@]+)@(.*)$", url or "")
+    if not match:
+        return url, ""
+    return match.group(1) + match.group(3), match.group(2)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, every link followed, stays in ``root``."""
+    real, top = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    return real == top or top in real.parents
 
 
 def without_credentials(url: str) -> str:
@@ -161,6 +176,10 @@ class SourceRepo:
     def __init__(self, url: str, mirror_dir: Path, service_dir: str = ".", timeout: float = GIT_TIMEOUT):
         self.url = url
         self.shown_url = without_credentials(url)  # the only form of the URL that goes into a message
+        # git is given the URL without its token (so no `ps` and no mirror config shows it) and reads the
+        # token from a file only we can read, through git's own credential store
+        self.remote_url, userinfo = split_credentials(url)
+        self.credentials = mirror_dir.with_name(mirror_dir.name + ".credentials") if userinfo else None
         self.mirror_dir = mirror_dir
         self.service_dir = service_dir
         self.timeout = timeout
@@ -176,22 +195,46 @@ class SourceRepo:
         view.service_dir = service_dir
         return view
 
+    def _env(self) -> dict[str, str]:
+        # hooks never run (whatever a hooks folder or a config says), and credentials come from our file
+        config = [("core.hooksPath", "/dev/null")]
+        if self.credentials:
+            config += [("credential.helper", ""), ("credential.helper", f"store --file={self.credentials}")]
+        env = dict(GIT_ENV, GIT_CONFIG_COUNT=str(len(config)))
+        for n, (key, value) in enumerate(config):
+            env[f"GIT_CONFIG_KEY_{n}"], env[f"GIT_CONFIG_VALUE_{n}"] = key, value
+        return env
+
     def _repo(self) -> git.Repo:
         repo = git.Repo(self.mirror_dir)
-        repo.git.update_environment(**GIT_ENV)
+        repo.git.update_environment(**self._env())
         return repo
+
+    def _write_credentials(self) -> None:
+        if not self.credentials:
+            return
+        self.credentials.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.credentials, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            # git-credential-store's format: scheme://user:token@host (git asks it by host)
+            scheme, rest = self.url.split("://", 1)
+            f.write(f"{scheme}://{rest.split('/', 1)[0]}\n")
+        os.chmod(self.credentials, 0o600)
 
     def fetch(self) -> None:
         """Create the mirror, or bring it up to date (stopped after ``timeout`` seconds)."""
         with self._fetch_lock:
             try:
+                self._write_credentials()
                 if not (self.mirror_dir / "HEAD").exists():
                     # init + fetch rather than clone: gitpython cannot time a clone out, but can a fetch
-                    self.mirror_dir.mkdir(parents=True, exist_ok=True)
+                    self.mirror_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                     git.Repo.init(self.mirror_dir, bare=True).close()
                     with self._repo() as repo:
-                        repo.git.remote("add", "--mirror=fetch", "--", "origin", self.url)
+                        repo.git.remote("add", "--mirror=fetch", "--", "origin", self.remote_url)
                 with self._repo() as repo:
+                    # a mirror made before the token moved out of its config: take it out now
+                    repo.git.remote("set-url", "--", "origin", self.remote_url)
                     repo.git.fetch("--prune", "--tags", "origin", "+refs/heads/*:refs/heads/*",
                                    kill_after_timeout=self.timeout)
             except git.GitCommandError as exc:
@@ -311,6 +354,10 @@ class SourceRepo:
             except git.GitCommandError as exc:
                 raise SourceError(f"cannot check out {sha[:12]}: {_git_says(exc)}") from exc
         service = dest / self.service_dir
+        if not _inside(service, dest):
+            self.remove_checkout(dest)
+            raise SourceError(f"commit {sha[:12]}: the service folder {self.service_dir!r} is a link out of the "
+                              "checkout; nothing was run. Make it a real folder, or fix ROLLBACK_SERVICE_DIR")
         if not (service / "serverless.yml").is_file() and not any(service.glob("serverless.*")):
             raise SourceError(
                 f"commit {sha[:12]} has no serverless.yml in {self.service_dir!r}; check ROLLBACK_SERVICE_DIR"

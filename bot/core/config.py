@@ -12,6 +12,7 @@ import shlex
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 
 import yaml
@@ -35,6 +36,14 @@ NEEDS = {
     "engine": ("ROLLBACK_BUCKET", "ROLLBACK_REPO"),
     "slack": ("SLACK_BOT_TOKEN",),
 }
+
+
+class SandboxMode(StrEnum):
+    """ROLLBACK_SANDBOX: whether a job's commands run in bubblewrap (bot/adapters/sandbox.py)."""
+
+    REQUIRED = "required"  # no working bubblewrap, no start (the default with a policy file)
+    AUTO = "auto"  # bubblewrap when it works, else unsandboxed with a warning (the default without one)
+    OFF = "off"  # never: every plan card and the App Home say so
 
 
 class ConfigError(Exception):
@@ -85,6 +94,7 @@ class Settings:
     watch_poll: int = 15  # seconds between the alarm watch's rounds (0: no watch)
     watch_window: int = 1800  # how long after going live a deploy is watched
     settle: int = 600  # how long after a rollback its alarms are watched
+    sandbox: SandboxMode = SandboxMode.AUTO
 
     def for_service(self, name: str) -> Settings:
         """These settings as one service of the catalog sees them: its name, folder and repository."""
@@ -257,6 +267,10 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         app_concurrency=_int("ROLLBACK_APP_CONCURRENCY", env.get("ROLLBACK_APP_CONCURRENCY"), 4, 1, 64, problems),
         app_on_failure=_choice("ROLLBACK_APP_ON_FAILURE", env.get("ROLLBACK_APP_ON_FAILURE"), ("finish", "cancel"),
                                problems),
+        # the first choice is the default: required once a policy file says this is for real
+        sandbox=SandboxMode(_choice("ROLLBACK_SANDBOX", env.get("ROLLBACK_SANDBOX"),
+                                    (SandboxMode.AUTO, SandboxMode.REQUIRED, SandboxMode.OFF) if config_path is None
+                                    else (SandboxMode.REQUIRED, SandboxMode.AUTO, SandboxMode.OFF), problems)),
         retention_days=_int("ROLLBACK_RETENTION_DAYS", env.get("ROLLBACK_RETENTION_DAYS"), 180, 1, 36500, problems),
         child_env={k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)},
         actor=next(

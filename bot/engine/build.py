@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -17,6 +18,7 @@ from bot.adapters.accounts import Accounts, session_name
 from bot.adapters.archive import Limits
 from bot.adapters.artifacts import ArtifactStore, make_s3_client
 from bot.adapters.plugin_cache import PluginCache
+from bot.adapters.sandbox import Sandbox, choose, hidden_for
 from bot.adapters.source import SourceRepo
 from bot.adapters.stack import Stack
 from bot.adapters.store import Store
@@ -59,6 +61,7 @@ class Engine:
         config = EngineConfig(
             data_dir=s.data_dir, env=s.child_env, step_timeout=float(s.step_timeout),
             deploy_template=s.deploy_command, install_template=s.install_command, plugin_cache_max=s.plugin_cache_max,
+            sandbox=self.shared.sandbox,
         )
         # the cache's refills run as chores of the first runner that made it (runner is bound by then)
         runner = JobRunner(config, self.store, self.artifacts, self.source, self.mask, stack_factory=self.stack,
@@ -125,6 +128,24 @@ class Shared:
     def accounts(self) -> Accounts:
         return Accounts(self.settings.catalog, self.settings.child_env, self.settings.step_timeout + 300)
 
+    @cached_property
+    def _sandbox(self) -> tuple[Sandbox | None, str]:
+        # chosen once, when the first job runner is made: CI's read-only commands need no bubblewrap
+        box, warning = choose(self.settings.sandbox, hidden_for(self.settings.data_dir))
+        if warning:
+            log.warning("%s", warning)
+        return box, warning
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        """Where jobs' commands run; raises SandboxUnavailable when ROLLBACK_SANDBOX=required cannot be met."""
+        return self._sandbox[0]
+
+    @property
+    def unsandboxed(self) -> str:
+        """Why jobs run without a sandbox ("" when they run in one)."""
+        return self._sandbox[1]
+
     def plugin_cache(self, background: Callable[[Callable[[], None]], None]) -> PluginCache:
         with self._lock:
             if self._cache is None:
@@ -159,6 +180,8 @@ def artifact_store(settings: Settings) -> ArtifactStore:
 
 def open_store(settings: Settings, mask: Masker | None = None, default_service: str = "",
                several: bool = False) -> Store:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(settings.data_dir, 0o700)  # a folder made before this: nobody else may even list it
     return Store(settings.data_dir / "rollback-bot.sqlite", mask=mask or Masker(settings.secrets()),
                  default_service=default_service or settings.service, several=several)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from bot.adapters.archive import PackageError
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
 from bot.adapters.plugin_cache import PluginCache, cache_key
+from bot.adapters.sandbox import Sandbox
 from bot.adapters.source import LOCKFILES, SourceError, SourceRepo
 from bot.adapters.stack import FunctionCheck, PackageInfo, Stack, StackError
 from bot.core.stage_index import Artifact
@@ -105,8 +106,10 @@ def run_command(
     timeout: float,
     cancel: threading.Event,
     on_start: Callable[[int], None] = lambda pid: None,
+    shown: Sequence[str] = (),
 ) -> None:
-    """Run ``args`` (never through a shell), streaming its output line by line."""
+    """Run ``args`` (never through a shell), streaming its output line by line. ``shown`` is the command as
+    people know it (without the sandbox around it), for the failure message."""
     try:
         proc = subprocess.Popen(
             list(args), cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -146,7 +149,7 @@ def run_command(
     if why == "timeout":
         raise StepFailed(step, f"timed out after {timeout:.0f}s; its processes were stopped")
     if proc.returncode != 0:
-        raise StepFailed(step, f"`{' '.join(args[:3])}` exited with code {proc.returncode}")
+        raise StepFailed(step, f"`{' '.join(shown or args[:3])}` exited with code {proc.returncode}")
 
 
 def install_command(service_dir: Path, override: Sequence[str] | None) -> tuple[list[str], Path | None]:
@@ -189,6 +192,7 @@ class Pipeline:
         install_template: Sequence[str] | None = None,
         on_process: Callable[[int | None], None] = lambda pid: None,
         stack_factory: Callable[[str, str], Stack] = Stack,
+        sandbox: Sandbox | None = None,
     ):
         self.artifacts = artifacts
         self.source = source
@@ -204,6 +208,11 @@ class Pipeline:
         self.install_template = install_template
         self.on_process = on_process
         self.stack_factory = stack_factory
+        self.sandbox = sandbox
+        # files the operator's own command templates name (a deploy script): trusted, seen read-only
+        self.trusted = [Path(a) for a in (*(deploy_template or ()), *(install_template or ()))
+                        if a.startswith("/") and Path(a).exists()]
+        self.plugins: Path | None = None  # the cached plugin set a sandboxed deploy sees as its node_modules
         self.outcome = Outcome()
 
     # -- running ---------------------------------------------------------------------------------
@@ -225,12 +234,20 @@ class Pipeline:
             self.emit(Event(step, "skipped" if skipped else "finished", skipped or "", time.monotonic() - started))
         return self.outcome
 
-    def _command(self, step: str, args: Sequence[str], cwd: Path) -> None:
+    def _command(self, step: str, args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None,
+                 mounts: Sequence[tuple[Path, Path]] = ()) -> None:
+        """Run one of the build's commands: in the sandbox, where it sees the work folder and nothing of
+        the bot's; ``env`` replaces the job's environment (the installer's has no AWS credentials)."""
         self.emit(Event(step, "output", "$ " + " ".join(args)))
+        env = self.env if env is None else env
+        argv = list(args)
+        if self.sandbox is not None:
+            argv = self.sandbox.command(args, cwd=cwd, writable=self.workdir, env=env, readonly=self.trusted,
+                                        mounts=mounts)
         try:
             run_command(
-                step, args, cwd, self.env, lambda line: self.emit(Event(step, "output", line)),
-                self.step_timeout, self.cancel, on_start=self.on_process,
+                step, argv, cwd, env, lambda line: self.emit(Event(step, "output", line)),
+                self.step_timeout, self.cancel, on_start=self.on_process, shown=list(args[:3]),
             )
         finally:
             self.on_process(None)
@@ -256,13 +273,21 @@ class Pipeline:
         command, lockfile = install_command(self.service_dir, self.install_template)
         key = cache_key(self.service_dir, lockfile, command)
         target = self.service_dir / "node_modules"
-        if self.plugin_cache.restore(key, target):
+        source = lockfile.name if lockfile else "override"
+        if self.sandbox is not None:
+            self.plugins = self.plugin_cache.path(key)
+        if self.plugins is not None or (self.sandbox is None and self.plugin_cache.restore(key, target)):
             self.outcome.installed_from_cache = True
-            source = lockfile.name if lockfile else "override"
-            self.emit(Event("install", "output", f"plugins from the cache (keyed by {source})"))
+            self.emit(Event("install", "output", f"plugins from the cache (keyed by {source})"
+                                                 + (", read-only" if self.plugins else "")))
             return None
-        self._command("install", command, self.service_dir)
-        self.plugin_cache.store(key, target)
+        # install scripts are the build's code: they get no AWS credentials at all
+        self._command("install", command, self.service_dir,
+                      env={k: v for k, v in self.env.items() if not k.startswith("AWS_")})
+        if self.sandbox is not None and target.is_dir() and not target.is_symlink():
+            self.plugins = self.plugin_cache.adopt(key, target)  # and from now on read-only, this job's too
+        else:
+            self.plugin_cache.store(key, target)
         return None
 
     def _deploy(self) -> None:
@@ -271,7 +296,8 @@ class Pipeline:
             args = _fill(self.deploy_template, stage=self.stage, package=package)
         else:
             local = self.service_dir / "node_modules" / ".bin" / "serverless"
-            binary = str(local) if local.exists() else shutil.which("serverless", path=self.env.get("PATH"))
+            seen = (self.plugins / ".bin" / "serverless") if self.plugins else local  # where it is on our side
+            binary = str(local) if seen.exists() else shutil.which("serverless", path=self.env.get("PATH"))
             if not binary:
                 raise StepFailed(
                     "deploy",
@@ -281,7 +307,8 @@ class Pipeline:
             # --force: Serverless compares with its own newest upload, not with what is live, and
             # would skip rolling forward again as "No changes to deploy" without it.
             args = [binary, "deploy", "--stage", self.stage, "--package", package, "--force"]
-        self._command("deploy", args, self.service_dir)
+        mounts = [(self.plugins, self.service_dir / "node_modules")] if self.plugins else []
+        self._command("deploy", args, self.service_dir, mounts=mounts)
 
     def _verify(self) -> str | None:
         info, package_dir = self.outcome.info, self.outcome.package_dir

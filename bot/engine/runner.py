@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
 from bot.adapters.plugin_cache import PluginCache
+from bot.adapters.sandbox import Sandbox
 from bot.adapters.source import SourceRepo
 from bot.adapters.stack import Stack, code_sha256
 from bot.adapters.store import StageBusy, Store
@@ -68,6 +69,7 @@ class EngineConfig:
     install_template: tuple[str, ...] | None = None
     workers: int = 2
     plugin_cache_max: int = 10 * 1024**3
+    sandbox: Sandbox | None = None  # where a job's commands run (None: unsandboxed, and every card says so)
 
 
 class _OutputBuffer:
@@ -322,7 +324,8 @@ class JobRunner:
             source = self.source.for_dir(plan.service_dir) if plan.service_dir else self.source
             pipeline = Pipeline(
                 artifacts=self.artifacts, source=source, stage=plan.deploy_stage or plan.stage,
-                target=plan.target, workdir=workdir, plugin_cache=self.plugin_cache, env=env,
+                target=plan.target, workdir=workdir, plugin_cache=self.plugin_cache.for_account(plan.account),
+                env=env, sandbox=self.config.sandbox,
                 emit=emit, cancel=cancel, step_timeout=self.config.step_timeout,
                 deploy_template=self.config.deploy_template, install_template=self.config.install_template,
                 on_process=lambda pid: self.store.update_job(job_id, child_pid=pid),

