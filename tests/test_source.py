@@ -97,3 +97,61 @@ def test_a_yaml_or_ts_service_file_is_compared_too(tmp_path):
     source.fetch()
     assert source.plugin_change(ts_v4, ts_only.hexsha).summary() == \
         "plugin set changed: changes serverless.ts (compared as a whole)"
+
+
+def test_a_service_folder_that_links_out_of_the_checkout_is_refused(tmp_path):
+    work = ServiceRepo(tmp_path / "work")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "serverless.yml").write_text(YML)
+    work.commit("v1", {"README": "x"})
+    (work.path / "svc").symlink_to(outside)  # committed as a link, as an attacker would
+    work.repo.index.add(["svc"])
+    sha = work.repo.index.commit("link the service folder out").hexsha
+    origin = tmp_path / "origin.git"
+    git.Repo.clone_from(work.path, origin, bare=True).close()
+    source = SourceRepo(str(origin), tmp_path / "mirror", service_dir="svc")
+    source.fetch()
+    with pytest.raises(SourceError, match="is a link out of the checkout; nothing was run"):
+        source.checkout(sha, tmp_path / "co")
+    assert not (tmp_path / "co").exists()
+
+
+def test_hooks_never_run_and_the_token_is_in_no_argv_nor_the_mirrors_config(tmp_path):
+    import socket
+    import threading
+
+    from tests.support.procs import pids_with
+
+    work = ServiceRepo(tmp_path / "work")
+    sha = work.commit("v1", {"serverless.yml": YML})
+    origin = tmp_path / "origin.git"
+    git.Repo.clone_from(work.path, origin, bare=True).close()
+    source = SourceRepo(str(origin), tmp_path / "mirror")
+    source.fetch()
+    hook = tmp_path / "mirror" / "hooks" / "post-checkout"  # planted, as a job could once do
+    ran = tmp_path / "hook-ran"
+    hook.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    hook.chmod(0o755)
+    source.checkout(sha, tmp_path / "co")
+    assert not ran.exists()
+
+    # a git server that accepts and never answers: look at every process while git waits on it
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    threading.Thread(target=lambda: [server.accept() for _ in range(5)], daemon=True).start()
+    token = "ghs_" + "GitTokenNeverInArgv42"
+    slow = SourceRepo(f"https://x-access-token:{token}@127.0.0.1:{port}/org/hello.git", tmp_path / "m2", timeout=4)
+    seen: list[int] = []
+    watched = 0
+    fetching = threading.Thread(target=lambda: pytest.raises(SourceError, slow.fetch), daemon=True)
+    fetching.start()
+    while fetching.is_alive():
+        seen += pids_with(token)
+        watched += bool(pids_with(f"127.0.0.1:{port}"))  # git's remote helper, talking to the server
+    fetching.join()
+    assert watched > 0, "git was never seen running against the server"
+    assert seen == [], "a process showed the token in its arguments"
+    assert token not in (tmp_path / "m2" / "config").read_text()
+    credentials = tmp_path / "m2.credentials"
+    assert credentials.stat().st_mode & 0o777 == 0o600 and token in credentials.read_text()
