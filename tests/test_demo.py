@@ -148,6 +148,16 @@ def test_roll_back_in_the_browser_with_two_people(demo, page, screenshots):
     page.screenshot(path=str(screenshots / "demo-done.png"))
     done.locator("button.thread-toggle").click()  # close the thread again
 
+    # the alarm after the rollback: the live build came from the bot, so no new alarm post (no loops);
+    # the panel says why, and the card ends with the settle verdict
+    page.click("#trip-alarm")
+    toast = page.locator("#toast.shown")
+    toast.wait_for(timeout=10_000)
+    assert "came from a rollback, so no alarm post" in toast.inner_text()
+    done.locator(".bk-context", has_text="after the rollback").wait_for(timeout=60_000)
+    assert "hello-service-prod-errors still in ALARM 20 s after the rollback" in done.inner_text()
+    assert page.locator(".message", has_text="went into ALARM").count() == 1  # still only the one before
+
     # a rollback cancelled while it deploys: the card says who stopped it and what runs now
     type_as(page, "U-ANA", "/rollback hello-service prod demo-v1")
     card = card_with_header(page, "Roll back hello-service in prod to")

@@ -46,6 +46,7 @@ BUCKET = "rollback-demo-artifacts"
 CHANNEL = ("C-OPS", "ops")
 USERS = (("U-ANA", "Ana (on call)"), ("U-BO", "Bo (SRE lead)"))
 PROD_ACCOUNT = "111111111111"
+DEMO_SETTLE = 20  # seconds a rollback's alarms are watched before its card gives the verdict (10 min by default)
 ALARM = f"{SERVICE}-{STAGE}-errors"  # in the sample's own stack (serverless.yml `resources`)
 POLICY = f"""# The demo's catalog and policy: two services of one repository, and prod in its own AWS
 # account (the bot assumes a role there for every job); prod needs a second person to approve.
@@ -162,6 +163,7 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
             "ROLLBACK_CONFIG": str(state / "policy.toml"), "SLACK_BOT_TOKEN": "xoxb-demo-bot-token",
             "SLACK_SIGNING_SECRET": secret, "SLACK_API_URL": standin.api_url, "ROLLBACK_ACTOR": "ci",
             "ROLLBACK_WATCH_POLL": "2",
+            "ROLLBACK_SETTLE": str(DEMO_SETTLE),
         }, needs=["engine", "slack"])
     except ConfigError as exc:
         raise OSError(str(exc)) from exc
@@ -219,7 +221,7 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
             return f"{ALARM} is in ALARM: the watch posts in the channel within a few seconds"
         if "settle" in watching:  # the live build came from a rollback: it is not watched as a deploy
             return (f"{ALARM} is in ALARM. The live build came from a rollback, so no alarm post (no loops): the "
-                    "rollback's card says, when its settle time ends, that the alarm stayed in ALARM.")
+                    f"rollback's card says, {DEMO_SETTLE} s after the rollback, whether the alarm stayed in ALARM.")
         return f"{ALARM} is in ALARM, but no deploy of {SERVICE} in {STAGE} is being watched now: nothing is posted."
 
     page = ChannelPage(standin, users, CHANNEL, LambdaView({**aws, **prod}), port=port, trip=trip).start()
