@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the data folder (sqlite, logs, the mirror and its credentials) is the bot's alone
     args = build_parser().parse_args(argv)
     args.command = args.command or "serve"
+    if args.command == "run-job":  # the job runner reads its spec and stdin, never the bot's settings
+        from bot.engine import run_job
+
+        return run_job(Path(args.spec))
     handler, needs = FACES.get(args.command) or COMMANDS[args.command]
     try:
         settings = load_settings(needs=needs, named_service=getattr(args, "service", None) or "")

@@ -96,6 +96,25 @@ def test_when_index_json_cannot_be_written_the_job_says_ci_is_not_frozen_and_ret
     assert fast_prod.store.job(job_id).recorded == 1 and index.in_use == []
 
 
+def test_recovery_never_signals_a_process_that_only_reuses_a_recorded_runners_pid(fast_prod, make_fast_engine):
+    store = fast_prod.store
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        reused = store.create_job(stage="dev", target_commit="a" * 40, state="running", host=socket.gethostname(),
+                                  pid=999_999, started=time.time(), child_pid=bystander.pid, child_start="1")
+        ours = store.create_job(stage="qa", target_commit="a" * 40, state="running", host=socket.gethostname(),
+                                pid=999_999, started=time.time(), child_pid=leftover.pid,
+                                child_start=_start_of(leftover.pid))
+        make_fast_engine().jobs.recover()
+        assert store.job(reused).state == "interrupted" and store.job(ours).state == "interrupted"
+        assert leftover.wait(timeout=10) is not None  # the dead bot's runner, still there: stopped
+        assert bystander.poll() is None, "a process that merely got the recorded pid was signalled"
+    finally:
+        bystander.kill()
+        leftover.kill()
+
+
 def test_recovery_knows_its_own_pid_and_a_reused_one_and_removes_work_folders(fast_prod, make_fast_engine):
     store = fast_prod.store
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

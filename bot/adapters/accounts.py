@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from bot.adapters import aws_clients
 from bot.core.catalog import Catalog
 from bot.core.errors import UserError
+from bot.core.job_protocol import Credentials
 
 OWN_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
             "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
@@ -56,15 +57,18 @@ class Accounts:
         """The environment for AWS work on ``stage``: the stage's region and, with a role, temporary
         credentials of a session called ``name``. ``fresh`` always assumes anew (a job); otherwise
         recent credentials of the stage are reused (plans)."""
+        return self._session(stage, name, fresh)[0]
+
+    def _session(self, stage: str, name: str, fresh: bool) -> tuple[dict[str, str], float | None]:
         account = self.catalog.account(stage)
         region = {"AWS_REGION": account.region, "AWS_DEFAULT_REGION": account.region}
         if not account.role_arn:
-            return {**self.own_env, **region}
+            return {**self.own_env, **region}, None
         if not fresh:
             with self._lock:
                 cached = self._cache.get(stage)
             if cached and cached[0] - self.clock() > REUSE_MARGIN:
-                return dict(cached[1])
+                return dict(cached[1]), cached[0]
         args = {"RoleArn": account.role_arn, "RoleSessionName": session_name(name),
                 "DurationSeconds": self.session_seconds}
         if account.external_id:
@@ -87,7 +91,44 @@ class Accounts:
         env = {k: v for k, v in self.own_env.items() if k not in OWN_KEYS}
         env.update(region, AWS_ACCESS_KEY_ID=creds["AccessKeyId"], AWS_SECRET_ACCESS_KEY=creds["SecretAccessKey"],
                    AWS_SESSION_TOKEN=creds["SessionToken"])
-        expires = creds["Expiration"].timestamp() if hasattr(creds["Expiration"], "timestamp") else self.clock()
+        expires = _expiry(creds, self.clock())
         with self._lock:
             self._cache[stage] = (expires, env)
-        return dict(env)
+        return dict(env), expires
+
+    def credentials(self, stage: str, name: str) -> Credentials:
+        """A job's credentials for ``stage``, to hand to its runner: temporary, always. With a role, a fresh
+        session of it; without one, a session of the bot's own principal (STS GetSessionToken), so a deploy
+        never holds the bot's long-lived key. Where STS gives no session (the bot already runs on temporary
+        credentials, an instance or task role), those are handed on as they are, and the note says so."""
+        account = self.catalog.account(stage)
+        if account.role_arn:
+            env, expires = self._session(stage, name, fresh=True)
+            return Credentials(aws=_aws(env), expires=expires,
+                               note=f"{account.describe()}, session {session_name(name)}")
+        region = {"AWS_REGION": account.region, "AWS_DEFAULT_REGION": account.region} if account.region else {}
+        try:
+            config = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=5, read_timeout=20)
+            sts = aws_clients.client("sts", account.region or None, config, self.own_env)
+            creds = sts.get_session_token(DurationSeconds=max(MIN_SESSION, self.session_seconds))["Credentials"]
+        except (ClientError, BotoCoreError) as exc:
+            why = exc.response.get("Error", {}).get("Code", "error") if isinstance(exc, ClientError) else str(exc)
+            own = {**{k: v for k, v in _aws(self.own_env).items() if k != "AWS_PROFILE"},
+                   **aws_clients.frozen_credentials(self.own_env)}
+            return Credentials(aws={**own, **region}, expires=None,
+                               note=f"the bot's own credentials: STS gave no session ({why[:120]})")
+        aws = {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+               "AWS_SESSION_TOKEN": creds["SessionToken"], **region}
+        return Credentials(aws=aws,
+                           expires=_expiry(creds, self.clock()), note="a session of the bot's own credentials")
+
+
+def _expiry(creds: dict, now: float) -> float:
+    expiration = creds.get("Expiration")
+    return expiration.timestamp() if hasattr(expiration, "timestamp") else now
+
+
+def _aws(env: Mapping[str, str]) -> dict[str, str]:
+    """The AWS variables of an environment that say who and where (not the endpoint, which the spec has)."""
+    keep = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION")
+    return {k: env[k] for k in keep if env.get(k)}

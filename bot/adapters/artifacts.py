@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +138,41 @@ class PruneResult:
     kept: list[Artifact] = field(default_factory=list)
     protected: dict[tuple[str, str], str] = field(default_factory=dict)  # ident -> why it stays
     failed_deletes: list[str] = field(default_factory=list)
+
+
+def receive_package(chunks: Iterable[bytes], artifact: Artifact, dest: Path, limits: Limits) -> Path:
+    """Write a package's bytes into ``dest``, check them against the index (size, sha256) and unzip them;
+    nothing is unzipped unless both match. Returns the folder holding the package."""
+    dest.mkdir(parents=True, exist_ok=True)
+    part = dest / "package.zip.part"
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with open(part, "wb") as out:
+            for chunk in chunks:
+                h.update(chunk)
+                size += len(chunk)
+                if size > artifact.size:
+                    break  # more than the index promises: stop reading, it fails below
+                out.write(chunk)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if size != artifact.size or h.hexdigest() != artifact.sha256:
+        part.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"{artifact.label()} is corrupt in S3: expected {artifact.size} bytes with sha256 "
+            f"{artifact.sha256[:12]}…, got {size} bytes with sha256 {h.hexdigest()[:12]}…. Nothing was "
+            "unpacked. Republish that build from CI, or roll back to another build"
+        )
+    zip_path = dest / "package.zip"
+    part.rename(zip_path)
+    package_dir = dest / "package"
+    try:
+        safe_extract(zip_path, package_dir, limits)
+    except PackageError as exc:
+        raise ArtifactError(f"{artifact.label()}: {exc}") from exc
+    return package_dir
 
 
 def make_s3_client(max_attempts: int = 5, env: Mapping[str, str] | None = None):
@@ -507,41 +542,20 @@ class ArtifactStore:
         Returns the folder holding the package. Nothing is unzipped unless size and sha256 match,
         both the index's and the object's own metadata.
         """
-        dest.mkdir(parents=True, exist_ok=True)
-        part = dest / "package.zip.part"
         resp = self._call(f"downloading {self.where(artifact.key)}", self.s3.get_object,
                           Bucket=self.bucket, Key=artifact.key)
         self._check_object(artifact, resp)
-        h = hashlib.sha256()
-        size = 0
         try:
-            with open(part, "wb") as out:
-                for chunk in resp["Body"].iter_chunks(CHUNK):
-                    h.update(chunk)
-                    size += len(chunk)
-                    if size > artifact.size:
-                        break  # more than the index promises: stop reading, it fails below
-                    out.write(chunk)
+            return receive_package(resp["Body"].iter_chunks(CHUNK), artifact, dest, self.limits)
         except BotoCoreError as exc:
-            part.unlink(missing_ok=True)
             raise self._explain(exc, f"downloading {self.where(artifact.key)}") from exc
         finally:
             resp["Body"].close()
-        if size != artifact.size or h.hexdigest() != artifact.sha256:
-            part.unlink(missing_ok=True)
-            raise ChecksumError(
-                f"{artifact.label()} is corrupt in S3: expected {artifact.size} bytes with sha256 "
-                f"{artifact.sha256[:12]}…, got {size} bytes with sha256 {h.hexdigest()[:12]}…. Nothing was "
-                "unpacked. Republish that build from CI, or roll back to another build"
-            )
-        zip_path = dest / "package.zip"
-        part.rename(zip_path)
-        package_dir = dest / "package"
-        try:
-            safe_extract(zip_path, package_dir, self.limits)
-        except PackageError as exc:
-            raise ArtifactError(f"{artifact.label()}: {exc}") from exc
-        return package_dir
+
+    def presign(self, artifact: Artifact, seconds: int) -> str:
+        """A link that downloads ``artifact`` for ``seconds``, for a job runner that holds no key to the bucket."""
+        return self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": artifact.key},
+                                              ExpiresIn=int(seconds))
 
     def read_members(self, artifact: Artifact, names: list[str]) -> dict[str, bytes]:
         """A few files of a stored package, read with ranged GETs (the zip's directory and those

@@ -40,3 +40,19 @@ def client(service: str, region: str | None = None, config: Config | None = None
         endpoint = env.get(f"AWS_ENDPOINT_URL_{service.upper()}") or env.get("AWS_ENDPOINT_URL") or None
         return boto.client(service, region_name=region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
                            config=config, endpoint_url=endpoint)
+
+
+def frozen_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """The credentials ``env`` stands for (its keys, or what its profile or the instance role resolve to),
+    as variables: for a job runner that is handed credentials and sees no profile of the bot's."""
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") if env.get(k)}
+    with _lock:
+        creds = botocore.session.Session(profile=env.get("AWS_PROFILE") or None).get_credentials()
+    if creds is None:
+        return {}
+    frozen = creds.get_frozen_credentials()
+    out = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+    if frozen.token:
+        out["AWS_SESSION_TOKEN"] = frozen.token
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import json
 import os
 import re
@@ -210,6 +211,16 @@ class SourceRepo:
         repo.git.update_environment(**self._env())
         return repo
 
+    @contextlib.contextmanager
+    def _tree(self):
+        """Worktree add and prune, one at a time: between this process's threads and every job runner's
+        process (a prune during another's add would drop its worktree)."""
+        with self._tree_lock:
+            self.mirror_dir.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.mirror_dir.with_name(self.mirror_dir.name + ".worktrees.lock"), "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                yield
+
     def _write_credentials(self) -> None:
         if not self.credentials:
             return
@@ -347,7 +358,7 @@ class SourceRepo:
         self.commit(sha)  # a clear error before anything is created
         if dest.exists():
             self.remove_checkout(dest)
-        with self._tree_lock, self._repo() as repo:
+        with self._tree(), self._repo() as repo:
             try:
                 repo.git.worktree("prune")
                 repo.git.worktree("add", "--detach", "--force", "--", str(dest), _sha(sha))
@@ -366,5 +377,5 @@ class SourceRepo:
 
     def remove_checkout(self, dest: Path) -> None:
         shutil.rmtree(dest, ignore_errors=True)
-        with self._tree_lock, self._repo() as repo, contextlib.suppress(git.GitCommandError):
+        with self._tree(), self._repo() as repo, contextlib.suppress(git.GitCommandError):
             repo.git.worktree("prune")

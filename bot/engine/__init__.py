@@ -5,10 +5,12 @@ Faces import from here and from ``bot.core``, nothing else of the engine's or th
 """
 
 from bot.adapters.artifacts import ArtifactError
+from bot.core.events import Event, EventStatus
 from bot.engine.app import StepStatus
 from bot.engine.approval import Approved
 from bot.engine.build import Engine, Fleet, build_fleet
-from bot.engine.pipeline import STEPS, Event, EventStatus
+from bot.engine.job_process import run_job
+from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan, UnknownStage
 from bot.engine.refusals import Outdated, RefusalKind, Refused
 from bot.engine.service import FreezeCheck, Overview, Pending, Recovered, RollbackService, Status
@@ -36,6 +38,7 @@ __all__ = [
     "UnknownStage",
     "WatchEvent",
     "WatchKind",
+    "run_job",
     "alarm_reader",
     "build_fleet",
     "make_watcher",

@@ -66,6 +66,7 @@ class Engine:
         # the cache's refills run as chores of the first runner that made it (runner is bound by then)
         runner = JobRunner(config, self.store, self.artifacts, self.source, self.mask, stack_factory=self.stack,
                            aws_env=self.job_env if self.shared.uses_accounts else None,
+                           credentials=lambda stage, name: self.accounts.credentials(stage, session_name(name)),
                            plugin_cache=self.shared.plugin_cache(lambda fn: runner._later(fn)))
         return runner
 

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from bot.adapters.archive import PackageError
@@ -25,35 +24,11 @@ from bot.adapters.plugin_cache import PluginCache, cache_key
 from bot.adapters.sandbox import Sandbox
 from bot.adapters.source import LOCKFILES, SourceError, SourceRepo
 from bot.adapters.stack import FunctionCheck, PackageInfo, Stack, StackError
+from bot.core.events import Event
 from bot.core.stage_index import Artifact
 
 STEPS = ("restore", "checkout", "install", "deploy", "verify")
 KILL_GRACE = 5.0
-
-
-class EventStatus(StrEnum):
-    STARTED = "started"
-    OUTPUT = "output"
-    FINISHED = "finished"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    RECORDED = "recorded"  # the index took a job's result late, after retries
-    # the end of a job (step "job"): its final state
-    SUCCEEDED = "succeeded"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-    REFUSED = "refused"
-
-
-@dataclass(frozen=True)
-class Event:
-    step: str
-    status: EventStatus
-    text: str = ""
-    duration: float | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "status", EventStatus(self.status))  # a stray word fails where it is made
 
 
 class StepFailed(Exception):
@@ -193,6 +168,7 @@ class Pipeline:
         on_process: Callable[[int | None], None] = lambda pid: None,
         stack_factory: Callable[[str, str], Stack] = Stack,
         sandbox: Sandbox | None = None,
+        before_step: Callable[[str], None] = lambda step: None,
     ):
         self.artifacts = artifacts
         self.source = source
@@ -209,6 +185,7 @@ class Pipeline:
         self.on_process = on_process
         self.stack_factory = stack_factory
         self.sandbox = sandbox
+        self.before_step = before_step  # the runner renews the job's credentials here when they would run out
         # files the operator's own command templates name (a deploy script): trusted, seen read-only
         self.trusted = [Path(a) for a in (*(deploy_template or ()), *(install_template or ()))
                         if a.startswith("/") and Path(a).exists()]
@@ -224,6 +201,7 @@ class Pipeline:
             started = time.monotonic()
             self.emit(Event(step, "started"))
             try:
+                self.before_step(step)
                 skipped = getattr(self, f"_{step}")()
             except StepFailed as exc:
                 self.emit(Event(step, "failed", exc.reason, time.monotonic() - started))

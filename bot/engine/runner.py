@@ -17,18 +17,21 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from bot.adapters.accounts import OWN_KEYS
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
 from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.sandbox import Sandbox
-from bot.adapters.source import SourceRepo
-from bot.adapters.stack import Stack, code_sha256
+from bot.adapters.source import SourceError, SourceRepo
+from bot.adapters.stack import Stack
 from bot.adapters.store import StageBusy, Store
 from bot.core.errors import UserError
+from bot.core.job_protocol import Credentials, JobSpec, LambdaRuns, Secrets
 from bot.core.jobs import Job, JobState
 from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import InUse, StageIndex
-from bot.engine.pipeline import Cancelled, Event, Pipeline, StepFailed, kill_group
+from bot.engine.job_client import JobClient
+from bot.engine.pipeline import Cancelled, Event, StepFailed, kill_group
 from bot.engine.planner import Plan
 
 Listener = Callable[[int, Event], None]
@@ -36,6 +39,7 @@ OUTPUT_BATCH = 200
 OUTPUT_FLUSH_SECONDS = 0.5
 RECORD_RETRY_MAX = 300.0  # the longest pause between attempts to record a result in index.json
 OWN_CREDENTIALS = "the bot's own credentials"
+PACKAGE_LINK_SECONDS = 900  # the runner downloads the package first thing: a link for 15 minutes is plenty
 log = logging.getLogger("rollback-bot.engine.runner")
 
 
@@ -114,12 +118,15 @@ class JobRunner:
         sleep: Callable[[float], None] = time.sleep,
         aws_env: Callable[[str, str], Mapping[str, str]] | None = None,
         plugin_cache: PluginCache | None = None,
+        credentials: Callable[[str, str], Credentials] | None = None,
     ):
         self.config = config
         self.service = artifacts.service
         # The AWS environment of a stage's job: (stage, session name) -> the variables; by default the
         # bot's own. With a catalog, the stage's assumed role (bot.adapters.accounts).
         self.aws_env = aws_env or self._own_env
+        # A job's credentials, handed to its runner: (stage, session name) -> temporary credentials
+        self.credentials = credentials or self._own_credentials
         self.store = store
         self.artifacts = artifacts
         self.source = source
@@ -251,6 +258,11 @@ class JobRunner:
     def _own_env(self, stage: str, name: str) -> Mapping[str, str]:
         return self.config.env
 
+    def _own_credentials(self, stage: str, name: str) -> Credentials:
+        aws = {k: v for k, v in self.config.env.items()
+               if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+        return Credentials(aws=aws, expires=None, note=OWN_CREDENTIALS)
+
     def key(self, stage: str) -> StageKey:
         return StageKey(self.service, stage)
 
@@ -304,7 +316,7 @@ class JobRunner:
         workdir = self.config.data_dir / "jobs" / str(job_id)
         marker = InUse(plan.target.commit, plan.target.build_id, str(job_id), self.clock())
         state, reason, in_index, recorded = JobState.FAILED, "", False, None
-        buffer = pipeline = None
+        buffer = runs = None
         try:
             buffer = _OutputBuffer(self.store, job_id, self.log_path(job_id))
             mask_line = self.mask.lines()
@@ -313,33 +325,49 @@ class JobRunner:
                 self._emit(job_id, buffer, mask_line, event)
 
             in_index = self._mark_in_use(plan.stage, marker, add=True, emit=emit)
-            # The stage's own credentials for this job, named for CloudTrail: which job, who approved.
-            env = self.aws_env(plan.stage, f"rollback-job-{job_id}-{holder}")
-            own = env is self.config.env
-            if not own:  # the job's temporary credentials are secrets too, masked in everything it shows
-                temporary = [env.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                                                       "AWS_ACCESS_KEY_ID")]
-                mask_line = Masker([*self.mask.secrets, *temporary]).lines()
-                emit(Event("job", "output", f"AWS: {plan.account or OWN_CREDENTIALS}, session rollback-job-{job_id}"))
+            # The stage's own credentials for this job, named for CloudTrail: which job, who approved; always
+            # temporary, and renewed before a step they would not outlast.
+            session = f"rollback-job-{job_id}-{holder}"
+            creds = self.credentials(plan.stage, session)
+            secrets = list(self.mask.secrets)
+
+            def remember(c: Credentials) -> None:  # the job's credentials are secrets too, masked in all it shows
+                nonlocal mask_line
+                secrets.extend(c.aws.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                                           "AWS_ACCESS_KEY_ID"))
+                mask_line = Masker(secrets).lines()
+
+            link = self.artifacts.presign(plan.target, PACKAGE_LINK_SECONDS)  # a bearer link: masked like a key
+            secrets.append(link)
+            remember(creds)
+            who = plan.account or creds.note or OWN_CREDENTIALS
+            emit(Event("job", "output", f"AWS: {who}, session {session}"[:300]))
             source = self.source.for_dir(plan.service_dir) if plan.service_dir else self.source
-            pipeline = Pipeline(
-                artifacts=self.artifacts, source=source, stage=plan.deploy_stage or plan.stage,
-                target=plan.target, workdir=workdir, plugin_cache=self.plugin_cache.for_account(plan.account),
-                env=env, sandbox=self.config.sandbox,
-                emit=emit, cancel=cancel, step_timeout=self.config.step_timeout,
-                deploy_template=self.config.deploy_template, install_template=self.config.install_template,
-                on_process=lambda pid: self.store.update_job(job_id, child_pid=pid),
-                stack_factory=self.stack_factory if own else (lambda name, region: Stack(name, region, env)),
+            try:
+                if not source.has(plan.target.commit):  # the runner reads the mirror and has no way to the remote
+                    source.fetch()
+            except SourceError as exc:
+                emit(Event("checkout", "failed", str(exc)))
+                raise StepFailed("checkout", str(exc)) from exc
+            client = JobClient(
+                self._spec(job_id, plan, workdir),
+                # none of the bot's own secrets: the runner masks what it holds, the bot masks the rest
+                Secrets(package_url=link, credentials=creds),
+                emit=emit, cancel=cancel, renew=lambda: self.credentials(plan.stage, session), on_secret=remember,
+                on_start=lambda pid: self.store.update_job(job_id, child_pid=pid),
             )
-            pipeline.run()
+            try:
+                client.run()
+            finally:
+                runs = client.end.runs if client.end else None
             state = JobState.SUCCEEDED
             recorded = self._record_success(job_id, plan, holder, marker, unfreeze, emit)
             if recorded:
                 in_index = False  # the success write dropped the in-use mark too
         except Cancelled as exc:
-            state, reason = JobState.CANCELLED, f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, pipeline)
+            state, reason = JobState.CANCELLED, f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, runs)
         except StepFailed as exc:
-            reason = f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, pipeline)
+            reason = f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, runs)
         except UserError as exc:  # the stage's role could not be assumed: nothing ran
             reason = f"aws: {exc}"
         except Exception as exc:  # anything unexpected still ends the job cleanly and recorded
@@ -381,42 +409,49 @@ class JobRunner:
     def _later_thread(self, fn: Callable[[], None]) -> None:
         threading.Thread(target=fn, name="rollback-record-retry", daemon=True).start()
 
-    def _stack_note(self, step: str, plan: Plan, pipeline: Pipeline | None) -> str:
+    def _stack_note(self, step: str, plan: Plan, runs: LambdaRuns | None) -> str:
         """After a deploy that did not finish (or a verify that failed), what runs now: the stack's
         status, and which build Lambda's code is, so the card answers "what runs now?"."""
         if step not in ("deploy", "verify") or not plan.stack_name:
             return ""
-        factory = pipeline.stack_factory if pipeline is not None else self.stack_factory
-        stack = factory(plan.stack_name, plan.region or "us-east-1")
+        stack = self._stage_stack(plan.stage, plan.stack_name, plan.region or "us-east-1")
         note = f". Stack {plan.stack_name} is {stack.status()}"
         try:
-            runs = self._what_runs(stack, plan, pipeline)
+            says = self._what_runs(plan, runs)
         except Exception as exc:  # a question we could not answer must not hide the failure itself
-            runs = f"what Lambda runs could not be read ({exc.__class__.__name__})"
-        return f"{note}; {runs}: check it before doing anything else"
+            says = f"what Lambda runs could not be read ({exc.__class__.__name__})"
+        return f"{note}; {says}: check it before doing anything else"
 
-    def _what_runs(self, stack: Stack, plan: Plan, pipeline: Pipeline | None) -> str:
-        outcome = pipeline.outcome if pipeline else None
-        if outcome is None or outcome.info is None or outcome.package_dir is None:
+    def _what_runs(self, plan: Plan, runs: LambdaRuns | None) -> str:
+        """From what the runner read of one function (its CodeSha256 now, and the target's)."""
+        if runs is None:
             return "what Lambda runs is unknown"
-        functions = outcome.info.functions(outcome.package_dir)
-        if not functions:
-            return "the package has no Lambda code to compare"
-        name, zip_path = sorted(functions.items())[0]
-        actual = next((c.actual for c in stack.verify({name: zip_path})), None)
-        if actual is None:
-            return f"Lambda has no function {name}"
-        is_target = actual == code_sha256(zip_path)
+        if runs.actual is None:
+            return f"Lambda has no function {runs.function}"
+        is_target = runs.actual == runs.target
         is_live = False
         if plan.live is not None:
-            member = self.artifacts.read_members(plan.live, [zip_path.name]).get(zip_path.name)
-            is_live = member is not None and actual == base64.b64encode(hashlib.sha256(member).digest()).decode()
+            member = self.artifacts.read_members(plan.live, [runs.member]).get(runs.member)
+            is_live = member is not None and runs.actual == base64.b64encode(hashlib.sha256(member).digest()).decode()
         if is_live:  # a deploy that did not finish most often left the old build running
             same = "; the target has the same code" if is_target else ""
             return f"Lambda runs {plan.live.short} (build {plan.live.build_id}, live before the job{same})"
         if is_target:
             return f"Lambda runs {plan.target.short} (build {plan.target.build_id}, the target)"
         return "Lambda runs none of the stored builds compared (the target and the build live before)"
+
+    def _spec(self, job_id: int, plan: Plan, workdir: Path) -> JobSpec:
+        """All the runner is told about the job: no secrets (those go on its stdin)."""
+        c, box = self.config, self.config.sandbox
+        source = self.source.for_dir(plan.service_dir) if plan.service_dir else self.source
+        return JobSpec(
+            job_id=job_id, service=self.service, stage=plan.deploy_stage or plan.stage, target=plan.target,
+            mirror=source.mirror_dir, service_dir=source.service_dir, workdir=workdir,
+            plugin_cache=self.plugin_cache.for_account(plan.account).root, plugin_cache_max=c.plugin_cache_max,
+            step_timeout=c.step_timeout, env={k: v for k, v in c.env.items() if k not in OWN_KEYS},
+            deploy_template=c.deploy_template, install_template=c.install_template,
+            bwrap=box.bwrap if box else "", hidden=box.hidden if box else (),
+        )
 
     def _remove_workdir(self, workdir: Path) -> None:
         if (workdir / "src").exists():

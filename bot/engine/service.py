@@ -18,6 +18,7 @@ from pathlib import Path
 from bot.adapters.artifacts import PruneResult, PublishResult, validate_stage
 from bot.adapters.source import local_commit, local_commits_between
 from bot.core.actor import Actor, Origin
+from bot.core.events import EventStatus
 from bot.core.jobs import APP, RUN_STATES, Job, JobState
 from bot.core.keys import StageKey
 from bot.core.policy import Policy, PolicySource
@@ -27,7 +28,7 @@ from bot.engine.app_service import AppRollbacks
 from bot.engine.approval import Approved, OneService, approve
 from bot.engine.build import Engine, Fleet
 from bot.engine.gate import DEFAULT_TTL, Gate, RequestLimits
-from bot.engine.pipeline import STEPS, EventStatus
+from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan, UnknownStage, card_json, load_stage
 from bot.engine.refusals import RefusalKind, Refused
 from bot.engine.runner import CancelOutcome

@@ -530,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the Slack bot")
 
+    s = sub.add_parser("run-job", help="run one job from its spec file (started by the bot; see docs/runner.md)")
+    s.add_argument("spec", help="the job spec file the bot wrote; the job's secrets come on stdin")
+
     s = sub.add_parser("demo", help="try rollback-bot in the browser: a local Slack channel on an embedded AWS")
     s.add_argument("--port", type=int, default=8080, help="the page's port on 127.0.0.1 (default 8080; 0: any free)")
     s.add_argument("--data-dir", help="where the demo keeps its state (default: $ROLLBACK_DATA_DIR/demo)")

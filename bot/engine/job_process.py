@@ -1,0 +1,224 @@
+"""`rollback-bot run-job SPEC`: the job runner, one process per job, holding nothing but the job's inputs.
+
+It reads the job spec file and, on stdin, the job's secrets (its AWS credentials, the package's
+presigned link); it reads no settings, no policy, no sqlite, and its environment has no Slack token and
+no key of the bot's. It runs restore → checkout → install → deploy → verify (``Pipeline``), writing
+``bot.core.job_protocol`` lines on stdout, and exits with an ``ExitCode``. Before a step that uses AWS
+it asks the bot for fresh credentials when the ones it holds would run out before the step's timeout;
+if the bot cannot give any that last, the step fails before it starts. A cancel message, SIGTERM, or
+stdin closing (the bot went away) stops the job: its commands' processes are stopped first.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from bot.adapters.package_link import PackageLink
+from bot.adapters.plugin_cache import PluginCache
+from bot.adapters.sandbox import Sandbox
+from bot.adapters.source import SourceRepo
+from bot.adapters.stack import Stack, StackError
+from bot.core.events import Event, EventStatus
+from bot.core.job_protocol import (
+    MAX_LINE,
+    Credentials,
+    ExitCode,
+    FromRunner,
+    JobEnd,
+    JobSpec,
+    LambdaRuns,
+    ProcessChange,
+    ProtocolError,
+    Secrets,
+    ToRunner,
+    WantCredentials,
+    decode_to_runner,
+    encode,
+)
+from bot.core.masking import Masker
+from bot.engine.pipeline import Cancelled, Pipeline, StepFailed
+
+AWS_STEPS = ("deploy", "verify")
+CREDENTIALS_WAIT = 60.0  # how long the runner waits for the bot to answer a request for credentials
+RENEW_MARGIN = 60.0  # credentials must outlast a step's timeout by this much
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(ts))
+
+
+class _Out:
+    """Protocol lines on stdout, whole lines from any thread; secrets masked here, at their source."""
+
+    def __init__(self, stream: TextIO, mask: Masker):
+        self.stream, self.mask, self._lock = stream, mask, threading.Lock()
+        self.line_mask = mask.lines()
+
+    def remask(self, mask: Masker) -> None:
+        with self._lock:
+            self.mask, self.line_mask = mask, mask.lines()
+
+    def send(self, kind: FromRunner, value) -> None:
+        if isinstance(value, Event):
+            text = self.line_mask(value.text) if value.status == EventStatus.OUTPUT else self.mask(value.text)
+            value = Event(value.step, value.status, text[:8192], value.duration)
+        elif isinstance(value, JobEnd):
+            value = JobEnd(value.state, value.step, self.mask(value.reason)[:4000], value.runs, value.from_cache)
+        with self._lock:
+            try:
+                self.stream.write(encode(kind, value))
+                self.stream.flush()
+            except (OSError, ValueError):  # the bot went away; stdin closing stops the job
+                pass
+
+
+class _Inbox:
+    """The bot's messages after the secrets: cancels, and credentials it was asked for."""
+
+    def __init__(self, stream: TextIO, cancel: threading.Event):
+        self.stream, self.cancel = stream, cancel
+        self.credentials: queue.Queue[Credentials] = queue.Queue()
+        threading.Thread(target=self._read, name="runner-inbox", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                line = self.stream.readline(MAX_LINE + 1)
+            except (OSError, ValueError):
+                line = ""
+            if not line:  # the bot went away: nobody can see or stop this job any more
+                self.cancel.set()
+                return
+            try:
+                message = decode_to_runner(line)
+            except ProtocolError:
+                continue
+            if message == ToRunner.CANCEL:
+                self.cancel.set()
+            elif isinstance(message, Credentials):
+                self.credentials.put(message)
+
+
+class JobProcess:
+    def __init__(self, spec: JobSpec, secrets: Secrets, out: _Out, inbox: _Inbox, cancel: threading.Event):
+        self.spec, self.out, self.inbox, self.cancel = spec, out, inbox, cancel
+        # the plugin cache's refills (a spare copy, eviction) run after the job has said how it ended
+        self._pending: list = []
+        self.secrets = [*secrets.mask, secrets.package_url]
+        self.credentials = secrets.credentials
+        self._remask()
+        self.env = {**spec.env, **self.credentials.aws}
+        self.pipeline = Pipeline(
+            artifacts=PackageLink(secrets.package_url, spec.service),
+            source=SourceRepo(str(spec.mirror), spec.mirror, spec.service_dir),
+            stage=spec.stage, target=spec.target, workdir=spec.workdir,
+            plugin_cache=PluginCache(spec.plugin_cache, background=self._later, max_bytes=spec.plugin_cache_max),
+            env=self.env, emit=lambda event: out.send(FromRunner.EVENT, event), cancel=cancel,
+            step_timeout=spec.step_timeout, deploy_template=spec.deploy_template,
+            install_template=spec.install_template,
+            on_process=lambda pid: out.send(FromRunner.PROCESS, ProcessChange(pid or 0)),
+            stack_factory=lambda name, region: Stack(name, region, self.pipeline.env),
+            sandbox=Sandbox(spec.bwrap, spec.hidden) if spec.bwrap else None,
+            before_step=self._before,
+        )
+
+    def _later(self, chore) -> None:
+        self._pending.append(chore)
+
+    def _remask(self) -> None:
+        self.out.remask(Masker([*self.secrets, *(self.credentials.aws.get(k, "") for k in SECRET_KEYS)]))
+
+    def _before(self, step: str) -> None:
+        if step not in AWS_STEPS:
+            return
+        until = time.time() + self.spec.step_timeout + RENEW_MARGIN
+        if self.credentials.expires is not None and self.credentials.expires < until:
+            self.out.send(FromRunner.WANT_CREDENTIALS, WantCredentials(step, until))
+            try:
+                fresh = self.inbox.credentials.get(timeout=CREDENTIALS_WAIT)
+            except queue.Empty:
+                raise StepFailed(step, f"the bot gave no fresh AWS credentials within {CREDENTIALS_WAIT:.0f} s; "
+                                       "nothing was run in this step") from None
+            self.credentials = fresh
+            self.secrets += [fresh.aws.get(k, "") for k in SECRET_KEYS]
+            self._remask()
+            for key in SECRET_KEYS:
+                self.pipeline.env.pop(key, None)
+            self.pipeline.env.update(fresh.aws)
+        expires = self.credentials.expires
+        if expires is not None and expires < until:
+            raise StepFailed(step, f"the job's AWS credentials last until {_clock(expires)}, less than this step's "
+                                   f"timeout ({self.spec.step_timeout:.0f} s); nothing was run in this step. Raise "
+                                   "the role's maximum session duration, or lower ROLLBACK_STEP_TIMEOUT")
+        said = f"until {_clock(expires)}" if expires is not None else "not temporary"
+        self.out.send(FromRunner.EVENT, Event(step, EventStatus.OUTPUT,
+                                              f"AWS credentials for {step}: {said}"
+                                              + (f" ({self.credentials.note})" if self.credentials.note else "")))
+
+    def run(self) -> ExitCode:
+        code = self._run()
+        for chore in self._pending:  # the bot has the result already; it waits for this before it cleans up
+            try:
+                chore()
+            except OSError:
+                pass
+        return code
+
+    def _run(self) -> ExitCode:
+        try:
+            self.pipeline.run()
+        except Cancelled as exc:
+            self.out.send(FromRunner.END, JobEnd(EventStatus.CANCELLED, exc.step, exc.reason, self._runs(exc.step)))
+            return ExitCode.CANCELLED
+        except StepFailed as exc:
+            self.out.send(FromRunner.END, JobEnd(EventStatus.FAILED, exc.step, exc.reason, self._runs(exc.step)))
+            return ExitCode.FAILED
+        except Exception as exc:  # anything unexpected still ends with a message the bot can show
+            self.out.send(FromRunner.END, JobEnd(EventStatus.FAILED, "job",
+                                                 f"internal error in the job runner: {exc.__class__.__name__}: {exc}"))
+            return ExitCode.FAILED
+        self.out.send(FromRunner.END, JobEnd(EventStatus.SUCCEEDED,
+                                             from_cache=self.pipeline.outcome.installed_from_cache))
+        return ExitCode.SUCCEEDED
+
+    def _runs(self, step: str) -> LambdaRuns | None:
+        """After a deploy that did not finish (or a verify that failed): what one function runs now."""
+        outcome = self.pipeline.outcome
+        if step not in AWS_STEPS or outcome.info is None or outcome.package_dir is None:
+            return None
+        try:
+            functions = outcome.info.functions(outcome.package_dir)
+            if not functions:
+                return None
+            name, zip_path = sorted(functions.items())[0]
+            check = next(iter(self.pipeline.stack_factory(outcome.info.stack_name, outcome.info.region)
+                              .verify({name: zip_path})), None)
+        except (StackError, OSError):
+            return None
+        if check is None:
+            return None
+        return LambdaRuns(function=name, member=zip_path.name, actual=check.actual, target=check.expected)
+
+
+def run_job(spec_path: Path, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+    try:
+        spec = JobSpec.from_json(spec_path.read_text(encoding="utf-8"))
+        first = decode_to_runner(stdin.readline(MAX_LINE + 1))
+        if not isinstance(first, Secrets):
+            raise ProtocolError("the bot's first message must be the job's secrets")
+    except (OSError, ProtocolError) as exc:
+        print(f"rollback-bot run-job: {exc}. Nothing was done.", file=sys.stderr)
+        return ExitCode.USAGE
+    cancel = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: cancel.set())
+    out = _Out(stdout, Masker([]))
+    job = JobProcess(spec, first, out, _Inbox(stdin, cancel), cancel)
+    return int(job.run())
