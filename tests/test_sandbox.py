@@ -173,3 +173,56 @@ def test_required_without_bubblewrap_stops_and_says_what_to_install(tmp_path):
     with pytest.raises(SandboxUnavailable, match="No permissions to create new namespace"):
         choose(SandboxMode.REQUIRED, [tmp_path], bwrap=str(fake))
     assert shutil.which("true")
+
+
+def _without_bwrap(tmp_path: Path) -> str:
+    """A PATH with git and Python but no bubblewrap, as on a host that lacks the package."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("git", "python3"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    return f"{bin_dir}:{Path(sys.executable).parent}"
+
+
+def test_a_bot_that_requires_the_sandbox_and_has_no_bubblewrap_does_not_start(fast_prod, tmp_path):
+    import subprocess
+
+    s = fast_prod.settings
+    env = {**s.child_env, "PATH": _without_bwrap(tmp_path), "ROLLBACK_BUCKET": s.bucket, "ROLLBACK_PREFIX": s.prefix,
+           "ROLLBACK_REPO": s.repo, "ROLLBACK_DATA_DIR": str(s.data_dir), "ROLLBACK_SERVICE": s.service,
+           "ROLLBACK_SANDBOX": "required", "SLACK_BOT_TOKEN": SLACK_TOKEN, "SLACK_SIGNING_SECRET": "s" * 32,
+           "SLACK_API_URL": "http://127.0.0.1:9/api/", "ROLLBACK_PORT": "0"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "bot", *args], env=env, capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+
+    served = run("serve")
+    assert served.returncode == 2, served.stderr
+    assert "ROLLBACK_SANDBOX=required, but" in served.stderr and "Install bubblewrap" in served.stderr
+    live = fast_prod.artifacts.read_index("prod").live
+    typed = run("rollback", "prod", "previous", "--yes", "--by", "ana")
+    assert typed.returncode != 0 and "Install bubblewrap" in typed.stderr
+    assert fast_prod.artifacts.read_index("prod").live == live  # nothing was deployed
+    assert fast_prod.store.jobs(limit=5) == []
+
+
+def test_without_a_sandbox_every_plan_and_the_app_home_say_so(make_fast_engine, fast_prod):
+    from bot.core.policy import Policy
+    from bot.engine import RollbackService
+    from bot.slack import blocks as kit
+
+    engine = make_fast_engine(ROLLBACK_SANDBOX="off")
+    plan = engine.plan("prod", "previous")
+    said = "Jobs run unsandboxed (ROLLBACK_SANDBOX=off): the target's install scripts and plugins run with the " \
+           "bot's own rights. Install bubblewrap (docs/security.md)."
+    assert [w for w in plan.warnings if "unsandboxed" in w] == [said]
+    card = json.dumps(kit.plan_blocks(plan, 1, "U-ANA", 0.0, 0.0), ensure_ascii=False)
+    assert "⚠️ Jobs run unsandboxed (ROLLBACK_SANDBOX=off)" in card
+    view = RollbackService(engine, Policy()).overview()
+    assert view.unsandboxed == said
+    home = json.dumps(kit.home_blocks(view.stages, view.jobs, 0.0, unsandboxed=view.unsandboxed), ensure_ascii=False)
+    assert "⚠️ Jobs run unsandboxed" in home
+    sandboxed = make_fast_engine(ROLLBACK_SANDBOX="auto")
+    if sandboxed.shared.sandbox is not None:  # in a sandbox, the cards say nothing about it
+        assert not [w for w in sandboxed.plan("prod", "previous").warnings if "unsandboxed" in w]

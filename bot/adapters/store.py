@@ -114,6 +114,13 @@ def _v6(db: sqlite_utils.Database) -> None:
     db["jobs"].add_column("settle", str)
 
 
+@_migration
+def _v7(db: sqlite_utils.Database) -> None:
+    # child_start: when the job's runner process started, so recovery never signals a process that only
+    # got its pid again
+    db["jobs"].add_column("child_start", str)
+
+
 class StageBusy(UserError):
     def __init__(self, key: StageKey, lock: HeldLock, several: bool = False):
         self.key = key

@@ -96,7 +96,8 @@ class Job:
     host: str = ""  # the machine and process that run it (a running job, or an app's run)
     pid: int | None = None
     pid_start: str = ""  # the runner's process start time, so a reused pid is not taken for it
-    child_pid: int | None = None  # the deploy's process group, stopped on cancel or recovery
+    child_pid: int | None = None  # the job runner's process group, stopped on recovery
+    child_start: str = ""  # its start time: a process that merely got the same pid is never signalled
     expires: float = 0.0  # a pending plan's deadline
     stack_name: str = ""
     region: str = ""

@@ -154,7 +154,9 @@ def make_app_plan(fleet: Fleet, stage: str, ref: str, targets: dict[str, tuple[s
     order = fleet.catalog.phases([s.service for s in moving])
     forward = all(s.plan.forward for s in moving)
     phases = [list(p) for p in (order if forward else reversed(order))]
-    app = AppPlan(stage, ref, commit, steps, phases, warnings, forward)
+    # said once for the app, not once per service
+    shared = sorted({w for p in plans for w in p.warnings if w.startswith("Jobs run unsandboxed")})
+    app = AppPlan(stage, ref, commit, steps, phases, [*warnings, *shared], forward)
     app.warnings += _export_warnings(fleet, app)
     return app
 

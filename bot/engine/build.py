@@ -91,11 +91,14 @@ class Engine:
     def plan(self, stage: str, ref: str, build_id: str | None = None, fetch: bool = True) -> Plan:
         catalog = self.settings.catalog
         account = catalog.account(stage) if catalog.services else None
-        return make_plan(self.artifacts, self.source, stage, ref, self.stage_stack(stage), build_id,
+        plan = make_plan(self.artifacts, self.source, stage, ref, self.stage_stack(stage), build_id,
                          deploy_stage=catalog.serverless_stage(stage) if account else "",
                          account=account.describe() if account and self.shared.uses_accounts else "",
                          region=account.region if account and account.role_arn else "", fetch=fetch,
                          dir_at=self._compose_dir_at)
+        if self.shared.unsandboxed:  # said on every card, not only in a log nobody reads during an incident
+            plan.warnings.append(unsandboxed_warning(self.shared.unsandboxed))
+        return plan
 
     def _compose_dir_at(self, commit: str) -> str | None:
         """A Compose service's folder at ``commit`` (it may have moved since the bot started)."""
@@ -103,6 +106,11 @@ class Engine:
         if entry is None or not entry.compose:
             return None
         return self.settings.catalog.compose_path(self.source.file_at(commit, COMPOSE_FILE), self.service)
+
+
+def unsandboxed_warning(why: str) -> str:
+    return (f"{why[0].upper()}{why[1:]}: the target's install scripts and plugins run with the bot's own rights. "
+            "Install bubblewrap (docs/security.md).")
 
 
 class Shared:

@@ -354,7 +354,7 @@ class JobRunner:
                 # none of the bot's own secrets: the runner masks what it holds, the bot masks the rest
                 Secrets(package_url=link, credentials=creds),
                 emit=emit, cancel=cancel, renew=lambda: self.credentials(plan.stage, session), on_secret=remember,
-                on_start=lambda pid: self.store.update_job(job_id, child_pid=pid),
+                on_start=lambda pid: self.store.update_job(job_id, child_pid=pid, child_start=process_start(pid)),
             )
             try:
                 client.run()
@@ -542,7 +542,9 @@ class JobRunner:
         return Stack(name, region, self.aws_env(stage, f"rollback-bot-check-{stage}"))
 
     def _interrupt(self, job: Job, by: str = "rollback-bot") -> Job:
-        if job.child_pid:
+        # the dead bot's runner, if it is still there: the same pid on this host, started at the same time
+        if (job.child_pid and job.child_start and job.host == socket.gethostname()
+                and process_start(job.child_pid) == job.child_start):
             kill_group(job.child_pid)
         status = "UNKNOWN"
         if job.stack_name:

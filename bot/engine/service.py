@@ -26,7 +26,7 @@ from bot.core.records import AuditEntry, HeldLock, Watch
 from bot.core.stage_index import Artifact, Mark, StageIndex
 from bot.engine.app_service import AppRollbacks
 from bot.engine.approval import Approved, OneService, approve
-from bot.engine.build import Engine, Fleet
+from bot.engine.build import Engine, Fleet, unsandboxed_warning
 from bot.engine.gate import DEFAULT_TTL, Gate, RequestLimits
 from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan, UnknownStage, card_json, load_stage
@@ -62,6 +62,7 @@ class Overview:
     watches: tuple | list = ()  # the alarm watch's running watches (Watch)
     parts: dict[int, list[Job]] | None = None  # each app rollback's services, by the app's job id
     hidden: int = 0  # stages left out: the policy keeps them to their channels
+    unsandboxed: str = ""  # why jobs run without a sandbox, said at the top ("" in one)
 
 
 @dataclass(frozen=True)
@@ -499,7 +500,13 @@ class RollbackService:
         watches = [w for w in self.store.watches(limit=50) if self._shown_in(w.stage, w.service, None)][:20]
         parts = {j.id: self.apps.parts(j.id) for j in runs if j.is_app}
         return Overview(stages, runs, self.policy.configured, self.several, watches, parts,
-                        len(indexes) - len(shown))
+                        len(indexes) - len(shown), self.unsandboxed())
+
+    def unsandboxed(self) -> str:
+        """Why jobs run without a sandbox ("" when they run in one). Raises SandboxUnavailable where
+        ROLLBACK_SANDBOX=required cannot be met: a bot that must not run jobs unsandboxed says so at start-up."""
+        why = self.engine.shared.unsandboxed
+        return unsandboxed_warning(why) if why else ""
 
     def stage_overview(self, stage: str, actor: Actor) -> list[tuple[StageIndex, str]]:
         """``/rollback prod`` with several services: each service's index of the stage, and where it runs."""

@@ -312,12 +312,14 @@ def _sections(lines: list[str], most: int) -> list[dict]:
 
 def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], now: float,
                 policy_configured: bool = True, several: bool = False, watches: list | tuple = (),
-                parts: dict[int, list[Job]] | None = None, hidden: int = 0) -> list[dict]:
+                parts: dict[int, list[Job]] | None = None, hidden: int = 0, unsandboxed: str = "") -> list[dict]:
     """The App Home tab: each stage's live build, lock holder and freeze, then recent jobs. Stage rows
     share sections, so 50 services × 3 stages stay within Slack's 100 blocks."""
     blocks = [header("rollback-bot")]
     if not policy_configured:
         blocks.append(section(f"⚠️ *{NO_POLICY}*: set ROLLBACK_CONFIG to a policy file before real use."))
+    if unsandboxed:
+        blocks.append(section(f"⚠️ {esc(unsandboxed)}"))
     rows = []
     for index, lock in stages:
         live = index.live

@@ -9,6 +9,7 @@ import gc
 import io
 import json
 import logging
+import sys
 import threading
 import time
 
@@ -18,6 +19,7 @@ from slack_bolt.logger.messages import warning_client_prioritized_and_token_skip
 from slack_sdk import WebClient
 
 from bot.core.config import Settings
+from bot.core.errors import UserError
 from bot.core.jobs import Job
 from bot.core.masking import Masker, mask_logs
 from bot.core.policy import PolicySource
@@ -191,7 +193,15 @@ def socket_mode(app: App, settings: Settings):
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mask_logs(Masker(settings.secrets()))
-    app, engine, service = assemble(settings)
+    fleet = build_fleet(settings)
+    try:
+        warning = RollbackService(fleet, PolicySource(settings.policy, settings.config_path)).unsandboxed()
+    except UserError as exc:  # before anything connects: required and no bubblewrap stops here
+        print(f"rollback-bot: {exc}", file=sys.stderr)
+        return 2  # a setting to fix, as the terminal's commands exit
+    if warning:
+        log.warning("%s", warning)
+    app, engine, service = assemble(settings, fleet)
     start_up(settings, engine, service)
     if settings.slack_app_token:
         log.info("rollback-bot: Socket Mode")

@@ -15,6 +15,7 @@ def register(app: App, slack: Slack) -> None:
         view = slack.service.overview()
         slack.notify.home(body["event"]["user"], kit.home_blocks(view.stages, view.jobs, time.time(),
                                                                  view.policy_configured, view.several,
-                                                                 view.watches, view.parts, view.hidden))
+                                                                 view.watches, view.parts, view.hidden,
+                                                                 view.unsandboxed))
 
     app.event("app_home_opened")(slack.after_ack(on_home))
