@@ -355,3 +355,16 @@ def test_rollback_bot_cancel_in_another_terminal_stops_a_rollback_running_elsewh
     again = subprocess.run([sys.executable, "-m", "bot", "cancel", "prod", "--by", "bo"], env=env,
                            capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
     assert again.returncode == 1 and "No rollback of `prod` is running here." in again.stderr
+
+
+def test_a_deploy_printing_megabytes_on_one_line_is_cut_masked_and_finishes(make_fast_engine, fast_prod):
+    engine = make_fast_engine(SLS_TEST_DEPLOY_LONG_LINE=str(2_000_000), SLS_TEST_SECRET="xoxb-test-token-123456")
+    job = engine.jobs.wait(engine.jobs.start(engine.plan("prod", "previous"), "U-ANA", "U-BO"), timeout=120)
+    assert job.state == "succeeded", job.reason
+    long = [line for line in engine.store.output(job.id) if line.startswith("a.a.a.")]
+    total = 4_000_000 + len("xoxb-test-token-123456")
+    assert len(long) == 1 and len(long[0]) <= 4000  # sqlite keeps its head, and says how much is not there
+    assert long[0].endswith(f" … [line cut: {total - 3940} more characters]")
+    logged = [ln for ln in engine.jobs.log_path(job.id).read_text().splitlines() if ln.startswith("a.a.a.")]
+    assert len(logged) == 1 and logged[0].endswith(f" … [line cut: {total - 8192} more characters]")  # the file: 8 KB
+    assert "xoxb-test-token" not in engine.jobs.log_path(job.id).read_text()

@@ -379,3 +379,22 @@ def test_the_terminals_status_names_each_runs_process_and_keeps_outside_text_ine
     assert "      worker: running" in text and "      api: waiting for its phase" in text
     assert "api prod: by ci?[2J 1m ago: rolled back ?]0;owned?" in text and "\x1b" not in text
     assert render_status([], {}, 0.0) == "Running rollbacks: none\nFrozen stages: none"
+
+
+def test_masking_a_hostile_line_costs_time_in_proportion_to_its_length():
+    from bot.core.masking import Masker
+
+    # Each "a." is a word boundary where the old URL pattern scanned to the end of the line: 2 MB of it took
+    # about 25 minutes; bounded repetitions make it one pass
+    line = "a." * 1_000_000 + "://" + "b" * 600 + "@host"
+    assert Masker(["token-abcdef-123"])(line) == line  # nothing in it is a secret, and it comes back whole
+
+
+def test_a_secret_the_line_cut_went_through_is_masked_from_its_first_character():
+    from bot.core.masking import LINE_LIMIT, Masker, cut_line
+
+    secret = "sk-live-0123456789abcdef"
+    head = ("x" * (LINE_LIMIT - 12) + secret)[:LINE_LIMIT]  # the cut falls inside the secret
+    assert head.endswith("sk-live-0123")
+    masked = Masker([secret])(cut_line(head, 500))
+    assert "sk-live" not in masked and masked.endswith("x***" + " … [line cut: 500 more characters]")

@@ -18,6 +18,7 @@ import sqlite_utils
 from bot.core.errors import UserError
 from bot.core.jobs import FINAL_STATES, STARTING_STATES, IllegalTransition, Job, can_move
 from bot.core.keys import StageKey
+from bot.core.masking import shorten
 from bot.core.records import AuditEntry, HeldLock, Watch, WatchState
 
 OUTPUT_HEAD = 2000  # lines of a job's output kept in sqlite from its start…
@@ -267,7 +268,7 @@ class Store:
         lines costs sqlite a bounded amount (the full log is on disk)."""
         with self._lock:
             self.db["output"].insert_all(
-                {"job_id": job_id, "step": step, "line": self.mask(line)[:4000]} for line in lines)
+                {"job_id": job_id, "step": step, "line": shorten(self.mask(line), 4000)} for line in lines)
             count = self._out_counts.get(job_id)
             if count is None:
                 count = self.db.execute("SELECT COUNT(*) FROM output WHERE job_id = ?", [job_id]).fetchone()[0]

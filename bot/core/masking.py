@@ -13,7 +13,11 @@ from collections.abc import Iterable
 
 MASK = "***"
 # The credentials part of a URL: https://user:token@host/… (group 1 the scheme, group 2 the user-info).
-URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^/\s@]+)@")
+# Every repetition is bounded, so masking a line costs time in proportion to its length whatever it holds
+# (unbounded, "a.a.a.…" took quadratic time: each word boundary scanned to the end of the line).
+URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]{0,31}://)([^/\s@]{1,512})@")
+LINE_LIMIT = 8192  # output lines are cut to this many characters before anything else reads them
+CUT = " … [line cut: "  # what follows a line's kept head: "N more characters]"
 # Shapes of credentials that may show up in tool output even when we were never told the value.
 # Each pattern's group "keep" (if any) is kept; the rest of the match is masked.
 PATTERNS = [
@@ -26,10 +30,25 @@ PATTERNS = [
     re.compile(r"\bgithub_pat_[0-9A-Za-z_]{20,}"),
     re.compile(r"\bnpm_[0-9A-Za-z]{30,}"),  # npm automation and publish tokens
     re.compile(r"(?P<keep>_authToken\s*=\s*)\S+"),  # .npmrc lines
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S),
+    re.compile(r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----.*?(?:-----END [A-Z ]{0,40}PRIVATE KEY-----|\Z)", re.S),
 ]
-PEM_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
-PEM_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
+PEM_BEGIN = re.compile(r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----")
+PEM_END = re.compile(r"-----END [A-Z ]{0,40}PRIVATE KEY-----")
+
+
+def cut_line(head: str, dropped: int) -> str:
+    """A line whose rest was not read: its head, and how much was dropped."""
+    return f"{head}{CUT}{dropped} more characters]" if dropped else head
+
+
+def shorten(line: str, limit: int) -> str:
+    """``line`` in at most about ``limit`` characters, still saying how much of it is not there."""
+    if len(line) <= limit:
+        return line
+    head, sep, tail = line.partition(CUT)
+    dropped = int(tail.split(" ", 1)[0]) if sep and tail.split(" ", 1)[0].isdigit() else 0
+    keep = max(0, limit - 60)
+    return cut_line(head[:keep], dropped + len(head) - keep)
 
 
 def _replace(match: re.Match) -> str:
@@ -52,6 +71,14 @@ class Masker:
             return text
         for secret in self.secrets:
             text = text.replace(secret, MASK)
+        if CUT in text:  # a secret the cut went through: its beginning is still a secret
+            head, sep, tail = text.partition(CUT)
+            for secret in self.secrets:
+                start = next((len(head) - n for n in range(len(secret) - 1, 5, -1) if head.endswith(secret[:n])),
+                             None)
+                if start is not None:
+                    head = head[:start] + MASK
+            text = head + sep + tail
         text = URL_USERINFO.sub(r"\1" + MASK + "@", text)
         for pattern in PATTERNS:
             text = pattern.sub(_replace, text)

@@ -41,7 +41,7 @@ from bot.core.job_protocol import (
     decode_to_runner,
     encode,
 )
-from bot.core.masking import Masker
+from bot.core.masking import LINE_LIMIT, Masker, shorten
 from bot.engine.pipeline import Cancelled, Pipeline, StepFailed
 
 AWS_STEPS = ("deploy", "verify")
@@ -68,7 +68,7 @@ class _Out:
     def send(self, kind: FromRunner, value) -> None:
         if isinstance(value, Event):
             text = self.line_mask(value.text) if value.status == EventStatus.OUTPUT else self.mask(value.text)
-            value = Event(value.step, value.status, text[:8192], value.duration)
+            value = Event(value.step, value.status, shorten(text, LINE_LIMIT + 64), value.duration)
         elif isinstance(value, JobEnd):
             value = JobEnd(value.state, value.step, self.mask(value.reason)[:4000], value.runs, value.from_cache)
         with self._lock:

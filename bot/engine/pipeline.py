@@ -25,6 +25,7 @@ from bot.adapters.sandbox import Sandbox
 from bot.adapters.source import LOCKFILES, SourceError, SourceRepo
 from bot.adapters.stack import FunctionCheck, PackageInfo, Stack, StackError
 from bot.core.events import Event
+from bot.core.masking import LINE_LIMIT, cut_line
 from bot.core.stage_index import Artifact
 
 STEPS = ("restore", "checkout", "install", "deploy", "verify")
@@ -95,9 +96,21 @@ def run_command(
     on_start(proc.pid)
 
     def pump() -> None:
+        # Lines are read at most LINE_LIMIT characters at a time; the rest of a longer one is counted, never
+        # held: a deploy printing gigabytes without a newline costs neither memory nor masking time.
         assert proc.stdout is not None
-        for line in proc.stdout:
-            on_line(line.rstrip("\n"))
+        head, dropped = None, 0
+        for chunk in iter(lambda: proc.stdout.readline(LINE_LIMIT), ""):
+            text = chunk.rstrip("\n")
+            if head is None:
+                head, dropped = text, 0
+            else:
+                dropped += len(text)
+            if chunk.endswith("\n"):
+                on_line(cut_line(head, dropped))
+                head = None
+        if head is not None:
+            on_line(cut_line(head, dropped))
 
     reader = threading.Thread(target=pump, name=f"{step}-output", daemon=True)
     reader.start()
