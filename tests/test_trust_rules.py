@@ -398,3 +398,30 @@ def test_a_secret_the_line_cut_went_through_is_masked_from_its_first_character()
     assert head.endswith("sk-live-0123")
     masked = Masker([secret])(cut_line(head, 500))
     assert "sk-live" not in masked and masked.endswith("x***" + " … [line cut: 500 more characters]")
+
+
+def test_a_cached_plugin_set_changed_after_it_was_built_is_dropped_not_run(tmp_path):
+    """What a dev job (unsandboxed, or anything with the host's rights) would do: rewrite a plugin in the cache."""
+    installed = tmp_path / "job" / "node_modules"
+    (installed / "plugin").mkdir(parents=True)
+    (installed / "plugin" / "index.js").write_text("module.exports = 'pristine';\n")
+    (installed / ".bin").mkdir()
+    (installed / ".bin" / "serverless").symlink_to("../plugin/index.js")
+    cache = PluginCache(tmp_path / "cache").for_account("account 111111111111")
+    master = cache.adopt("k1", installed)
+    assert cache.path("k1") == master and "k1" not in cache.dropped  # as built: used
+    (master / "plugin" / "index.js").write_text("module.exports = 'poisoned';\n")
+    assert cache.path("k1") is None  # the next job installs afresh instead of running it
+    assert "no longer matches the content hash recorded when it was built" in cache.dropped["k1"]
+    assert not (cache.root / "k1").exists()
+
+    # unsandboxed: a job's own copy is a spare made earlier; a spare changed since is not handed out
+    other = tmp_path / "job2" / "node_modules"
+    (other / "plugin").mkdir(parents=True)
+    (other / "plugin" / "index.js").write_text("module.exports = 'pristine';\n")
+    cache.store("k2", other)
+    spare = next((cache.root / "k2").glob("spare-*")) / "node_modules"
+    (spare / "plugin" / "index.js").write_text("module.exports = 'poisoned!';\n")
+    target = tmp_path / "job3" / "node_modules"
+    assert cache.restore("k2", target)
+    assert (target / "plugin" / "index.js").read_text() == "module.exports = 'pristine';\n"

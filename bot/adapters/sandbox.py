@@ -53,9 +53,11 @@ class Sandbox:
     hidden: tuple[Path, ...]  # never mounted, nor any folder that holds one (hidden_for)
 
     def command(self, args: Sequence[str], *, cwd: Path, writable: Path, env: Mapping[str, str],
-                readonly: Sequence[Path] = (), mounts: Sequence[tuple[Path, Path]] = ()) -> list[str]:
+                readonly: Sequence[Path] = (), mounts: Sequence[tuple[Path, Path]] = (),
+                writable_mounts: Sequence[tuple[Path, Path]] = ()) -> list[str]:
         """bubblewrap's arguments for ``args``. ``mounts`` are (host folder, where the command sees it),
-        read-only, placed after the writable folder so they cover what is there."""
+        read-only, placed after the writable folder so they cover what is there; ``writable_mounts`` the
+        same, writable."""
         out = [self.bwrap, "--unshare-all", "--share-net", "--die-with-parent", "--new-session",
                "--cap-drop", "ALL"]
         for folder in SYSTEM:
@@ -72,6 +74,8 @@ class Sandbox:
         out += ["--bind", str(writable), str(writable)]
         for source, target in mounts:
             out += ["--ro-bind", str(source), str(target)]
+        for source, target in writable_mounts:
+            out += ["--bind", str(source), str(target)]
         # values that are not secret only: bubblewrap's own arguments are visible in the sandbox's /proc/1
         out += ["--setenv", "HOME", HOME, "--setenv", "TMPDIR", "/tmp", "--chdir", str(cwd), "--", *args]
         return out

@@ -43,10 +43,13 @@ class JobClient:
     def __init__(self, spec: JobSpec, secrets: Secrets, *, emit: Callable[[Event], None],
                  cancel: threading.Event, renew: Callable[[], Credentials],
                  on_secret: Callable[[Credentials], None] = lambda c: None,
-                 on_start: Callable[[int], None] = lambda pid: None, env: Mapping[str, str] | None = None):
+                 on_start: Callable[[int], None] = lambda pid: None, env: Mapping[str, str] | None = None,
+                 background: Callable[[Callable[[], None]], None] | None = None):
         self.spec, self.secrets = spec, secrets
         self.emit, self.cancel, self.renew = emit, cancel, renew
         self.on_secret, self.on_start = on_secret, on_start
+        # where the wait for a finished runner's chores goes (the job runner's janitor, so idle() sees it)
+        self.background = background or (lambda fn: threading.Thread(target=fn, daemon=True).start())
         source = os.environ if env is None else env
         self.env = {k: source[k] for k in RUNNER_ENV if k in source}
         self.env["HOME"] = str(spec.workdir)  # nothing of the bot's home
@@ -110,8 +113,7 @@ class JobClient:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
             else:
-                threading.Thread(target=self._wind_down, args=(proc,), daemon=True,
-                                 name=f"job-{self.spec.job_id}-wind-down").start()
+                self.background(lambda: self._wind_down(proc))
         if self.end is None:
             tail = stderr_path.read_text(encoding="utf-8", errors="replace")[-STDERR_TAIL:].strip()
             if self.cancel.is_set():

@@ -21,6 +21,7 @@ from pathlib import Path
 from bot.adapters.archive import PackageError
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
 from bot.adapters.plugin_cache import PluginCache, cache_key
+from bot.adapters.sandbox import HOME as SANDBOX_HOME
 from bot.adapters.sandbox import Sandbox
 from bot.adapters.source import LOCKFILES, SourceError, SourceRepo
 from bot.adapters.stack import FunctionCheck, PackageInfo, Stack, StackError
@@ -226,7 +227,7 @@ class Pipeline:
         return self.outcome
 
     def _command(self, step: str, args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None,
-                 mounts: Sequence[tuple[Path, Path]] = ()) -> None:
+                 mounts: Sequence[tuple[Path, Path]] = (), writable_mounts: Sequence[tuple[Path, Path]] = ()) -> None:
         """Run one of the build's commands: in the sandbox, where it sees the work folder and nothing of
         the bot's; ``env`` replaces the job's environment (the installer's has no AWS credentials)."""
         self.emit(Event(step, "output", "$ " + " ".join(args)))
@@ -234,7 +235,7 @@ class Pipeline:
         argv = list(args)
         if self.sandbox is not None:
             argv = self.sandbox.command(args, cwd=cwd, writable=self.workdir, env=env, readonly=self.trusted,
-                                        mounts=mounts)
+                                        mounts=mounts, writable_mounts=writable_mounts)
         try:
             run_command(
                 step, argv, cwd, env, lambda line: self.emit(Event(step, "output", line)),
@@ -267,7 +268,12 @@ class Pipeline:
         source = lockfile.name if lockfile else "override"
         if self.sandbox is not None:
             self.plugins = self.plugin_cache.path(key)
-        if self.plugins is not None or (self.sandbox is None and self.plugin_cache.restore(key, target)):
+            hit = self.plugins is not None
+        else:
+            hit = self.plugin_cache.restore(key, target)
+        if key in self.plugin_cache.dropped:  # it was changed after it was built: said, and installed again
+            self.emit(Event("install", "output", self.plugin_cache.dropped.pop(key)))
+        if hit:
             self.outcome.installed_from_cache = True
             self.emit(Event("install", "output", f"plugins from the cache (keyed by {source})"
                                                  + (", read-only" if self.plugins else "")))
@@ -299,7 +305,15 @@ class Pipeline:
             # would skip rolling forward again as "No changes to deploy" without it.
             args = [binary, "deploy", "--stage", self.stage, "--package", package, "--force"]
         mounts = [(self.plugins, self.service_dir / "node_modules")] if self.plugins else []
-        self._command("deploy", args, self.service_dir, mounts=mounts)
+        # The Serverless CLI compiles its config-schema validator into ~/.serverless/artifacts (about 2 s) and
+        # reuses it when it finds it there: a sandboxed deploy's HOME is new each time, so the folder is kept
+        # per AWS account, as the plugin cache is (a job can only ever write what its own account's jobs run).
+        kept = []
+        if self.sandbox is not None:
+            artifacts = self.plugin_cache.root / ".serverless-artifacts"
+            artifacts.mkdir(parents=True, exist_ok=True)
+            kept = [(artifacts, Path(SANDBOX_HOME) / ".serverless" / "artifacts")]
+        self._command("deploy", args, self.service_dir, mounts=mounts, writable_mounts=kept)
 
     def _verify(self) -> str | None:
         info, package_dir = self.outcome.info, self.outcome.package_dir

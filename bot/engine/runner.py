@@ -355,6 +355,7 @@ class JobRunner:
                 Secrets(package_url=link, credentials=creds),
                 emit=emit, cancel=cancel, renew=lambda: self.credentials(plan.stage, session), on_secret=remember,
                 on_start=lambda pid: self.store.update_job(job_id, child_pid=pid, child_start=process_start(pid)),
+                background=self._later,
             )
             try:
                 client.run()

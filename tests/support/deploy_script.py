@@ -99,6 +99,10 @@ def main(stage: str, package: Path) -> int:
               flush=True)
     for n in range(int(os.environ.get("SLS_TEST_DEPLOY_LINES", "0"))):
         print(f"line {n} of the deploy output", flush=True)
+    if os.environ.get("SLS_TEST_WRITE_ARTIFACT"):  # as the Serverless CLI keeps its compiled schema validator
+        cache = Path(os.environ["HOME"]) / ".serverless" / "artifacts"
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / os.environ["SLS_TEST_WRITE_ARTIFACT"]).write_text("module.exports = () => true;\n")
     if os.environ.get("SLS_TEST_DEPLOY_LONG_LINE"):  # one line of that many "a." pairs, then a secret
         sys.stdout.write("a." * int(os.environ["SLS_TEST_DEPLOY_LONG_LINE"]) + os.environ.get("SLS_TEST_SECRET", "")
                          + "\n")
