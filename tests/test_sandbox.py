@@ -95,10 +95,28 @@ def hostile_service(root: Path) -> tuple[Path, dict[str, str], dict[str, Path]]:
     return origin, commits, {n: fast_package(root / f"pkg-{n}", n) for n in commits}
 
 
+def roll_back_to_the_hostile_build(make, engines, data, commits, packages, timeout: float):
+    """CI published and deployed v1 then v2; someone rolls prod back to v1, the build with the attack."""
+    from tests.support.fast_service import deploy
+
+    try:
+        engine = make(data_dir=data)
+        for name in ("v1", "v2"):
+            engine.artifacts.publish("prod", commits[name], packages[name], build_id=f"b-{name}", author="Ana",
+                                     message=name)
+            deploy(packages[name])
+            engine.artifacts.mark_deployed("prod", commits[name], f"b-{name}", by="ci")
+        return engine, engine.jobs.wait(engine.jobs.start(engine.plan("prod", "b-v1"), "U-ANA", "U-BO"),
+                                        timeout=timeout)
+    finally:
+        for e in engines:
+            e.jobs.shutdown()
+
+
 @needs_bwrap
 def test_a_hostile_install_script_finds_no_secret_and_leaves_nothing_behind(aws_env, s3, tmp_path, monkeypatch):
     from tests.conftest import engine_factory
-    from tests.support.fast_service import DEPLOY_COMMAND, deploy
+    from tests.support.fast_service import DEPLOY_COMMAND
 
     listener = Listener()
     origin, commits, packages = hostile_service(tmp_path / "svc")
@@ -118,17 +136,7 @@ def test_a_hostile_install_script_finds_no_secret_and_leaves_nothing_behind(aws_
     # the bot's own process has its secrets in its environment, as on a real host
     monkeypatch.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
     monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-secret-abc123")
-    try:
-        engine = make(data_dir=data)
-        for name in ("v1", "v2"):
-            engine.artifacts.publish("prod", commits[name], packages[name], build_id=f"b-{name}", author="Ana",
-                                     message=name)
-            deploy(packages[name])
-            engine.artifacts.mark_deployed("prod", commits[name], f"b-{name}", by="ci")
-        job = engine.jobs.wait(engine.jobs.start(engine.plan("prod", "b-v1"), "U-ANA", "U-BO"), timeout=120)
-    finally:
-        for e in engines:
-            e.jobs.shutdown()
+    _, job = roll_back_to_the_hostile_build(make, engines, data, commits, packages, timeout=120)
     assert job.state == "succeeded", job.reason
     assert len(listener.got) == 1, "the install script ran and reached the network"
     report = listener.got[0]
@@ -267,7 +275,7 @@ def test_a_real_npm_postinstall_finds_no_secret(aws_env, s3, tmp_path, monkeypat
     if shutil.which("npm") is None:
         pytest.skip("npm is not installed; ./scripts/test installs it (apt-get install nodejs npm)")
     from tests.conftest import engine_factory
-    from tests.support.fast_service import DEPLOY_COMMAND, deploy
+    from tests.support.fast_service import DEPLOY_COMMAND
 
     listener = Listener()
     data = tmp_path / "data"
@@ -285,16 +293,7 @@ def test_a_real_npm_postinstall_finds_no_secret(aws_env, s3, tmp_path, monkeypat
                                    ROLLBACK_SANDBOX="required", SLACK_SIGNING_SECRET="signing-secret-abc123")
     monkeypatch.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
     monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-secret-abc123")
-    try:
-        engine = make(data_dir=data)
-        for name in ("v1", "v2"):
-            engine.artifacts.publish("prod", commits[name], packages[name], build_id=f"b-{name}")
-            deploy(packages[name])
-            engine.artifacts.mark_deployed("prod", commits[name], f"b-{name}", by="ci")
-        job = engine.jobs.wait(engine.jobs.start(engine.plan("prod", "b-v1"), "U-ANA", "U-BO"), timeout=300)
-    finally:
-        for e in engines:
-            e.jobs.shutdown()
+    engine, job = roll_back_to_the_hostile_build(make, engines, data, commits, packages, timeout=300)
     assert job.state == "succeeded", job.reason
     assert "$ npm ci" in "\n".join(engine.store.output(job.id))
     assert len(listener.got) == 1, "npm ran the postinstall and it reached the network"
@@ -321,3 +320,33 @@ def test_the_deploys_schema_cache_is_kept_per_account_and_nowhere_else(make_fast
         (own / ".serverless-artifacts" / "validator-1234.js").relative_to(root)]
     assert engine.jobs.plugin_cache.for_account("account 222222222222").root != own
     assert not (Path.home() / ".serverless" / "artifacts" / "validator-1234.js").exists()
+
+
+@needs_bwrap
+def test_a_deploy_that_writes_into_node_modules_gets_its_own_copy_when_asked(aws_env, s3, tmp_path):
+    """Some plugins patch node_modules while they deploy: read-only (the default) they fail, and say why;
+    with ROLLBACK_NODE_MODULES=copy the job gets a real copy, and the cache stays as it was built."""
+    from tests.conftest import engine_factory
+    from tests.support.fast_service import DEPLOY_COMMAND
+
+    work = ServiceRepo(tmp_path / "svc" / "work")
+    commits = {"v1": work.commit("Hello v1", {"serverless.yml": SERVERLESS_YML, "handler.js": handler("v1"),
+                                              "package.json": "{}"})}
+    commits["v2"] = work.commit("Make hello say v2", {"handler.js": handler("v2")})
+    origin = tmp_path / "svc" / "origin.git"
+    git.Repo.clone_from(work.path, origin, bare=True).close()
+    packages = {n: fast_package(tmp_path / "svc" / f"pkg-{n}", n) for n in commits}
+    install = (f"{sys.executable} -c \"import pathlib; p = pathlib.Path('node_modules/plugin'); "
+               "p.mkdir(parents=True); (p / 'index.js').write_text('as installed')\"")
+    make, engines = engine_factory(aws_env, tmp_path, origin, ROLLBACK_SANDBOX="required",
+                                   ROLLBACK_INSTALL_COMMAND=install, ROLLBACK_DEPLOY_COMMAND=DEPLOY_COMMAND,
+                                   SLS_TEST_PATCH_NODE_MODULES="1")
+    strict, job = roll_back_to_the_hostile_build(make, engines, tmp_path / "strict", commits, packages, 120)
+    assert job.state == "failed" and job.reason.startswith("deploy:")
+    assert "Read-only file system" in "\n".join(strict.store.output(job.id))
+    copied, job = roll_back_to_the_hostile_build(lambda data_dir: make(data_dir=data_dir,
+                                                                       ROLLBACK_NODE_MODULES="copy"),
+                                                 engines, tmp_path / "copy", commits, packages, 120)
+    assert job.state == "succeeded", job.reason
+    cached = list((tmp_path / "copy" / "plugin-cache").rglob("plugin/index.js"))
+    assert cached and all(p.read_text() == "as installed" for p in cached)

@@ -46,6 +46,13 @@ class SandboxMode(StrEnum):
     OFF = "off"  # never: every plan card and the App Home say so
 
 
+class NodeModules(StrEnum):
+    """ROLLBACK_NODE_MODULES: what a sandboxed deploy's node_modules is."""
+
+    READ_ONLY = "read-only"  # the cached plugin set itself, mounted read-only: nothing copied
+    COPY = "copy"  # a real copy of it, the job's own to write into (plugins that patch their dependencies)
+
+
 class ConfigError(Exception):
     """Start-up cannot go on; ``problems`` lists every reason at once."""
 
@@ -95,6 +102,7 @@ class Settings:
     watch_window: int = 1800  # how long after going live a deploy is watched
     settle: int = 600  # how long after a rollback its alarms are watched
     sandbox: SandboxMode = SandboxMode.AUTO
+    node_modules: NodeModules = NodeModules.READ_ONLY
 
     def for_service(self, name: str) -> Settings:
         """These settings as one service of the catalog sees them: its name, folder and repository."""
@@ -271,6 +279,8 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         sandbox=SandboxMode(_choice("ROLLBACK_SANDBOX", env.get("ROLLBACK_SANDBOX"),
                                     (SandboxMode.AUTO, SandboxMode.REQUIRED, SandboxMode.OFF) if config_path is None
                                     else (SandboxMode.REQUIRED, SandboxMode.AUTO, SandboxMode.OFF), problems)),
+        node_modules=NodeModules(_choice("ROLLBACK_NODE_MODULES", env.get("ROLLBACK_NODE_MODULES"),
+                                         (NodeModules.READ_ONLY, NodeModules.COPY), problems)),
         retention_days=_int("ROLLBACK_RETENTION_DAYS", env.get("ROLLBACK_RETENTION_DAYS"), 180, 1, 36500, problems),
         child_env={k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)},
         actor=next(

@@ -54,6 +54,7 @@ class JobSpec:
     install_template: tuple[str, ...] | None = None
     bwrap: str = ""  # bubblewrap's path; empty: the commands run unsandboxed
     hidden: tuple[Path, ...] = ()  # what the sandbox never mounts
+    copy_plugins: bool = False  # the deploy gets a real copy of its plugin set, not the cached tree read-only
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:
@@ -82,6 +83,7 @@ class JobSpec:
                 deploy_template=_strings(data.get("deploy_template")),
                 install_template=_strings(data.get("install_template")),
                 bwrap=str(data.get("bwrap") or ""), hidden=tuple(Path(p) for p in data.get("hidden") or ()),
+                copy_plugins=bool(data.get("copy_plugins")),
             )
         except ProtocolError:
             raise

@@ -23,7 +23,7 @@ from bot.adapters.source import SourceRepo
 from bot.adapters.stack import Stack
 from bot.adapters.store import Store
 from bot.core.catalog import COMPOSE_FILE, Catalog
-from bot.core.config import ConfigError, Settings
+from bot.core.config import ConfigError, NodeModules, Settings
 from bot.core.masking import Masker
 from bot.engine.planner import Plan, make_plan
 from bot.engine.runner import EngineConfig, JobRunner
@@ -61,7 +61,7 @@ class Engine:
         config = EngineConfig(
             data_dir=s.data_dir, env=s.child_env, step_timeout=float(s.step_timeout),
             deploy_template=s.deploy_command, install_template=s.install_command, plugin_cache_max=s.plugin_cache_max,
-            sandbox=self.shared.sandbox,
+            sandbox=self.shared.sandbox, copy_plugins=s.node_modules == NodeModules.COPY,
         )
         # the cache's refills run as chores of the first runner that made it (runner is bound by then)
         runner = JobRunner(config, self.store, self.artifacts, self.source, self.mask, stack_factory=self.stack,

@@ -126,7 +126,7 @@ class JobProcess:
             on_process=lambda pid: out.send(FromRunner.PROCESS, ProcessChange(pid or 0)),
             stack_factory=lambda name, region: Stack(name, region, self.pipeline.env),
             sandbox=Sandbox(spec.bwrap, spec.hidden) if spec.bwrap else None,
-            before_step=self._before,
+            before_step=self._before, copy_plugins=spec.copy_plugins,
         )
 
     def _later(self, chore) -> None:

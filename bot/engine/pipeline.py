@@ -183,6 +183,7 @@ class Pipeline:
         stack_factory: Callable[[str, str], Stack] = Stack,
         sandbox: Sandbox | None = None,
         before_step: Callable[[str], None] = lambda step: None,
+        copy_plugins: bool = False,
     ):
         self.artifacts = artifacts
         self.source = source
@@ -200,6 +201,8 @@ class Pipeline:
         self.stack_factory = stack_factory
         self.sandbox = sandbox
         self.before_step = before_step  # the runner renews the job's credentials here when they would run out
+        # in the sandbox the cached plugin set is mounted read-only, unless the job is to get its own copy
+        self.mount_plugins = sandbox is not None and not copy_plugins
         # files the operator's own command templates name (a deploy script): trusted, seen read-only
         self.trusted = [Path(a) for a in (*(deploy_template or ()), *(install_template or ()))
                         if a.startswith("/") and Path(a).exists()]
@@ -266,7 +269,7 @@ class Pipeline:
         key = cache_key(self.service_dir, lockfile, command)
         target = self.service_dir / "node_modules"
         source = lockfile.name if lockfile else "override"
-        if self.sandbox is not None:
+        if self.mount_plugins:
             self.plugins = self.plugin_cache.path(key)
             hit = self.plugins is not None
         else:
@@ -281,7 +284,7 @@ class Pipeline:
         # install scripts are the build's code: they get no AWS credentials at all
         self._command("install", command, self.service_dir,
                       env={k: v for k, v in self.env.items() if not k.startswith("AWS_")})
-        if self.sandbox is not None and target.is_dir() and not target.is_symlink():
+        if self.mount_plugins and target.is_dir() and not target.is_symlink():
             self.plugins = self.plugin_cache.adopt(key, target)  # and from now on read-only, this job's too
         else:
             self.plugin_cache.store(key, target)

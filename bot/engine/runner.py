@@ -74,6 +74,7 @@ class EngineConfig:
     workers: int = 2
     plugin_cache_max: int = 10 * 1024**3
     sandbox: Sandbox | None = None  # where a job's commands run (None: unsandboxed, and every card says so)
+    copy_plugins: bool = False  # ROLLBACK_NODE_MODULES=copy: a sandboxed deploy gets a copy of its plugin set
 
 
 class _OutputBuffer:
@@ -451,7 +452,7 @@ class JobRunner:
             plugin_cache=self.plugin_cache.for_account(plan.account).root, plugin_cache_max=c.plugin_cache_max,
             step_timeout=c.step_timeout, env={k: v for k, v in c.env.items() if k not in OWN_KEYS},
             deploy_template=c.deploy_template, install_template=c.install_template,
-            bwrap=box.bwrap if box else "", hidden=box.hidden if box else (),
+            bwrap=box.bwrap if box else "", hidden=box.hidden if box else (), copy_plugins=c.copy_plugins,
         )
 
     def _remove_workdir(self, workdir: Path) -> None:

@@ -217,11 +217,12 @@ def _start(root: Path, port: int, running: contextlib.ExitStack, out) -> Channel
         except Exception as exc:  # the page says so; the demo goes on
             return f"could not trip {ALARM}: {exc}"
         watching = {w.kind for w in service.watches(service.key(STAGE, SERVICE))}
-        if "deploy" in watching:
-            return f"{ALARM} is in ALARM: the watch posts in the channel within a few seconds"
+        # a rollback's settle watch first: the deploy it undid may still be in its window until the next round
         if "settle" in watching:  # the live build came from a rollback: it is not watched as a deploy
             return (f"{ALARM} is in ALARM. The live build came from a rollback, so no alarm post (no loops): the "
                     f"rollback's card says, {DEMO_SETTLE} s after the rollback, whether the alarm stayed in ALARM.")
+        if "deploy" in watching:
+            return f"{ALARM} is in ALARM: the watch posts in the channel within a few seconds"
         return f"{ALARM} is in ALARM, but no deploy of {SERVICE} in {STAGE} is being watched now: nothing is posted."
 
     page = ChannelPage(standin, users, CHANNEL, LambdaView({**aws, **prod}), port=port, trip=trip).start()

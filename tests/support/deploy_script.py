@@ -99,6 +99,8 @@ def main(stage: str, package: Path) -> int:
               flush=True)
     for n in range(int(os.environ.get("SLS_TEST_DEPLOY_LINES", "0"))):
         print(f"line {n} of the deploy output", flush=True)
+    if os.environ.get("SLS_TEST_PATCH_NODE_MODULES"):  # as plugins that patch their dependencies at deploy time
+        Path("node_modules", "plugin", "index.js").write_text("patched at deploy time")
     if os.environ.get("SLS_TEST_WRITE_ARTIFACT"):  # as the Serverless CLI keeps its compiled schema validator
         cache = Path(os.environ["HOME"]) / ".serverless" / "artifacts"
         cache.mkdir(parents=True, exist_ok=True)
