@@ -304,6 +304,12 @@ class SourceRepo:
         text = data.decode("utf-8", errors="replace")
         return text.removesuffix("\n")  # as `git show` gave it
 
+    def service_files(self, sha: str, names: list[str]) -> dict[str, str]:
+        """Files of the service's folder at ``sha`` that exist (serverless.yml, .env…), read from the mirror."""
+        with self._repo() as repo:
+            found = {name: self._read(repo, sha, name) for name in names}
+        return {name: text for name, text in found.items() if text is not None}
+
     def file_at(self, sha: str, name: str) -> str | None:
         """A file at the repository's root at ``sha`` (the mirror as fetched), or None."""
         if "/" in name or name.startswith(("-", ".")):

@@ -33,6 +33,7 @@ import yaml
 
 from bot.core.errors import UserError
 from bot.core.names import closest
+from bot.core.variables import VariableSource, parse_table
 
 SERVICE_KEYS = ("dir", "repo", "after")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -83,6 +84,8 @@ class Catalog:
     # alarms named for the watch: (stage, service or "") -> (names, prefix)
     alarms: Mapping[tuple[str, str], tuple[tuple[str, ...], str]] = field(default_factory=dict)
     default_region: str = "us-east-1"
+    # deploy-time variables: (stage or "*", service or "") -> NAME -> source (bot.core.variables)
+    variables: Mapping[tuple[str, str], Mapping[str, VariableSource]] = field(default_factory=dict)
     default_service: str = ""  # ROLLBACK_SERVICE; with one service, that one
     configured: bool = False  # from a [services] table (or Compose), not ROLLBACK_SERVICE alone
 
@@ -119,6 +122,13 @@ class Catalog:
     def account(self, stage: str) -> Account:
         found = self.accounts.get(stage) or self.accounts.get("*") or Account()
         return replace(found, region=found.region or self.default_region)
+
+    def variables_for(self, stage: str, service: str) -> dict[str, VariableSource]:
+        """A deploy's variables: "*" then the stage, each overridden by the service's own table."""
+        out: dict[str, VariableSource] = {}
+        for key in (("*", ""), (stage, ""), ("*", service), (stage, service)):
+            out.update(self.variables.get(key, {}))
+        return out
 
     def alarm_spec(self, stage: str, service: str) -> tuple[tuple[str, ...], str]:
         """The alarms named for a service's stage (besides its stack's own): the service's, else the stage's."""
@@ -231,6 +241,7 @@ class Catalog:
 
         accounts: dict[str, Account] = {}
         alarms: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {}
+        variables: dict[tuple[str, str], dict[str, VariableSource]] = {}
         stages = doc.get("stages", {})
         for stage, raw in (stages.items() if isinstance(stages, Mapping) else []):
             if not isinstance(raw, Mapping):
@@ -261,10 +272,13 @@ class Catalog:
                 spec = _alarm_spec(table, f"{label[:-1]}{'.services.' + who if who else ''}]", problems)
                 if spec is not None:
                     alarms[(stage, who)] = spec
+                if "env" in table:
+                    variables[(stage, who)] = parse_table(table["env"], f"{source}: stages.{stage}"
+                                                          + (f".services.{who}" if who else ""), problems)
             if stage in services:
                 problems.append(f"{label}: `{stage}` is both a stage and a service; rename one, since "
                                 f"`/rollback {stage} …` could mean either")
-        catalog = cls(services, accounts, alarms, default_region, default_service or "", configured)
+        catalog = cls(services, accounts, alarms, default_region, variables, default_service or "", configured)
         return catalog, problems
 
 

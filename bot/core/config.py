@@ -20,6 +20,7 @@ import yaml
 from bot.core.catalog import COMPOSE_FILE, NAME_RE, Catalog
 from bot.core.masking import URL_USERINFO
 from bot.core.policy import Policy, PolicyError
+from bot.core.variables import SourceKind
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 TEMPLATE_FIELDS = {"stage", "package"}
@@ -96,6 +97,8 @@ class Settings:
     actor: str = ""
     child_env: Mapping[str, str] = field(default_factory=dict)
     catalog: Catalog = field(default_factory=Catalog)
+    # the bot host's own variables that [stages.*.env] names as sources (from_env), read once here
+    host_env: Mapping[str, str] = field(default_factory=dict)
     app_concurrency: int = 4  # services of one phase of an app rollback deployed at once
     app_on_failure: str = "finish"  # the other running services of a phase when one fails: finish | cancel
     watch_poll: int = 15  # seconds between the alarm watch's rounds (0: no watch)
@@ -114,7 +117,7 @@ class Settings:
         aws = [self.child_env.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")]
         slack = [self.slack_bot_token, self.slack_signing_secret, self.slack_app_token]
         repo = [_userinfo(self.repo)]
-        return [s for s in slack + aws + repo if s]
+        return [s for s in slack + aws + repo + list(self.host_env.values()) if s]
 
 
 def _userinfo(url: str) -> str:
@@ -269,6 +272,8 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         plugin_cache_max=_int("ROLLBACK_PLUGIN_CACHE_MB", env.get("ROLLBACK_PLUGIN_CACHE_MB"), 10240, 1, 1024**3,
                               problems) * 1024**2,
         catalog=catalog,
+        host_env={v.ref: env[v.ref] for table in catalog.variables.values() for v in table.values()
+                  if v.kind == SourceKind.HOST_ENV and v.ref in env},
         watch_poll=_int("ROLLBACK_WATCH_POLL", env.get("ROLLBACK_WATCH_POLL"), 15, 0, 3600, problems),
         watch_window=_int("ROLLBACK_WATCH_WINDOW", env.get("ROLLBACK_WATCH_WINDOW"), 1800, 1, 7 * 86400, problems),
         settle=_int("ROLLBACK_SETTLE", env.get("ROLLBACK_SETTLE"), 600, 1, 86400, problems),

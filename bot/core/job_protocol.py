@@ -11,13 +11,14 @@ trusts the other's output more than it must.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
 from pathlib import Path
 
 from bot.core.errors import UserError
 from bot.core.events import Event, EventStatus
 from bot.core.stage_index import Artifact
+from bot.core.variables import SourceKind, VariableSource
 
 SPEC_VERSION = 1
 MAX_LINE = 64 * 1024  # a message longer than this is cut off where it is read (output lines are ~8 KB)
@@ -55,6 +56,9 @@ class JobSpec:
     bwrap: str = ""  # bubblewrap's path; empty: the commands run unsandboxed
     hidden: tuple[Path, ...] = ()  # what the sandbox never mounts
     copy_plugins: bool = False  # the deploy gets a real copy of its plugin set, not the cached tree read-only
+    # deploy-time variables the runner reads itself, with the job's credentials, when the deploy starts
+    variables: tuple[VariableSource, ...] = ()
+    deploy_env: dict[str, str] = field(default_factory=dict)  # and the literal ones (not secret)
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:
@@ -84,11 +88,20 @@ class JobSpec:
                 install_template=_strings(data.get("install_template")),
                 bwrap=str(data.get("bwrap") or ""), hidden=tuple(Path(p) for p in data.get("hidden") or ()),
                 copy_plugins=bool(data.get("copy_plugins")),
+                variables=tuple(_variable(v) for v in data.get("variables") or ()),
+                deploy_env={str(k): str(v) for k, v in dict(data.get("deploy_env") or {}).items()},
             )
         except ProtocolError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ProtocolError(f"the job spec cannot be read ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _variable(data: dict) -> VariableSource:
+    kind = SourceKind(data["kind"])
+    if kind not in (SourceKind.SSM, SourceKind.SECRET):
+        raise ProtocolError(f"a job spec's variable is read from {kind}; only ssm and secret are read by the runner")
+    return VariableSource(str(data["name"]), kind, str(data["ref"]), str(data.get("json_key") or ""))
 
 
 def _strings(value) -> tuple[str, ...] | None:
@@ -120,6 +133,7 @@ class Secrets:
     package_url: str  # a presigned GET of the target's object: the runner holds no key to the bucket
     credentials: Credentials
     mask: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # deploy-time variables from the bot host's environment
 
 
 # -- runner -> bot ---------------------------------------------------------------------------------
@@ -169,7 +183,8 @@ def decode_to_runner(line: str):
             return _credentials(data)
         if kind == ToRunner.SECRETS:
             return Secrets(package_url=str(data["package_url"]), credentials=_credentials(data["credentials"]),
-                           mask=tuple(str(s) for s in data.get("mask") or ()))
+                           mask=tuple(str(s) for s in data.get("mask") or ()),
+                           env={str(k): str(v) for k, v in dict(data.get("env") or {}).items()})
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ProtocolError(f"a {kind} message from the bot cannot be read ({exc})") from exc
     raise ProtocolError(f"unknown message from the bot: {kind!r}")

@@ -30,7 +30,8 @@ log = logging.getLogger("rollback-bot.core.policy")
 RULE_KEYS = ("requesters", "approvers", "approver_must_differ", "channels", "notify_channel", "auto_rollback")
 ACCOUNT_KEYS = ("role_arn", "external_id", "region", "serverless_stage")  # read by bot.core.catalog
 WATCH_KEYS = ("alarms", "alarm_prefix")  # read by bot.core.catalog: which alarms the watch reads
-STAGE_KEYS = RULE_KEYS + ACCOUNT_KEYS + WATCH_KEYS + ("services",)
+ENV_KEYS = ("env",)  # read by bot.core.catalog: the deploy-time variables (bot.core.variables)
+STAGE_KEYS = RULE_KEYS + ACCOUNT_KEYS + WATCH_KEYS + ENV_KEYS + ("services",)
 TOP_KEYS = ("stages", "services")  # [services.*] is the catalog's (bot.core.catalog)
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 STAGE_KEY_RE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")
@@ -194,8 +195,9 @@ class Policy:
                 if not isinstance(sub, Mapping):
                     problems.append(f"{at(sub_header)}: {label} must be a table")
                     continue
-                problems += _unknown_keys(sub, RULE_KEYS + WATCH_KEYS, label, text, sub_header, at,
-                                          f"a service may override only {', '.join(RULE_KEYS + WATCH_KEYS)}")
+                own = RULE_KEYS + WATCH_KEYS + ENV_KEYS
+                problems += _unknown_keys(sub, own, label, text, sub_header, at,
+                                          f"a service may override only {', '.join(own)}")
                 overrides[(stage, service)] = replace(base, **_rule_fields(sub, label, text, sub_header, at, problems))
         if problems:
             raise PolicyError("\n".join(problems))

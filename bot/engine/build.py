@@ -25,8 +25,10 @@ from bot.adapters.store import Store
 from bot.core.catalog import COMPOSE_FILE, Catalog
 from bot.core.config import ConfigError, NodeModules, Settings
 from bot.core.masking import Masker
+from bot.core.variables import VariableSource
 from bot.engine.planner import Plan, make_plan
 from bot.engine.runner import EngineConfig, JobRunner
+from bot.engine.variables import check as check_variables
 
 log = logging.getLogger("rollback-bot.engine")
 
@@ -67,6 +69,7 @@ class Engine:
         runner = JobRunner(config, self.store, self.artifacts, self.source, self.mask, stack_factory=self.stack,
                            aws_env=self.job_env if self.shared.uses_accounts else None,
                            credentials=lambda stage, name: self.accounts.credentials(stage, session_name(name)),
+                           variables=self.variables, host_env=s.host_env,
                            plugin_cache=self.shared.plugin_cache(lambda fn: runner._later(fn)))
         return runner
 
@@ -96,9 +99,22 @@ class Engine:
                          account=account.describe() if account and self.shared.uses_accounts else "",
                          region=account.region if account and account.role_arn else "", fetch=fetch,
                          dir_at=self._compose_dir_at)
+        self._check_variables(plan)
         if self.shared.unsandboxed:  # said on every card, not only in a log nobody reads during an incident
             plan.warnings.append(unsandboxed_warning(self.shared.unsandboxed))
         return plan
+
+    def variables(self, stage: str) -> dict[str, VariableSource]:
+        return self.settings.catalog.variables_for(stage, self.service)
+
+    def _check_variables(self, plan: Plan) -> None:
+        """Before anyone approves: every ${env:…} of the target has a source that can be read."""
+        s = self.settings
+        aws = (self.accounts.env_for(plan.stage, session_name("rollback-bot-plan", self.service, plan.stage))
+               if self.shared.uses_accounts else s.child_env)
+        source = self.source.for_dir(plan.service_dir) if plan.service_dir else self.source
+        check_variables(source, plan.target.commit, plan.stage, plan.deploy_stage or plan.stage, self.service,
+                        self.variables(plan.stage), s.host_env, s.child_env, aws, len(s.catalog.services) > 1)
 
     def _compose_dir_at(self, commit: str) -> str | None:
         """A Compose service's folder at ``commit`` (it may have moved since the bot started)."""

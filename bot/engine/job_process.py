@@ -24,6 +24,7 @@ from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.sandbox import Sandbox
 from bot.adapters.source import SourceRepo
 from bot.adapters.stack import Stack, StackError
+from bot.adapters.variables import VariableError, read_variable
 from bot.core.events import Event, EventStatus
 from bot.core.job_protocol import (
     MAX_LINE,
@@ -111,7 +112,8 @@ class JobProcess:
         self.spec, self.out, self.inbox, self.cancel = spec, out, inbox, cancel
         # the plugin cache's refills (a spare copy, eviction) run after the job has said how it ended
         self._pending: list = []
-        self.secrets = [*secrets.mask, secrets.package_url]
+        self.secrets = [*secrets.mask, secrets.package_url, *(v for v in secrets.env.values() if len(v) >= 6)]
+        self.secrets_env = dict(secrets.env)
         self.credentials = secrets.credentials
         self._remask()
         self.env = {**spec.env, **self.credentials.aws}
@@ -161,6 +163,24 @@ class JobProcess:
         self.out.send(FromRunner.EVENT, Event(step, EventStatus.OUTPUT,
                                               f"AWS credentials for {step}: {said}"
                                               + (f" ({self.credentials.note})" if self.credentials.note else "")))
+        if step == "deploy":
+            self._variables()
+
+    def _variables(self) -> None:
+        """The deploy-time variables: the bot's (literals, its host's) and those read here, in the stage's
+        account with the job's credentials, masked from now on in all the job shows."""
+        values = {**self.spec.deploy_env, **self.secrets_env}
+        for var in self.spec.variables:
+            try:
+                values[var.name] = read_variable(var, self.pipeline.env)
+            except VariableError as exc:
+                raise StepFailed("deploy", f"{exc}; nothing was deployed") from exc
+            self.secrets.append(values[var.name])
+        self._remask()
+        self.pipeline.deploy_vars = values
+        if values:
+            self.out.send(FromRunner.EVENT, Event("deploy", EventStatus.OUTPUT, "deploy-time variables: " + ", ".join(
+                sorted(values)) + " (values masked)"))
 
     def run(self) -> ExitCode:
         code = self._run()

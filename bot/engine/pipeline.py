@@ -203,6 +203,7 @@ class Pipeline:
         self.before_step = before_step  # the runner renews the job's credentials here when they would run out
         # in the sandbox the cached plugin set is mounted read-only, unless the job is to get its own copy
         self.mount_plugins = sandbox is not None and not copy_plugins
+        self.deploy_vars: dict[str, str] = {}  # deploy-time variables: the deploy's environment only, not install's
         # files the operator's own command templates name (a deploy script): trusted, seen read-only
         self.trusted = [Path(a) for a in (*(deploy_template or ()), *(install_template or ()))
                         if a.startswith("/") and Path(a).exists()]
@@ -316,7 +317,8 @@ class Pipeline:
             artifacts = self.plugin_cache.root / ".serverless-artifacts"
             artifacts.mkdir(parents=True, exist_ok=True)
             kept = [(artifacts, Path(SANDBOX_HOME) / ".serverless" / "artifacts")]
-        self._command("deploy", args, self.service_dir, mounts=mounts, writable_mounts=kept)
+        self._command("deploy", args, self.service_dir, env={**self.env, **self.deploy_vars}, mounts=mounts,
+                      writable_mounts=kept)
 
     def _verify(self) -> str | None:
         info, package_dir = self.outcome.info, self.outcome.package_dir

@@ -30,6 +30,7 @@ from bot.core.jobs import Job, JobState
 from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import InUse, StageIndex
+from bot.core.variables import SourceKind, VariableSource
 from bot.engine.job_client import JobClient
 from bot.engine.pipeline import Cancelled, Event, StepFailed, kill_group
 from bot.engine.planner import Plan
@@ -120,6 +121,8 @@ class JobRunner:
         aws_env: Callable[[str, str], Mapping[str, str]] | None = None,
         plugin_cache: PluginCache | None = None,
         credentials: Callable[[str, str], Credentials] | None = None,
+        variables: Callable[[str], Mapping[str, VariableSource]] = lambda stage: {},
+        host_env: Mapping[str, str] | None = None,
     ):
         self.config = config
         self.service = artifacts.service
@@ -128,6 +131,8 @@ class JobRunner:
         self.aws_env = aws_env or self._own_env
         # A job's credentials, handed to its runner: (stage, session name) -> temporary credentials
         self.credentials = credentials or self._own_credentials
+        self.variables = variables  # a stage's deploy-time variables ([stages.<stage>.env], bot.core.variables)
+        self.host_env = dict(host_env or {})  # the bot host's variables those name (from_env)
         self.store = store
         self.artifacts = artifacts
         self.source = source
@@ -353,7 +358,9 @@ class JobRunner:
             client = JobClient(
                 self._spec(job_id, plan, workdir),
                 # none of the bot's own secrets: the runner masks what it holds, the bot masks the rest
-                Secrets(package_url=link, credentials=creds),
+                Secrets(package_url=link, credentials=creds, env={
+                    v.name: self.host_env[v.ref] for v in self.variables(plan.stage).values()
+                    if v.kind == SourceKind.HOST_ENV and v.ref in self.host_env}),
                 emit=emit, cancel=cancel, renew=lambda: self.credentials(plan.stage, session), on_secret=remember,
                 on_start=lambda pid: self.store.update_job(job_id, child_pid=pid, child_start=process_start(pid)),
                 background=self._later,
@@ -445,6 +452,7 @@ class JobRunner:
     def _spec(self, job_id: int, plan: Plan, workdir: Path) -> JobSpec:
         """All the runner is told about the job: no secrets (those go on its stdin)."""
         c, box = self.config, self.config.sandbox
+        variables = self.variables(plan.stage)
         source = self.source.for_dir(plan.service_dir) if plan.service_dir else self.source
         return JobSpec(
             job_id=job_id, service=self.service, stage=plan.deploy_stage or plan.stage, target=plan.target,
@@ -453,6 +461,8 @@ class JobRunner:
             step_timeout=c.step_timeout, env={k: v for k, v in c.env.items() if k not in OWN_KEYS},
             deploy_template=c.deploy_template, install_template=c.install_template,
             bwrap=box.bwrap if box else "", hidden=box.hidden if box else (), copy_plugins=c.copy_plugins,
+            variables=tuple(v for v in variables.values() if v.kind in (SourceKind.SSM, SourceKind.SECRET)),
+            deploy_env={v.name: v.ref for v in variables.values() if v.kind == SourceKind.LITERAL},
         )
 
     def _remove_workdir(self, workdir: Path) -> None:

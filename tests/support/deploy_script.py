@@ -99,6 +99,15 @@ def main(stage: str, package: Path) -> int:
               flush=True)
     for n in range(int(os.environ.get("SLS_TEST_DEPLOY_LINES", "0"))):
         print(f"line {n} of the deploy output", flush=True)
+    for name in filter(None, os.environ.get("SLS_TEST_EXPECT_ENV", "").split(",")):  # deploy-time variables
+        value = os.environ.get(name)
+        if value is None:
+            print(f"Error: Cannot resolve variable: Value not found at \"env\" source for {name}", flush=True)
+            return 1
+        import hashlib
+
+        # the value itself, as a careless plugin would print it, and a digest the test checks it by
+        print(f"{name}={value} sha256={hashlib.sha256(value.encode()).hexdigest()}", flush=True)
     if os.environ.get("SLS_TEST_PATCH_NODE_MODULES"):  # as plugins that patch their dependencies at deploy time
         Path("node_modules", "plugin", "index.js").write_text("patched at deploy time")
     if os.environ.get("SLS_TEST_WRITE_ARTIFACT"):  # as the Serverless CLI keeps its compiled schema validator

@@ -1,0 +1,170 @@
+"""Deploy-time variables: `${env:…}` in serverless.yml resolved from a literal, the bot host's environment,
+SSM and Secrets Manager in the stage's account, checked at plan time, never stored or shown. The real
+engine and job runner against moto's SSM and Secrets Manager, with the fast tier's deploy command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import boto3
+import git
+import pytest
+
+from bot.core.errors import UserError
+from tests.support.fast_service import DEPLOY_COMMAND, deploy, fast_package, handler
+from tests.support.gitrepo import ServiceRepo
+
+YML = ("service: hello-service\nprovider:\n  name: aws\n  runtime: nodejs20.x\n  environment:\n"
+       "    EMAIL_SERVICE_API_KEY: ${env:EMAIL_SERVICE_API_KEY}\n    DB_PASSWORD: ${env:DB_PASSWORD}\n"
+       "    STAGE_LABEL: ${env:STAGE_LABEL}\n    FROM_HOST: ${env:FROM_HOST}\n"
+       "    OPTIONAL: ${env:NOT_NEEDED, 'a default'}\nfunctions:\n  hello:\n    handler: handler.hello\n")
+POLICY = """
+[stages.prod]
+requesters = ["U-ANA"]
+approvers = ["U-BO"]
+
+[stages.prod.env]
+STAGE_LABEL = "production"
+EMAIL_SERVICE_API_KEY = { ssm = "/prod/email/api-key" }
+DB_PASSWORD = { secret = "prod/db", key = "password" }
+FROM_HOST = { from_env = "BOT_HOST_TOKEN" }
+"""
+SSM_VALUE = "email-key-from-ssm-7f3a9c"
+SECRET_VALUE = "db-password-from-secrets-manager-41d2"
+HOST_VALUE = "host-token-from-the-bots-env-88e1"
+NAMES = "EMAIL_SERVICE_API_KEY,DB_PASSWORD,STAGE_LABEL,FROM_HOST"
+
+
+@pytest.fixture
+def service(tmp_path, aws_env, s3):
+    work = ServiceRepo(tmp_path / "svc" / "work")
+    commits = {"v1": work.commit("Hello v1", {"serverless.yml": YML, "handler.js": handler("v1")})}
+    commits["v2"] = work.commit("Make hello say v2", {"handler.js": handler("v2")})
+    commits["v3"] = work.commit("Use a new key", {"serverless.yml": YML + "custom:\n  k: ${env:NEW_KEY}\n"})
+    origin = tmp_path / "svc" / "origin.git"
+    git.Repo.clone_from(work.path, origin, bare=True).close()
+    packages = {n: fast_package(tmp_path / "svc" / f"pkg-{n}", n) for n in commits}
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    return origin, commits, packages, policy
+
+
+def engine_for(service, aws_env, tmp_path, **env):
+    from tests.conftest import engine_factory
+
+    origin, commits, packages, policy = service
+    make, engines = engine_factory(aws_env, tmp_path, origin, ROLLBACK_DEPLOY_COMMAND=DEPLOY_COMMAND,
+                                   ROLLBACK_CONFIG=str(policy), ROLLBACK_SANDBOX="auto", SLS_TEST_EXPECT_ENV=NAMES,
+                                   BOT_HOST_TOKEN=HOST_VALUE, **env)
+    engine = make()
+    for name in ("v1", "v2", "v3"):
+        engine.artifacts.publish("prod", commits[name], packages[name], build_id=f"b-{name}")
+    deploy(packages["v2"])
+    engine.artifacts.mark_deployed("prod", commits["v2"], "b-v2", by="ci")
+    return engine, engines
+
+
+def sources(aws_env, ssm: bool = True, secret: bool = True) -> None:
+    if ssm:
+        boto3.client("ssm").put_parameter(Name="/prod/email/api-key", Value=SSM_VALUE, Type="SecureString")
+    if secret:
+        boto3.client("secretsmanager").create_secret(Name="prod/db", SecretString=json.dumps(
+            {"username": "app", "password": SECRET_VALUE}))
+
+
+def test_variables_reach_the_deploy_from_each_source_and_nowhere_else(service, aws_env, tmp_path):
+    sources(aws_env)
+    engine, engines = engine_for(service, aws_env, tmp_path)
+    try:
+        plan = engine.plan("prod", "b-v1")
+        job = engine.jobs.wait(engine.jobs.start(plan, "U-ANA", "U-BO"), timeout=120)
+        assert job.state == "succeeded", job.reason
+        output = "\n".join(engine.store.output(job.id))
+        for name, value in (("EMAIL_SERVICE_API_KEY", SSM_VALUE), ("DB_PASSWORD", SECRET_VALUE),
+                            ("FROM_HOST", HOST_VALUE), ("STAGE_LABEL", "production")):
+            digest = hashlib.sha256(value.encode()).hexdigest()
+            assert f"sha256={digest}" in output, f"the deploy did not get {name}"  # the right value arrived
+        assert "STAGE_LABEL=production" in output  # a literal is not secret
+        assert "EMAIL_SERVICE_API_KEY=*** " in output and "DB_PASSWORD=*** " in output and "FROM_HOST=*** " in output
+        # the values are in no row, no log file, no job file
+        stored = json.dumps([list(r.values()) for t in ("jobs", "events", "output", "audit")
+                             for r in engine.store.db[t].rows], default=str)
+        log = engine.jobs.log_path(job.id).read_text()
+        for secret in (SSM_VALUE, SECRET_VALUE, HOST_VALUE):
+            assert secret not in stored and secret not in log
+    finally:
+        for e in engines:
+            e.jobs.shutdown()
+
+
+def test_a_variable_with_no_source_is_refused_at_plan_time(service, aws_env, tmp_path):
+    sources(aws_env)
+    engine, engines = engine_for(service, aws_env, tmp_path)
+    try:
+        with pytest.raises(UserError) as refused:
+            engine.plan("prod", "b-v3")
+        commit = service[1]["v3"][:7]
+        assert str(refused.value) == (
+            f"serverless.yml at `{commit}` uses `${{env:NEW_KEY}}`; add it under `[stages.prod.env]` in "
+            "ROLLBACK_CONFIG (a literal, from_env, ssm or secret). Nothing was deployed.")
+        assert engine.store.jobs(limit=5) == []
+    finally:
+        for e in engines:
+            e.jobs.shutdown()
+
+
+def test_a_source_that_cannot_be_read_is_refused_at_plan_time(service, aws_env, tmp_path):
+    sources(aws_env, ssm=False)  # the parameter was never created in the stage's account
+    engine, engines = engine_for(service, aws_env, tmp_path)
+    try:
+        with pytest.raises(UserError, match=r"EMAIL_SERVICE_API_KEY comes from SSM parameter /prod/email/api-key, "
+                                            r"which does not exist in stage `prod`'s account\..*Nothing was deployed"):
+            engine.plan("prod", "b-v1")
+    finally:
+        for e in engines:
+            e.jobs.shutdown()
+    sources(aws_env, ssm=True, secret=False)
+    boto3.client("secretsmanager").delete_secret(SecretId="prod/db", ForceDeleteWithoutRecovery=True)
+    engine, engines = engine_for(service, aws_env, tmp_path / "again")
+    try:
+        with pytest.raises(UserError, match=r"DB_PASSWORD comes from secret prod/db \(key password\), which does "
+                                            "not exist"):
+            engine.plan("prod", "b-v1")
+    finally:
+        for e in engines:
+            e.jobs.shutdown()
+
+
+def test_a_host_variable_that_is_not_set_is_refused_at_plan_time(service, aws_env, tmp_path):
+    sources(aws_env)
+    from tests.conftest import engine_factory
+
+    origin, commits, packages, policy = service
+    make, engines = engine_factory(aws_env, tmp_path, origin, ROLLBACK_DEPLOY_COMMAND=DEPLOY_COMMAND,
+                                   ROLLBACK_CONFIG=str(policy), ROLLBACK_SANDBOX="auto")
+    try:
+        engine = make()
+        for name in ("v1", "v2"):
+            engine.artifacts.publish("prod", commits[name], packages[name], build_id=f"b-{name}")
+        engine.artifacts.mark_deployed("prod", commits["v2"], "b-v2", by="ci")
+        with pytest.raises(UserError, match=r"takes \$BOT_HOST_TOKEN from the bot host's environment, but it is "
+                                            "not set where the bot runs"):
+            engine.plan("prod", "b-v1")
+    finally:
+        for e in engines:
+            e.jobs.shutdown()
+
+
+def test_a_malformed_env_table_stops_start_up_with_where_it_is(tmp_path):
+    from bot.core.config import ConfigError, load_settings
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[stages.prod]\napprovers = ["U-BO"]\n\n[stages.prod.env]\nBAD = { ssm = "/x", secret = "y" }\n'
+                      '"not-a-name" = "v"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"ROLLBACK_BUCKET": "b-bucket", "ROLLBACK_SERVICE": "hello-service", "ROLLBACK_REPO": "/r",
+                       "ROLLBACK_CONFIG": str(policy)}, needs=["engine"])
+    text = str(refused.value)
+    assert "stages.prod.env.BAD: give a literal string, or exactly one of from_env, ssm, secret" in text
+    assert "stages.prod.env.not-a-name: not an environment variable name" in text
