@@ -168,3 +168,37 @@ def test_a_malformed_env_table_stops_start_up_with_where_it_is(tmp_path):
     text = str(refused.value)
     assert "stages.prod.env.BAD: give a literal string, or exactly one of from_env, ssm, secret" in text
     assert "stages.prod.env.not-a-name: not an environment variable name" in text
+
+
+def test_a_stage_in_its_own_account_reads_its_own_parameter(service, aws_env, tmp_path, monkeypatch):
+    """With a role for prod, the parameter is read in prod's account with the job's assumed role: a parameter of
+    the same name in the bot's own account is not the one the deploy gets."""
+    role = "arn:aws:iam::111111111111:role/rollback-deployer"
+    creds = boto3.client("sts").assume_role(RoleArn=role, RoleSessionName="setup")["Credentials"]
+    prod = {"aws_access_key_id": creds["AccessKeyId"], "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"], "region_name": "us-east-1"}
+    boto3.client("ssm", **prod).put_parameter(Name="/prod/email/api-key", Value=SSM_VALUE, Type="SecureString")
+    boto3.client("secretsmanager", **prod).create_secret(Name="prod/db", SecretString=json.dumps(
+        {"password": SECRET_VALUE}))
+    boto3.client("ssm").put_parameter(Name="/prod/email/api-key", Value="the-bots-own-account-value",
+                                      Type="SecureString")
+    origin, commits, packages, policy = service
+    policy.write_text(POLICY.replace("[stages.prod]\n", f'[stages.prod]\nrole_arn = "{role}"\n', 1))
+    for name, value in (("AWS_ACCESS_KEY_ID", creds["AccessKeyId"]), ("AWS_SECRET_ACCESS_KEY",
+                                                                        creds["SecretAccessKey"]),
+                        ("AWS_SESSION_TOKEN", creds["SessionToken"])):
+        monkeypatch.setenv(name, value)  # CI deploys v2 in prod's account
+    deploy(packages["v2"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", aws_env["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_env["AWS_SECRET_ACCESS_KEY"])
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    engine, engines = engine_for(service, aws_env, tmp_path)
+    try:
+        job = engine.jobs.wait(engine.jobs.start(engine.plan("prod", "b-v1"), "U-ANA", "U-BO"), timeout=120)
+        assert job.state == "succeeded", job.reason
+        output = "\n".join(engine.store.output(job.id))
+        assert f"sha256={hashlib.sha256(SSM_VALUE.encode()).hexdigest()}" in output
+        assert "AWS: account 111111111111 (role rollback-deployer)" in output
+    finally:
+        for e in engines:
+            e.jobs.shutdown()
