@@ -202,3 +202,65 @@ def test_a_stage_in_its_own_account_reads_its_own_parameter(service, aws_env, tm
     finally:
         for e in engines:
             e.jobs.shutdown()
+
+
+def test_from_slack_the_values_reach_the_deploy_and_no_slack_payload(service, aws_env, tmp_path):
+    from tests.conftest import engine_factory
+    from tests.support.slack_session import workspaces
+
+    sources(aws_env)
+    origin, commits, packages, _ = service
+    make, engines = engine_factory(aws_env, tmp_path, origin, ROLLBACK_DEPLOY_COMMAND=DEPLOY_COMMAND,
+                                   ROLLBACK_SANDBOX="auto", SLS_TEST_EXPECT_ENV=NAMES, BOT_HOST_TOKEN=HOST_VALUE)
+    sessions = workspaces(make, tmp_path)
+    start = next(sessions)
+    try:
+        ws = start(POLICY)
+        art = ws.engine.artifacts
+        for name in ("v1", "v2"):
+            art.publish("prod", commits[name], packages[name], build_id=f"b-{name}")
+        deploy(packages["v2"])
+        art.mark_deployed("prod", commits["v2"], "b-v2", by="ci")
+        card = ws.posts_card(ws.ana, "prod b-v1")
+        ws.bo.click(card.first, "approve")
+        done = card.becomes("✅", timeout=120)
+        assert "Rolled back" in done["blocks"][0]["text"]["text"]
+        output = "\n".join(ws.engine.store.output(ws.engine.store.jobs(limit=1)[0].id))
+        assert f"sha256={hashlib.sha256(SECRET_VALUE.encode()).hexdigest()}" in output
+        sent = json.dumps([ws.standin.messages, ws.standin.responses, ws.standin.files, ws.standin.home],
+                          ensure_ascii=False)
+        assert "DB_PASSWORD=***" in sent  # the thread shows the deploy output, masked
+        for secret in (SSM_VALUE, SECRET_VALUE, HOST_VALUE):
+            assert secret not in sent, "a deploy-time secret reached Slack"
+    finally:
+        sessions.close()
+        for e in engines:
+            e.jobs.shutdown()
+
+
+def test_from_the_terminal_the_values_reach_the_deploy_and_no_output(service, aws_env, tmp_path):
+    import subprocess
+    import sys
+
+    sources(aws_env)
+    engine, engines = engine_for(service, aws_env, tmp_path)
+    for e in engines:
+        e.jobs.shutdown()
+    policy = service[3]
+    policy.write_text(POLICY.replace('requesters = ["U-ANA"]\napprovers = ["U-BO"]', 'approvers = ["ana"]'))
+    s = engine.settings
+    env = {**s.child_env, "ROLLBACK_BUCKET": s.bucket, "ROLLBACK_PREFIX": s.prefix, "ROLLBACK_REPO": s.repo,
+           "ROLLBACK_DATA_DIR": str(s.data_dir), "ROLLBACK_SERVICE": s.service, "ROLLBACK_CONFIG": str(policy),
+           "ROLLBACK_SANDBOX": "auto", "ROLLBACK_DEPLOY_COMMAND": DEPLOY_COMMAND, "BOT_HOST_TOKEN": HOST_VALUE}
+    done = subprocess.run([sys.executable, "-m", "bot", "rollback", "prod", "b-v1", "--yes", "--by", "ana"], env=env,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = done.stdout + done.stderr
+    assert "succeeded in" in shown and "prod runs" in shown
+    job = engine.store.jobs(limit=1)[0]
+    assert f"sha256={hashlib.sha256(HOST_VALUE.encode()).hexdigest()}" in "\n".join(engine.store.output(job.id))
+    for secret in (SSM_VALUE, SECRET_VALUE, HOST_VALUE):
+        assert secret not in shown
+    missing = subprocess.run([sys.executable, "-m", "bot", "rollback", "prod", "b-v3", "--yes", "--by", "ana"],
+                             env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert missing.returncode != 0 and "uses `${env:NEW_KEY}`; add it under `[stages.prod.env]`" in missing.stderr
