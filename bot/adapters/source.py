@@ -171,6 +171,15 @@ def plugins_of(text: str, name: str = "serverless.yml") -> tuple[str, ...] | Non
     return tuple(plugins)
 
 
+def parse_serverless(text: str) -> dict | None:
+    """A serverless.yml as data (CloudFormation tags kept as plain values); None when it is not YAML."""
+    try:
+        doc = yaml.load(text, Loader=_ServerlessLoader)
+    except yaml.YAMLError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 class SourceRepo:
     """A bare mirror of ROLLBACK_REPO under the data dir; checkouts are worktrees of it."""
 

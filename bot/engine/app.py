@@ -156,7 +156,8 @@ def make_app_plan(fleet: Fleet, stage: str, ref: str, targets: dict[str, tuple[s
     phases = [list(p) for p in (order if forward else reversed(order))]
     # said once for the app, not once per service
     shared = sorted({w for p in plans for w in p.warnings if w.startswith("Jobs run unsandboxed")})
-    app = AppPlan(stage, ref, commit, steps, phases, [*warnings, *shared], forward)
+    dangers = [f"🛑 {s.service}: {d}" for s in moving for d in s.plan.dangers]  # before anything else
+    app = AppPlan(stage, ref, commit, steps, phases, [*dangers, *warnings, *shared], forward)
     app.warnings += _export_warnings(fleet, app)
     return app
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 
 from bot.adapters.archive import TEMPLATE_NAME, PackageError
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
-from bot.adapters.source import CommitInfo, PluginChange, SourceRepo
+from bot.adapters.source import CommitInfo, PluginChange, SourceRepo, parse_serverless, plugins_of
 from bot.adapters.stack import STATE_NAME, PackageInfo, Stack, StackError, TemplateDiff
 from bot.core.names import closest
+from bot.core.plugin_effects import plugin_effects
 from bot.core.stage_index import Artifact, Mark, StageIndex
 
 
@@ -35,6 +36,7 @@ class Plan:
     region: str = ""
     freeze: Mark | None = None
     warnings: list[str] = field(default_factory=list)
+    dangers: list[str] = field(default_factory=list)  # what the deploy is known to break: said first, marked 🛑
     forward: bool = False  # the target was published after the live build: a roll forward
     refused_entries: int = 0  # index entries that failed validation (never offered)
     service_dir: str = ""  # the service's folder at the target's commit, when Compose moved it ("": the usual one)
@@ -176,6 +178,14 @@ def make_plan(
         plan.commits = (source.commits_between(target.commit, live.commit) if plan.forward
                         else source.commits_between(live.commit, target.commit))
         plan.plugins = source.plugin_change(live.commit, target.commit)
+
+    # What the target's plugins will do during the deploy, beyond updating the stack
+    text = source.service_files(target.commit, ["serverless.yml"]).get("serverless.yml")
+    config = parse_serverless(text) if text else None
+    if config is not None:
+        acts, harm = plugin_effects(config, plugins_of(text) or ())
+        plan.dangers += harm
+        plan.warnings += acts
 
     # Only the template and the state file are read (ranged GETs), never the whole package.
     members = artifacts.read_members(target, [TEMPLATE_NAME, STATE_NAME])

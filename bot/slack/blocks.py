@@ -188,6 +188,8 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
     if t.bad:
         blocks.append(section(f"⚠️ {code(t.short)} (build {code(t.build_id)}) is marked bad by {user(t.bad.by)}: "
                               f"{esc(t.bad.reason)}. Deploying it anyway clears the mark."))
+    for danger in plan.dangers:
+        blocks.append(section(f"🛑 *{esc(danger)}*"))
     for warning in plan.warnings:
         blocks.append(section(f"⚠️ {esc(warning)}"))
     if plan.freeze:

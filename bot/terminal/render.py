@@ -90,7 +90,7 @@ def render_plan(plan: Plan, now: float) -> str:
         bad = plan.target.bad
         lines.append(f"WARNING: {plan.target.label()} is marked bad by {bad.by}: {bad.reason}. Deploying it anyway "
                      "clears the mark.")
-    lines += [f"WARNING: {w}" for w in plan.warnings]
+    lines += [f"DANGER: {d}" for d in plan.dangers] + [f"WARNING: {w}" for w in plan.warnings]
     return clean("\n".join(lines))
 
 
