@@ -277,3 +277,33 @@ def test_alarm_names_and_reasons_from_cloudwatch_reach_slack_as_text(fast_prod, 
             assert_inert(message["blocks"] or as_text)
     finally:
         standin.stop()
+
+
+def test_a_deploy_to_a_stack_named_by_provider_stack_name_is_watched_under_that_name(watch, fast_prod, fast_service,
+                                                                                      tmp_path):
+    import json
+
+    from tests.support.fast_service import fast_package
+
+    package = fast_package(tmp_path / "pkg-named", "v4")
+    state = json.loads((package / "serverless-state.json").read_text())
+    state["service"]["provider"]["stackName"] = "hello-api-stack"  # serverless.yml's provider.stackName
+    (package / "serverless-state.json").write_text(json.dumps(state))
+    stack_alarm = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {"Errors": {
+        "Type": "AWS::CloudWatch::Alarm", "Properties": {
+            "AlarmName": "hello-api-stack-errors", "MetricName": "Errors", "Namespace": "AWS/Lambda",
+            "Statistic": "Sum", "Period": 60, "EvaluationPeriods": 1, "Threshold": 1,
+            "ComparisonOperator": "GreaterThanThreshold"}}}}
+    boto3.client("cloudformation").create_stack(StackName="hello-api-stack", TemplateBody=json.dumps(stack_alarm))
+    fast_prod.artifacts.publish("prod", fast_service.commits["v3"], package, build_id="b-named")
+    fast_prod.artifacts.mark_deployed("prod", fast_service.commits["v3"], "b-named", by="ci")
+    watcher, events, _ = watch(auto=False)
+    watcher.poll()
+    watched = [w for w in fast_prod.store.watches() if w.build == "b-named"]
+    assert len(watched) == 1 and watched[0].stack == "hello-api-stack"
+    boto3.client("cloudwatch").set_alarm_state(AlarmName="hello-api-stack-errors", StateValue="ALARM",
+                                               StateReason="errors")
+    watcher.poll()
+    assert [e.text for e in events if e.kind == "alarm"] == [
+        f"`hello-api-stack-errors` went into ALARM 0 min after build b-named ({fast_service.commits['v3'][:7]}) "
+        "went live."]

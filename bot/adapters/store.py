@@ -122,6 +122,12 @@ def _v7(db: sqlite_utils.Database) -> None:
     db["jobs"].add_column("child_start", str)
 
 
+@_migration
+def _v8(db: sqlite_utils.Database) -> None:
+    # the stack a watch reads alarms of, as the build names it (provider.stackName honoured)
+    db["watches"].add_column("stack", str)
+
+
 class StageBusy(UserError):
     def __init__(self, key: StageKey, lock: HeldLock, several: bool = False):
         self.key = key

@@ -61,6 +61,7 @@ class Watch:
     next_check: float = 0.0
     in_alarm: tuple[str, ...] = ()  # the alarms in ALARM at the last read
     reported: frozenset[str] = field(default_factory=frozenset)  # alarms already posted about
+    stack: str = ""  # the stack whose alarms it reads, as the build names it ("": Serverless's default)
 
     @classmethod
     def from_row(cls, row: dict) -> Watch:
@@ -72,7 +73,7 @@ class Watch:
             job_id=row.get("job_id"), acted_job=row.get("acted_job"), failures=int(row.get("failures") or 0),
             next_check=float(row.get("next_check") or 0.0),
             in_alarm=tuple(str(a) for a in _json(row.get("in_alarm"), [])),
-            reported=frozenset(str(a) for a in _json(row.get("reported"), [])))
+            reported=frozenset(str(a) for a in _json(row.get("reported"), [])), stack=str(row.get("stack") or ""))
 
 
 @dataclass(frozen=True)

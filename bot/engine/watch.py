@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.adapters.alarms import AlarmReader, AlarmState
+from bot.adapters.archive import TEMPLATE_NAME
+from bot.adapters.stack import STATE_NAME, PackageInfo
 from bot.adapters.store import StageBusy
 from bot.core.errors import UserError
 from bot.core.jobs import Job
@@ -92,7 +94,8 @@ class Watcher:
                     continue  # a deploy by CI, still inside its window (a rollback's result is not re-watched)
                 if self.store.watch(name, stage, WatchPurpose.DEPLOY, live.at) is None:
                     self.store.add_watch(service=name, stage=stage, kind=WatchPurpose.DEPLOY, commit_sha=live.commit,
-                                         build=live.build_id, since=live.at, until=live.at + self.window)
+                                         build=live.build_id, since=live.at, until=live.at + self.window,
+                                         stack=self._stack_of(engine, stage, live.commit, live.build_id))
         for w in self.store.watches():
             moved_on = w.kind == WatchPurpose.DEPLOY and lives.get((w.service, w.stage), "?") not in (
                 "?", (w.commit_sha, w.build))
@@ -107,12 +110,26 @@ class Watcher:
         """A rollback just succeeded: watch the same alarms for the settle period."""
         self.store.add_watch(service=job.service, stage=job.stage, kind=WatchPurpose.SETTLE,
                              commit_sha=job.target_commit, build=job.target_build, since=self.clock(),
-                             until=self.clock() + self.settle, job_id=job.id)
+                             until=self.clock() + self.settle, job_id=job.id, stack=job.stack_name or "")
 
     # -- one watch -------------------------------------------------------------------------------
 
     def _stack(self, w: Watch) -> str:
-        return stack_name(self.service, StageKey(w.service, w.stage))
+        return w.stack or stack_name(self.service, StageKey(w.service, w.stage))
+
+    def _stack_of(self, engine, stage: str, commit: str, build: str) -> str:
+        """The stack the build deploys to: its package's provider.stackName, when it names one (two ranged
+        reads, once per watch); "" for Serverless's default name, or when the package cannot be read."""
+        try:
+            art = engine.artifacts.read_index(stage).find(commit, build)
+            if art is None:
+                return ""
+            members = engine.artifacts.read_members(art, [TEMPLATE_NAME, STATE_NAME])
+            return PackageInfo.parse(members.get(TEMPLATE_NAME), members.get(STATE_NAME),
+                                     self.service.fleet.catalog.serverless_stage(stage), engine.service).stack_name
+        except Exception:  # a watch with the default name beats no watch
+            log.warning("could not read the stack name of %s %s", engine.service, build, exc_info=True)
+            return ""
 
     def _check(self, w: Watch, now: float) -> None:
         key = StageKey(w.service, w.stage)
