@@ -264,3 +264,29 @@ def test_from_the_terminal_the_values_reach_the_deploy_and_no_output(service, aw
     missing = subprocess.run([sys.executable, "-m", "bot", "rollback", "prod", "b-v3", "--yes", "--by", "ana"],
                              env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert missing.returncode != 0 and "uses `${env:NEW_KEY}`; add it under `[stages.prod.env]`" in missing.stderr
+
+
+def test_while_the_deploy_runs_no_process_listing_shows_a_value(service, aws_env, tmp_path):
+    from tests.support.fast_service import hold_file
+    from tests.support.procs import pids_with
+    from tests.support.waiting import wait_for
+
+    sources(aws_env)
+    hold = hold_file()
+    hold.touch()
+    engine, engines = engine_for(service, aws_env, tmp_path, SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
+    try:
+        job_id = engine.jobs.start(engine.plan("prod", "b-v1"), "U-ANA", "U-BO")
+        workdir = str(engine.settings.data_dir / "jobs" / str(job_id) / "restore")  # in the deploy's argv
+        wait_for(lambda: pids_with(workdir), 60, "the deploy to start")
+        listed = {secret: pids_with(secret) for secret in (SSM_VALUE, SECRET_VALUE, HOST_VALUE)}
+        hold.unlink()
+        assert engine.jobs.wait(job_id, timeout=60).state == "succeeded"
+        assert listed == {SSM_VALUE: [], SECRET_VALUE: [], HOST_VALUE: []}  # in the deploy's environment only
+        said = [ln for ln in engine.store.output(job_id) if ln.startswith("deploy-time variables:")]
+        assert said == ["deploy-time variables: DB_PASSWORD, EMAIL_SERVICE_API_KEY, FROM_HOST, STAGE_LABEL "
+                        "(values masked)"]
+    finally:
+        hold.unlink(missing_ok=True)
+        for e in engines:
+            e.jobs.shutdown()
