@@ -50,7 +50,16 @@ def service(tmp_path, aws_env, s3):
     return origin, commits, packages, policy
 
 
-def engine_for(service, aws_env, tmp_path, **env):
+@pytest.fixture
+def stopping():
+    """Engines a test made, shut down when it ends (their job runners and chores)."""
+    engines: list = []
+    yield engines
+    for engine in engines:
+        engine.jobs.shutdown()
+
+
+def engine_for(service, aws_env, tmp_path, stopping, **env):
     from tests.conftest import engine_factory
 
     origin, commits, packages, policy = service
@@ -62,7 +71,8 @@ def engine_for(service, aws_env, tmp_path, **env):
         engine.artifacts.publish("prod", commits[name], packages[name], build_id=f"b-{name}")
     deploy(packages["v2"])
     engine.artifacts.mark_deployed("prod", commits["v2"], "b-v2", by="ci")
-    return engine, engines
+    stopping.extend(engines)
+    return engine
 
 
 def sources(aws_env, ssm: bool = True, secret: bool = True) -> None:
@@ -73,67 +83,51 @@ def sources(aws_env, ssm: bool = True, secret: bool = True) -> None:
             {"username": "app", "password": SECRET_VALUE}))
 
 
-def test_variables_reach_the_deploy_from_each_source_and_nowhere_else(service, aws_env, tmp_path):
+def test_variables_reach_the_deploy_from_each_source_and_nowhere_else(service, aws_env, tmp_path, stopping):
     sources(aws_env)
-    engine, engines = engine_for(service, aws_env, tmp_path)
-    try:
-        plan = engine.plan("prod", "b-v1")
-        job = engine.jobs.wait(engine.jobs.start(plan, "U-ANA", "U-BO"), timeout=120)
-        assert job.state == "succeeded", job.reason
-        output = "\n".join(engine.store.output(job.id))
-        for name, value in (("EMAIL_SERVICE_API_KEY", SSM_VALUE), ("DB_PASSWORD", SECRET_VALUE),
-                            ("FROM_HOST", HOST_VALUE), ("STAGE_LABEL", "production")):
-            digest = hashlib.sha256(value.encode()).hexdigest()
-            assert f"sha256={digest}" in output, f"the deploy did not get {name}"  # the right value arrived
-        assert "STAGE_LABEL=production" in output  # a literal is not secret
-        assert "EMAIL_SERVICE_API_KEY=*** " in output and "DB_PASSWORD=*** " in output and "FROM_HOST=*** " in output
-        # the values are in no row, no log file, no job file
-        stored = json.dumps([list(r.values()) for t in ("jobs", "events", "output", "audit")
-                             for r in engine.store.db[t].rows], default=str)
-        log = engine.jobs.log_path(job.id).read_text()
-        for secret in (SSM_VALUE, SECRET_VALUE, HOST_VALUE):
-            assert secret not in stored and secret not in log
-    finally:
-        for e in engines:
-            e.jobs.shutdown()
+    engine = engine_for(service, aws_env, tmp_path, stopping)
+    plan = engine.plan("prod", "b-v1")
+    job = engine.jobs.wait(engine.jobs.start(plan, "U-ANA", "U-BO"), timeout=120)
+    assert job.state == "succeeded", job.reason
+    output = "\n".join(engine.store.output(job.id))
+    for name, value in (("EMAIL_SERVICE_API_KEY", SSM_VALUE), ("DB_PASSWORD", SECRET_VALUE),
+                        ("FROM_HOST", HOST_VALUE), ("STAGE_LABEL", "production")):
+        digest = hashlib.sha256(value.encode()).hexdigest()
+        assert f"sha256={digest}" in output, f"the deploy did not get {name}"  # the right value arrived
+    assert "STAGE_LABEL=production" in output  # a literal is not secret
+    assert "EMAIL_SERVICE_API_KEY=*** " in output and "DB_PASSWORD=*** " in output and "FROM_HOST=*** " in output
+    # the values are in no row, no log file, no job file
+    stored = json.dumps([list(r.values()) for t in ("jobs", "events", "output", "audit")
+                         for r in engine.store.db[t].rows], default=str)
+    log = engine.jobs.log_path(job.id).read_text()
+    for secret in (SSM_VALUE, SECRET_VALUE, HOST_VALUE):
+        assert secret not in stored and secret not in log
 
 
-def test_a_variable_with_no_source_is_refused_at_plan_time(service, aws_env, tmp_path):
+def test_a_variable_with_no_source_is_refused_at_plan_time(service, aws_env, tmp_path, stopping):
     sources(aws_env)
-    engine, engines = engine_for(service, aws_env, tmp_path)
-    try:
-        with pytest.raises(UserError) as refused:
-            engine.plan("prod", "b-v3")
-        commit = service[1]["v3"][:7]
-        assert str(refused.value) == (
-            f"serverless.yml at `{commit}` uses `${{env:NEW_KEY}}`; add it under `[stages.prod.env]` in "
-            "ROLLBACK_CONFIG (a literal, from_env, ssm or secret). Nothing was deployed.")
-        assert engine.store.jobs(limit=5) == []
-    finally:
-        for e in engines:
-            e.jobs.shutdown()
+    engine = engine_for(service, aws_env, tmp_path, stopping)
+    with pytest.raises(UserError) as refused:
+        engine.plan("prod", "b-v3")
+    commit = service[1]["v3"][:7]
+    assert str(refused.value) == (
+        f"serverless.yml at `{commit}` uses `${{env:NEW_KEY}}`; add it under `[stages.prod.env]` in "
+        "ROLLBACK_CONFIG (a literal, from_env, ssm or secret). Nothing was deployed.")
+    assert engine.store.jobs(limit=5) == []
 
 
-def test_a_source_that_cannot_be_read_is_refused_at_plan_time(service, aws_env, tmp_path):
+def test_a_source_that_cannot_be_read_is_refused_at_plan_time(service, aws_env, tmp_path, stopping):
     sources(aws_env, ssm=False)  # the parameter was never created in the stage's account
-    engine, engines = engine_for(service, aws_env, tmp_path)
-    try:
-        with pytest.raises(UserError, match=r"EMAIL_SERVICE_API_KEY comes from SSM parameter /prod/email/api-key, "
-                                            r"which does not exist in stage `prod`'s account\..*Nothing was deployed"):
-            engine.plan("prod", "b-v1")
-    finally:
-        for e in engines:
-            e.jobs.shutdown()
+    engine = engine_for(service, aws_env, tmp_path, stopping)
+    with pytest.raises(UserError, match=r"EMAIL_SERVICE_API_KEY comes from SSM parameter /prod/email/api-key, "
+                                        r"which does not exist in stage `prod`'s account\..*Nothing was deployed"):
+        engine.plan("prod", "b-v1")
     sources(aws_env, ssm=True, secret=False)
     boto3.client("secretsmanager").delete_secret(SecretId="prod/db", ForceDeleteWithoutRecovery=True)
-    engine, engines = engine_for(service, aws_env, tmp_path / "again")
-    try:
-        with pytest.raises(UserError, match=r"DB_PASSWORD comes from secret prod/db \(key password\), which does "
-                                            "not exist"):
-            engine.plan("prod", "b-v1")
-    finally:
-        for e in engines:
-            e.jobs.shutdown()
+    engine = engine_for(service, aws_env, tmp_path / "again", stopping)
+    with pytest.raises(UserError, match=r"DB_PASSWORD comes from secret prod/db \(key password\), which does "
+                                        "not exist"):
+        engine.plan("prod", "b-v1")
 
 
 def test_a_host_variable_that_is_not_set_is_refused_at_plan_time(service, aws_env, tmp_path):
@@ -170,7 +164,7 @@ def test_a_malformed_env_table_stops_start_up_with_where_it_is(tmp_path):
     assert "stages.prod.env.not-a-name: not an environment variable name" in text
 
 
-def test_a_stage_in_its_own_account_reads_its_own_parameter(service, aws_env, tmp_path, monkeypatch):
+def test_a_stage_in_its_own_account_reads_its_own_parameter(service, aws_env, tmp_path, monkeypatch, stopping):
     """With a role for prod, the parameter is read in prod's account with the job's assumed role: a parameter of
     the same name in the bot's own account is not the one the deploy gets."""
     role = "arn:aws:iam::111111111111:role/rollback-deployer"
@@ -192,16 +186,12 @@ def test_a_stage_in_its_own_account_reads_its_own_parameter(service, aws_env, tm
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", aws_env["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_env["AWS_SECRET_ACCESS_KEY"])
     monkeypatch.delenv("AWS_SESSION_TOKEN")
-    engine, engines = engine_for(service, aws_env, tmp_path)
-    try:
-        job = engine.jobs.wait(engine.jobs.start(engine.plan("prod", "b-v1"), "U-ANA", "U-BO"), timeout=120)
-        assert job.state == "succeeded", job.reason
-        output = "\n".join(engine.store.output(job.id))
-        assert f"sha256={hashlib.sha256(SSM_VALUE.encode()).hexdigest()}" in output
-        assert "AWS: account 111111111111 (role rollback-deployer)" in output
-    finally:
-        for e in engines:
-            e.jobs.shutdown()
+    engine = engine_for(service, aws_env, tmp_path, stopping)
+    job = engine.jobs.wait(engine.jobs.start(engine.plan("prod", "b-v1"), "U-ANA", "U-BO"), timeout=120)
+    assert job.state == "succeeded", job.reason
+    output = "\n".join(engine.store.output(job.id))
+    assert f"sha256={hashlib.sha256(SSM_VALUE.encode()).hexdigest()}" in output
+    assert "AWS: account 111111111111 (role rollback-deployer)" in output
 
 
 def test_from_slack_the_values_reach_the_deploy_and_no_slack_payload(service, aws_env, tmp_path):
@@ -238,14 +228,13 @@ def test_from_slack_the_values_reach_the_deploy_and_no_slack_payload(service, aw
             e.jobs.shutdown()
 
 
-def test_from_the_terminal_the_values_reach_the_deploy_and_no_output(service, aws_env, tmp_path):
+def test_from_the_terminal_the_values_reach_the_deploy_and_no_output(service, aws_env, tmp_path, stopping):
     import subprocess
     import sys
 
     sources(aws_env)
-    engine, engines = engine_for(service, aws_env, tmp_path)
-    for e in engines:
-        e.jobs.shutdown()
+    engine = engine_for(service, aws_env, tmp_path, stopping)
+    engine.jobs.shutdown()  # the terminal runs the rollback, in its own process
     policy = service[3]
     policy.write_text(POLICY.replace('requesters = ["U-ANA"]\napprovers = ["U-BO"]', 'approvers = ["ana"]'))
     s = engine.settings
@@ -266,7 +255,7 @@ def test_from_the_terminal_the_values_reach_the_deploy_and_no_output(service, aw
     assert missing.returncode != 0 and "uses `${env:NEW_KEY}`; add it under `[stages.prod.env]`" in missing.stderr
 
 
-def test_while_the_deploy_runs_no_process_listing_shows_a_value(service, aws_env, tmp_path):
+def test_while_the_deploy_runs_no_process_listing_shows_a_value(service, aws_env, tmp_path, stopping):
     from tests.support.fast_service import hold_file
     from tests.support.procs import pids_with
     from tests.support.waiting import wait_for
@@ -274,7 +263,7 @@ def test_while_the_deploy_runs_no_process_listing_shows_a_value(service, aws_env
     sources(aws_env)
     hold = hold_file()
     hold.touch()
-    engine, engines = engine_for(service, aws_env, tmp_path, SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
+    engine = engine_for(service, aws_env, tmp_path, stopping, SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
     try:
         job_id = engine.jobs.start(engine.plan("prod", "b-v1"), "U-ANA", "U-BO")
         workdir = str(engine.settings.data_dir / "jobs" / str(job_id) / "restore")  # in the deploy's argv
@@ -288,5 +277,3 @@ def test_while_the_deploy_runs_no_process_listing_shows_a_value(service, aws_env
                         "(values masked)"]
     finally:
         hold.unlink(missing_ok=True)
-        for e in engines:
-            e.jobs.shutdown()

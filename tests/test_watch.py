@@ -233,15 +233,20 @@ def test_in_slack_an_automatic_rollback_says_what_it_did_and_shows_its_card(
     assert sum("🤖" in m["text"] for m in ws.standin.messages[CHANNEL]) == 1  # once for this deploy
 
 
-def test_the_alarms_of_the_services_own_stack_are_watched_too(watch, cloudwatch):
+def stack_with_alarm(stack: str, alarm: str) -> None:
+    """A stack with an alarm of its own, as serverless-plugin-aws-alerts declares one."""
     import json
 
-    stack_alarm = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {"FunctionErrors": {
+    template = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {"FunctionErrors": {
         "Type": "AWS::CloudWatch::Alarm", "Properties": {
-            "AlarmName": "hello-service-prod-errors", "MetricName": "Errors", "Namespace": "AWS/Lambda",
-            "Statistic": "Sum", "Period": 60, "EvaluationPeriods": 1, "Threshold": 1,
-            "ComparisonOperator": "GreaterThanThreshold"}}}}
-    boto3.client("cloudformation").create_stack(StackName="hello-service-prod", TemplateBody=json.dumps(stack_alarm))
+            "AlarmName": alarm, "MetricName": "Errors", "Namespace": "AWS/Lambda", "Statistic": "Sum", "Period": 60,
+            "EvaluationPeriods": 1, "Threshold": 1, "ComparisonOperator": "GreaterThanThreshold"}}}}
+    boto3.client("cloudformation").create_stack(StackName=stack, TemplateBody=json.dumps(template))
+
+
+def test_the_alarms_of_the_services_own_stack_are_watched_too(watch, cloudwatch):
+
+    stack_with_alarm("hello-service-prod", "hello-service-prod-errors")
     watcher, _, _ = watch(auto=False)
     names = [a.name for a in watcher.reader.read("prod", "hello-service", "hello-service-prod")]
     assert names == [ALARM, "hello-service-prod-errors"]  # the config's, and the stack's own
@@ -289,12 +294,7 @@ def test_a_deploy_to_a_stack_named_by_provider_stack_name_is_watched_under_that_
     state = json.loads((package / "serverless-state.json").read_text())
     state["service"]["provider"]["stackName"] = "hello-api-stack"  # serverless.yml's provider.stackName
     (package / "serverless-state.json").write_text(json.dumps(state))
-    stack_alarm = {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {"Errors": {
-        "Type": "AWS::CloudWatch::Alarm", "Properties": {
-            "AlarmName": "hello-api-stack-errors", "MetricName": "Errors", "Namespace": "AWS/Lambda",
-            "Statistic": "Sum", "Period": 60, "EvaluationPeriods": 1, "Threshold": 1,
-            "ComparisonOperator": "GreaterThanThreshold"}}}}
-    boto3.client("cloudformation").create_stack(StackName="hello-api-stack", TemplateBody=json.dumps(stack_alarm))
+    stack_with_alarm("hello-api-stack", "hello-api-stack-errors")
     fast_prod.artifacts.publish("prod", fast_service.commits["v3"], package, build_id="b-named")
     fast_prod.artifacts.mark_deployed("prod", fast_service.commits["v3"], "b-named", by="ci")
     watcher, events, _ = watch(auto=False)
