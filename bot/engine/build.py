@@ -8,7 +8,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import cached_property
 
@@ -110,8 +110,12 @@ class Engine:
     def _check_variables(self, plan: Plan) -> None:
         """Before anyone approves: every ${env:…} of the target has a source that can be read."""
         s = self.settings
-        aws = (self.accounts.env_for(plan.stage, session_name("rollback-bot-plan", self.service, plan.stage))
-               if self.shared.uses_accounts else s.child_env)
+
+        def aws() -> Mapping[str, str]:  # only when a parameter or secret must be looked up
+            if not self.shared.uses_accounts:
+                return s.child_env
+            return self.accounts.env_for(plan.stage, session_name("rollback-bot-plan", self.service, plan.stage))
+
         source = self.source.for_dir(plan.service_dir) if plan.service_dir else self.source
         check_variables(source, plan.target.commit, plan.stage, plan.deploy_stage or plan.stage, self.service,
                         self.variables(plan.stage), s.host_env, s.child_env, aws, len(s.catalog.services) > 1)

@@ -4,7 +4,7 @@ approves. Nothing is deployed when they do not; the values themselves are read o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -23,7 +23,7 @@ class VariablesMissing(UserError):
 
 def check(source: SourceRepo, commit: str, stage: str, deploy_stage: str, service: str,
           variables: Mapping[str, VariableSource], host_env: Mapping[str, str], deploy_env: Mapping[str, str],
-          aws_env: Mapping[str, str], several: bool) -> None:
+          aws_env: Callable[[], Mapping[str, str]], several: bool) -> None:
     """Raises VariablesMissing naming each variable without a source, or a source that cannot be read."""
     files = source.service_files(commit, ["serverless.yml", ".env", f".env.{deploy_stage}"])
     yml = files.get("serverless.yml", "")
@@ -44,7 +44,7 @@ def check(source: SourceRepo, commit: str, stage: str, deploy_stage: str, servic
                                "or secret. Nothing was deployed.")
     for var in variables.values():
         if var.kind in (SourceKind.SSM, SourceKind.SECRET):
-            problem = _unreadable(var, aws_env)
+            problem = _unreadable(var, aws_env())
             if problem:
                 raise VariablesMissing(f"{var.name} comes from {var.describe()}, which {problem} in stage `{stage}`'s "
                                        f"account. Fix it or `{table}`. Nothing was deployed.")
