@@ -197,6 +197,7 @@ def test_a_stage_in_its_own_account_reads_its_own_parameter(service, aws_env, tm
 def test_from_slack_the_values_reach_the_deploy_and_no_slack_payload(service, aws_env, tmp_path):
     from tests.conftest import engine_factory
     from tests.support.slack_session import workspaces
+    from tests.support.waiting import wait_for
 
     sources(aws_env)
     origin, commits, packages, _ = service
@@ -217,9 +218,13 @@ def test_from_slack_the_values_reach_the_deploy_and_no_slack_payload(service, aw
         assert "Rolled back" in done["blocks"][0]["text"]["text"]
         output = "\n".join(ws.engine.store.output(ws.engine.store.jobs(limit=1)[0].id))
         assert f"sha256={hashlib.sha256(SECRET_VALUE.encode()).hexdigest()}" in output
-        sent = json.dumps([ws.standin.messages, ws.standin.responses, ws.standin.files, ws.standin.home],
-                          ensure_ascii=False)
-        assert "DB_PASSWORD=***" in sent  # the thread shows the deploy output, masked
+        def sent() -> str:
+            return json.dumps([ws.standin.messages, ws.standin.responses, ws.standin.files, ws.standin.home],
+                              ensure_ascii=False)
+
+        # the thread shows the deploy output, masked (posted in batches: it may follow the card's last edit)
+        wait_for(lambda: "DB_PASSWORD=***" in sent(), 30, "the deploy output in the card's thread")
+        sent = sent()
         for secret in (SSM_VALUE, SECRET_VALUE, HOST_VALUE):
             assert secret not in sent, "a deploy-time secret reached Slack"
     finally:
