@@ -141,7 +141,6 @@ class Secrets:
 
 class FromRunner(StrEnum):
     EVENT = "event"
-    PROCESS = "process"  # a command started (pid) or ended (pid 0)
     WANT_CREDENTIALS = "want_credentials"  # before a step that uses AWS: valid until at least ``until``
     END = "end"
 
@@ -197,17 +196,12 @@ def _credentials(data: dict) -> Credentials:
 
 
 @dataclass(frozen=True)
-class ProcessChange:
-    pid: int
-
-
-@dataclass(frozen=True)
 class WantCredentials:
     step: str
     until: float
 
 
-def decode_from_runner(line: str) -> Event | ProcessChange | WantCredentials | JobEnd:
+def decode_from_runner(line: str) -> Event | WantCredentials | JobEnd:
     """A line the runner wrote; anything malformed raises ProtocolError (the bot shows it as output)."""
     data = _load(line)
     kind = data.pop("kind", "")
@@ -216,8 +210,6 @@ def decode_from_runner(line: str) -> Event | ProcessChange | WantCredentials | J
             duration = data.get("duration")
             return Event(str(data["step"])[:40], EventStatus(data["status"]), str(data.get("text") or ""),
                          None if duration is None else float(duration))
-        if kind == FromRunner.PROCESS:
-            return ProcessChange(int(data["pid"]))
         if kind == FromRunner.WANT_CREDENTIALS:
             return WantCredentials(str(data["step"])[:40], float(data["until"]))
         if kind == FromRunner.END:

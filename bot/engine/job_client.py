@@ -19,7 +19,6 @@ from bot.core.job_protocol import (
     Credentials,
     JobEnd,
     JobSpec,
-    ProcessChange,
     ProtocolError,
     Secrets,
     ToRunner,
@@ -152,5 +151,3 @@ class JobClient:
                 return
             self.on_secret(fresh)
             self._send(proc, ToRunner.CREDENTIALS, fresh)
-        elif isinstance(message, ProcessChange):
-            pass  # the runner's own group is what cancel and recovery stop
