@@ -66,3 +66,17 @@ def test_the_plan_says_what_the_targets_plugins_will_do_and_what_they_break(aws_
     assert card.index("🛑") < card.index("serverless-domain-manager will update")  # the harm comes first
     printed = render_plan(plan, 0.0)
     assert "DANGER: serverless-plugin-aws-alerts" in printed
+
+
+def test_a_hostile_domain_name_in_serverless_yml_is_escaped_on_the_card_and_cleaned_at_the_terminal():
+    from bot.core.plugin_effects import plugin_effects
+    from bot.core.stage_index import Artifact
+    from bot.engine import Plan
+
+    acts, _ = plugin_effects({"custom": {"customDomain": {"domainName": "<!channel> ping \x1b[31mred"}}},
+                             ("serverless-domain-manager",))
+    plan = Plan(stage="prod", ref="b-v1", target=Artifact("a" * 40, "b-v1", "k", "0" * 64, 1, 0.0), live=None,
+                warnings=acts)
+    card = json.dumps(kit.plan_blocks(plan, 1, "U-ANA", 0.0, 0.0), ensure_ascii=False)
+    assert "<!channel>" not in card and "&lt;!channel&gt;" in card  # no ping for the whole channel
+    assert "\x1b" not in render_plan(plan, 0.0)
