@@ -198,7 +198,7 @@ def test_the_runner_of_a_real_job_holds_no_secret_of_the_bots(fast_prod, fast_se
         hold.unlink()
     job = fast_prod.jobs.wait(job_id, timeout=60)
     assert job.state == "succeeded", job.reason
-    assert "run-job" in cmdline
+    assert "bot.engine.job_process" in cmdline
     for secret in (SLACK_TOKEN, "signing-secret-abc123", aws_env["AWS_SECRET_ACCESS_KEY"]):
         assert secret not in environ and secret not in cmdline and secret not in spec
     assert "AWS_SECRET_ACCESS_KEY" not in environ and "SLACK_" not in environ  # credentials come on its stdin

@@ -60,3 +60,17 @@ def test_an_import_cycle_fails(tree):
     spoil(tree / "bot" / "core" / "text.py", "import bot.core.names  # noqa")
     _, cycles = checks(tree)
     assert cycles.returncode == 1 and "import cycle: bot.core.names ↔ bot.core.text" in cycles.stderr
+
+
+def test_the_engine_offers_what_it_lists_and_its_runner_starts_without_the_rest():
+    """bot.engine loads its names on first use: each listed name resolves, and the job runner (started once
+    per job) imports neither sqlite, nor Slack, nor the planner."""
+    import bot.engine
+
+    for name in bot.engine.__all__:
+        assert getattr(bot.engine, name) is not None, name
+    probe = ("import sys, bot.engine.job_process; "
+             "print(' '.join(m for m in ('sqlite_utils', 'slack_bolt', 'bot.engine.planner', 'bot.engine.service')"
+             " if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == ""

@@ -35,7 +35,7 @@ CHORES_WAIT = 600.0  # seconds a runner may spend on the plugin cache after its 
 
 
 def runner_command(spec_path: Path) -> list[str]:
-    return [sys.executable, "-m", "bot", "run-job", str(spec_path)]
+    return [sys.executable, "-m", "bot.engine.job_process", str(spec_path)]
 
 
 class JobClient:

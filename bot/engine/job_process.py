@@ -240,3 +240,10 @@ def run_job(spec_path: Path, stdin: TextIO = sys.stdin, stdout: TextIO = sys.std
     out = _Out(stdout, Masker([]))
     job = JobProcess(spec, first, out, _Inbox(stdin, cancel), cancel)
     return int(job.run())
+
+
+if __name__ == "__main__":  # how the bot starts a runner: this module alone, not the CLI and its faces
+    if len(sys.argv) != 2:
+        print("usage: python -m bot.engine.job_process SPEC (the bot starts this; see docs/runner.md)", file=sys.stderr)
+        raise SystemExit(ExitCode.USAGE)
+    raise SystemExit(run_job(Path(sys.argv[1])))
