@@ -49,15 +49,42 @@ ensure_node() {
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 }
 
+# The package managers of the compatibility matrix's projects (tests/projects/, docs/compatibility.md).
+YARN_VERSION=1.22.22
+PNPM_VERSION=9.15.9
+
+ensure_package_manager() {  # name version: installed globally with npm unless that version is there
+  [ "$("$1" --version 2>/dev/null)" = "$2" ] && return 0
+  npm install --global --no-audit --no-fund --loglevel=error "$1@$2"
+}
+
+install_project() {  # folder: its packages from its committed lockfile, with its own package manager
+  local dir=$1
+  if [ -f "$dir/package-lock.json" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  elif [ -f "$dir/yarn.lock" ]; then
+    ensure_package_manager yarn "$YARN_VERSION"
+    (cd "$dir" && yarn install --frozen-lockfile --non-interactive --silent --no-progress)
+  elif [ -f "$dir/pnpm-lock.yaml" ]; then
+    ensure_package_manager pnpm "$PNPM_VERSION"
+    (cd "$dir" && pnpm install --frozen-lockfile --reporter=silent)
+  fi
+}
+
 setup_node_for_tests() {
-  # The sample service pins the real Serverless CLI (osls) and its plugins in a committed lockfile.
+  # The sample service pins the real Serverless CLI (osls) and its plugins in a committed lockfile; each
+  # real-world project of the matrix pins its own CLI (Serverless v3 or osls) and plugins the same way.
   local service=bot/playground/sample_service
   [ -f "$service/package-lock.json" ] || return 0
   if ! ensure_node; then
     echo "npm is missing: tests that need Node.js will skip" >&2
     return 0
   fi
-  (cd "$service" && npm ci --no-audit --no-fund --loglevel=error)
+  install_project "$service"
+  local project
+  for project in tests/projects/*/; do
+    install_project "${project%/}"
+  done
 }
 
 setup_browser_for_tests() {

@@ -205,3 +205,24 @@ def test_the_runner_of_a_real_job_holds_no_secret_of_the_bots(fast_prod, fast_se
     assert "X-Amz-Signature" not in spec  # nor the package's link
     output = "\n".join(fast_prod.store.output(job_id))
     assert "AWS credentials for deploy: until" in output and "(a session of the bot's own credentials)" in output
+
+
+@pytest.mark.parametrize("lockfile, installer", [
+    ("package-lock.json", ["npm", "ci", "--no-audit", "--no-fund"]),
+    ("yarn.lock", ["yarn", "install", "--frozen-lockfile", "--non-interactive"]),
+    ("pnpm-lock.yaml", ["pnpm", "install", "--frozen-lockfile"]),
+])
+def test_the_installer_is_the_one_the_commits_lockfile_belongs_to(tmp_path, lockfile, installer):
+    from bot.engine.pipeline import install_command
+
+    (tmp_path / "package.json").write_text("{}")
+    (tmp_path / lockfile).write_text("")
+    assert install_command(tmp_path, None) == (installer, tmp_path / lockfile)
+
+
+def test_a_commit_without_a_lockfile_is_not_installed_unpinned(tmp_path):
+    from bot.engine.pipeline import StepFailed, install_command
+
+    (tmp_path / "package.json").write_text("{}")
+    with pytest.raises(StepFailed, match="no lockfile at this commit.*or set ROLLBACK_INSTALL_COMMAND"):
+        install_command(tmp_path, None)

@@ -1,4 +1,4 @@
-"""moto's server (embedded AWS) on a free loopback port, patched in three places to behave as AWS does.
+"""moto's server (embedded AWS) on a free loopback port, patched in five places to behave as AWS does.
 
 moto checks If-Match / If-None-Match and then writes, without a lock, so two racing writers can
 both pass the check; real S3 never lets that happen. Serialising PutObject restores S3's
@@ -13,6 +13,8 @@ import logging
 import threading
 import urllib.request
 
+from moto.apigateway.models import APIGatewayBackend
+from moto.cloudformation.exceptions import ValidationError as CloudFormationValidationError
 from moto.cloudformation.models import CloudFormationBackend
 from moto.cloudformation.parsing import get_model_map, get_name_type_map
 from moto.cloudwatch.models import cloudwatch_backends
@@ -51,6 +53,44 @@ def _tolerate_missing_change_set() -> None:
 
     delete_change_set._tolerant = True
     CloudFormationBackend.delete_change_set = delete_change_set
+
+
+def _skip_unmodelled_resources() -> None:
+    """moto 5.2.5 keeps None in a stack's resources for each type it has no model of (a Serverless stack
+    always has one: its deployment bucket's AWS::S3::BucketPolicy), and DescribeStackResource then
+    answers 500 for every logical id. serverless-domain-manager finds its API with that call after each
+    deploy; real CloudFormation answers it. Looking past the placeholders answers it as AWS does."""
+    if getattr(CloudFormationBackend.describe_stack_resource, "_tolerant", False):
+        return
+
+    def describe_stack_resource(self, stack_name: str, logical_resource_id: str):
+        stack = self.get_stack(stack_name)
+        for resource in stack.stack_resources:
+            if resource is not None and getattr(resource, "logical_resource_id", None) == logical_resource_id:
+                return stack, resource
+        raise CloudFormationValidationError(stack_name, f"Resource {logical_resource_id} does not exist for "
+                                                        f"stack {stack_name}")
+
+    describe_stack_resource._tolerant = True
+    CloudFormationBackend.describe_stack_resource = describe_stack_resource
+
+
+def _list_no_mappings_as_empty() -> None:
+    """moto 5.2.5 answers GetBasePathMappings with 500 (a KeyError) for a domain that has no mapping yet;
+    real API Gateway answers an empty list. serverless-domain-manager asks on every deploy before it
+    creates the service's mapping, so without this the first deploy to a new domain fails."""
+    if getattr(APIGatewayBackend.get_base_path_mappings, "_tolerant", False):
+        return
+    original = APIGatewayBackend.get_base_path_mappings
+
+    @functools.wraps(original)
+    def get_base_path_mappings(self, domain_name: str):
+        if domain_name in self.domain_names and domain_name not in self.base_path_mappings:
+            return []
+        return original(self, domain_name)
+
+    get_base_path_mappings._tolerant = True
+    APIGatewayBackend.get_base_path_mappings = get_base_path_mappings
 
 
 class _StackAlarm(CloudFormationModel):
@@ -105,6 +145,8 @@ class MotoServer:
     def __init__(self) -> None:
         _make_put_atomic()
         _tolerate_missing_change_set()
+        _skip_unmodelled_resources()
+        _list_no_mappings_as_empty()
         _model_stack_alarms()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns test output
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

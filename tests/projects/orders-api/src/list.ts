@@ -1,0 +1,1 @@
+export const handler = async () => ({ statusCode: 200, body: JSON.stringify({ fn: "list", version: "v1" }) });
