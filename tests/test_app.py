@@ -107,3 +107,23 @@ def test_each_service_of_an_app_rollback_settles_under_watch_on_the_apps_card(ap
     card.becomes("✅")
     wait_for(lambda: "👀" in all_text(card.now), 30, "the settle verdict on the app's card")
     assert "👀 billing: alarms OK for 2 s after the rollback" in all_text(card.now)
+
+
+def test_an_app_rollback_takes_every_services_lease_or_none(app, repo, lam, s3):
+    """Another replica (or a terminal elsewhere) holds billing's lease: nothing of the app moves, and no
+    other service's lease is left behind."""
+    from bot.adapters.artifacts import make_s3_client
+    from bot.adapters.lease import LeaseStore
+
+    other = LeaseStore(make_s3_client(2), "rollback-artifacts", "rollback/", "billing")
+    held = other.acquire("prod", 12, "U-DEE", "U-DEE", "cli", 4242)
+    ws = app()
+    card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
+    said = ws.clicks(ws.cy, card.first, "approve")
+    assert "billing on prod is busy: a rollback holds it (job 12 approved by U-DEE" in said
+    assert "takes every service's lock or none" in said
+    assert ws.engine.store.locks() == []  # nor any lock on this machine
+    for svc in ("api", "worker"):
+        assert "Contents" not in s3.list_objects_v2(Bucket="rollback-artifacts", Prefix=f"rollback/{svc}/prod/lock.json")
+        assert live(lam, svc) == code(repo, svc, "v2")
+    other.release(held)

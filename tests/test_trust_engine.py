@@ -18,6 +18,7 @@ import pytest
 
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
 from bot.adapters.source import SourceError, SourceRepo
+from bot.adapters.store import StageBusy
 from bot.core.actor import Actor
 from bot.core.keys import StageKey
 from tests.conftest import BUCKET, SERVICE, fast_code, live_code
@@ -62,14 +63,28 @@ def test_a_full_database_during_a_job_still_releases_the_lock(fast_prod, make_fa
     assert again.store.lock_of(PROD) is None
 
 
-def test_s3_failing_when_the_job_starts_fails_it_cleanly(fast_prod, proxy, fast_service):
+def test_s3_failing_when_the_job_starts_refuses_it_before_anything_runs(fast_prod, proxy, fast_service):
+    """Without S3 the stage's lease cannot be taken, and without it another replica could deploy too."""
     through(fast_prod, proxy)
     plan = fast_prod.plan("prod", "previous")
     proxy.fail(-1)  # S3 is gone from here on
+    with pytest.raises(StageBusy, match="could not take the stage's lease .*Nothing was deployed"):
+        fast_prod.jobs.start(plan, "U-ANA", "U-BO")
+    job = fast_prod.store.jobs(limit=1)[0]
+    assert job.state == "refused" and "lease" in job.reason
+    assert fast_prod.store.lock_of(PROD) is None
+    assert live_code() == fast_code(fast_service, "v2")  # nothing deployed
+
+
+def test_s3_failing_during_the_download_fails_the_job_cleanly(fast_prod, proxy, fast_service):
+    through(fast_prod, proxy)
+    plan = fast_prod.plan("prod", "previous")
+    proxy.fail(-1, only=("GET", ".zip"))  # the package cannot be downloaded; the rest of S3 works
     job_id = fast_prod.jobs.start(plan, "U-ANA", "U-BO")
     job = fast_prod.jobs.wait(job_id, timeout=120)
     assert job.state == "failed" and job.reason.startswith("restore: S3 kept failing")
     assert fast_prod.store.lock_of(PROD) is None
+    assert fast_prod.leases.current("prod") is None  # the lease in S3 is let go too
     assert live_code() == fast_code(fast_service, "v2")  # nothing deployed
 
 
@@ -368,3 +383,46 @@ def test_a_deploy_printing_megabytes_on_one_line_is_cut_masked_and_finishes(make
     logged = [ln for ln in engine.jobs.log_path(job.id).read_text().splitlines() if ln.startswith("a.a.a.")]
     assert len(logged) == 1 and logged[0].endswith(f" … [line cut: {total - 8192} more characters]")  # the file: 8 KB
     assert "xoxb-test-token" not in engine.jobs.log_path(job.id).read_text()
+
+
+def test_a_late_retry_never_overwrites_a_newer_rollback(fast_prod, proxy, fast_service, make_fast_engine, tmp_path):
+    """Job 1 rolls back to v1 but cannot write index.json; meanwhile another replica rolls forward to v3.
+    When S3 recovers, job 1's retry finds the stage moved on: it writes nothing and says so."""
+    through(fast_prod, proxy)
+    seen = []
+    fast_prod.jobs.listeners.append(lambda job_id, event: seen.append(event))
+    proxy.fail(-1, only=("PUT", "index.json"))
+    first = fast_prod.jobs.wait(fast_prod.jobs.start(fast_prod.plan("prod", "previous"), "U-ANA", "U-BO"), 120)
+    assert first.state == "succeeded" and first.recorded == 0  # deployed v1, not recorded yet
+    replica = make_fast_engine(tmp_path / "replica")  # its own data folder, S3 without the fault
+    second = replica.jobs.wait(replica.jobs.start(replica.plan("prod", "b-v3"), "U-CY", "U-DEE"), 120)
+    assert second.state == "succeeded" and second.recorded == 1
+    proxy.fail(0)  # S3 recovers for job 1's retry
+    wait_for(lambda: any(e.step == "index" and e.status == "stale" for e in seen), 30, "the retry to give up")
+    index = ArtifactStore(replica.artifacts.s3, BUCKET, SERVICE, "rollback/").read_index("prod")
+    assert index.live.commit == fast_service.commits["v3"] and index.live.by == "U-DEE"
+    assert index.find(fast_service.commits["v3"], "b-v3").bad is None and index.freeze is None
+    assert live_code() == fast_code(fast_service, "v3")
+    job = fast_prod.store.job(first.id)
+    assert job.recorded == 2 and "the stage moved on while the job ran" in job.reason
+    assert f"{fast_service.commits['v3'][:7]} (build b-v3) went live forward by U-DEE" in job.reason
+
+
+def test_a_ci_deploy_recorded_during_the_job_is_not_written_over(fast_prod, fast_service):
+    """CI ignored check-freeze and recorded v3 while the rollback deployed v1: the job's result is not
+    written over CI's record, and the job says what it found instead of freezing CI on a guess."""
+    hold = hold_file("stale-hold")
+    hold.touch()
+    fast_prod.jobs.config.env["SLS_TEST_DEPLOY_WAIT_FOR"] = str(hold)
+    job_id = fast_prod.jobs.start(fast_prod.plan("prod", "previous"), "U-ANA", "U-BO")
+    try:
+        wait_for(lambda: any(e["step"] == "deploy" for e in fast_prod.store.events(job_id)), 60, "the deploy")
+        fast_prod.artifacts.mark_deployed("prod", fast_service.commits["v3"], "b-v3", by="ci")
+    finally:
+        hold.unlink(missing_ok=True)
+    job = fast_prod.jobs.wait(job_id, timeout=60)
+    assert job.state == "succeeded" and job.recorded == 2
+    assert "not recorded: the stage moved on while the job ran" in job.reason and "by ci" in job.reason
+    index = fast_prod.artifacts.read_index("prod")
+    assert index.live.commit == fast_service.commits["v3"] and index.freeze is None and index.in_use == []
+    assert "warning: deployed and verified, but not recorded" in "\n".join(fast_prod.store.output(job_id))

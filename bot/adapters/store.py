@@ -128,16 +128,22 @@ def _v8(db: sqlite_utils.Database) -> None:
     db["watches"].add_column("stack", str)
 
 
+@_migration
+def _v9(db: sqlite_utils.Database) -> None:
+    # the token of the stage lease in S3 a running job holds (bot.adapters.lease), so recovery frees only its own
+    db["jobs"].add_column("lease", str)
+
+
 class StageBusy(UserError):
-    def __init__(self, key: StageKey, lock: HeldLock, several: bool = False):
+    def __init__(self, key: StageKey, lock: HeldLock, several: bool = False, message: str = ""):
         self.key = key
         self.stage = key.stage
         self.lock = lock
         what = f"{key.service} on {key.stage}" if several else f"stage {key.stage}"
-        super().__init__(
+        super().__init__(message or (
             f"{what} is busy: job {lock.job_id} started by {plain_name(lock.holder)} "
             f"is running. Wait for it, or cancel it first"
-        )
+        ))
 
 
 def plain_name(who: str | None) -> str:

@@ -91,6 +91,7 @@ class Settings:
     port: int = 3000
     s3_max_attempts: int = 5
     step_timeout: int = 1800
+    lease_seconds: int = 120  # the stage lease in S3 (bot.adapters.lease): a dead holder frees the stage after it
     max_unpacked: int = 2 * 1024**3  # bytes a package may unpack to
     plugin_cache_max: int = 10 * 1024**3  # bytes of cached node_modules before the least recently used go
     retention_days: int = 180  # job rows, events, output and audit entries older than this are pruned
@@ -267,6 +268,7 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         port=_int("PORT", env.get("PORT"), 3000, 1, 65535, problems),
         s3_max_attempts=_int("ROLLBACK_S3_MAX_ATTEMPTS", env.get("ROLLBACK_S3_MAX_ATTEMPTS"), 5, 1, 20, problems),
         step_timeout=_int("ROLLBACK_STEP_TIMEOUT", env.get("ROLLBACK_STEP_TIMEOUT"), 1800, 1, 86400, problems),
+        lease_seconds=_int("ROLLBACK_LEASE_SECONDS", env.get("ROLLBACK_LEASE_SECONDS"), 120, 3, 3600, problems),
         max_unpacked=_int("ROLLBACK_MAX_UNPACKED_MB", env.get("ROLLBACK_MAX_UNPACKED_MB"), 2048, 1, 1024**2,
                           problems) * 1024**2,
         plugin_cache_max=_int("ROLLBACK_PLUGIN_CACHE_MB", env.get("ROLLBACK_PLUGIN_CACHE_MB"), 10240, 1, 1024**3,

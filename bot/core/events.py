@@ -14,6 +14,7 @@ class EventStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     RECORDED = "recorded"  # the index took a job's result late, after retries
+    STALE = "stale"  # …or never: the stage moved on while the job ran, and its result was dropped
     # the end of a job (step "job"): its final state
     SUCCEEDED = "succeeded"
     CANCELLED = "cancelled"

@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 from bot.core.cards import AppCard
 
 APP = "*"  # the service of an app rollback's own row (its services' jobs point to it with app_id)
+
+
+class Recorded(IntEnum):
+    """Whether a succeeded job's result reached index.json (the jobs table's ``recorded``)."""
+
+    PENDING = 0  # not yet: retried in the background until it lands
+    YES = 1
+    STALE = 2  # never written: the stage moved on while it ran (another rollback, a CI deploy)
 
 
 class JobState(StrEnum):
@@ -98,6 +106,7 @@ class Job:
     pid_start: str = ""  # the runner's process start time, so a reused pid is not taken for it
     child_pid: int | None = None  # the job runner's process group, stopped on recovery
     child_start: str = ""  # its start time: a process that merely got the same pid is never signalled
+    lease: str = ""  # the token of the stage lease in S3 it holds while it runs
     expires: float = 0.0  # a pending plan's deadline
     stack_name: str = ""
     region: str = ""

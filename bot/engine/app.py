@@ -208,14 +208,16 @@ def app_card_json(app: AppPlan) -> str:
 NOT_STARTED = "not started: an earlier phase failed or the rollback was cancelled"
 
 
-def skip_unstarted(store, parts: dict[str, int], reason: str) -> dict[str, Job]:
-    """The services of an app rollback that never started become skipped and free their lock.
-    Returns every service's job row as it is now."""
+def skip_unstarted(store, parts: dict[str, int], reason: str,
+                   free_lease: Callable[[str, Job], None] = lambda name, job: None) -> dict[str, Job]:
+    """The services of an app rollback that never started become skipped and free their lock and their
+    lease in S3. Returns every service's job row as it is now."""
     for name, job_id in parts.items():
         job = store.job(job_id)
         if job.state == JobState.APPROVING:  # approved with the app, waiting for its phase
             store.update_job(job_id, state=JobState.SKIPPED, finished=time.time(), reason=reason)
             store.release_lock(StageKey(name, job.stage), job_id)
+            free_lease(name, job)
     return {name: store.job(job_id) for name, job_id in parts.items()}
 
 
@@ -322,7 +324,8 @@ class AppRun:
         return ok
 
     def _finish(self) -> None:
-        parts = skip_unstarted(self.store, self.parts, NOT_STARTED)
+        parts = skip_unstarted(self.store, self.parts, NOT_STARTED,
+                               lambda name, job: self.fleet.engine(name).jobs.free_lease(job))
         states = {name: job.state for name, job in parts.items()}
         done = [n for n, st in states.items() if st == JobState.SUCCEEDED]
         failed = [n for n, st in states.items() if st in (JobState.FAILED, JobState.INTERRUPTED)]

@@ -162,7 +162,9 @@ class AppRollbacks:
                 part = self.store.job(part_id)
                 if part.state == JobState.RUNNING and name in fleet.engines:
                     fleet.engine(name).jobs.recover()  # its own runner marks it interrupted
-            rows = skip_unstarted(self.store, parts, "not started: the bot restarted during the app rollback")
+            rows = skip_unstarted(self.store, parts, "not started: the bot restarted during the app rollback",
+                                  lambda name, part: fleet.engine(name).jobs.free_lease(part)
+                                  if name in fleet.engines else None)
             where = who_is_where(rows)
             self.store.update_job(job.id, state=JobState.INTERRUPTED, finished=self.gate.clock(),
                                   reason=f"interrupted by a restart: {where or 'no service had started'}. "
@@ -228,8 +230,9 @@ class _AppApproval:
                 plan_json=json.dumps({**json.loads(card_json(plan, plan.ref)), "service": step.service,
                                       "account": plan.account, "app": job_id}))
             store.claim(parts[step.service], JobState.PENDING, JobState.APPROVING, approved_by=actor.user)
-        try:  # every service's lock, or none
+        try:  # every service's lock, or none; then every service's lease in S3, or none
             store.acquire_locks([(StageKey(n, stage), i) for n, i in parts.items()], actor.user)
+            self._take_leases(gate, stage, parts, actor.user, job.requested_by)
         except StageBusy as exc:
             for part in parts.values():
                 store.update_job(part, state=JobState.REFUSED, reason=str(exc), finished=gate.clock())
@@ -240,6 +243,22 @@ class _AppApproval:
         store.update_job(job_id, state=JobState.RUNNING, started=gate.clock(), **runner_stamp())
         self.apps._run(job, app, parts, actor.user)
         return {"services": list(parts)}
+
+
+    @staticmethod
+    def _take_leases(gate: Gate, stage: str, parts: dict[str, int], approver: str, requester: str) -> None:
+        taken: list[tuple[str, int]] = []
+        try:
+            for name, part in parts.items():
+                gate.engine(StageKey(name, stage)).jobs.take_lease(stage, part, approver, requester,
+                                                                   str(Origin.APP), several=True)
+                taken.append((name, part))
+        except StageBusy:
+            for name, part in taken:
+                gate.engine(StageKey(name, stage)).jobs.drop_lease(part)
+            for name, part in parts.items():
+                gate.store.release_lock(StageKey(name, stage), part)
+            raise
 
 
 def app_changes(shown: dict, now: dict) -> list[str]:

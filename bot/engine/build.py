@@ -17,6 +17,7 @@ import yaml
 from bot.adapters.accounts import Accounts, session_name
 from bot.adapters.archive import Limits
 from bot.adapters.artifacts import ArtifactStore, make_s3_client
+from bot.adapters.lease import LeaseStore
 from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.sandbox import Sandbox, choose, hidden_for
 from bot.adapters.source import SourceRepo
@@ -58,6 +59,12 @@ class Engine:
         return self.shared.accounts
 
     @cached_property
+    def leases(self) -> LeaseStore:
+        """The stage leases in S3, beside index.json: what every replica, terminal and CI's check-freeze see."""
+        a = self.artifacts
+        return LeaseStore(a.s3, a.bucket, a.prefix, a.service, ttl=float(self.settings.lease_seconds))
+
+    @cached_property
     def jobs(self) -> JobRunner:
         s = self.settings
         config = EngineConfig(
@@ -69,7 +76,7 @@ class Engine:
         runner = JobRunner(config, self.store, self.artifacts, self.source, self.mask, stack_factory=self.stack,
                            aws_env=self.job_env if self.shared.uses_accounts else None,
                            credentials=lambda stage, name: self.accounts.credentials(stage, session_name(name)),
-                           variables=self.variables, host_env=s.host_env,
+                           variables=self.variables, host_env=s.host_env, leases=self.leases,
                            plugin_cache=self.shared.plugin_cache(lambda fn: runner._later(fn)))
         return runner
 

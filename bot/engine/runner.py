@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bot.adapters.accounts import OWN_KEYS
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
+from bot.adapters.lease import LeaseStore, LeaseUnavailable
 from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.sandbox import Sandbox
 from bot.adapters.source import SourceError, SourceRepo
@@ -26,12 +27,14 @@ from bot.adapters.stack import Stack
 from bot.adapters.store import StageBusy, Store
 from bot.core.errors import UserError
 from bot.core.job_protocol import Credentials, JobSpec, LambdaRuns, Secrets
-from bot.core.jobs import Job, JobState
+from bot.core.jobs import Job, JobState, Recorded
 from bot.core.keys import StageKey
 from bot.core.masking import Masker
-from bot.core.stage_index import InUse, StageIndex
+from bot.core.records import HeldLock
+from bot.core.stage_index import Artifact, InUse, StageIndex
 from bot.core.variables import SourceKind, VariableSource
 from bot.engine.job_client import JobClient
+from bot.engine.lease_keeper import LeaseKeeper
 from bot.engine.pipeline import Cancelled, Event, StepFailed, kill_group
 from bot.engine.planner import Plan
 
@@ -56,6 +59,14 @@ def process_start(pid: int) -> str:
         return fields[19].decode()
     except (OSError, IndexError):
         return ""
+
+
+class StaleResult(Exception):
+    """The stage moved on while the job ran: its result must not be written over what is there now."""
+
+    def __init__(self, now: str):
+        self.now = now
+        super().__init__(now)
 
 
 class CancelOutcome(StrEnum):
@@ -123,8 +134,12 @@ class JobRunner:
         credentials: Callable[[str, str], Credentials] | None = None,
         variables: Callable[[str], Mapping[str, VariableSource]] = lambda stage: {},
         host_env: Mapping[str, str] | None = None,
+        leases: LeaseStore | None = None,
     ):
         self.config = config
+        # The stage lease in S3, beside index.json: the lock every replica, terminal and pipeline honours
+        # (sqlite's lock still keeps this machine's processes apart, cheaply, before S3 is asked).
+        self.keeper = LeaseKeeper(leases, self._lease_lost) if leases is not None else None
         self.service = artifacts.service
         # The AWS environment of a stage's job: (stage, session name) -> the variables; by default the
         # bot's own. With a catalog, the stage's assumed role (bot.adapters.accounts).
@@ -202,6 +217,13 @@ class JobRunner:
         except StageBusy:
             self.store.update_job(job_id, state=JobState.REFUSED, finished=self.clock(), reason="stage busy")
             raise
+        try:
+            self.take_lease(plan.stage, job_id, approved_by, requested_by, origin)
+        except StageBusy as exc:
+            if not locked:
+                self.store.release_lock(self.key(plan.stage), job_id)
+            self.store.update_job(job_id, state=JobState.REFUSED, finished=self.clock(), reason=str(exc))
+            raise
         self.store.audit(holder, "rollback.start", self.key(plan.stage), job_id, target=plan.target.label(),
                          requested_by=requested_by, approved_by=approved_by, origin=origin,
                          direction="forward" if plan.forward else "rollback", **(audit or {}))
@@ -214,6 +236,39 @@ class JobRunner:
                                                       name=f"rollback-cancels-{self.service}")
                 self._cancel_watch.start()
         return job_id
+
+    def take_lease(self, stage: str, job_id: int, approved_by: str, requested_by: str, origin: str,
+                   several: bool = False) -> None:
+        """Hold the stage's lease in S3 for ``job_id`` (once: an app rollback takes its services' first).
+        Raises StageBusy naming the holder, also when S3 cannot say who holds it (fail closed)."""
+        if self.keeper is None or self.keeper.holds(job_id):
+            return
+        try:
+            held = self.keeper.take(stage, job_id, approved_by, requested_by, origin, self.pid, several)
+        except LeaseUnavailable as exc:
+            raise StageBusy(self.key(stage), HeldLock(self.service, stage, "?"), several, message=str(exc)) from exc
+        self.store.update_job(job_id, lease=held.lease.token)
+
+    def drop_lease(self, job_id: int) -> None:
+        if self.keeper is not None:
+            self.keeper.drop(job_id)
+
+    def free_lease(self, job: Job) -> None:
+        """Let go of a job's lease: this process's own, or one a dead process recorded (by its token)."""
+        if self.keeper is None:
+            return
+        if self.keeper.holds(job.id):
+            self.keeper.drop(job.id)
+        elif job.lease:
+            self._guard("release a recorded lease", lambda: self.keeper.leases.release_job(job.stage, job.lease))
+
+    def _lease_lost(self, job_id: int, why: str) -> None:
+        with self._lock:
+            cancel = self._cancels.get(job_id)
+        self._guard("record the lost lease", lambda: self.store.update_job(
+            job_id, cancelled_by=f"rollback-bot ({why})"))
+        if cancel is not None:
+            cancel.set()
 
     def _watch_cancels(self) -> None:
         """Cancels that another process asked for through the store (`rollback-bot cancel` at a
@@ -291,6 +346,8 @@ class JobRunner:
 
     def shutdown(self) -> None:
         self._stopping.set()
+        if self.keeper is not None:
+            self.keeper.stop()
         with self._lock:
             for cancel in self._cancels.values():
                 cancel.set()
@@ -370,9 +427,12 @@ class JobRunner:
             finally:
                 runs = client.end.runs if client.end else None
             state = JobState.SUCCEEDED
-            recorded = self._record_success(job_id, plan, holder, marker, unfreeze, emit)
-            if recorded:
+            wrote = self._record_success(job_id, plan, holder, marker, unfreeze, emit)
+            recorded = Recorded.STALE if wrote is None else Recorded(int(wrote))
+            if recorded is Recorded.YES:
                 in_index = False  # the success write dropped the in-use mark too
+            elif recorded is Recorded.STALE:
+                reason = self._stale_note(StaleResult(self._stale_now(plan.stage)))
         except Cancelled as exc:
             state, reason = JobState.CANCELLED, f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, runs)
         except StepFailed as exc:
@@ -384,9 +444,10 @@ class JobRunner:
         finally:
             # The lock goes first, on its own: nothing that can fail (a full disk, S3) may keep it.
             self._guard("release the lock", lambda: self.store.release_lock(self.key(plan.stage), job_id))
+            self._guard("release the lease", lambda: self.drop_lease(job_id))
             with self._lock:
                 self._cancels.pop(job_id, None)
-            if state == JobState.SUCCEEDED and not recorded:
+            if state == JobState.SUCCEEDED and recorded is Recorded.PENDING:
                 reason = ("deployed and verified, but index.json could not be updated: CI is NOT frozen and "
                           "no build is marked bad yet. rollback-bot keeps retrying and says when it lands")
             if buffer is not None:
@@ -406,7 +467,7 @@ class JobRunner:
             with self._lock:
                 self._subscribers.pop(job_id, None)  # the job is over: its subscribers end with it
             self._later(lambda: self._remove_workdir(workdir))
-            if state == JobState.SUCCEEDED and not recorded:
+            if state == JobState.SUCCEEDED and recorded is Recorded.PENDING:
                 self._later_thread(lambda: self._retry_record(job_id, plan, holder, marker, unfreeze))
 
     def _guard(self, what: str, action: Callable[[], object]) -> None:
@@ -486,8 +547,18 @@ class JobRunner:
             return False
 
     def _write_result(self, job_id: int, plan: Plan, holder: str, marker: InUse, unfreeze: bool):
-        """The result in index.json, dropping the job's in-use mark in the same write."""
+        """The result in index.json, dropping the job's in-use mark in the same write; only over the state
+        the job started from (the live build it replaced, nothing live since it started), else StaleResult."""
+        job = self.store.job(job_id)
+        started = job.started if job and job.started else marker.since
+        expected = plan.live.ident if plan.live else None
+
         def change(index: StageIndex):
+            live = index.live
+            if (live.ident if live else None) != expected or (live is not None and live.at > started):
+                now = (f"{live.commit[:7]} (build {live.build_id}) went live {live.via} by {live.by or '?'} at "
+                       f"{time.strftime('%H:%M:%S UTC', time.gmtime(live.at))}") if live else "nothing is live"
+                raise StaleResult(now)
             index.in_use = [u for u in index.in_use if u.job != marker.job]
             if plan.forward:
                 lifted = index.record_forward(plan.target, holder, self.clock(), unfreeze)
@@ -497,11 +568,22 @@ class JobRunner:
 
         return self.artifacts.update_index(plan.stage, change)
 
-    def _record_success(self, job_id: int, plan: Plan, holder: str, marker: InUse, unfreeze: bool, emit) -> bool:
+    @staticmethod
+    def _stale_note(exc: StaleResult) -> str:
+        return (f"deployed and verified, but not recorded: the stage moved on while the job ran ({exc.now}), so "
+                "index.json was left as it is (nothing marked bad, CI not frozen by this job). Check what runs "
+                "before doing anything else")
+
+    def _record_success(self, job_id: int, plan: Plan, holder: str, marker: InUse, unfreeze: bool,
+                        emit) -> bool | None:
         """Record the result in index.json. Returns False when it could not be written: the job then
-        says so plainly (CI NOT frozen) and the write is retried in the background."""
+        says so plainly (CI NOT frozen) and the write is retried in the background; None when the stage
+        moved on while it ran (nothing is written, ever)."""
         try:
             marked, lifted = self._write_result(job_id, plan, holder, marker, unfreeze)
+        except StaleResult as exc:
+            emit(Event("job", "output", f"warning: {self._stale_note(exc)}"))
+            return None
         except ArtifactError as exc:
             emit(Event("job", "output", f"warning: deployed, but index.json could not be updated: {exc}. "
                                         "CI is NOT frozen; rollback-bot keeps retrying"))
@@ -515,6 +597,13 @@ class JobRunner:
             emit(Event("job", "output", f"stage {plan.stage} frozen for CI"))
         return True
 
+    def _stale_now(self, stage: str) -> str:
+        try:
+            live = self.artifacts.read_index(stage).live
+        except ArtifactError:
+            return "index.json could not be read again"
+        return f"{live.commit[:7]} (build {live.build_id}) is live, by {live.by or '?'}" if live else "nothing is live"
+
     def _retry_record(self, job_id: int, plan: Plan, holder: str, marker: InUse, unfreeze: bool) -> None:
         """Keep trying to record a finished job's result until it lands, then announce it."""
         delay = 1.0
@@ -524,6 +613,15 @@ class JobRunner:
                 return
             try:
                 self._write_result(job_id, plan, holder, marker, unfreeze)
+            except StaleResult as exc:  # someone rolled the stage since: their record stands, ours is dropped
+                note = self._stale_note(exc)
+                self._guard("record the stale result", lambda note=note: (
+                    self.store.update_job(job_id, recorded=int(Recorded.STALE), reason=note),
+                    self.store.add_event(job_id, "index", "stale", note),
+                    self.store.audit("rollback-bot", "rollback.stale", self.key(plan.stage), job_id)))
+                self._mark_in_use(plan.stage, marker, add=False)
+                self._notify(job_id, Event("index", "stale", note))
+                return
             except ArtifactError as exc:
                 log.warning("job %s: index.json still cannot be updated: %s", job_id, self.mask(str(exc)))
                 delay = min(delay * 2, RECORD_RETRY_MAX)
@@ -570,6 +668,7 @@ class JobRunner:
                               stack_status=status)
         self.store.add_event(job.id, "job", "interrupted", reason)
         self.store.release_lock(self.key(job.stage), job.id)
+        self.free_lease(job)  # its lease in S3, if it still holds it (else it expires)
         self.store.audit(by, "rollback.interrupted", self.key(job.stage), job.id, stack_status=status)
         with contextlib.suppress(ArtifactError):
             self.artifacts.update_index(
@@ -601,12 +700,17 @@ class JobRunner:
             if job.recorded != 0:
                 continue
             try:
-                target = self.artifacts.read_index(job.stage).find(job.target_commit, job.target_build)
+                index = self.artifacts.read_index(job.stage)
+                target = index.find(job.target_commit, job.target_build)
             except ArtifactError:
                 target = None
             if target is None:
                 continue
-            plan = Plan(stage=job.stage, ref=target.commit, target=target, live=None, forward=job.forward)
+            replaced = None
+            if job.live_commit:  # what the job replaced: the result is written only over that
+                replaced = index.find(job.live_commit, job.live_build) or Artifact(
+                    commit=job.live_commit, build_id=job.live_build, key="", sha256="", size=0, created=0.0)
+            plan = Plan(stage=job.stage, ref=target.commit, target=target, live=replaced, forward=job.forward)
             marker = InUse(target.commit, target.build_id, str(job.id), self.clock())
             holder = job.approved_by or job.requested_by or "rollback-bot"
             unfreeze = bool(job.unfreeze)

@@ -17,10 +17,12 @@ from pathlib import Path
 
 from bot.adapters.artifacts import PruneResult, PublishResult, validate_stage
 from bot.adapters.source import local_commit, local_commits_between
+from bot.adapters.store import plain_name
 from bot.core.actor import Actor, Origin
 from bot.core.events import EventStatus
 from bot.core.jobs import APP, RUN_STATES, Job, JobState
 from bot.core.keys import StageKey
+from bot.core.lease import LeaseFormatError
 from bot.core.policy import Policy, PolicySource
 from bot.core.records import AuditEntry, HeldLock, Watch
 from bot.core.stage_index import Artifact, Mark, StageIndex
@@ -524,10 +526,18 @@ class RollbackService:
         index = self.gate.engine(key).artifacts.read_index(stage)
         flags = f" --service {key.service}" if self.several else ""
         problems = []
+        what = f"{key.service} on stage {stage}" if self.several else f"stage {stage}"
+        try:  # a rollback that holds the stage: CI must wait for it, whichever machine runs it
+            lease = self.gate.engine(key).leases.current(stage)
+        except LeaseFormatError as exc:
+            lease = None
+            problems.append(f"{what} cannot be checked: {exc}. Make sure no rollback runs, then delete it")
+        if lease is not None:
+            problems.append(f"rollback in progress on {what}: {lease.describe(plain_name)}. Deploy after it "
+                            "finishes (it freezes CI if it rolls back)")
         if index.freeze:
             f = index.freeze
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(f.at))
-            what = f"{key.service} on stage {stage}" if self.several else f"stage {stage}"
             slash = f"{key.service} {stage}" if self.several else stage
             problems.append(f"{what} is frozen by {f.by or 'unknown'} {when}: {f.reason}. "
                             f"Lift it with `rollback-bot unfreeze{flags} {stage}` or `/rollback unfreeze {slash}`")

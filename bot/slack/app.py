@@ -14,7 +14,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.core.actor import Actor
 from bot.core.config import Settings
-from bot.core.jobs import Job, JobState
+from bot.core.jobs import Job, JobState, Recorded
 from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
@@ -158,9 +158,9 @@ class Slack:
         key = StageKey(job.service, job.stage)
         if job.is_app:  # each service that moved: its notification is no longer live
             for part in self.service.parts(job.id):
-                if part.state is JobState.SUCCEEDED and part.recorded != 0:
+                if part.state is JobState.SUCCEEDED and part.recorded == Recorded.YES:
                     self.superseded(StageKey(part.service, part.stage))
-        elif job.state is JobState.SUCCEEDED and job.recorded != 0:
+        elif job.state is JobState.SUCCEEDED and job.recorded == Recorded.YES:
             self.superseded(key)
         channel = self.service.policy.notify_channel(key.stage, self.settings.channel,
                                                      None if job.is_app else key.service)
@@ -169,8 +169,10 @@ class Slack:
                 job.state, str(job.state))
             if job.is_app and job.state is not JobState.SUCCEEDED:
                 verdict = f"❌ app rollback {job.state}"
-            if job.state is JobState.SUCCEEDED and job.recorded == 0:
+            if job.state is JobState.SUCCEEDED and job.recorded == Recorded.PENDING:
                 verdict = "🟥 deployed but CI NOT frozen"
+            if job.state is JobState.SUCCEEDED and job.recorded == Recorded.STALE:
+                verdict = "🟧 deployed but not recorded (the stage moved on)"
             self.notify.post(channel, f"{verdict}: {code(job.where)} → {code(job.target_commit[:7])} "
                                       f"(job {job.id}) {esc_message(job.reason)}")
 
@@ -184,8 +186,9 @@ class Slack:
             self.notify.post(where, text)
 
     def on_job_event(self, job_id: int, event: Event) -> None:
-        """A result that reached index.json late (after retries) is announced where the card is."""
-        if event.step != "index" or event.status is not EventStatus.RECORDED:
+        """A result that reached index.json late (after retries), or was dropped because the stage moved on
+        meanwhile, is announced where the card is."""
+        if event.step != "index" or event.status not in (EventStatus.RECORDED, EventStatus.STALE):
             return
         job = self.service.job(job_id)
         if not job or not job.channel:
@@ -193,8 +196,10 @@ class Slack:
         if job.message_ts:
             self.notify.update(job.channel, job.message_ts, f"Rollback job {job_id}",
                                kit.progress_blocks(job, self.service.steps(job_id), [], time.time()))
-        self.notify.post(job.channel, f"✅ Job {job_id}: {esc(event.text)}", thread_ts=job.message_ts or None)
-        self.superseded(StageKey(job.service, job.stage))
+        mark = "✅" if event.status is EventStatus.RECORDED else "🟧"
+        self.notify.post(job.channel, f"{mark} Job {job_id}: {esc(event.text)}", thread_ts=job.message_ts or None)
+        if event.status is EventStatus.RECORDED:
+            self.superseded(StageKey(job.service, job.stage))
 
     def superseded(self, key: StageKey) -> None:
         try:

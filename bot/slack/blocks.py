@@ -8,7 +8,7 @@ mention, a link or a broken code span.
 from __future__ import annotations
 
 from bot.core.cards import AppCard, ServiceRow
-from bot.core.jobs import APP, Job, JobState
+from bot.core.jobs import APP, Job, JobState, Recorded
 from bot.core.policy import NO_POLICY
 from bot.core.records import WatchPurpose
 from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
@@ -363,8 +363,10 @@ def closed_plan_blocks(stage: str, target_commit: str, why: str) -> list[dict]:
 
 def job_title(job: Job) -> str:
     done = "✅ Rolled forward" if job.forward else "✅ Rolled back"
-    if job.state is JobState.SUCCEEDED and job.recorded == 0:
+    if job.state is JobState.SUCCEEDED and job.recorded == Recorded.PENDING:
         done = "🟥 Deployed, CI NOT frozen"
+    if job.state is JobState.SUCCEEDED and job.recorded == Recorded.STALE:
+        done = "🟧 Deployed, not recorded"
     running = "⏳ Rolling forward" if job.forward else "⏳ Rolling back"
     if job.state is JobState.RUNNING and job.cancelled_by:
         running = "⏳ Stopping…"
@@ -416,7 +418,9 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
         blocks.append(section(f"⏳ {user(job.cancelled_by)} cancelled: stopping the job's processes…"))
     if state is JobState.SUCCEEDED:
         stage = esc(job.stage)
-        if job.recorded == 0:
+        if job.recorded == Recorded.STALE:
+            blocks.append(section(f"🟧 *Deployed and verified, not recorded.* {esc_message(job.reason)}"))
+        elif job.recorded == 0:
             blocks.append(section(f"🟥 *Succeeded, CI NOT frozen.* Lambda runs the target's code (verified), but "
                                   f"index.json could not be updated: CI may deploy over it and nothing is marked "
                                   f"bad yet. rollback-bot keeps retrying and will say here when it lands. "

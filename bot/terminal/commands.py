@@ -21,7 +21,7 @@ from bot import __version__
 from bot.core.actor import Actor
 from bot.core.config import Settings
 from bot.core.errors import UserError
-from bot.core.jobs import Job, JobState
+from bot.core.jobs import Job, JobState, Recorded
 from bot.core.keys import StageKey
 from bot.core.masking import Masker
 from bot.core.stage_index import RefError
@@ -180,6 +180,8 @@ def cmd_rollback(args, settings: Settings, out: Outlets) -> int:
         service.cancel_job(job_id, actor)
         job = service.wait(job_id)
     took = (job.finished or 0) - (job.started or 0)
+    if job.state is JobState.SUCCEEDED and job.recorded == Recorded.STALE:
+        print(clean(f"job {job_id} DEPLOYED, NOT RECORDED: {job.reason}"), file=sys.stderr)
     if job.state is JobState.SUCCEEDED and job.recorded == 0:
         print(f"job {job_id} SUCCEEDED, CI NOT FROZEN: {where} runs {plan.target.label()} (verified), but "
               "index.json could not be updated, so CI may deploy over it and nothing is marked bad. Retrying for "
