@@ -7,7 +7,8 @@ refuses between stacks (an export in use cannot be removed), so a wrong order fa
 
 from __future__ import annotations
 
-from tests.support.app_fixtures import code, live
+from bot.adapters.stack import code_sha256
+from tests.support.app_fixtures import BUCKET, code, live
 from tests.support.fast_service import hold_file
 from tests.support.slack_session import all_text, header
 from tests.support.waiting import wait_for
@@ -127,3 +128,32 @@ def test_an_app_rollback_takes_every_services_lease_or_none(app, repo, lam, s3):
         assert "Contents" not in s3.list_objects_v2(Bucket="rollback-artifacts", Prefix=f"rollback/{svc}/prod/lock.json")
         assert live(lam, svc) == code(repo, svc, "v2")
     other.release(held)
+
+
+def test_a_service_ci_deployed_during_an_earlier_phase_is_not_rolled_back_over(app, repo, lam, tmp_path):
+    """Phase 1 (worker) is deploying when CI deploys billing v3; phase 2 plans api and billing again,
+    finds billing's plan changed, deploys neither, and the card says who is where."""
+    from bot.adapters.artifacts import ArtifactStore, make_s3_client
+    from tests.support.deploy_script import deploy_package
+    from tests.support.fast_service import fast_package
+
+    hold = hold_file("phase-hold")
+    hold.touch()
+    ws = app(SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
+    card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
+    ws.cy.click(card.first, "approve")
+    wait_for(lambda: any(j.service == "worker" and j.state == "running" for j in ws.engine.store.jobs(limit=10)),
+             60, "phase 1 to start")
+    v3 = fast_package(tmp_path / "pkg-billing-v3", "billing v3", service="billing")
+    ArtifactStore(make_s3_client(2), BUCKET, "billing", "rollback/").publish(
+        "prod", repo.commits["c4"], v3, build_id="billing-v3", deployed=True, by="ci")
+    deploy_package(v3)  # CI went ahead (it ignored check-freeze, which said a rollback holds billing)
+    hold.unlink()
+    done = all_text(card.becomes("❌", timeout=90))
+    assert "✅ worker" in done
+    assert "billing" in done and "not deployed: its plan changed since the approval" in done
+    assert "unchanged (not started): api" in done
+    assert live(lam, "worker") == code(repo, "worker", "v1")
+    assert live(lam, "api") == code(repo, "api", "v2")  # phase 2 never started
+    assert live(lam, "billing") == code_sha256(v3 / "billing.zip")  # CI's deploy stands
+    assert ws.engine.store.locks() == []

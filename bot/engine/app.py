@@ -22,7 +22,7 @@ from bot.adapters.archive import TEMPLATE_NAME
 from bot.adapters.artifacts import ArtifactError
 from bot.core.cards import AppCard, ServiceRow
 from bot.core.errors import UserError
-from bot.core.jobs import Job, JobState
+from bot.core.jobs import Job, JobState, Recorded
 from bot.core.keys import StageKey
 from bot.core.stage_index import Artifact, StageIndex
 from bot.engine.build import Engine, Fleet
@@ -235,7 +235,9 @@ def who_is_where(parts: dict[str, Job]) -> str:
         ("cancelled", named(JobState.CANCELLED)),
         ("unchanged (not started)", named(JobState.SKIPPED)),
         ("index.json not yet updated (CI NOT frozen) for",
-         ", ".join(n for n in done if parts[n].recorded == 0))) if names]
+         ", ".join(n for n in done if parts[n].recorded == 0)),
+        ("deployed but not recorded (the stage moved on while it ran; CI not frozen) for",
+         ", ".join(n for n in done if parts[n].recorded == Recorded.STALE))) if names]
     return "; ".join(words)
 
 
@@ -281,12 +283,42 @@ class AppRun:
                 if failed or self.cancelled.is_set():
                     break
                 self.notify(self.app_id, f"phase {number}")
+                if number > 1 and not self._still_as_approved(phase):
+                    failed = True
+                    break
                 failed = not self._phase(phase)
         except Exception:
             log.exception("app rollback %s stopped unexpectedly", self.app_id)
             failed = True
         finally:
             self._finish()
+
+    def _still_as_approved(self, services: list[str]) -> bool:
+        """Plan a later phase's services again before any of them starts: one whose plan changed since
+        the approval (CI deployed it meanwhile, say) is not deployed, and the app stops here."""
+        changed = {}
+        for name in services:
+            approved = self.app.step(name).plan
+            try:
+                now = self.fleet.engine(name).plan(self.app.stage, approved.target.build_id)
+                differs = [what for what, a, b in (
+                    ("live", approved.live.ident if approved.live else None, now.live.ident if now.live else None),
+                    ("target", approved.target.ident, now.target.ident)) if a != b]
+                if differs:
+                    was = approved.live.label() if approved.live else "nothing"
+                    is_now = now.live.label() if now.live else "nothing"
+                    changed[name] = (f"not deployed: its plan changed since the approval (live was {was}, is now "
+                                     f"{is_now}: deployed meanwhile); the app stopped before this phase")
+            except Exception as exc:  # it cannot be planned now: not deployed either
+                why = self.fleet.engine(name).mask(str(exc))
+                changed[name] = f"not deployed: it could not be planned again ({why})"
+        for name, why in changed.items():
+            job_id = self.parts[name]
+            self.store.update_job(job_id, state=JobState.FAILED, finished=time.time(), reason=why)
+            self.store.release_lock(StageKey(name, self.app.stage), job_id)
+            self.fleet.engine(name).jobs.free_lease(self.store.job(job_id))
+            self.store.audit("rollback-bot", "rollback.replanned", StageKey(name, self.app.stage), job_id, reason=why)
+        return not changed
 
     def _phase(self, services: list[str]) -> bool:
         started: list[tuple[str, int]] = []
@@ -330,11 +362,13 @@ class AppRun:
         done = [n for n, st in states.items() if st == JobState.SUCCEEDED]
         failed = [n for n, st in states.items() if st in (JobState.FAILED, JobState.INTERRUPTED)]
         unrecorded = [n for n in done if parts[n].recorded == 0]
+        stale = [n for n in done if parts[n].recorded == Recorded.STALE]
         state = JobState.SUCCEEDED if len(done) == len(parts) else (
             JobState.CANCELLED if self.cancelled.is_set() and not failed else JobState.FAILED)
+        clean = state == JobState.SUCCEEDED and not unrecorded and not stale
+        recorded = Recorded.PENDING if unrecorded else Recorded.STALE if stale else Recorded.YES
         self.store.update_job(self.app_id, state=state, finished=time.time(),
-                              reason="" if state == JobState.SUCCEEDED and not unrecorded else who_is_where(parts),
-                              recorded=0 if unrecorded else 1)
+                              reason="" if clean else who_is_where(parts), recorded=int(recorded))
         self.store.audit(self.approved_by or self.requested_by, f"app.{state}", StageKey("*", self.app.stage),
                          self.app_id, services=states, **self.audit)
         self.notify(self.app_id, "finished")
