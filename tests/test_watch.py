@@ -58,6 +58,15 @@ def watch(fast_prod, tmp_path):
     return make
 
 
+def seen_v1_live(engine, fast_service) -> None:
+    """The bot ran when CI deployed v1 (fast_prod deploys before any bot starts): what its watch noted then."""
+    from bot.core.keys import StageKey
+
+    v1 = engine.artifacts.read_index("prod").find(fast_service.commits["v1"], "b-v1")
+    engine.store.note_seen_live(StageKey("hello-service", "prod"), v1.commit, v1.build_id, v1.sha256,
+                                "watched going live through a CI deploy")
+
+
 def test_an_alarm_after_a_deploy_is_reported_once_and_a_rollback_settles_under_watch(
         watch, cloudwatch, fast_prod, fast_service):
     now = [time.time()]
@@ -89,6 +98,7 @@ def test_an_alarm_after_a_deploy_is_reported_once_and_a_rollback_settles_under_w
 def test_auto_rollback_acts_once_with_the_alarm_in_the_audit_and_never_after_a_rollback(
         watch, cloudwatch, fast_prod, fast_service):
     watcher, events, service = watch(auto=True)
+    seen_v1_live(fast_prod, fast_service)
     watcher.poll()
     cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1%")
     watcher.poll()
@@ -220,6 +230,7 @@ def test_in_slack_an_automatic_rollback_says_what_it_did_and_shows_its_card(
         fast_prod, fast_workspace, cloudwatch, fast_service):
     from tests.support.slack_session import CHANNEL, all_text, header
 
+    seen_v1_live(fast_prod, fast_service)
     ws = fast_workspace(policy(True) + 'notify_channel = "C-OPS"\n', ROLLBACK_WATCH_POLL="1")
     cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1%")
     said = wait_for(lambda: next((m for m in ws.standin.messages[CHANNEL] if "🤖" in m["text"]), None), 30,
@@ -307,3 +318,58 @@ def test_a_deploy_to_a_stack_named_by_provider_stack_name_is_watched_under_that_
     assert [e.text for e in events if e.kind == "alarm"] == [
         f"`hello-api-stack-errors` went into ALARM 0 min after build b-named ({fast_service.commits['v3'][:7]}) "
         "went live."]
+
+
+def test_a_forged_previous_is_not_deployed_without_a_person_and_the_post_says_why(
+        watch, cloudwatch, fast_prod, fast_service, s3, tmp_path):
+    """Someone who can write only to the bucket publishes a build with correct metadata and rewrites the
+    history so that `previous` names it, then waits for an alarm. The bot never saw that build live."""
+    import json
+
+    from bot.core.stage_index import LiveRecord
+    from tests.support.fast_service import fast_package
+
+    seen_v1_live(fast_prod, fast_service)  # v1 is a real, seen build: the forgery must not hide behind it
+    evil = fast_package(tmp_path / "pkg-evil", "evil")
+    fast_prod.artifacts.publish("prod", fast_service.commits["v3"], evil, build_id="b-evil")
+
+    def forge(index):
+        v2 = index.history[0]
+        index.history = [v2, LiveRecord(fast_service.commits["v3"], "b-evil", v2.at - 10, "ci")] + index.history[1:]
+
+    fast_prod.artifacts.update_index("prod", forge)
+    assert fast_prod.plan("prod", "previous").target.build_id == "b-evil"  # the forgery took
+    watcher, events, service = watch(auto=True)
+    watcher.poll()
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1%")
+    watcher.poll()
+    auto = [e for e in events if e.kind == "auto"]
+    assert len(auto) == 1 and auto[0].job_id is None
+    assert "which this bot never saw live" in auto[0].text and "b-evil" in auto[0].text
+    assert "only a person may roll prod back to it" in auto[0].text
+    assert fast_prod.store.jobs() == [] and live_code() == fast_code(fast_service, "v2")
+    assert [e.kind for e in events if e.kind == "alarm"] == ["alarm"]  # the alarm itself is still posted
+    skipped = [a for a in fast_prod.store.audit_trail("prod") if a.action == "auto_rollback.skipped"]
+    assert skipped and "never saw live" in json.dumps(skipped[0].detail)
+
+
+def test_a_build_a_rollback_verified_may_be_an_automatic_target(watch, cloudwatch, fast_prod, fast_service):
+    """A person rolls back to v1 (verified), lifts the freeze when the fix is in, and CI deploys v3: an
+    alarm on v3 may go back to v1 with no person, since the bot itself saw v1 run."""
+    from tests.support.fast_service import deploy
+
+    ana, bo = Actor.at_terminal("ana"), Actor.at_terminal("bo")
+    _, _, service = watch(auto=False)
+    job_id = service.approve(service.request(service.key("prod"), "previous", ana).job_id, bo).job.id
+    assert fast_prod.jobs.wait(job_id, timeout=60).state == "succeeded"
+    service.unfreeze(service.key("prod"), bo)
+    deploy(fast_service.packages["v3"])
+    fast_prod.artifacts.mark_deployed("prod", fast_service.commits["v3"], "b-v3", by="ci")
+    watcher, events, _ = watch(auto=True)
+    watcher.poll()
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1%")
+    watcher.poll()
+    auto = [e for e in events if e.kind == "auto"]
+    assert auto and auto[0].job_id, [e.text for e in events]
+    assert fast_prod.jobs.wait(auto[0].job_id, timeout=60).state == "succeeded"
+    assert live_code() == fast_code(fast_service, "v1")

@@ -134,6 +134,14 @@ def _v9(db: sqlite_utils.Database) -> None:
     db["jobs"].add_column("lease", str)
 
 
+@_migration
+def _v10(db: sqlite_utils.Database) -> None:
+    # builds this bot itself saw live (a rollback's verify, or a CI deploy it watched go live), the only
+    # ones an automatic rollback may go to: kept here, where a writer of the bucket cannot add one
+    db["seen_live"].create({"service": str, "stage": str, "commit_sha": str, "build": str, "sha256": str,
+                            "how": str, "at": float}, pk=("service", "stage", "commit_sha", "build", "sha256"))
+
+
 class StageBusy(UserError):
     def __init__(self, key: StageKey, lock: HeldLock, several: bool = False, message: str = ""):
         self.key = key
@@ -349,6 +357,22 @@ class Store:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+
+    # -- builds seen live ------------------------------------------------------------------------
+
+    def note_seen_live(self, key: StageKey, commit: str, build: str, sha256: str, how: str) -> None:
+        with self._lock:
+            self.db["seen_live"].upsert({"service": key.service, "stage": key.stage, "commit_sha": commit,
+                                         "build": build, "sha256": sha256, "how": how, "at": self.clock()},
+                                        pk=("service", "stage", "commit_sha", "build", "sha256"))
+
+    def seen_live(self, key: StageKey, commit: str, build: str, sha256: str) -> str:
+        """How this bot saw that exact build (its package's sha256 too) live, or ""."""
+        with self._lock:
+            rows = list(self.db["seen_live"].rows_where(
+                "service = ? AND stage = ? AND commit_sha = ? AND build = ? AND sha256 = ?",
+                [key.service, key.stage, commit, build, sha256]))
+        return str(rows[0]["how"]) if rows else ""
 
     # -- the alarm watch -------------------------------------------------------------------------
 

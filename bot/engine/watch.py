@@ -93,6 +93,7 @@ class Watcher:
                 if live is None or live.via != "deploy" or now - live.at >= self.window:
                     continue  # a deploy by CI, still inside its window (a rollback's result is not re-watched)
                 if self.store.watch(name, stage, WatchPurpose.DEPLOY, live.at) is None:
+                    self._note_seen(engine, StageKey(name, stage), live)
                     self.store.add_watch(service=name, stage=stage, kind=WatchPurpose.DEPLOY, commit_sha=live.commit,
                                          build=live.build_id, since=live.at, until=live.at + self.window,
                                          stack=self._stack_of(engine, stage, live.commit, live.build_id))
@@ -105,6 +106,17 @@ class Watcher:
                 self._close(w)
             elif now >= w.next_check:
                 self._check(w, now)
+
+    def _note_seen(self, engine, key: StageKey, live) -> None:
+        """A CI deploy this bot watched go live: an automatic rollback may later go back to it (the exact
+        package: its sha256 as the index says now, when it went live)."""
+        try:
+            art = engine.artifacts.read_index(key.stage).find(live.commit, live.build_id)
+        except Exception:
+            art = None
+        if art is not None:
+            self.store.note_seen_live(key, art.commit, art.build_id, art.sha256, "watched going live through a CI "
+                                      f"deploy at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(live.at))}")
 
     def settle_after(self, job: Job) -> None:
         """A rollback just succeeded: watch the same alarms for the settle period."""
@@ -180,6 +192,11 @@ class Watcher:
         if not why:
             try:
                 plan = engine.plan(key.stage, "previous")
+                if not self.store.seen_live(key, plan.target.commit, plan.target.build_id, plan.target.sha256):
+                    raise UserError(
+                        f"`previous` names {plan.target.label()}, which this bot never saw live (no rollback "
+                        "verified it, and it did not watch a CI deploy of it go live): only a person may roll "
+                        f"{key.stage} back to it. Use the button if it is right")
                 job_id = engine.jobs.start(plan, requested_by=actor, approved_by=actor, origin="alarm",
                                            audit={"alarm": alarm.name, "alarm_reason": alarm.reason,
                                                   "policy": "auto_rollback"})
