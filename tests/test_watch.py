@@ -39,8 +39,8 @@ def watch(fast_prod, tmp_path):
     """A watcher on the fast service's prod, with a clock the test moves; ``watch(auto)`` makes one."""
     made = []
 
-    def make(auto: bool = False, clock=None):
-        (tmp_path / "policy.toml").write_text(policy(auto))
+    def make(auto: bool = False, clock=None, more: str = ""):
+        (tmp_path / "policy.toml").write_text(policy(auto) + more)
         s = fast_prod.settings
         settings = load_settings({**dict(s.child_env), "ROLLBACK_CONFIG": str(tmp_path / "policy.toml"),
                                   "ROLLBACK_BUCKET": s.bucket, "ROLLBACK_SERVICE": "hello-service",
@@ -373,3 +373,23 @@ def test_a_build_a_rollback_verified_may_be_an_automatic_target(watch, cloudwatc
     assert auto and auto[0].job_id, [e.text for e in events]
     assert fast_prod.jobs.wait(auto[0].job_id, timeout=60).state == "succeeded"
     assert live_code() == fast_code(fast_service, "v1")
+
+
+def test_a_malformed_stage_folder_never_stops_the_watch_status_or_the_home_for_the_others(
+        watch, cloudwatch, fast_prod, fast_service, s3, fast_workspace):
+    from tests.conftest import BUCKET
+
+    s3.put_object(Bucket=BUCKET, Key="rollback/hello-service/dev/index.json", Body=b"{not json")
+    watcher, events, service = watch(auto=False, more="\n[stages.dev]\n")
+    watcher.poll()
+    watcher.poll()
+    cloudwatch.set_alarm_state(AlarmName=ALARM, StateValue="ALARM", StateReason="5xx over 1%")
+    watcher.poll()
+    assert [e.kind for e in events] == ["alarm"]  # prod is still watched
+    status = service.status("")
+    assert [u.split(":")[0] for u in status.unreadable] == ["dev"]
+    ws = fast_workspace(policy(False) + "\n[stages.dev]\n")
+    said = ws.says(ws.ana, "status")
+    assert "*Frozen stages*" in said and "⚠️ Could not read, so not shown: dev:" in said
+    home = service.overview()
+    assert [i.stage for i, _ in home.stages] == ["prod"] and home.unreadable[0].startswith("dev:")

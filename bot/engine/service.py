@@ -9,13 +9,14 @@ gate (bot.engine.gate), for every action and every face, not in the Slack handle
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.adapters.artifacts import PruneResult, PublishResult, validate_stage
+from bot.adapters.artifacts import ArtifactError, PruneResult, PublishResult, validate_stage
 from bot.adapters.source import local_commit, local_commits_between
 from bot.adapters.store import plain_name
 from bot.core.actor import Actor, Origin
@@ -35,6 +36,7 @@ from bot.engine.planner import Plan, UnknownStage, card_json, load_stage
 from bot.engine.refusals import RefusalKind, Refused
 from bot.engine.runner import CancelOutcome
 
+log = logging.getLogger("rollback-bot.engine.service")
 
 @dataclass
 class Pending:
@@ -51,6 +53,7 @@ class Status:
     running: list[Job]
     freezes: dict[StageKey, Mark]
     hidden: int = 0  # stages left out: the policy keeps them to other channels
+    unreadable: tuple[str, ...] = ()  # "api dev: why" for each index that could not be read (the rest shown)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Overview:
     parts: dict[int, list[Job]] | None = None  # each app rollback's services, by the app's job id
     hidden: int = 0  # stages left out: the policy keeps them to their channels
     unsandboxed: str = ""  # why jobs run without a sandbox, said at the top ("" in one)
+    unreadable: tuple[str, ...] = ()  # "api dev: why" for each index that could not be read (the rest shown)
 
 
 @dataclass(frozen=True)
@@ -458,12 +462,48 @@ class RollbackService:
 
     def indexes(self, stage: str | None = None) -> list[StageIndex]:
         """Every (service, stage) index this bot serves (or one stage's, across services), read
-        concurrently: each is one request, answered 304 when unchanged."""
+        concurrently: each is one request, answered 304 when unchanged. One that fails raises."""
+        found, problems = self.readable_indexes(stage)
+        if problems:
+            raise ArtifactError(problems[0][1])
+        return found
+
+    def readable_indexes(self, stage: str | None = None) -> tuple[list[StageIndex], list[tuple[StageKey, str]]]:
+        """The same, each read on its own: the indexes that could be read, and (key, why) for the others, so
+        one malformed folder or index never hides every other stage."""
         engines = list(self.fleet.engines.values())
+
+        def stages_of(e):
+            try:
+                return [stage] if stage else e.artifacts.stages(), ""
+            except Exception as exc:
+                return [], str(exc)
+
+        def read(pair):
+            try:
+                return pair[0].artifacts.read_index(pair[1]), ""
+            except Exception as exc:
+                return None, str(exc)
+
         with ThreadPoolExecutor(max_workers=min(16, len(engines))) as pool:
-            stage_lists = list(pool.map(lambda e: [stage] if stage else e.artifacts.stages(), engines))
-            pairs = [(e, s) for e, stages in zip(engines, stage_lists, strict=True) for s in stages]
-            return list(pool.map(lambda p: p[0].artifacts.read_index(p[1]), pairs))
+            stage_lists = list(pool.map(stages_of, engines))
+            problems = [(StageKey(e.service, "*"), why) for e, (_, why) in zip(engines, stage_lists, strict=True)
+                        if why]
+            pairs = [(e, s) for e, (stages, _) in zip(engines, stage_lists, strict=True) for s in stages]
+            results = list(pool.map(read, pairs))
+        found = [index for index, _ in results if index is not None]
+        problems += [(StageKey(e.service, s), why) for (e, s), (index, why) in zip(pairs, results, strict=True)
+                     if index is None]
+        for key, why in problems:
+            log.warning("cannot read %s %s: %s", key.service, key.stage, why[:300])
+        return found, problems
+
+    def _unreadable(self, problems, channel: str | None) -> tuple[str, ...]:
+        def name(key: StageKey) -> str:
+            return f"{key.service} {key.stage}" if self.several else key.stage
+
+        return tuple(f"{name(k)}: {why[:200]}" for k, why in problems
+                     if channel == "" or k.stage == "*" or self._shown_in(k.stage, k.service, channel))
 
     def _shown_in(self, stage: str, service: str, channel: str | None) -> bool:
         """Whether a stage's state may be shown in ``channel``; ``None`` is the App Home, which is in no
@@ -484,25 +524,27 @@ class RollbackService:
         """What runs and what is frozen. In Slack (``channel``) only the stages the policy lets that
         channel see; ``""`` (the terminal, on the bot's host) everything."""
         running = self.running()
-        freezes = {StageKey(i.service, i.stage): i.freeze for i in self.indexes() if i.freeze}
+        indexes, problems = self.readable_indexes()
+        freezes = {StageKey(i.service, i.stage): i.freeze for i in indexes if i.freeze}
+        unreadable = self._unreadable(problems, channel)
         if channel == "":
-            return Status(running, freezes)
+            return Status(running, freezes, unreadable=unreadable)
         shown_jobs = [j for j in running if self._shown_in(j.stage, j.service, channel)]
         shown_freezes = {k: m for k, m in freezes.items() if self._shown_in(k.stage, k.service, channel)}
         hidden = {(j.service, j.stage) for j in running if j not in shown_jobs} | {
             (k.service, k.stage) for k in freezes if k not in shown_freezes}
-        return Status(shown_jobs, shown_freezes, len(hidden))
+        return Status(shown_jobs, shown_freezes, len(hidden), unreadable)
 
     def overview(self) -> Overview:
         """The App Home: only the stages that no policy keeps to particular channels."""
-        indexes = self.indexes()
+        indexes, problems = self.readable_indexes()
         shown = [i for i in indexes if self._shown_in(i.stage, i.service, None)]
         stages = [(i, self.store.lock_of(StageKey(i.service, i.stage))) for i in shown]
         runs = [j for j in self._runs(None, 30) if self._shown_in(j.stage, j.service, None)][:10]
         watches = [w for w in self.store.watches(limit=50) if self._shown_in(w.stage, w.service, None)][:20]
         parts = {j.id: self.apps.parts(j.id) for j in runs if j.is_app}
         return Overview(stages, runs, self.policy.configured, self.several, watches, parts,
-                        len(indexes) - len(shown), self.unsandboxed())
+                        len(indexes) - len(shown), self.unsandboxed(), self._unreadable(problems, None))
 
     def unsandboxed(self) -> str:
         """Why jobs run without a sandbox ("" when they run in one). Raises SandboxUnavailable where

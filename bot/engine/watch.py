@@ -57,6 +57,7 @@ class Watcher:
         self.listeners: list[Callable[[WatchEvent], None]] = []
         self._stages: dict[str, list[str]] = {}
         self._polls = 0
+        self._bad: set[tuple[str, str]] = set()  # (service, stage) unreadable: said once, until it reads again
 
     @property
     def store(self):
@@ -82,13 +83,22 @@ class Watcher:
         """One round: new deploys start a watch; each running watch reads its alarms; ended ones close."""
         now = self.clock()
         if self._polls % 20 == 0:  # the list of stages changes rarely; an index read is the cheap part
-            self._stages = {n: e.artifacts.stages() for n, e in self.service.fleet.engines.items()}
+            for n, e in self.service.fleet.engines.items():
+                try:
+                    self._stages[n] = e.artifacts.stages()
+                except Exception as exc:  # one service's folder unreadable: the others are still watched
+                    self._unreadable((n, "*"), exc)
         self._polls += 1
         lives = {}
         for name, stages in self._stages.items():
             engine = self.service.fleet.engine(name)
             for stage in stages:
-                live = engine.artifacts.read_index(stage).live  # one request; 304 when unchanged
+                try:
+                    live = engine.artifacts.read_index(stage).live  # one request; 304 when unchanged
+                except Exception as exc:  # a malformed or unreadable index: said once, never stops the rest
+                    self._unreadable((name, stage), exc)
+                    continue
+                self._bad.discard((name, stage))
                 lives[(name, stage)] = (live.commit, live.build_id) if live else None
                 if live is None or live.via != "deploy" or now - live.at >= self.window:
                     continue  # a deploy by CI, still inside its window (a rollback's result is not re-watched)
@@ -117,6 +127,12 @@ class Watcher:
         if art is not None:
             self.store.note_seen_live(key, art.commit, art.build_id, art.sha256, "watched going live through a CI "
                                       f"deploy at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(live.at))}")
+
+    def _unreadable(self, where: tuple[str, str], exc: Exception) -> None:
+        if where not in self._bad:
+            self._bad.add(where)
+            log.warning("the alarm watch cannot read %s %s (%s); watching the other stages", where[0], where[1],
+                        str(exc)[:300])
 
     def settle_after(self, job: Job) -> None:
         """A rollback just succeeded: watch the same alarms for the settle period."""

@@ -314,7 +314,8 @@ def _sections(lines: list[str], most: int) -> list[dict]:
 
 def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], now: float,
                 policy_configured: bool = True, several: bool = False, watches: list | tuple = (),
-                parts: dict[int, list[Job]] | None = None, hidden: int = 0, unsandboxed: str = "") -> list[dict]:
+                parts: dict[int, list[Job]] | None = None, hidden: int = 0, unsandboxed: str = "",
+                unreadable=()) -> list[dict]:
     """The App Home tab: each stage's live build, lock holder and freeze, then recent jobs. Stage rows
     share sections, so 50 services × 3 stages stay within Slack's 100 blocks."""
     blocks = [header("rollback-bot")]
@@ -335,6 +336,7 @@ def home_blocks(stages: list[tuple[StageIndex, dict | None]], jobs: list[Job], n
             text += f"\n🧊 frozen by {_mark(index.freeze)}"
         rows.append(text)
     blocks += _sections(rows, MAX_HOME_BLOCKS - 10)
+    blocks += unreadable_block(unreadable)
     if hidden:
         blocks.append(context(f"{hidden} stage{'s' if hidden != 1 else ''} not shown: the policy keeps "
                               f"{'them' if hidden != 1 else 'it'} to their own channels (`/rollback status` there)."))
@@ -440,8 +442,16 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
     return blocks
 
 
+def unreadable_block(unreadable) -> list[dict]:
+    """The stages whose folder or index.json could not be read: said, the others shown as usual."""
+    if not unreadable:
+        return []
+    return [context(_clip("⚠️ Could not read, so not shown: " + "; ".join(esc_message(u) for u in unreadable)
+                          + ". Check that folder in the bucket."))]
+
+
 def status_blocks(running: list[Job], freezes: dict, now: float, several: bool = False, hidden: int = 0,
-                  parts_of=None) -> list[dict]:
+                  parts_of=None, unreadable=()) -> list[dict]:
     """Running jobs and frozen stages; ``freezes`` maps a StageKey to its freeze. An app rollback is one
     entry named as its card names it ("app job 3"), its services under it (``parts_of(app_id)``)."""
     def name(key) -> str:
@@ -462,7 +472,7 @@ def status_blocks(running: list[Job], freezes: dict, now: float, several: bool =
     if hidden:
         blocks.append(context(f"{hidden} more stage{'s' if hidden != 1 else ''} not shown here: the policy keeps "
                               "them to their own channels."))
-    return blocks
+    return blocks + unreadable_block(unreadable)
 
 
 def history_text(stage: str, jobs: list[Job], parts: dict[int, list[Job]] | None = None) -> str:

@@ -351,6 +351,8 @@ def cmd_status(args, settings: Settings, out: Outlets) -> int:
         print()
     else:
         print(render_status(shown, status.freezes, time.time(), name, parts))
+    for problem in status.unreadable:  # the others are shown; this one could not be read
+        print(clean(f"warning: could not read {problem}"), file=sys.stderr)
     return 0
 
 

@@ -16,6 +16,6 @@ def register(app: App, slack: Slack) -> None:
         slack.notify.home(body["event"]["user"], kit.home_blocks(view.stages, view.jobs, time.time(),
                                                                  view.policy_configured, view.several,
                                                                  view.watches, view.parts, view.hidden,
-                                                                 view.unsandboxed))
+                                                                 view.unsandboxed, view.unreadable))
 
     app.event("app_home_opened")(slack.after_ack(on_home))

@@ -42,7 +42,7 @@ def register(app: App, slack: Slack) -> None:
             elif cmd.action == "status":
                 status = service.status(channel)
                 respond(blocks=kit.status_blocks(status.running, status.freezes, time.time(), service.several,
-                                                 status.hidden, service.parts),
+                                                 status.hidden, service.parts, status.unreadable),
                         text="rollback-bot status")
             elif cmd.action == "history":
                 runs = service.history_of(cmd.stage, key, actor)
