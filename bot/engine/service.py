@@ -246,11 +246,17 @@ class RollbackService:
     def attach_message(self, job_id: int, channel: str, ts: str, permalink: str = "") -> None:
         self.store.update_job(job_id, channel=channel, message_ts=ts, permalink=permalink)
 
-    def approve(self, job_id: int, actor: Actor, unfreeze: bool = False) -> Approved:
+    def approve(self, job_id: int, actor: Actor, unfreeze: bool = False,
+                card: tuple[str, str] | None = None) -> Approved:
         """Start a pending plan, one service's or the whole app's, if the plan now is the plan its card
         showed. Exactly one of several concurrent clicks starts it. At a terminal the operator who
-        requested it approves it (the typed confirmation)."""
+        requested it approves it (the typed confirmation). ``card`` is the (channel, ts) of the message
+        clicked in Slack: it must be the job's own card, so a button copied elsewhere approves nothing."""
         job = self.store.job(job_id)
+        if card is not None and job is not None and job.message_ts and (job.channel, job.message_ts) != card:
+            self.gate.refuse(actor.user, "approve", self.gate.job_key(job), job_id,
+                             f"That Approve button is not on the card of job {job_id}: approve the plan on the "
+                             "card that shows it. Nothing was deployed.", RefusalKind.GONE)
         if job is not None and job.service == APP:
             return self.apps.approve(job_id, actor)
         return approve(self.gate, job_id, actor, OneService(), unfreeze=unfreeze,

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from slack_bolt import App
+from slack_bolt import App, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk import WebClient
@@ -44,6 +44,42 @@ def groups_middleware(slack: Slack):
     return middleware
 
 
+class ReplayGuard:
+    """Slack signs a request with its timestamp, and Bolt accepts a signature for 5 minutes: anyone who
+    saw one request (a proxy's log, say) could send it again within them. Each signature is taken once;
+    a replay is answered 200 and does nothing. Bounded: expired ones go, and at most ``limit`` are kept."""
+
+    WINDOW = 5 * 60 + 30  # Bolt's 5 minutes, and a little clock skew
+
+    def __init__(self, limit: int = 20000, clock=time.time):
+        self.seen: dict[str, float] = {}
+        self.limit, self.clock = limit, clock
+        self._lock = threading.Lock()
+
+    def first_time(self, signature: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            if len(self.seen) >= self.limit:
+                self.seen = {s: t for s, t in self.seen.items() if now - t < self.WINDOW}
+                while len(self.seen) >= self.limit:  # a flood of valid signatures: forget the oldest
+                    self.seen.pop(next(iter(self.seen)))
+            if signature in self.seen and now - self.seen[signature] < self.WINDOW:
+                return False
+            self.seen[signature] = now
+            return True
+
+
+def replay_middleware(guard: ReplayGuard):
+    def middleware(req, next):
+        signature = (req.headers.get("x-slack-signature") or [""])[0]
+        if signature and not guard.first_time(signature):  # Socket Mode has no signature: nothing to replay
+            log.warning("ignored a replayed Slack request (a signature already seen)")
+            return BoltResponse(status=200, body="")  # acknowledged; the chain stops here
+        next()
+
+    return middleware
+
+
 class _SameToken(logging.Filter):
     """Bolt reads SLACK_BOT_TOKEN from the environment even when given a client, then warns that the
     client wins. Our client carries that same token (behind the mask), so the warning says nothing."""
@@ -64,6 +100,7 @@ def build_app(settings: Settings, engine: Engine, service: RollbackService, clie
     quiet_same_token()
     app = App(signing_secret=settings.slack_signing_secret or None, client=slack.client,
               process_before_response=True)
+    app.use(replay_middleware(ReplayGuard()))  # runs after Bolt checked the signature
     app.use(groups_middleware(slack))
     service.on_job_events(slack.on_job_event)
     register(app, slack)

@@ -64,7 +64,8 @@ def register(app: App, slack: Slack) -> None:
                                         start=False, full_log=lambda: read_log(service.log_path(job_id)))
             unsubscribe = service.follow(job_id, reporter)
         try:
-            service.approve(job_id, clicked(body, groups_of), unfreeze=_checked(body, ids.LIFT_FREEZE))
+            service.approve(job_id, clicked(body, groups_of), unfreeze=_checked(body, ids.LIFT_FREEZE),
+                            card=(channel, ts))
         except Outdated as exc:
             unsubscribe()
             ephemeral(respond, error_text(exc))
