@@ -49,3 +49,23 @@ def test_an_approve_button_copied_onto_another_message_approves_nothing(fast_pro
     done = card.becomes("✅", timeout=60)
     assert "Rolled back" in all_text(done)
     assert live_code() == fast_code(fast_service, "v1")
+
+
+def test_a_notification_index_json_places_in_another_channel_is_never_edited(fast_prod, fast_workspace):
+    """index.json says v2's deploy notification is a message in C-SECRET (a bucket writer put it there):
+    the rollback that supersedes v2 edits nothing there."""
+    ws = fast_workspace(POLICY)
+    planted = {"ts": "1700000000.000300", "text": "a private message", "blocks": [], "user": "U-X",
+               "thread_ts": None, "updates": 0}
+    ws.standin.messages["C-SECRET"].append(planted)
+
+    def plant(index):
+        index.history[0].notice = "C-SECRET:1700000000.000300"
+
+    ws.engine.artifacts.update_index("prod", plant)
+    card = ws.posts_card(ws.ana, "prod previous")
+    ws.bo.click(card.first, "approve")
+    card.becomes("✅", timeout=60)
+    time.sleep(1.0)  # the superseded edit follows the card's last update
+    assert ws.standin.messages["C-SECRET"][0]["updates"] == 0
+    assert ws.standin.messages["C-SECRET"][0]["text"] == "a private message"

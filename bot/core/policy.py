@@ -224,6 +224,13 @@ class Policy:
         rule = self.rule(stage, service)
         return (rule.notify_channel if rule else "") or default
 
+    def notice_channels(self, stage: str, default: str, service: str | None = None) -> set[str]:
+        """Where a stage's deploy notifications may be: the bot edits or replies to a notification that
+        index.json says is somewhere else (a bucket writer could point it anywhere) nowhere."""
+        rule = self.rule(stage, service)
+        return {c for c in (self.notify_channel(stage, default, service), default, *((rule.channels or ()) if rule
+                                                                                     else ())) if c}
+
     def group_ids(self) -> set[str]:
         every = [*self.rules.values(), *self.overrides.values()]
         return {i for r in every for i in (r.requesters or ()) + (r.approvers or ()) if i.startswith("S")}

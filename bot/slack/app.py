@@ -203,7 +203,8 @@ class Slack:
 
     def superseded(self, key: StageKey) -> None:
         try:
-            edit_superseded(self.notify, self.service.index(key), key.service if self.service.several else "")
+            edit_superseded(self.notify, self.service.index(key), key.service if self.service.several else "",
+                            self.service.policy.notice_channels(key.stage, self.settings.channel, key.service))
         except Exception as exc:  # S3 unreadable: the notification stays as it was; nothing else depends on it
             log.warning("could not mark the deploy notification of %s as no longer live: %s", key, exc)
 

@@ -63,13 +63,15 @@ class Notifier:
             log.warning("could not publish the home tab of %s: %s", user, exc)
 
 
-def edit_superseded(notifier: Notifier, index: StageIndex, service: str = "") -> bool:
-    """Edit the notification of the build that was live before the live one: it no longer is."""
+def edit_superseded(notifier: Notifier, index: StageIndex, service: str = "",
+                    channels: set[str] | None = None) -> bool:
+    """Edit the notification of the build that was live before the live one: it no longer is. Only in
+    ``channels`` (the stage's, ``Policy.notice_channels``): where index.json says it is, is the bucket's word."""
     if len(index.history) < 2 or index.history[1].ident == index.history[0].ident:
         return False
     was, live = index.history[1], index.history[0]
     where = was.notice_at
-    if where is None:
+    if where is None or (channels is not None and where[0] not in channels):
         return False
     return notifier.update(*where, esc(f"{index.stage}: {was.commit[:7]} is no longer live"),
                            superseded_blocks(index.stage, was, live, service))

@@ -32,7 +32,8 @@ def notify_deployed(settings: Settings, service: RollbackService, key: StageKey,
     named = key.service if service.several else ""
     notifier = Notifier(make_client(settings))
     try:  # CI must not fail because Slack did
-        edit_superseded(notifier, notice.index, named)
+        edit_superseded(notifier, notice.index, named,
+                        settings.policy.notice_channels(key.stage, settings.channel, key.service))
         where = f"{named} in {key.stage}" if named else key.stage
         posted = notifier.post(channel, esc(f"{where} is now running {notice.live.label()}"),
                                deployed_blocks(key.stage, notice.live, notice.previous, notice.commits, by,

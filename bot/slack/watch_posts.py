@@ -44,7 +44,8 @@ class WatchPoster:
                       kit.button("Roll back to previous", ids.PLAN_BUILD, request.value(), "danger")]}]
         index = self.service.index(event.key)
         notice = next((r.notice_at for r in index.history if r.at == w.since and r.notice_at), None)
-        if notice:  # in the deploy notification's thread too
+        allowed = self.service.policy.notice_channels(event.key.stage, self.settings.channel, event.key.service)
+        if notice and notice[0] in allowed:  # in the deploy notification's thread too (if it is where it may be)
             self.notify.post(notice[0], text, blocks, thread_ts=notice[1])
         channel = self._channel(event)
         if channel:  # and in the channel, where people look
