@@ -393,3 +393,25 @@ def test_a_malformed_stage_folder_never_stops_the_watch_status_or_the_home_for_t
     assert "*Frozen stages*" in said and "⚠️ Could not read, so not shown: dev:" in said
     home = service.overview()
     assert [i.stage for i, _ in home.stages] == ["prod"] and home.unreadable[0].startswith("dev:")
+
+
+FLEET = '[services.api]\ndir = "services/api"\n\n[services.worker]\ndir = "services/worker"\n\n'
+
+
+def test_a_stage_wide_alarm_prefix_must_name_its_services_on_a_bot_of_several(tmp_path):
+    from bot.core.config import ConfigError
+
+    config = tmp_path / "rollback.toml"
+    config.write_text(FLEET + '[stages.prod]\nalarm_prefix = "prod-"\nauto_rollback = true\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"ROLLBACK_BUCKET": "b-bucket", "ROLLBACK_REPO": "/r", "ROLLBACK_CONFIG": str(config)},
+                      needs=["engine"])
+    text = str(refused.value)
+    assert "[stages.prod]: alarm_prefix = 'prod-' would offer (or run) rollbacks of every service" in text
+    assert 'alarm_services = ["api", …] (services here: api, worker)' in text
+
+    config.write_text(FLEET + '[stages.prod]\nalarm_prefix = "prod-"\nalarm_services = ["api"]\n')
+    catalog = load_settings({"ROLLBACK_BUCKET": "b-bucket", "ROLLBACK_REPO": "/r", "ROLLBACK_CONFIG": str(config)},
+                            needs=["engine"]).catalog
+    assert catalog.alarm_spec("prod", "api") == ((), "prod-")
+    assert catalog.alarm_spec("prod", "worker") == ((), "")  # worker's own stack's alarms only

@@ -88,6 +88,8 @@ class Catalog:
     variables: Mapping[tuple[str, str], Mapping[str, VariableSource]] = field(default_factory=dict)
     default_service: str = ""  # ROLLBACK_SERVICE; with one service, that one
     configured: bool = False  # from a [services] table (or Compose), not ROLLBACK_SERVICE alone
+    # a stage-wide alarm_prefix applies only to the services its alarm_services names: (stage) -> names
+    prefix_services: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def single(cls, service: str, service_dir: str = ".", repo: str = "", region: str = "us-east-1",
@@ -134,7 +136,11 @@ class Catalog:
         """The alarms named for a service's stage (besides its stack's own): the service's, else the stage's."""
         for key in ((stage, service), (stage, ""), ("*", service), ("*", "")):
             if key in self.alarms:
-                return self.alarms[key]
+                names, prefix = self.alarms[key]
+                if key[1] == "" and prefix and key[0] in self.prefix_services \
+                        and service not in self.prefix_services[key[0]]:
+                    prefix = ""  # the stage's prefix names other services: not this one's alarms
+                return names, prefix
         return (), ""
 
     def serverless_stage(self, stage: str) -> str:
@@ -242,6 +248,7 @@ class Catalog:
         accounts: dict[str, Account] = {}
         alarms: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {}
         variables: dict[tuple[str, str], dict[str, VariableSource]] = {}
+        prefix_services: dict[str, tuple[str, ...]] = {}
         stages = doc.get("stages", {})
         for stage, raw in (stages.items() if isinstance(stages, Mapping) else []):
             if not isinstance(raw, Mapping):
@@ -272,13 +279,25 @@ class Catalog:
                 spec = _alarm_spec(table, f"{label[:-1]}{'.services.' + who if who else ''}]", problems)
                 if spec is not None:
                     alarms[(stage, who)] = spec
+                if not who and spec is not None and spec[1] and len(services) > 1:
+                    named = table.get("alarm_services")
+                    if (not isinstance(named, list) or not named
+                            or not all(isinstance(n, str) and n in services for n in named)):
+                        problems.append(
+                            f"{label}: alarm_prefix = {spec[1]!r} would offer (or run) rollbacks of every service of "
+                            f"`{stage}` for any alarm it matches; name the services it watches with alarm_services "
+                            f"= [\"{next(iter(services))}\", …] (services here: {', '.join(services)}), or move it "
+                            f"under [stages.{stage}.services.<name>]")
+                    else:
+                        prefix_services[stage] = tuple(named)
                 if "env" in table:
                     variables[(stage, who)] = parse_table(table["env"], f"{source}: stages.{stage}"
                                                           + (f".services.{who}" if who else ""), problems)
             if stage in services:
                 problems.append(f"{label}: `{stage}` is both a stage and a service; rename one, since "
                                 f"`/rollback {stage} …` could mean either")
-        catalog = cls(services, accounts, alarms, default_region, variables, default_service or "", configured)
+        catalog = cls(services, accounts, alarms, default_region, variables, default_service or "", configured,
+                      prefix_services)
         return catalog, problems
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 log = logging.getLogger("rollback-bot.core.policy")
 RULE_KEYS = ("requesters", "approvers", "approver_must_differ", "channels", "notify_channel", "auto_rollback")
 ACCOUNT_KEYS = ("role_arn", "external_id", "region", "serverless_stage")  # read by bot.core.catalog
-WATCH_KEYS = ("alarms", "alarm_prefix")  # read by bot.core.catalog: which alarms the watch reads
+WATCH_KEYS = ("alarms", "alarm_prefix", "alarm_services")  # read by bot.core.catalog: which alarms the watch reads
 ENV_KEYS = ("env",)  # read by bot.core.catalog: the deploy-time variables (bot.core.variables)
 STAGE_KEYS = RULE_KEYS + ACCOUNT_KEYS + WATCH_KEYS + ENV_KEYS + ("services",)
 TOP_KEYS = ("stages", "services")  # [services.*] is the catalog's (bot.core.catalog)
