@@ -354,3 +354,32 @@ def test_a_compose_service_is_checked_out_where_compose_put_it_at_the_target_com
         assert code_in(lam, "worker-prod-hello") == code_sha256(packages["v1"] / "worker.zip")
     finally:
         next(start, None)
+
+
+@pytest.mark.parametrize("name, says", [
+    ("prod", "`prod` is both a stage and a service; rename one"),
+    ("status", "service `status` is named like the command `/rollback status`; rename it"),
+])
+def test_a_compose_service_named_like_a_stage_or_a_command_is_refused_at_start_up(tmp_path, name, says):
+    from bot.core.config import ConfigError, load_settings
+
+    compose = tmp_path / "serverless-compose.yml"
+    compose.write_text(f"services:\n  api:\n    path: services/api\n  {name}:\n    path: services/{name}\n")
+    config = tmp_path / "rollback.toml"
+    config.write_text('[stages.prod]\napprovers = ["U-BO"]\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"ROLLBACK_BUCKET": "b-bucket", "ROLLBACK_REPO": "/r", "ROLLBACK_CONFIG": str(config),
+                       "ROLLBACK_COMPOSE_FILE": str(compose)}, needs=["engine"])
+    assert says in str(refused.value)
+
+
+def test_a_toml_service_named_like_a_command_is_refused_at_start_up(tmp_path):
+    from bot.core.config import ConfigError, load_settings
+
+    config = tmp_path / "rollback.toml"
+    config.write_text('[services.api]\ndir = "a"\n\n[services.history]\ndir = "h"\n\n[stages.prod]\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"ROLLBACK_BUCKET": "b-bucket", "ROLLBACK_REPO": "/r", "ROLLBACK_CONFIG": str(config)},
+                      needs=["engine"])
+    assert "[services.history]: the service `history` is named like the command `/rollback history`" in str(
+        refused.value)

@@ -42,6 +42,18 @@ REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
 ALARM_RE = re.compile(r"^[\w .:/#+=@-]{1,255}$")
 COMPOSE_FILE = "serverless-compose.yml"
+# the first words of `/rollback` commands: a service so named could never be asked for (bot.slack.slash)
+COMMAND_WORDS = frozenset({"help", "status", "history", "unfreeze", "cancel"})
+
+
+def name_clashes(name: str, stages, source: str, what: str) -> list[str]:
+    """A service named like a stage or a command word makes `/rollback <word> …` mean two things."""
+    if name.lower() in COMMAND_WORDS:
+        return [f"{source}: {what} `{name}` is named like the command `/rollback {name.lower()}`; rename it"]
+    if name in stages:
+        return [f"{source}: `{name}` is both a stage and a service; rename one, since `/rollback {name} …` could "
+                "mean either"]
+    return []
 
 
 class UnknownService(UserError):
@@ -194,6 +206,10 @@ class Catalog:
             if not isinstance(depends, list) or not all(isinstance(d, str) for d in depends):
                 problems.append(f"{source}: {name}.dependsOn must be a service name or a list of them")
                 depends = []
+            clash = name_clashes(name, set(self.accounts) - {"*"}, source, "service")
+            if clash and not (self.configured and name in self.services):
+                problems += clash
+                continue
             found[name] = ServiceEntry(name, path, "", tuple(depends), compose=True)
         merged = {**found, **{k: v for k, v in self.services.items() if self.configured}}
         if not self.configured:  # ROLLBACK_SERVICE alone: Compose says which services there are
@@ -218,6 +234,7 @@ class Catalog:
             label = f"{source}: [services.{name}]"
             if not NAME_RE.match(name):
                 problems.append(f"{label} is not a service name (letters, digits, '-' or '_')")
+            problems += name_clashes(name, (), label, "the service")  # its stages are checked below
             if not isinstance(raw, Mapping):
                 problems.append(f"{label} must be a table")
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from bot.core.catalog import COMMAND_WORDS
 from bot.core.names import closest
 
 COMMANDS = (  # one line each, for help (a bot of one service)
@@ -29,7 +30,7 @@ SEVERAL_COMMANDS = (  # a bot of several services
 )
 USAGE = " · ".join(f"`{syntax}`" for syntax, _ in COMMANDS)
 SEVERAL_USAGE = " · ".join(f"`{syntax}`" for syntax, _ in SEVERAL_COMMANDS)
-KEYWORDS = {"help", "status", "history", "unfreeze", "cancel"}
+KEYWORDS = COMMAND_WORDS  # a service is never named like one (bot.core.catalog checks it at start-up)
 
 
 @dataclass(frozen=True)
