@@ -383,3 +383,32 @@ def test_a_toml_service_named_like_a_command_is_refused_at_start_up(tmp_path):
                       needs=["engine"])
     assert "[services.history]: the service `history` is named like the command `/rollback history`" in str(
         refused.value)
+
+
+def test_the_catalog_is_read_from_the_remotes_default_branch_never_from_a_pushed_master(tmp_path):
+    """origin's default branch is main (api, worker). Someone who may push pushes a branch named master
+    whose Compose file names a service of theirs: the bot still serves api and worker; ROLLBACK_BRANCH
+    names another branch when a team keeps its Compose file elsewhere."""
+    import git as gitlib
+
+    from bot.core.config import load_settings
+    from bot.engine.build import with_compose
+
+    work = ServiceRepo(tmp_path / "work")
+    work.commit("main", {"serverless-compose.yml": "services:\n  api:\n    path: a\n  worker:\n    path: w\n"})
+    work.repo.git.checkout("-b", "master")
+    work.commit("evil", {"serverless-compose.yml": "services:\n  evil:\n    path: e\n"})
+    work.repo.git.checkout("-b", "release", "main")
+    work.commit("release", {"serverless-compose.yml": "services:\n  api:\n    path: a\n"})
+    work.repo.git.checkout("main")
+    origin = tmp_path / "origin.git"
+    gitlib.Repo.clone_from(work.path, origin, bare=True).close()
+    assert gitlib.Repo(origin).git.symbolic_ref("HEAD") == "refs/heads/main"
+
+    def served(**env) -> list[str]:
+        settings = load_settings({"ROLLBACK_BUCKET": "b-bucket", "ROLLBACK_REPO": str(origin),
+                                  "ROLLBACK_DATA_DIR": str(tmp_path / "bot"), **env}, needs=["engine"])
+        return sorted(with_compose(settings).catalog.names)
+
+    assert served() == ["api", "worker"]
+    assert served(ROLLBACK_BRANCH="release") == ["api"]

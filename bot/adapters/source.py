@@ -329,20 +329,31 @@ class SourceRepo:
             except (git.GitCommandError, SourceError):
                 return None
 
-    def fetch_root(self, name: str) -> str | None:
-        """Fetch, then a file at the repository's root on its default branch (HEAD), or None."""
+    def default_branch(self) -> str:
+        """The remote's default branch, as its HEAD names it (``git ls-remote --symref``). A mirror made by
+        init + fetch has a HEAD of its own (``master``), which a pushed branch of that name would take."""
+        try:
+            with self._repo() as repo:
+                out = repo.git.ls_remote("--symref", "--", "origin", "HEAD", kill_after_timeout=self.timeout)
+        except git.GitCommandError as exc:
+            raise SourceError(f"cannot ask {self.shown_url} for its default branch: {_git_says(exc)}") from exc
+        found = re.match(r"^ref: refs/heads/([A-Za-z0-9._/-]{1,200})\tHEAD$", out.splitlines()[0] if out else "")
+        if not found or ".." in found.group(1):
+            raise SourceError(f"{self.shown_url} does not say which branch is its default; set ROLLBACK_BRANCH")
+        return found.group(1)
+
+    def fetch_root(self, name: str, branch: str = "") -> str | None:
+        """Fetch, then a file at the repository's root on ``branch`` (default: the remote's default
+        branch, never whatever the mirror's own HEAD names), or None."""
         if "/" in name or name.startswith(("-", ".")):
             raise SourceError(f"{name!r} is not a plain file name")
         self.fetch()
+        branch = branch or self.default_branch()
         with self._repo() as repo:
-            # a mirror made by init + fetch may have a HEAD that names no branch: try the usual ones
-            branches = [h.name for h in repo.heads]
-            for ref in dict.fromkeys(["HEAD", "main", "master", *branches[:1]]):
-                try:
-                    return repo.git.show(f"{ref}:{name}", "--")
-                except git.GitCommandError:
-                    continue
-            return None
+            try:
+                return repo.git.show(f"refs/heads/{branch}:{name}", "--")
+            except git.GitCommandError:
+                return None
 
     def plugin_change(self, live: str, target: str) -> PluginChange:
         """What changes in the plugin set: package.json and the lockfiles, and the ``plugins`` of the

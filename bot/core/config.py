@@ -77,6 +77,7 @@ class Settings:
     prefix: str = ""
     service: str = ""
     repo: str = ""
+    repo_branch: str = ""  # ROLLBACK_BRANCH: where the catalog (serverless-compose.yml) is read; "": the remote's HEAD
     service_dir: str = "."
     deploy_command: tuple[str, ...] | None = None
     install_command: tuple[str, ...] | None = None
@@ -174,6 +175,16 @@ def _yaml(path: Path, problems: list[str]) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
+BRANCH_RE = re.compile(r"^(?!-)(?!.*\.\.)[A-Za-z0-9._/-]{1,200}$")
+
+
+def _branch(value: str, problems: list[str]) -> str:
+    if value and not BRANCH_RE.match(value):
+        problems.append(f"ROLLBACK_BRANCH {value[:60]!r} is not a branch name")
+        return ""
+    return value
+
+
 def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str] = (),
                   named_service: str = "") -> Settings:
     """Read and validate the settings. ``needs`` names what the command is about to use;
@@ -250,6 +261,7 @@ def load_settings(environ: Mapping[str, str] | None = None, needs: Iterable[str]
         prefix=prefix,
         service=service,
         repo=env.get("ROLLBACK_REPO", "").strip(),
+        repo_branch=_branch(env.get("ROLLBACK_BRANCH", "").strip(), problems),
         service_dir=service_dir,
         deploy_command=_command_template(
             "ROLLBACK_DEPLOY_COMMAND", env.get("ROLLBACK_DEPLOY_COMMAND", ""), problems

@@ -20,7 +20,7 @@ from bot.adapters.artifacts import ArtifactStore, make_s3_client
 from bot.adapters.lease import LeaseStore
 from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.sandbox import Sandbox, choose, hidden_for
-from bot.adapters.source import SourceRepo
+from bot.adapters.source import SourceError, SourceRepo
 from bot.adapters.stack import Stack
 from bot.adapters.store import Store
 from bot.core.catalog import COMPOSE_FILE, Catalog
@@ -282,7 +282,11 @@ def with_compose(settings: Settings) -> Settings:
     serverless-compose.yml names (read from its default branch at start-up)."""
     if settings.catalog.configured or settings.service or not settings.repo:
         return settings
-    text = SourceRepo(settings.repo, mirror_dir(settings, settings.repo)).fetch_root(COMPOSE_FILE)
+    try:
+        text = SourceRepo(settings.repo, mirror_dir(settings, settings.repo)).fetch_root(COMPOSE_FILE,
+                                                                                        settings.repo_branch)
+    except SourceError as exc:
+        raise ConfigError([f"{COMPOSE_FILE} could not be read from ROLLBACK_REPO: {exc}"]) from None
     if text is None:
         raise ConfigError([f"ROLLBACK_SERVICE is not set, ROLLBACK_CONFIG has no [services], and {COMPOSE_FILE} "
                            "is not at the root of ROLLBACK_REPO: name the services one of these ways"])
