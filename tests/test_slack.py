@@ -185,7 +185,7 @@ def test_a_429_storm_during_progress_delays_updates_but_the_final_state_arrives(
 
 def test_ci_deploy_notification_rolls_back_with_one_click_and_home_shows_the_stage(
         fast_prod, fast_workspace, fast_service, aws_env, tmp_path):
-    ws = fast_workspace()
+    ws = fast_workspace('[stages."*"]\nnotify_channel = "C-OPS"\n')  # where CI posts (ROLLBACK_CHANNEL below)
     s = ws.standin
     v1, v2 = fast_service.commits["v1"], fast_service.commits["v2"]
     env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE,

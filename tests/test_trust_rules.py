@@ -207,6 +207,27 @@ def test_the_policy_reloads_when_its_file_changes_and_keeps_the_old_one_when_the
     assert "previous policy stays in force" in caplog.text and "unknown key `aprovers`" in source.last_error
 
 
+def test_an_edit_of_the_catalog_keys_says_in_the_log_that_they_need_a_restart(tmp_path, caplog):
+    """The policy's rules reload; a stage's role, region, alarms or variables are read into the engines at
+    start-up, so the log says which changed and that a restart applies them, instead of silently not."""
+    path = tmp_path / "p.toml"
+    path.write_text('[stages.prod]\napprovers = ["U1"]\nrole_arn = "arn:aws:iam::111111111111:role/a"\n')
+    now = [0.0]
+    source = PolicySource(Policy.load(path), path, check_every=1.0, clock=lambda: now[0])
+    path.write_text('[stages.prod]\napprovers = ["U2"]\nrole_arn = "arn:aws:iam::111111111111:role/a"\n')
+    now[0] = 2.0
+    with caplog.at_level(logging.WARNING):
+        assert source.current().may_approve("prod", "U2", "x").allowed
+    assert source.restart_needed == [] and "restart" not in caplog.text  # a rule alone: in force, no restart
+    path.write_text('[stages.prod]\napprovers = ["U2"]\nrole_arn = "arn:aws:iam::222222222222:role/b"\n'
+                    'alarms = ["api-5xx"]\n')
+    now[0] = 4.0
+    with caplog.at_level(logging.WARNING):
+        source.current()
+    assert source.restart_needed == ["stages.prod"]
+    assert "also changed [stages.prod]" in caplog.text and "restart the bot for these to take effect" in caplog.text
+
+
 def test_a_removed_group_member_stays_removed_when_slack_cannot_say(tmp_path):
     from bot.core.config import load_settings
     from bot.playground.slack import SlackStandIn

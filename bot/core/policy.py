@@ -306,6 +306,29 @@ class Policy:
         return who + (" other than the requester" if rule.approver_must_differ else "")
 
 
+CATALOG_KEYS = ACCOUNT_KEYS + WATCH_KEYS + ENV_KEYS  # read once at start-up, into the catalog
+
+
+def catalog_view(path: Path | None) -> dict:
+    """The parts of the config file the catalog reads (services, and each stage's account, alarm and
+    variable keys): the bot builds its engines from them at start-up, so a change needs a restart."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8")) if path else {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+    stages = doc.get("stages") if isinstance(doc.get("stages"), dict) else {}
+    view: dict = {"services": doc.get("services", {})}
+    for stage, table in stages.items():
+        if not isinstance(table, dict):
+            continue
+        view[f"stages.{stage}"] = {k: table[k] for k in CATALOG_KEYS if k in table}
+        subs = table.get("services") if isinstance(table.get("services"), dict) else {}
+        for name, sub in subs.items():
+            if isinstance(sub, dict):
+                view[f"stages.{stage}.services.{name}"] = {k: sub[k] for k in CATALOG_KEYS if k in sub}
+    return view
+
+
 class PolicySource:
     """The policy in force, reloaded when its file changes. A new file is validated first: an invalid
     one keeps the old policy in force and says why in the log (once per change of the file)."""
@@ -320,6 +343,8 @@ class PolicySource:
         self._checked = clock()
         self._lock = threading.Lock()
         self.last_error = ""
+        self._catalog = catalog_view(path)  # as the bot started with it
+        self.restart_needed: list[str] = []  # the catalog tables that changed since start-up
 
     def _stamp(self) -> tuple | None:
         if self.path is None:
@@ -349,4 +374,10 @@ class PolicySource:
                 return self._policy
             self._policy, self.last_error = new, ""
             log.info("policy reloaded from %s:\n%s", self.path, "\n".join(new.describe()))
+            now = catalog_view(self.path)
+            self.restart_needed = sorted(k for k in set(now) | set(self._catalog) if now.get(k) != self._catalog.get(k))
+            if self.restart_needed:
+                log.warning("%s also changed %s: services, roles, regions, alarms and variables are read at "
+                            "start-up; restart the bot for these to take effect (the policy itself is in force "
+                            "now)", self.path, ", ".join(f"[{k}]" for k in self.restart_needed))
             return new

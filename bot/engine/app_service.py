@@ -106,10 +106,11 @@ class AppRollbacks:
 
     # -- approving and running -------------------------------------------------------------------
 
-    def approve(self, job_id: int, actor: Actor) -> Approved:
+    def approve(self, job_id: int, actor: Actor, card: tuple[str, str] | None = None) -> Approved:
         """At a terminal the typed confirmation is the approval (no second person can be asked for there),
         so the approver is checked as an approver, not against the requester."""
-        return approve(self.gate, job_id, actor, _AppApproval(self), terminal=actor.origin is Origin.TERMINAL)
+        return approve(self.gate, job_id, actor, _AppApproval(self), terminal=actor.origin is Origin.TERMINAL,
+                       card=card)
 
     def _run(self, job: Job, app: AppPlan, parts: dict[str, int], approver: str) -> None:
         audit = {"policy": self.gate.policy_source, "app": job.id}

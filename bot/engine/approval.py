@@ -43,7 +43,7 @@ class Strategy(Protocol):
 
 
 def approve(gate: Gate, job_id: int, actor: Actor, strategy: Strategy, unfreeze: bool = False,
-            terminal: bool = False) -> Approved:
+            terminal: bool = False, card: tuple[str, str] | None = None) -> Approved:
     """Start the job of a pending plan if the plan now is the plan its card showed. Exactly one of several
     concurrent clicks starts it; a click after Cancel or expiry does nothing but say so."""
     job = gate.store.job(job_id)
@@ -52,6 +52,10 @@ def approve(gate: Gate, job_id: int, actor: Actor, strategy: Strategy, unfreeze:
     key = gate.job_key(job)
     gate.still_open(job, actor.user)
     strategy.check(gate, job, actor, terminal)
+    if card is not None and job.message_ts and (job.channel, job.message_ts) != card:
+        # the (channel, ts) of the message clicked: only the job's own card approves it
+        gate.refuse(actor.user, "approve", key, job_id, f"That Approve button is not on the card of job {job_id}: "
+                    "approve the plan on the card that shows it. Nothing was deployed.", RefusalKind.GONE)
     if not gate.store.claim(job_id, JobState.PENDING, JobState.APPROVING, approved_by=actor.user):
         raise Refused("Someone already approved this plan.", RefusalKind.CLOSED)
     shown = json.loads(job.plan_json or "{}")

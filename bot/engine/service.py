@@ -253,14 +253,10 @@ class RollbackService:
         requested it approves it (the typed confirmation). ``card`` is the (channel, ts) of the message
         clicked in Slack: it must be the job's own card, so a button copied elsewhere approves nothing."""
         job = self.store.job(job_id)
-        if card is not None and job is not None and job.message_ts and (job.channel, job.message_ts) != card:
-            self.gate.refuse(actor.user, "approve", self.gate.job_key(job), job_id,
-                             f"That Approve button is not on the card of job {job_id}: approve the plan on the "
-                             "card that shows it. Nothing was deployed.", RefusalKind.GONE)
         if job is not None and job.service == APP:
-            return self.apps.approve(job_id, actor)
+            return self.apps.approve(job_id, actor, card)
         return approve(self.gate, job_id, actor, OneService(), unfreeze=unfreeze,
-                       terminal=actor.origin is Origin.TERMINAL)
+                       terminal=actor.origin is Origin.TERMINAL, card=card)
 
     def withdraw(self, job_id: int, actor: Actor) -> Job:
         """Cancel a pending plan: its requester or anyone who may approve it."""
