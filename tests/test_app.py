@@ -125,7 +125,8 @@ def test_an_app_rollback_takes_every_services_lease_or_none(app, repo, lam, s3):
     assert "takes every service's lock or none" in said
     assert ws.engine.store.locks() == []  # nor any lock on this machine
     for svc in ("api", "worker"):
-        assert "Contents" not in s3.list_objects_v2(Bucket="rollback-artifacts", Prefix=f"rollback/{svc}/prod/lock.json")
+        lock = f"rollback/{svc}/prod/lock.json"
+        assert "Contents" not in s3.list_objects_v2(Bucket="rollback-artifacts", Prefix=lock)
         assert live(lam, svc) == code(repo, svc, "v2")
     other.release(held)
 
