@@ -134,6 +134,23 @@ class LeaseStore:
                 raise self._unavailable(stage, "take", exc) from exc
         raise LeaseUnavailable(f"the lease of stage {stage} kept changing under us; nothing was deployed, try again")
 
+    def adopt(self, stage: str, token: str, pid: int) -> Held:
+        """Go on holding a lease a job recorded (its token) from this process: a bot that restarted while the
+        job's CodeBuild build ran. Raises LeaseLost when the lease is gone or another job's."""
+        lease, etag = self.read(stage)
+        if lease is None or etag is None or lease.token != token:
+            raise LeaseLost(f"the lease of stage {stage} is no longer this job's"
+                            + (f" ({lease.describe(self.names)} holds it)" if lease else " (nobody holds it)"))
+        mine = replace(lease, host=socket.gethostname(), pid=pid, until=self.clock() + self.ttl)
+        try:
+            return Held(mine, self._put(stage, mine, IfMatch=etag))
+        except ClientError as exc:
+            if _conflict(exc):
+                raise LeaseLost(f"the lease of stage {stage} changed while this bot took it back") from exc
+            raise self._unavailable(stage, "take back", exc) from exc
+        except BotoCoreError as exc:
+            raise self._unavailable(stage, "take back", exc) from exc
+
     def renew(self, held: Held) -> Held:
         """Push the lease's end out by ttl. Raises LeaseLost when it is no longer ours."""
         lease = replace(held.lease, until=self.clock() + self.ttl)

@@ -142,6 +142,14 @@ def _v10(db: sqlite_utils.Database) -> None:
                             "how": str, "at": float}, pk=("service", "stage", "commit_sha", "build", "sha256"))
 
 
+@_migration
+def _v11(db: sqlite_utils.Database) -> None:
+    # a job run as a CodeBuild build (bot.core.executor): the build, and how far its log was read, so a bot
+    # that restarts (or another replica) reattaches to it instead of calling it interrupted
+    db["jobs"].add_column("build_ref", str)
+    db["jobs"].add_column("log_token", str)
+
+
 class StageBusy(UserError):
     def __init__(self, key: StageKey, lock: HeldLock, several: bool = False, message: str = ""):
         self.key = key

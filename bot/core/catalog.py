@@ -16,6 +16,8 @@ It is read from the same TOML file as the policy (ROLLBACK_CONFIG):
     external_id = "…"
     region = "eu-west-1"
     serverless_stage = "prod"       # the --stage given to serverless (default: the stage's name)
+    executor = "codebuild"          # deploys run as builds of this CodeBuild project in the stage's account
+    codebuild_project = "rollback-prod"   # (default executor = "local": the bot's host; docs/codebuild.md)
 
 A repository with a serverless-compose.yml adds its services (``path``) and ``dependsOn``;
 [services] entries add to them or override them. Without a [services] table, the catalog is the one
@@ -32,6 +34,7 @@ from pathlib import PurePosixPath
 import yaml
 
 from bot.core.errors import UserError
+from bot.core.executor import LOCAL, Executor, parse_executor
 from bot.core.names import closest
 from bot.core.variables import VariableSource, parse_table
 
@@ -102,6 +105,8 @@ class Catalog:
     configured: bool = False  # from a [services] table (or Compose), not ROLLBACK_SERVICE alone
     # a stage-wide alarm_prefix applies only to the services its alarm_services names: (stage) -> names
     prefix_services: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # where deploys run: (stage or "*", service or "") -> executor (bot.core.executor)
+    executors: Mapping[tuple[str, str], Executor] = field(default_factory=dict)
 
     @classmethod
     def single(cls, service: str, service_dir: str = ".", repo: str = "", region: str = "us-east-1",
@@ -154,6 +159,13 @@ class Catalog:
                     prefix = ""  # the stage's prefix names other services: not this one's alarms
                 return names, prefix
         return (), ""
+
+    def executor_for(self, stage: str, service: str) -> Executor:
+        """Where a service's deploys to a stage run: its own table's choice, else the stage's, else the host."""
+        for key in ((stage, service), (stage, ""), ("*", service), ("*", "")):
+            if key in self.executors:
+                return self.executors[key]
+        return LOCAL
 
     def serverless_stage(self, stage: str) -> str:
         return self.account(stage).serverless_stage or stage
@@ -266,6 +278,7 @@ class Catalog:
         alarms: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {}
         variables: dict[tuple[str, str], dict[str, VariableSource]] = {}
         prefix_services: dict[str, tuple[str, ...]] = {}
+        executors: dict[tuple[str, str], Executor] = {}
         stages = doc.get("stages", {})
         for stage, raw in (stages.items() if isinstance(stages, Mapping) else []):
             if not isinstance(raw, Mapping):
@@ -307,6 +320,9 @@ class Catalog:
                             f"under [stages.{stage}.services.<name>]")
                     else:
                         prefix_services[stage] = tuple(named)
+                runs_on = parse_executor(table, f"{label[:-1]}{'.services.' + who if who else ''}]", problems)
+                if runs_on is not None:
+                    executors[(stage, who)] = runs_on
                 if "env" in table:
                     variables[(stage, who)] = parse_table(table["env"], f"{source}: stages.{stage}"
                                                           + (f".services.{who}" if who else ""), problems)
@@ -314,7 +330,7 @@ class Catalog:
                 problems.append(f"{label}: `{stage}` is both a stage and a service; rename one, since "
                                 f"`/rollback {stage} …` could mean either")
         catalog = cls(services, accounts, alarms, default_region, variables, default_service or "", configured,
-                      prefix_services)
+                      prefix_services, executors)
         return catalog, problems
 
 

@@ -59,6 +59,8 @@ class JobSpec:
     # deploy-time variables the runner reads itself, with the job's credentials, when the deploy starts
     variables: tuple[VariableSource, ...] = ()
     deploy_env: dict[str, str] = field(default_factory=dict)  # and the literal ones (not secret)
+    # on CodeBuild (bot.core.executor): the bucket the build's own role reads the package from ("" on the host)
+    package_bucket: str = ""
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:
@@ -90,6 +92,7 @@ class JobSpec:
                 copy_plugins=bool(data.get("copy_plugins")),
                 variables=tuple(_variable(v) for v in data.get("variables") or ()),
                 deploy_env={str(k): str(v) for k, v in dict(data.get("deploy_env") or {}).items()},
+                package_bucket=str(data.get("package_bucket") or ""),
             )
         except ProtocolError:
             raise

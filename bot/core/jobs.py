@@ -107,6 +107,8 @@ class Job:
     child_pid: int | None = None  # the job runner's process group, stopped on recovery
     child_start: str = ""  # its start time: a process that merely got the same pid is never signalled
     lease: str = ""  # the token of the stage lease in S3 it holds while it runs
+    build_ref: str = ""  # run on CodeBuild: the build's id (project:uuid); "" on the bot's host
+    log_token: str = ""  # how far the bot has read that build's log in CloudWatch Logs
     expires: float = 0.0  # a pending plan's deadline
     stack_name: str = ""
     region: str = ""

@@ -31,7 +31,8 @@ RULE_KEYS = ("requesters", "approvers", "approver_must_differ", "channels", "not
 ACCOUNT_KEYS = ("role_arn", "external_id", "region", "serverless_stage")  # read by bot.core.catalog
 WATCH_KEYS = ("alarms", "alarm_prefix", "alarm_services")  # read by bot.core.catalog: which alarms the watch reads
 ENV_KEYS = ("env",)  # read by bot.core.catalog: the deploy-time variables (bot.core.variables)
-STAGE_KEYS = RULE_KEYS + ACCOUNT_KEYS + WATCH_KEYS + ENV_KEYS + ("services",)
+EXECUTOR_KEYS = ("executor", "codebuild_project")  # read by bot.core.catalog: where deploys run (bot.core.executor)
+STAGE_KEYS = RULE_KEYS + ACCOUNT_KEYS + WATCH_KEYS + ENV_KEYS + EXECUTOR_KEYS + ("services",)
 TOP_KEYS = ("stages", "services")  # [services.*] is the catalog's (bot.core.catalog)
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 STAGE_KEY_RE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")
@@ -195,7 +196,7 @@ class Policy:
                 if not isinstance(sub, Mapping):
                     problems.append(f"{at(sub_header)}: {label} must be a table")
                     continue
-                own = RULE_KEYS + WATCH_KEYS + ENV_KEYS
+                own = RULE_KEYS + WATCH_KEYS + ENV_KEYS + EXECUTOR_KEYS
                 problems += _unknown_keys(sub, own, label, text, sub_header, at,
                                           f"a service may override only {', '.join(own)}")
                 overrides[(stage, service)] = replace(base, **_rule_fields(sub, label, text, sub_header, at, problems))
@@ -306,7 +307,7 @@ class Policy:
         return who + (" other than the requester" if rule.approver_must_differ else "")
 
 
-CATALOG_KEYS = ACCOUNT_KEYS + WATCH_KEYS + ENV_KEYS  # read once at start-up, into the catalog
+CATALOG_KEYS = ACCOUNT_KEYS + WATCH_KEYS + ENV_KEYS + EXECUTOR_KEYS  # read once at start-up, into the catalog
 
 
 def catalog_view(path: Path | None) -> dict:

@@ -77,6 +77,7 @@ class Engine:
                            aws_env=self.job_env if self.shared.uses_accounts else None,
                            credentials=lambda stage, name: self.accounts.credentials(stage, session_name(name)),
                            variables=self.variables, host_env=s.host_env, leases=self.leases,
+                           executor=lambda stage: s.catalog.executor_for(stage, self.service),
                            plugin_cache=self.shared.plugin_cache(lambda fn: runner._later(fn)))
         return runner
 
@@ -107,7 +108,10 @@ class Engine:
                          region=account.region if account and account.role_arn else "", fetch=fetch,
                          dir_at=self._compose_dir_at)
         self._check_variables(plan)
-        if self.shared.unsandboxed:  # said on every card, not only in a log nobody reads during an incident
+        runs_on = catalog.executor_for(stage, self.service)
+        if runs_on.remote:  # the card says where the deploy runs: the build's container is its sandbox
+            plan.account = ", ".join(p for p in (plan.account, f"deploys on {runs_on.describe()}") if p)
+        elif self.shared.unsandboxed:  # said on every card, not only in a log nobody reads during an incident
             plan.warnings.append(unsandboxed_warning(self.shared.unsandboxed))
         return plan
 

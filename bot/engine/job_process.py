@@ -7,18 +7,30 @@ no key of the bot's. It runs restore → checkout → install → deploy → ver
 it asks the bot for fresh credentials when the ones it holds would run out before the step's timeout;
 if the bot cannot give any that last, the step fails before it starts. A cancel message, SIGTERM, or
 stdin closing (the bot went away) stops the job: its commands' processes are stopped first.
+
+``--codebuild``: the same runner inside an AWS CodeBuild build (bot.core.executor). The spec comes in
+the build's environment (``ROLLBACK_JOB_SPEC``), the source is the build's own checkout of the commit,
+the credentials are the project's service role's, the package is read with them, and the protocol
+lines go to the build's log, which the bot follows in CloudWatch Logs. Nothing comes from the bot:
+StopBuild's SIGTERM is the cancel.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
+from bot.adapters.aws_clients import client
+from bot.adapters.codebuild import SPEC_VARIABLE
 from bot.adapters.package_link import PackageLink
 from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.sandbox import Sandbox
@@ -48,6 +60,8 @@ AWS_STEPS = ("deploy", "verify")
 CREDENTIALS_WAIT = 60.0  # how long the runner waits for the bot to answer a request for credentials
 RENEW_MARGIN = 60.0  # credentials must outlast a step's timeout by this much
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+CODEBUILD_ROLE = "the CodeBuild project's service role"
+PACKAGE_LINK_SECONDS = 900
 
 
 def _clock(ts: float) -> str:
@@ -106,8 +120,15 @@ class _Inbox:
                 self.credentials.put(message)
 
 
+class _NoInbox:
+    """On CodeBuild nothing comes from the bot: its credentials are the build's own, not temporary ones."""
+
+    def __init__(self):
+        self.credentials: queue.Queue[Credentials] = queue.Queue()
+
+
 class JobProcess:
-    def __init__(self, spec: JobSpec, secrets: Secrets, out: _Out, inbox: _Inbox, cancel: threading.Event):
+    def __init__(self, spec: JobSpec, secrets: Secrets, out: _Out, inbox: _Inbox | _NoInbox, cancel: threading.Event):
         self.spec, self.out, self.inbox, self.cancel = spec, out, inbox, cancel
         # the plugin cache's refills (a spare copy, eviction) run after the job has said how it ended
         self._pending: list = []
@@ -235,15 +256,56 @@ def run_job(spec_path: Path, stdin: TextIO = sys.stdin, stdout: TextIO = sys.std
         print(f"rollback-bot run-job: {exc}. Nothing was done.", file=sys.stderr)
         return ExitCode.USAGE
     cancel = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda *_: cancel.set())
+    _stop_on_signals(cancel)
     out = _Out(stdout, Masker([]))
     job = JobProcess(spec, first, out, _Inbox(stdin, cancel), cancel)
     return int(job.run())
 
 
+def _stop_on_signals(cancel: threading.Event) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: cancel.set())
+
+
+def run_codebuild_job(environ: Mapping[str, str] = os.environ, stdout: TextIO = sys.stdout) -> int:
+    """The runner in a CodeBuild build: everything it needs is the build's own (see the module's doc)."""
+    try:
+        spec = JobSpec.from_json(environ.get(SPEC_VARIABLE, ""))
+        src = Path(environ.get("CODEBUILD_SRC_DIR", ""))
+        if not spec.package_bucket:
+            raise ProtocolError("the job spec names no bucket to read the package from")
+        if not (src / ".git").exists():
+            raise ProtocolError(f"CODEBUILD_SRC_DIR ({src}) is not a git checkout: give the project a git source "
+                                "(docs/codebuild.md)")
+    except ProtocolError as exc:
+        print(f"rollback-bot run-job --codebuild: {exc}. Nothing was done.", file=sys.stderr)
+        return ExitCode.USAGE
+    env = {k: v for k, v in environ.items() if k != SPEC_VARIABLE}
+    work = Path(tempfile.mkdtemp(prefix="rollback-job-"))
+    # the build's checkout is the mirror; no sandbox inside the build's container: the container is the boundary
+    spec = replace(spec, mirror=src / ".git", workdir=work / "job", plugin_cache=work / "plugins", env=env, bwrap="",
+                   hidden=())
+    cancel = threading.Event()
+    _stop_on_signals(cancel)
+    out = _Out(stdout, Masker([env.get(k, "") for k in SECRET_KEYS if len(env.get(k, "")) >= 6]))
+    try:  # a bearer link made with the build's own role, so the rest of the runner is the host's
+        link = client("s3", env=env).generate_presigned_url(
+            "get_object", Params={"Bucket": spec.package_bucket, "Key": spec.target.key},
+            ExpiresIn=PACKAGE_LINK_SECONDS)
+    except Exception as exc:
+        out.send(FromRunner.END, JobEnd(EventStatus.FAILED, "restore", f"the package link could not be made with "
+                                                                      f"the build's role: {exc.__class__.__name__}"))
+        return ExitCode.FAILED
+    secrets = Secrets(package_url=link, credentials=Credentials(aws={}, expires=None, note=CODEBUILD_ROLE),
+                      mask=tuple(env.get(k, "") for k in SECRET_KEYS if env.get(k)))
+    return int(JobProcess(spec, secrets, out, _NoInbox(), cancel).run())
+
+
 if __name__ == "__main__":  # how the bot starts a runner: this module alone, not the CLI and its faces
+    if sys.argv[1:] == ["--codebuild"]:
+        raise SystemExit(run_codebuild_job())
     if len(sys.argv) != 2:
-        print("usage: python -m bot.engine.job_process SPEC (the bot starts this; see docs/runner.md)", file=sys.stderr)
+        print("usage: python -m bot.engine.job_process SPEC | --codebuild (the bot starts this, or a CodeBuild "
+              "build does; see docs/runner.md)", file=sys.stderr)
         raise SystemExit(ExitCode.USAGE)
     raise SystemExit(run_job(Path(sys.argv[1])))

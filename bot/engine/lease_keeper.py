@@ -27,7 +27,13 @@ class LeaseKeeper:
     def take(self, stage: str, job_id: int, approved_by: str, requested_by: str, origin: str, pid: int,
              several: bool = False) -> Held:
         """Raises StageBusy (naming the holder) or LeaseUnavailable; nothing is held then."""
-        held = self.leases.acquire(stage, job_id, approved_by, requested_by, origin, pid, several)
+        return self._keep(job_id, self.leases.acquire(stage, job_id, approved_by, requested_by, origin, pid, several))
+
+    def adopt(self, stage: str, job_id: int, token: str, pid: int) -> Held:
+        """Hold, from now on here, the lease a job took in a process that is gone (LeaseLost: not its own now)."""
+        return self._keep(job_id, self.leases.adopt(stage, token, pid))
+
+    def _keep(self, job_id: int, held: Held) -> Held:
         with self._lock:
             self._held[job_id] = held
             if self._thread is None:

@@ -19,13 +19,15 @@ from pathlib import Path
 
 from bot.adapters.accounts import OWN_KEYS
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
-from bot.adapters.lease import LeaseStore, LeaseUnavailable
+from bot.adapters.codebuild import CodeBuild
+from bot.adapters.lease import LeaseLost, LeaseStore, LeaseUnavailable
 from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.sandbox import Sandbox
 from bot.adapters.source import SourceError, SourceRepo
 from bot.adapters.stack import Stack
 from bot.adapters.store import StageBusy, Store
 from bot.core.errors import UserError
+from bot.core.executor import LOCAL, Executor
 from bot.core.job_protocol import Credentials, JobSpec, LambdaRuns, Secrets
 from bot.core.jobs import Job, JobState, Recorded
 from bot.core.keys import StageKey
@@ -33,6 +35,7 @@ from bot.core.masking import Masker
 from bot.core.records import HeldLock
 from bot.core.stage_index import Artifact, InUse, StageIndex
 from bot.core.variables import SourceKind, VariableSource
+from bot.engine.codebuild_job import CodeBuildJob
 from bot.engine.job_client import JobClient
 from bot.engine.lease_keeper import LeaseKeeper
 from bot.engine.pipeline import Cancelled, Event, StepFailed, kill_group
@@ -135,6 +138,8 @@ class JobRunner:
         variables: Callable[[str], Mapping[str, VariableSource]] = lambda stage: {},
         host_env: Mapping[str, str] | None = None,
         leases: LeaseStore | None = None,
+        executor: Callable[[str], Executor] = lambda stage: LOCAL,
+        codebuild: Callable[[str], CodeBuild] | None = None,
     ):
         self.config = config
         # The stage lease in S3, beside index.json: the lock every replica, terminal and pipeline honours
@@ -146,6 +151,8 @@ class JobRunner:
         self.aws_env = aws_env or self._own_env
         # A job's credentials, handed to its runner: (stage, session name) -> temporary credentials
         self.credentials = credentials or self._own_credentials
+        self.runs_on = executor  # where a stage's deploys run (bot.core.executor)
+        self.codebuild = codebuild or (lambda stage: CodeBuild(self.aws_env(stage, f"rollback-bot-build-{stage}")))
         self.variables = variables  # a stage's deploy-time variables ([stages.<stage>.env], bot.core.variables)
         self.host_env = dict(host_env or {})  # the bot host's variables those name (from_env)
         self.store = store
@@ -172,6 +179,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.pid, self.pid_start = os.getpid(), process_start(os.getpid())
+        self.followed: list[Job] = []  # CodeBuild jobs of a bot that was gone, followed from here since recover()
 
     def log_path(self, job_id: int) -> Path:
         return self.config.data_dir / "logs" / f"job-{job_id}.log"
@@ -375,53 +383,86 @@ class JobRunner:
             self.store.add_event(job_id, event.step, event.status, event.text, event.duration)
         self._notify(job_id, event)
 
-    def _run(self, job_id: int, plan: Plan, cancel: threading.Event, holder: str, unfreeze: bool) -> None:
+    def _host_job(self, job_id: int, plan: Plan, workdir: Path, cancel: threading.Event, emit, holder: str,
+                  remask: Callable[[list[str]], None]) -> JobClient:
+        """The job on the bot's host: a runner process, the stage's temporary credentials on its stdin."""
+        # The stage's own credentials for this job, named for CloudTrail: which job, who approved; always
+        # temporary, and renewed before a step they would not outlast.
+        session = f"rollback-job-{job_id}-{holder}"
+        creds = self.credentials(plan.stage, session)
+        secrets = list(self.mask.secrets)
+
+        def remember(c: Credentials) -> None:  # masked in all the job shows
+            secrets.extend(c.aws.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                                       "AWS_ACCESS_KEY_ID"))
+            remask(secrets)
+
+        link = self.artifacts.presign(plan.target, PACKAGE_LINK_SECONDS)  # a bearer link: masked like a key
+        secrets.append(link)
+        remember(creds)
+        who = plan.account or creds.note or OWN_CREDENTIALS
+        emit(Event("job", "output", f"AWS: {who}, session {session}"[:300]))
+        source = self.source.for_dir(plan.service_dir) if plan.service_dir else self.source
+        try:
+            if not source.has(plan.target.commit):  # the runner reads the mirror and has no way to the remote
+                source.fetch()
+        except SourceError as exc:
+            emit(Event("checkout", "failed", str(exc)))
+            raise StepFailed("checkout", str(exc)) from exc
+        return JobClient(
+            self._spec(job_id, plan, workdir),
+            # none of the bot's own secrets: the runner masks what it holds, the bot masks the rest
+            Secrets(package_url=link, credentials=creds, env={
+                v.name: self.host_env[v.ref] for v in self.variables(plan.stage).values()
+                if v.kind == SourceKind.HOST_ENV and v.ref in self.host_env}),
+            emit=emit, cancel=cancel, renew=lambda: self.credentials(plan.stage, session), on_secret=remember,
+            on_start=lambda pid: self.store.update_job(job_id, child_pid=pid, child_start=process_start(pid)),
+            background=self._later,
+        )
+
+    def _codebuild_job(self, job_id: int, plan: Plan, workdir: Path, runs_on: Executor, cancel: threading.Event,
+                       emit, attach: Job | None) -> CodeBuildJob:
+        """The job as a build of the stage's CodeBuild project: the bot's credentials (the stage's role)
+        only start, follow and stop it; the build runs with the project's service role."""
+        if any(v.kind == SourceKind.HOST_ENV for v in self.variables(plan.stage).values()):
+            raise StepFailed("job", "a from_env deploy-time variable cannot reach a CodeBuild build (the bot's "
+                                    "environment stays on its host): give it an ssm or secret source, or run "
+                                    "this stage on the bot's host (docs/codebuild.md). Nothing was started")
+        emit(Event("job", "output", f"runs on CodeBuild project {runs_on.project}, with the project's service role"))
+        spec = self._spec(job_id, plan, workdir, remote=True)
+        job = attach or self.store.job(job_id)
+        # the start's token is the job's own: a start retried (by boto3, or after a crash) never starts two
+        token = hashlib.sha256(f"{self.service}/{plan.stage}/{job_id}/{job.lease or job.created}".encode()
+                               ).hexdigest()[:64]
+        return CodeBuildJob(
+            spec, self.codebuild(plan.stage), runs_on.project, token, emit=emit, cancel=cancel,
+            on_start=lambda build_id: self.store.update_job(job_id, build_ref=build_id),
+            on_read=lambda log_token: self.store.update_job(job_id, log_token=log_token),
+            build_id=attach.build_ref if attach else "", log_token=attach.log_token if attach else "",
+        )
+
+    def _run(self, job_id: int, plan: Plan, cancel: threading.Event, holder: str, unfreeze: bool,
+             attach: Job | None = None) -> None:
         workdir = self.config.data_dir / "jobs" / str(job_id)
         marker = InUse(plan.target.commit, plan.target.build_id, str(job_id), self.clock())
         state, reason, in_index, recorded = JobState.FAILED, "", False, None
         buffer = runs = None
         try:
             buffer = _OutputBuffer(self.store, job_id, self.log_path(job_id))
-            mask_line = self.mask.lines()
+            masks = [self.mask.lines()]
 
             def emit(event: Event) -> None:
-                self._emit(job_id, buffer, mask_line, event)
+                self._emit(job_id, buffer, masks[0], event)
+
+            def remask(secrets: list[str]) -> None:  # the job's credentials are secrets too
+                masks[0] = Masker(secrets).lines()
 
             in_index = self._mark_in_use(plan.stage, marker, add=True, emit=emit)
-            # The stage's own credentials for this job, named for CloudTrail: which job, who approved; always
-            # temporary, and renewed before a step they would not outlast.
-            session = f"rollback-job-{job_id}-{holder}"
-            creds = self.credentials(plan.stage, session)
-            secrets = list(self.mask.secrets)
-
-            def remember(c: Credentials) -> None:  # the job's credentials are secrets too, masked in all it shows
-                nonlocal mask_line
-                secrets.extend(c.aws.get(k, "") for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                                                           "AWS_ACCESS_KEY_ID"))
-                mask_line = Masker(secrets).lines()
-
-            link = self.artifacts.presign(plan.target, PACKAGE_LINK_SECONDS)  # a bearer link: masked like a key
-            secrets.append(link)
-            remember(creds)
-            who = plan.account or creds.note or OWN_CREDENTIALS
-            emit(Event("job", "output", f"AWS: {who}, session {session}"[:300]))
-            source = self.source.for_dir(plan.service_dir) if plan.service_dir else self.source
-            try:
-                if not source.has(plan.target.commit):  # the runner reads the mirror and has no way to the remote
-                    source.fetch()
-            except SourceError as exc:
-                emit(Event("checkout", "failed", str(exc)))
-                raise StepFailed("checkout", str(exc)) from exc
-            client = JobClient(
-                self._spec(job_id, plan, workdir),
-                # none of the bot's own secrets: the runner masks what it holds, the bot masks the rest
-                Secrets(package_url=link, credentials=creds, env={
-                    v.name: self.host_env[v.ref] for v in self.variables(plan.stage).values()
-                    if v.kind == SourceKind.HOST_ENV and v.ref in self.host_env}),
-                emit=emit, cancel=cancel, renew=lambda: self.credentials(plan.stage, session), on_secret=remember,
-                on_start=lambda pid: self.store.update_job(job_id, child_pid=pid, child_start=process_start(pid)),
-                background=self._later,
-            )
+            runs_on = self.runs_on(plan.stage)
+            if runs_on.remote:
+                client = self._codebuild_job(job_id, plan, workdir, runs_on, cancel, emit, attach)
+            else:
+                client = self._host_job(job_id, plan, workdir, cancel, emit, holder, remask)
             try:
                 client.run()
             finally:
@@ -514,20 +555,22 @@ class JobRunner:
             return f"Lambda runs {plan.target.short} (build {plan.target.build_id}, the target)"
         return "Lambda runs none of the stored builds compared (the target and the build live before)"
 
-    def _spec(self, job_id: int, plan: Plan, workdir: Path) -> JobSpec:
-        """All the runner is told about the job: no secrets (those go on its stdin)."""
-        c, box = self.config, self.config.sandbox
+    def _spec(self, job_id: int, plan: Plan, workdir: Path, remote: bool = False) -> JobSpec:
+        """All the runner is told about the job: no secrets (those go on its stdin). ``remote``: for a
+        CodeBuild build, which has its own folders, environment and container, and reads the package itself."""
+        c, box = self.config, None if remote else self.config.sandbox
         variables = self.variables(plan.stage)
         source = self.source.for_dir(plan.service_dir) if plan.service_dir else self.source
         return JobSpec(
             job_id=job_id, service=self.service, stage=plan.deploy_stage or plan.stage, target=plan.target,
             mirror=source.mirror_dir, service_dir=source.service_dir, workdir=workdir,
             plugin_cache=self.plugin_cache.for_account(plan.account).root, plugin_cache_max=c.plugin_cache_max,
-            step_timeout=c.step_timeout, env={k: v for k, v in c.env.items() if k not in OWN_KEYS},
+            step_timeout=c.step_timeout, env={} if remote else {k: v for k, v in c.env.items() if k not in OWN_KEYS},
             deploy_template=c.deploy_template, install_template=c.install_template,
             bwrap=box.bwrap if box else "", hidden=box.hidden if box else (), copy_plugins=c.copy_plugins,
             variables=tuple(v for v in variables.values() if v.kind in (SourceKind.SSM, SourceKind.SECRET)),
             deploy_env={v.name: v.ref for v in variables.values() if v.kind == SourceKind.LITERAL},
+            package_bucket=self.artifacts.bucket if remote else "",
         )
 
     def _remove_workdir(self, workdir: Path) -> None:
@@ -682,14 +725,21 @@ class JobRunner:
         self._later(lambda: self._remove_workdir(self.config.data_dir / "jobs" / str(job.id)))
         return self.store.job(job.id)
 
-    def recover(self) -> list[Job]:
+    def recover(self, reattach: bool = False) -> list[Job]:
         """Mark jobs whose bot died as interrupted: stop their leftover processes, release their
         locks, remove their work folders, and record the stack's actual status, which someone must
-        now check. Locks whose job is not running are released too."""
-        recovered = []
+        now check. Locks whose job is not running are released too. A job running as a CodeBuild build
+        is not interrupted: with ``reattach`` (a bot that stays up) this process follows it on to its
+        end (``followed`` lists them); without (a terminal command) it is left for the bot to take back."""
+        recovered, self.followed = [], []
         for job in self.store.jobs(states=[JobState.RUNNING], limit=1000, service=self.service):
             if self._runner_alive(job):
                 continue  # still running, here or in another live process on this machine
+            if job.build_ref and not reattach:
+                continue
+            if job.build_ref and self._reattach(job):
+                self.followed.append(self.store.job(job.id))
+                continue
             recovered.append(self._interrupt(job))
         for lock in self.store.locks(self.service):
             job = self.store.job(lock.job_id)
@@ -697,6 +747,48 @@ class JobRunner:
                 self.store.release_lock(self.key(lock.stage), lock.job_id)
         self._resume_records()
         return recovered
+
+    def _reattach(self, job: Job) -> bool:
+        """Follow a CodeBuild job of a bot that is gone: its lease becomes this process's, its log is read on
+        from where that bot got to. False when the lease is no longer the job's (its build is stopped: two
+        deploys of one stage are what the lease prevents); the job is then interrupted."""
+        try:
+            if self.keeper is not None:
+                self.keeper.adopt(job.stage, job.id, job.lease, self.pid)
+        except (LeaseLost, LeaseUnavailable) as exc:
+            log.error("job %s: cannot take back its lease (%s); stopping build %s", job.id, exc, job.build_ref)
+            with contextlib.suppress(Exception):
+                self.codebuild(job.stage).stop(job.build_ref)
+            return False
+        plan = self._plan_of(job)
+        self.store.update_job(job.id, host=socket.gethostname(), pid=self.pid, pid_start=self.pid_start)
+        self.store.audit("rollback-bot", "rollback.reattached", self.key(job.stage), job.id, build=job.build_ref)
+        cancel = threading.Event()
+        holder = job.approved_by or job.requested_by or "rollback-bot"
+        with self._lock:
+            self._cancels[job.id] = cancel
+            self._futures[job.id] = self.executor.submit(self._run, job.id, plan, cancel, holder,
+                                                              bool(job.unfreeze), job)
+            if self._cancel_watch is None:
+                self._cancel_watch = threading.Thread(target=self._watch_cancels, daemon=True,
+                                                      name=f"rollback-cancels-{self.service}")
+                self._cancel_watch.start()
+        log.info("job %s: following CodeBuild build %s again", job.id, job.build_ref)
+        return True
+
+    def _plan_of(self, job: Job) -> Plan:
+        """A recorded job's plan again, from the stage's index (what the job's end writes needs)."""
+        index = None
+        with contextlib.suppress(ArtifactError):
+            index = self.artifacts.read_index(job.stage)
+        target = (index.find(job.target_commit, job.target_build) if index else None) or Artifact(
+            commit=job.target_commit, build_id=job.target_build, key="", sha256="", size=0, created=0.0)
+        live = None
+        if job.live_commit:
+            live = (index.find(job.live_commit, job.live_build) if index else None) or Artifact(
+                commit=job.live_commit, build_id=job.live_build, key="", sha256="", size=0, created=0.0)
+        return Plan(stage=job.stage, ref=target.commit, target=target, live=live, forward=job.forward,
+                    stack_name=job.stack_name, region=job.region)
 
     def _resume_records(self) -> None:
         """Jobs that succeeded but whose result never reached index.json: keep trying after a restart."""

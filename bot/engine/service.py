@@ -97,6 +97,7 @@ class Recovered:
 
     jobs: list[Job] = field(default_factory=list)
     apps: list[Job] = field(default_factory=list)
+    followed: list[Job] = field(default_factory=list)  # CodeBuild jobs still running, followed from here on
 
 
 class RollbackService:
@@ -160,12 +161,14 @@ class RollbackService:
 
     # -- starting, every face --------------------------------------------------------------------
 
-    def recover(self) -> Recovered:
+    def recover(self, reattach: bool = False) -> Recovered:
         """Jobs and app rollbacks a crash cut short: each service's runner first (it stops their
         processes, releases their locks and records the stack's status), then the apps, which say who
-        is where. Every face calls this once when it starts."""
-        jobs = [j for one in self.fleet.engines.values() for j in one.jobs.recover()]
-        return Recovered(jobs, self.apps.recover())
+        is where. Every face calls this once when it starts. ``reattach``: a face that stays up (the
+        Slack bot) follows the CodeBuild builds of jobs whose bot died on to their end."""
+        runners = [one.jobs for one in self.fleet.engines.values()]
+        jobs = [j for runner in runners for j in runner.recover(reattach)]
+        return Recovered(jobs, self.apps.recover(), [j for runner in runners for j in runner.followed])
 
     def housekeeping(self) -> list[Job]:
         """Close plans whose buttons expired (returned, so their cards can say so) and forget what is past

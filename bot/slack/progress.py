@@ -69,6 +69,13 @@ class ProgressReporter:
     def start(self) -> None:
         self.thread.start()
 
+    def resume(self, steps: dict[str, tuple[str, float | None]], ended: bool) -> None:
+        """A job followed again after a restart: the steps already recorded (and whether it ended meanwhile)."""
+        with self.cond:
+            self.steps = {**steps, **self.steps}
+            self.dirty = True
+            self.done = self.done or ended
+
     # -- fed by the job's worker thread: only memory, never I/O ------------------------------------
 
     def __call__(self, job_id: int, event: Event) -> None:
@@ -177,6 +184,13 @@ class AppReporter:
 
     def start(self) -> None:
         self.thread.start()
+
+    def resume(self, steps: dict[str, tuple[str, float | None]], ended: bool) -> None:
+        """A job followed again after a restart: the steps already recorded (and whether it ended meanwhile)."""
+        with self.cond:
+            self.steps = {**steps, **self.steps}
+            self.dirty = True
+            self.done = self.done or ended
 
     def __call__(self, app_id: int, what: str) -> None:  # an AppRollbacks listener
         if app_id == self.app_id:

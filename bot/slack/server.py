@@ -25,10 +25,11 @@ from bot.core.masking import Masker, mask_logs
 from bot.core.policy import PolicySource
 from bot.engine import Engine, RollbackService, build_fleet, make_watcher
 from bot.slack import blocks as kit
-from bot.slack.app import Slack, make_client, sweep_expired
+from bot.slack.app import Slack, make_client, read_log, sweep_expired
 from bot.slack.listeners import register
 from bot.slack.mrkdwn import esc_message
 from bot.slack.notifier import Notifier
+from bot.slack.progress import ProgressReporter
 from bot.slack.watch_posts import WatchPoster
 
 log = logging.getLogger("rollback-bot")
@@ -173,7 +174,9 @@ def start_up(settings: Settings, engine: Engine, service: RollbackService, clien
         log.warning("NO POLICY FILE (ROLLBACK_CONFIG): anyone in the workspace may request AND approve rollbacks")
     if service.several:
         log.info("serving %d services: %s", len(service.services), ", ".join(service.services))
-    recovered = service.recover()
+    recovered = service.recover(reattach=True)
+    for job in recovered.followed:  # CodeBuild jobs still running: their cards go on from where they were
+        _follow_again(settings, service, client, job)
     for job in recovered.jobs:
         # Tell the stage's channel that a rollback was cut short and must be checked by a person.
         channel = service.policy.notify_channel(job.stage, settings.channel, job.service) or job.channel
@@ -192,6 +195,18 @@ def start_up(settings: Settings, engine: Engine, service: RollbackService, clien
         watcher.listeners.append(WatchPoster(Notifier(client), service, settings))
         threading.Thread(target=watcher.run, args=(stop,), name="rollback-watch", daemon=True).start()
     return stop
+
+
+def _follow_again(settings: Settings, service: RollbackService, client, job: Job) -> None:
+    """A job this bot followed before it restarted: its card shows the steps recorded so far and goes on."""
+    if not (job.channel and job.message_ts):
+        return
+    reporter = ProgressReporter(client, service, job.id, job.channel, job.message_ts, start=False,
+                                on_final=Slack(settings, service, client).announce,
+                                full_log=lambda: read_log(service.log_path(job.id)))
+    service.follow(job.id, reporter)  # first, so nothing is missed between the recorded steps and the next
+    reporter.resume(service.steps(job.id), ended=service.job(job.id).state.final)
+    reporter.start()
 
 
 def _app_interrupted(service: RollbackService, settings: Settings, notify: Notifier, app: Job) -> None:

@@ -1,0 +1,244 @@
+"""Deploys on AWS CodeBuild in the stage's account (executor = "codebuild"): the calls the bot makes, checked
+against moto's CodeBuild (which runs nothing), and whole rollbacks run by the CodeBuild stand-in of
+bot/playground/codebuild.py, which runs the buildspec with the real job runner and logs to moto's
+CloudWatch Logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import boto3
+import pytest
+
+from bot.adapters.codebuild import SPEC_VARIABLE, CodeBuild
+from bot.core.catalog import Catalog
+from bot.core.executor import Executor, ExecutorKind
+from bot.core.job_protocol import JobSpec
+from bot.playground.codebuild import CodeBuildStandIn
+from bot.playground.slack import SlackUser
+from tests.conftest import BUCKET, fast_code, live_code
+from tests.support.fast_service import DEPLOY_COMMAND, SERVICE, hold_file
+from tests.support.serverless_fixture import sls_env
+from tests.support.slack_session import CHANNEL, SECRET, Card, all_text
+from tests.support.waiting import wait_for
+
+PROJECT = "rollback-prod"
+ROLE = "arn:aws:iam::123456789012:role/rollback-build"
+POLICY = f"""
+[stages.prod]
+executor = "codebuild"
+codebuild_project = "{PROJECT}"
+"""
+BUILDSPEC = f"""version: 0.2
+phases:
+  install:
+    commands:
+      - echo installing rollback-bot
+  build:
+    commands:
+      - {sys.executable} -m bot.engine.job_process --codebuild
+"""
+
+
+@pytest.fixture
+def codebuild(aws_env, monkeypatch, fast_service):
+    """The stand-in, and the team's project in it: the repository as its source, the buildspec of
+    docs/codebuild.md, a service role of its own."""
+    standin = CodeBuildStandIn(aws_env)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CODEBUILD", standin.url)
+
+    def create(**env: str) -> None:
+        boto3.client("codebuild", endpoint_url=standin.url).create_project(
+            name=PROJECT, source={"type": "GITHUB", "location": str(fast_service.origin), "buildspec": BUILDSPEC},
+            artifacts={"type": "NO_ARTIFACTS"}, serviceRole=ROLE,
+            environment={"type": "LINUX_CONTAINER", "image": "aws/codebuild/standard:7.0",
+                         "computeType": "BUILD_GENERAL1_SMALL", "environmentVariables": [
+                             {"name": k, "value": v, "type": "PLAINTEXT"} for k, v in
+                             {"SLS_TEST_WHOAMI": "1", **env}.items()]})
+
+    standin.create = create
+    yield standin
+    standin.stop()
+
+
+def started_builds(standin) -> list[dict]:
+    return [r for op, r in standin.calls if op == "StartBuild"]
+
+
+def test_the_executor_is_read_from_the_stage_or_the_service_table_and_bad_values_are_refused():
+    doc = {"services": {"api": {}, "web": {}}, "stages": {"prod": {
+        "executor": "codebuild", "codebuild_project": "rb-prod", "services": {"web": {"executor": "local"}}}}}
+    catalog, problems = Catalog.parse(doc, "rollback.toml")
+    assert problems == []
+    assert catalog.executor_for("prod", "api") == Executor(ExecutorKind.CODEBUILD, "rb-prod")
+    assert catalog.executor_for("prod", "web").kind is ExecutorKind.LOCAL
+    assert catalog.executor_for("dev", "api").kind is ExecutorKind.LOCAL
+    for table, says in [({"executor": "codebuild"}, 'needs codebuild_project = "<the project'),
+                        ({"executor": "lambda"}, 'executor must be "local" or "codebuild"'),
+                        ({"executor": "codebuild", "codebuild_project": "bad name!"}, "CodeBuild project's name"),
+                        ({"codebuild_project": "rb"}, 'means nothing with executor = "local"')]:
+        _, problems = Catalog.parse({"stages": {"prod": table}}, "rollback.toml", default_service="api")
+        assert any(says in p and "[stages.prod]" in p for p in problems), problems
+
+
+def test_the_calls_the_bot_makes_are_ones_moto_codebuild_takes(aws_env, fast_prod, fast_service, monkeypatch):
+    """moto runs nothing, but it checks the calls: the project, the commit, the spec as an override, a token."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL_CODEBUILD", raising=False)
+    moto_cb = boto3.client("codebuild")
+    moto_cb.create_project(name=PROJECT, source={"type": "GITHUB", "location": "https://github.com/team/app",
+                                                  "buildspec": BUILDSPEC},
+                           artifacts={"type": "NO_ARTIFACTS"}, serviceRole=ROLE,
+                           environment={"type": "LINUX_CONTAINER", "image": "x", "computeType": "BUILD_GENERAL1_SMALL"})
+    cb = CodeBuild(aws_env)
+    sent: list[dict] = []
+    cb.events.register("provide-client-params.codebuild.StartBuild", lambda params, **kw: sent.append(dict(params)))
+    spec = JobSpec.from_json(json.dumps({
+        "job_id": 7, "service": SERVICE, "stage": "prod", "target": {
+            "commit": fast_service.commits["v1"], "build_id": "b-v1", "key": "k", "sha256": "s", "size": 1},
+        "mirror": ".", "service_dir": ".", "workdir": ".", "plugin_cache": ".", "plugin_cache_max": 1,
+        "step_timeout": 60, "env": {}, "package_bucket": "bucket", "version": 1}))
+    build = cb.start(PROJECT, spec.target.commit, {SPEC_VARIABLE: spec.to_json()}, token="job-7-token")
+    assert build.project == PROJECT and build.id in moto_cb.list_builds_for_project(projectName=PROJECT)["ids"]
+    assert sent[0]["sourceVersion"] == fast_service.commits["v1"] and sent[0]["idempotencyToken"] == "job-7-token"
+    [override] = sent[0]["environmentVariablesOverride"]
+    assert override["name"] == SPEC_VARIABLE and JobSpec.from_json(override["value"]).job_id == 7
+    assert cb.get(build.id).status.done  # moto's builds "succeed" at once: why the stand-in exists
+    cb.stop(build.id)
+    with pytest.raises(Exception, match="Project cannot be found"):
+        cb.start("no-such-project", spec.target.commit, {}, token="t")
+
+
+def test_a_rollback_on_codebuild_reads_like_a_local_one_and_runs_with_the_projects_role(
+        codebuild, fast_prod, fast_workspace, fast_service, aws_env):
+    codebuild.create()
+    ws = fast_workspace(POLICY, AWS_ENDPOINT_URL_CODEBUILD=codebuild.url)
+    card = ws.posts_card(ws.ana, "prod previous")
+    assert f"deploys on CodeBuild project {PROJECT}" in all_text(card.first)
+    assert "unsandboxed" not in all_text(card.first).lower()
+    ws.bo.click(card.first, "approve")
+    done = all_text(card.becomes("✅", timeout=90))
+    for step in ("✅ Restore artifact", "✅ Check out source", "➖ Install plugins", "✅ Deploy",
+                 "✅ Verify Lambda code"):
+        assert step in done, done  # the same checklist as a job on the bot's host
+    assert "AWS: deploys on CodeBuild project rollback-prod" in done
+    assert live_code() == fast_code(fast_service, "v1")
+    job = ws.engine.store.jobs(stage="prod")[0]
+    assert job.state == "succeeded" and job.build_ref.startswith(f"{PROJECT}:")
+    # the build: the commit, one start, the spec and nothing else from the bot; the deploy ran as the project's role
+    [start] = started_builds(codebuild)
+    assert start["sourceVersion"] == fast_service.commits["v1"] and len(start["idempotencyToken"]) == 64
+    assert [v["name"] for v in start["environmentVariablesOverride"]] == [SPEC_VARIABLE]
+    assert aws_env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(start)
+    thread = "\n".join(m["text"] for m in ws.standin.messages[CHANNEL] if m.get("thread_ts") == card.ts)
+    assert f"CodeBuild build {job.build_ref} started" in thread
+    assert "deploying as arn:aws:sts::123456789012:assumed-role/rollback-build/AWSCodeBuild-" in thread
+    assert "Service deployed to stage prod" in thread
+    assert codebuild.builds[job.build_ref].status == "SUCCEEDED"
+
+
+def test_a_project_that_does_not_exist_fails_the_job_before_anything_runs_and_says_what_to_check(
+        codebuild, fast_prod, fast_workspace, fast_service):
+    ws = fast_workspace(POLICY, AWS_ENDPOINT_URL_CODEBUILD=codebuild.url)  # no project created
+    card = ws.posts_card(ws.ana, "prod previous")
+    ws.bo.click(card.first, "approve")
+    text = all_text(card.becomes("❌", timeout=60))
+    assert "Project cannot be found" in text and "codebuild:StartBuild" in text and "Nothing was deployed" in text
+    assert live_code() == fast_code(fast_service, "v2")
+    assert ws.engine.leases.current("prod") is None and ws.engine.store.lock_of(fast_prod.jobs.key("prod")) is None
+
+
+def test_cancel_stops_the_build_and_nothing_is_deployed(codebuild, fast_prod, fast_workspace, fast_service):
+    hold = hold_file("codebuild-cancel")
+    hold.touch()
+    codebuild.create(SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
+    try:
+        ws = fast_workspace(POLICY, AWS_ENDPOINT_URL_CODEBUILD=codebuild.url)
+        card = ws.posts_card(ws.ana, "prod previous")
+        ws.bo.click(card.first, "approve")
+        job_id = ws.engine.store.jobs(stage="prod")[0].id
+        build_id = wait_for(lambda: ws.engine.store.job(job_id).build_ref or None, 30, "the build")
+        wait_for(lambda: any(e["step"] == "deploy" for e in ws.engine.store.events(job_id)) or None, 60,
+                 "the deploy step to start")
+        ws.ana.click(card.now, "cancel_job")  # the Cancel button on the live card
+        assert codebuild.wait(build_id, 60) == "STOPPED"
+        text = all_text(card.becomes("🛑", timeout=60))
+    finally:
+        hold.unlink(missing_ok=True)
+    assert live_code() == fast_code(fast_service, "v2")
+    assert ws.engine.store.job(job_id).state == "cancelled" and "Cancelled by <@U-ANA>" in text
+    assert [op for op, _ in codebuild.calls].count("StopBuild") == 1
+
+
+def serve(env: dict, port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bot", "serve"], env={**env, "PORT": str(port)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_bot_killed_mid_build_reattaches_when_it_starts_again_and_finishes_the_card(
+        codebuild, fast_prod, fast_workspace, fast_service, aws_env, tmp_path):
+    hold = hold_file("codebuild-reattach")
+    hold.touch()
+    codebuild.create(SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
+    (tmp_path / "policy.toml").write_text(POLICY)
+    data = tmp_path / "bot-data"  # the data folder the bot below starts again with
+    ws0 = fast_workspace()  # only for its Slack stand-in: the first bot is a process of its own
+    standin = ws0.standin
+    env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE,
+           "ROLLBACK_PREFIX": "rollback/", "ROLLBACK_REPO": str(fast_service.origin), "ROLLBACK_DATA_DIR": str(data),
+           "ROLLBACK_DEPLOY_COMMAND": DEPLOY_COMMAND, "ROLLBACK_CONFIG": str(tmp_path / "policy.toml"),
+           "ROLLBACK_CHANNEL": "C-DEPLOYS", "ROLLBACK_WATCH_POLL": "0", "SLACK_BOT_TOKEN": "xoxb-test-bot-token",
+           "SLACK_API_URL": standin.api_url, "SLACK_SIGNING_SECRET": SECRET,
+           "AWS_ENDPOINT_URL_CODEBUILD": codebuild.url}
+    port = free_port()
+    first = serve(env, port)
+    try:
+        url = f"http://127.0.0.1:{port}/slack/events"
+        ana, bo = (SlackUser(standin, url, SECRET, u, CHANNEL) for u in ("U-ANA", "U-BO"))
+        wait_for(lambda: _up(port), 60, "the first bot to listen")
+        n = len([m for m in standin.messages[CHANNEL] if not m.get("thread_ts")])
+        assert ana.command("prod previous") == 200
+        msg = wait_for(lambda: ([m for m in standin.messages[CHANNEL] if not m.get("thread_ts")][n:] or [None])[0],
+                       60, "the card")
+        card = Card(ws0, msg)
+        assert bo.click(card.first, "approve") == 200
+        build_id = wait_for(lambda: next(iter(codebuild.builds), None), 60, "the build to start")
+        wait_for(lambda: "Deploy" in all_text(card.now) or None, 60, "the card to show the deploy")
+        os.killpg(first.pid, signal.SIGKILL)  # the bot's host goes away; the build goes on in CodeBuild
+        first.wait(timeout=30)
+        assert codebuild.builds[build_id].ended is None
+        again = fast_workspace(POLICY, ROLLBACK_DATA_DIR=str(data), AWS_ENDPOINT_URL_CODEBUILD=codebuild.url)
+        hold.unlink()
+        done = all_text(card.becomes("✅", timeout=90))
+    finally:
+        hold.unlink(missing_ok=True)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert "Verify" in done
+    assert live_code() == fast_code(fast_service, "v1")
+    job = again.engine.store.jobs(stage="prod")[0]
+    assert job.state == "succeeded" and job.build_ref == build_id, job.reason
+    assert len(started_builds(codebuild)) == 1  # followed again, never started twice
+    assert "interrupted" not in " ".join(m["text"] for m in standin.messages["C-DEPLOYS"])
+    assert again.engine.leases.current("prod") is None
+
+
+def _up(port: int) -> bool | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        time.sleep(0.2)
+        return None
