@@ -67,6 +67,17 @@ def codebuild(aws_env, monkeypatch, fast_service):
     standin.stop()
 
 
+def ends_as(card, prefix: str, ws, standin, timeout: float = 90) -> str:
+    """The card's text once its header starts with ``prefix``; on a timeout, what the job and the builds were."""
+    try:
+        return all_text(card.becomes(prefix, timeout=timeout))
+    except AssertionError as exc:
+        jobs = [(j.id, j.state, j.reason, j.build_ref) for j in ws.engine.store.jobs(stage="prod")]
+        builds = {b: (x.status, x.phase) for b, x in standin.builds.items()}
+        raise AssertionError(f"{exc}; jobs {jobs}; builds {builds}; calls {[op for op, _ in standin.calls]}; "
+                             f"slack {ws.standin.calls[-8:]}") from None
+
+
 def started_builds(standin) -> list[dict]:
     return [r for op, r in standin.calls if op == "StartBuild"]
 
@@ -122,7 +133,7 @@ def test_a_rollback_on_codebuild_reads_like_a_local_one_and_runs_with_the_projec
     assert f"deploys on CodeBuild project {PROJECT}" in all_text(card.first)
     assert "unsandboxed" not in all_text(card.first).lower()
     ws.bo.click(card.first, "approve")
-    done = all_text(card.becomes("✅", timeout=90))
+    done = ends_as(card, "✅", ws, codebuild)
     for step in ("✅ Restore artifact", "✅ Check out source", "➖ Install plugins", "✅ Deploy",
                  "✅ Verify Lambda code"):
         assert step in done, done  # the same checklist as a job on the bot's host
@@ -147,10 +158,37 @@ def test_a_project_that_does_not_exist_fails_the_job_before_anything_runs_and_sa
     ws = fast_workspace(POLICY, AWS_ENDPOINT_URL_CODEBUILD=codebuild.url)  # no project created
     card = ws.posts_card(ws.ana, "prod previous")
     ws.bo.click(card.first, "approve")
-    text = all_text(card.becomes("❌", timeout=60))
+    text = ends_as(card, "❌", ws, codebuild)
     assert "Project cannot be found" in text and "codebuild:StartBuild" in text and "Nothing was deployed" in text
     assert live_code() == fast_code(fast_service, "v2")
     assert ws.engine.leases.current("prod") is None and ws.engine.store.lock_of(fast_prod.jobs.key("prod")) is None
+
+
+def test_a_deploy_that_forges_the_runners_success_in_the_build_log_still_fails(
+        codebuild, fast_prod, fast_workspace, fast_service):
+    """The target's code writes the runner's last line itself, then its deploy fails: CodeBuild has the last word."""
+    codebuild.create(SLS_TEST_FORGE_END="1")
+    ws = fast_workspace(POLICY, AWS_ENDPOINT_URL_CODEBUILD=codebuild.url)
+    card = ws.posts_card(ws.ana, "prod previous")
+    ws.bo.click(card.first, "approve")
+    text = ends_as(card, "❌", ws, codebuild)
+    assert "the job's log says it succeeded but CodeBuild says FAILED" in text
+    job = ws.engine.store.jobs(stage="prod")[0]
+    assert job.state == "failed" and job.recorded is None
+    assert ws.engine.artifacts.read_index("prod").live.build_id == "b-v2"  # nothing recorded, CI not frozen
+    assert live_code() == fast_code(fast_service, "v2")
+
+
+def test_a_from_env_variable_cannot_reach_a_build_and_the_job_says_so_before_anything_starts(
+        codebuild, fast_prod, fast_workspace, fast_service, monkeypatch):
+    codebuild.create()
+    ws = fast_workspace(POLICY + '[stages.prod.env]\nAPI_KEY = { from_env = "BOT_API_KEY" }\n',
+                        AWS_ENDPOINT_URL_CODEBUILD=codebuild.url, BOT_API_KEY="s3cr3t-value")
+    card = ws.posts_card(ws.ana, "prod previous")
+    ws.bo.click(card.first, "approve")
+    text = ends_as(card, "❌", ws, codebuild)
+    assert "a from_env deploy-time variable cannot reach a CodeBuild build" in text and "ssm or secret" in text
+    assert started_builds(codebuild) == [] and live_code() == fast_code(fast_service, "v2")
 
 
 def test_cancel_stops_the_build_and_nothing_is_deployed(codebuild, fast_prod, fast_workspace, fast_service):
@@ -221,7 +259,7 @@ def test_a_bot_killed_mid_build_reattaches_when_it_starts_again_and_finishes_the
         assert codebuild.builds[build_id].ended is None
         again = fast_workspace(POLICY, ROLLBACK_DATA_DIR=str(data), AWS_ENDPOINT_URL_CODEBUILD=codebuild.url)
         hold.unlink()
-        done = all_text(card.becomes("✅", timeout=90))
+        done = ends_as(card, "✅", again, codebuild)
     finally:
         hold.unlink(missing_ok=True)
         if first.poll() is None:
