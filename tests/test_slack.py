@@ -16,6 +16,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.core.keys import StageKey
 from bot.playground.slack import SlackUser
+from bot.slack.ids import parse_job
 from tests.conftest import BUCKET, SERVICE, fast_code, live_code
 from tests.support.serverless_fixture import sls_env
 from tests.support.slack_session import CHANNEL, SECRET, all_text, header, seen
@@ -69,7 +70,7 @@ def test_each_mistake_gets_an_ephemeral_reply_that_says_what_to_do(fast_prod, fa
     assert "not an approver for `prod`" in ws.reply(n)["text"]
     assert [a.actor for a in ws.engine.store.audit_trail("prod") if a.action == "approve.refused"] == [
         "U-ANA", "U-BO"]
-    assert ws.engine.store.job(int(card["blocks"][-1]["elements"][0]["value"])).state == "pending"
+    assert ws.engine.store.job(parse_job(card["blocks"][-1]["elements"][0]["value"])).state == "pending"
 
     ws.cy.click(card, "cancel_plan")  # an approver may withdraw it
     wait_for(lambda: "Cancelled by <@U-CY>" in all_text(s.message(CHANNEL, card["ts"])), 10, "the closed card")

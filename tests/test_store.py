@@ -10,7 +10,7 @@ def test_schema_is_created_once_and_reopened(tmp_path):
     store = Store(db)
     job = store.create_job(stage="prod", requested_by="U1", state="running")
     again = Store(db)
-    assert again.schema_version == 10 and again.job(job).requested_by == "U1"
+    assert again.schema_version == 12 and again.job(job).requested_by == "U1"
 
 
 def test_one_lock_per_stage_naming_the_holder(tmp_path):

@@ -99,13 +99,13 @@ class LeaseStore:
                                  "it to finish, or cancel it where it runs")
 
     def acquire(self, stage: str, job: int, approved_by: str, requested_by: str, origin: str, pid: int,
-                several: bool = False) -> Held:
+                several: bool = False, plan: str = "") -> Held:
         """Take the stage, or raise StageBusy naming the holder (LeaseUnavailable when S3 cannot say)."""
         key = StageKey(self.service, stage)
         now = self.clock()
         mine = Lease(service=self.service, stage=stage, job=job, token=secrets.token_hex(16), approved_by=approved_by,
                      requested_by=requested_by, host=socket.gethostname(), pid=pid, origin=origin, since=now,
-                     until=now + self.ttl)
+                     until=now + self.ttl, plan=plan)
         for _ in range(3):
             try:
                 return Held(mine, self._put(stage, mine, IfNoneMatch="*"))

@@ -63,22 +63,23 @@ class PlanBoard:
             raise TicketFormatError("the plan's ticket names another plan")
         return ticket, resp["ETag"]
 
-    def change(self, stage: str, uid: str, edit: Callable[[PlanTicket], PlanTicket | None]) -> PlanTicket | None:
+    def change(self, stage: str, uid: str, edit: Callable[[PlanTicket], PlanTicket | None]
+               ) -> tuple[bool, PlanTicket | None]:
         """Apply ``edit`` to the ticket as it is now, written only over what was read (tried again when
-        another replica wrote in between). ``edit`` returns None to leave it; returns the ticket written,
-        or the ticket as it is when ``edit`` left it, or None when there is no ticket."""
+        another replica wrote in between); ``edit`` returns None to leave it. Returns whether this call
+        wrote, and the ticket as it is after (None: there is no ticket)."""
         for _ in range(5):
             found = self.read(stage, uid)
             if found is None:
-                return None
+                return False, None
             ticket, etag = found
             new = edit(ticket)
             if new is None:
-                return ticket
+                return False, ticket
             try:
                 self.s3.put_object(Bucket=self.bucket, Key=self.key(stage, uid), Body=new.to_json(),
                                    ContentType="application/json", IfMatch=etag)
-                return new
+                return True, new
             except ClientError as exc:
                 if not _conflict(exc):
                     raise self._unavailable("change", exc) from exc
@@ -86,10 +87,15 @@ class PlanBoard:
                 raise self._unavailable("change", exc) from exc
         raise BoardUnavailable("the plan kept changing in S3 under us; nothing was deployed, try again")
 
-    def close(self, stage: str, uid: str, frm: TicketState, to: TicketState, by: str, host: str) -> PlanTicket | None:
-        """pending → approved (withdrawn, expired), once. Returns the ticket as it is after: its state is
-        ``to`` when this call made the change, anything else when another did first."""
+    def close(self, stage: str, uid: str, frm: TicketState, to: TicketState, by: str, host: str
+              ) -> tuple[bool, PlanTicket | None]:
+        """pending → approved (withdrawn, expired), once: True for the one call that made the change."""
         return self.change(stage, uid, lambda t: t.closed(to, by, host) if t.state is frm else None)
 
-    def ask_cancel(self, stage: str, uid: str, by: str) -> PlanTicket | None:
+    def ask_cancel(self, stage: str, uid: str, by: str) -> tuple[bool, PlanTicket | None]:
+        """A Cancel clicked on a replica that does not run the job: the one that does sees it and stops it."""
         return self.change(stage, uid, lambda t: replace(t, cancel_by=by) if not t.cancel_by else None)
+
+    def interrupted(self, stage: str, uid: str, host: str) -> tuple[bool, PlanTicket | None]:
+        """Its runner is gone: True for the one replica that says so (and announces it)."""
+        return self.change(stage, uid, lambda t: replace(t, interrupted_on=host) if not t.interrupted_on else None)

@@ -150,6 +150,13 @@ def _v11(db: sqlite_utils.Database) -> None:
     db["jobs"].add_column("log_token", str)
 
 
+@_migration
+def _v12(db: sqlite_utils.Database) -> None:
+    # a plan's id shared by every replica (its ticket in S3, bot.core.plan_ticket): what its buttons name
+    db["jobs"].add_column("uid", str)
+    db["jobs"].create_index(["uid"])
+
+
 class StageBusy(UserError):
     def __init__(self, key: StageKey, lock: HeldLock, several: bool = False, message: str = ""):
         self.key = key
@@ -232,6 +239,14 @@ class Store:
     def job(self, job_id: int) -> Job | None:
         with self._lock:
             rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
+        return Job.from_row(rows[0]) if rows else None
+
+    def job_by_uid(self, uid: str) -> Job | None:
+        """The job of a plan shared with other replicas (its ticket's uid), if this bot has it."""
+        if not uid:
+            return None
+        with self._lock:
+            rows = list(self.db["jobs"].rows_where("uid = ?", [uid], limit=1))
         return Job.from_row(rows[0]) if rows else None
 
     def update_job(self, job_id: int, **fields) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from enum import IntEnum, StrEnum
 
 from bot.core.cards import AppCard
+from bot.core.plan_ticket import PlanRef
 
 APP = "*"  # the service of an app rollback's own row (its services' jobs point to it with app_id)
 
@@ -107,6 +108,7 @@ class Job:
     child_pid: int | None = None  # the job runner's process group, stopped on recovery
     child_start: str = ""  # its start time: a process that merely got the same pid is never signalled
     lease: str = ""  # the token of the stage lease in S3 it holds while it runs
+    uid: str = ""  # a plan's id shared with every replica: its ticket in S3 (bot.core.plan_ticket)
     build_ref: str = ""  # run on CodeBuild: the build's id (project:uuid); "" on the bot's host
     log_token: str = ""  # how far the bot has read that build's log in CloudWatch Logs
     expires: float = 0.0  # a pending plan's deadline
@@ -122,6 +124,11 @@ class Job:
         values = {k: v for k, v in row.items() if k in names and v is not None}
         values["state"] = JobState(row["state"])
         return cls(**values)
+
+    @property
+    def plan_ref(self) -> PlanRef | None:
+        """What its buttons name, when every replica shares the plan (its ticket in S3)."""
+        return PlanRef(self.uid, self.service, self.stage) if self.uid else None
 
     @property
     def ran(self) -> bool:

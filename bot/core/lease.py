@@ -37,6 +37,7 @@ class Lease:
     origin: str  # slack, cli, app, watch
     since: float
     until: float  # the holder renews it before then; after it, anyone may take it over
+    plan: str = ""  # the uid of the job's plan ticket (bot.core.plan_ticket): its card, for any replica
 
     def expired(self, now: float) -> bool:
         return now >= self.until
@@ -67,7 +68,7 @@ class Lease:
                 token=_text(data["token"], 64), approved_by=_text(data.get("approved_by", "")),
                 requested_by=_text(data.get("requested_by", "")), host=_text(data.get("host", "")),
                 pid=int(data.get("pid", 0)), origin=_text(data.get("origin", ""), 20),
-                since=float(data["since"]), until=float(data["until"]),
+                since=float(data["since"]), until=float(data["until"]), plan=_text(data.get("plan", ""), 32),
             )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             if isinstance(exc, LeaseFormatError):

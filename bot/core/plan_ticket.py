@@ -33,6 +33,15 @@ class TicketState(StrEnum):
 
 
 @dataclass(frozen=True)
+class PlanRef:
+    """What a button names of a shared plan: its uid and where its ticket is."""
+
+    uid: str
+    service: str
+    stage: str
+
+
+@dataclass(frozen=True)
 class PlanTicket:
     uid: str  # random, the plan's own: what its buttons name, whatever replica posted them
     service: str
@@ -55,9 +64,14 @@ class PlanTicket:
     closed_by: str = ""  # who approved, withdrew it ("rollback-bot" for an expiry)
     closed_on: str = ""  # the host that did
     cancel_by: str = ""  # a Cancel of the running job clicked on a replica that does not run it
+    interrupted_on: str = ""  # the replica that found its runner gone and said so in the channel
 
     def closed(self, state: TicketState, by: str, host: str) -> PlanTicket:
         return replace(self, state=state, closed_by=by, closed_on=host)
+
+    @property
+    def ref(self) -> PlanRef:
+        return PlanRef(self.uid, self.service, self.stage)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -73,7 +87,7 @@ class PlanTicket:
             text = {k: str(data.get(k, "")) for k in (
                 "uid", "service", "stage", "target_commit", "target_build", "live_commit", "live_build",
                 "requested_by", "origin", "channel", "message_ts", "plan_json", "stack_name", "region", "policy",
-                "closed_by", "closed_on", "cancel_by")}
+                "closed_by", "closed_on", "cancel_by", "interrupted_on")}
             ticket = cls(state=TicketState(data["state"]), created=float(data["created"]),
                          expires=float(data["expires"]), **text)
         except (KeyError, TypeError, ValueError) as exc:

@@ -16,9 +16,11 @@ from typing import Protocol
 from bot.adapters.store import StageBusy
 from bot.core.actor import Actor
 from bot.core.jobs import APP, Job, JobState
+from bot.core.plan_ticket import TicketState
 from bot.engine.gate import Gate
 from bot.engine.planner import summary_changes
 from bot.engine.refusals import Outdated, RefusalKind, Refused
+from bot.engine.shared_plans import SharedPlans
 
 
 @dataclass
@@ -43,7 +45,7 @@ class Strategy(Protocol):
 
 
 def approve(gate: Gate, job_id: int, actor: Actor, strategy: Strategy, unfreeze: bool = False,
-            terminal: bool = False, card: tuple[str, str] | None = None) -> Approved:
+            terminal: bool = False, card: tuple[str, str] | None = None, shared: SharedPlans | None = None) -> Approved:
     """Start the job of a pending plan if the plan now is the plan its card showed. Exactly one of several
     concurrent clicks starts it; a click after Cancel or expiry does nothing but say so."""
     job = gate.store.job(job_id)
@@ -58,6 +60,13 @@ def approve(gate: Gate, job_id: int, actor: Actor, strategy: Strategy, unfreeze:
                     "approve the plan on the card that shows it. Nothing was deployed.", RefusalKind.GONE)
     if not gate.store.claim(job_id, JobState.PENDING, JobState.APPROVING, approved_by=actor.user):
         raise Refused("Someone already approved this plan.", RefusalKind.CLOSED)
+    if shared is not None:  # and once among every replica: pending → approved in S3, conditionally
+        try:
+            shared.close(job, TicketState.APPROVED, actor.user)
+        except Refused as exc:
+            gate.store.update_job(job_id, state=JobState.REFUSED, reason=str(exc), finished=gate.clock())
+            gate.audit(actor.user, "approve.refused", key, job_id, reason=str(exc))
+            raise
     shown = json.loads(job.plan_json or "{}")
     try:
         plan, changes = strategy.plan_again(gate, job, shown)

@@ -18,6 +18,7 @@ from bot.adapters.accounts import Accounts, session_name
 from bot.adapters.archive import Limits
 from bot.adapters.artifacts import ArtifactStore, make_s3_client
 from bot.adapters.lease import LeaseStore
+from bot.adapters.plan_board import PlanBoard
 from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.sandbox import Sandbox, choose, hidden_for
 from bot.adapters.source import SourceError, SourceRepo
@@ -65,6 +66,12 @@ class Engine:
         return LeaseStore(a.s3, a.bucket, a.prefix, a.service, ttl=float(self.settings.lease_seconds))
 
     @cached_property
+    def plans(self) -> PlanBoard:
+        """Pending plans in S3, beside index.json: a click on any replica approves them once."""
+        a = self.artifacts
+        return PlanBoard(a.s3, a.bucket, a.prefix, a.service)
+
+    @cached_property
     def jobs(self) -> JobRunner:
         s = self.settings
         config = EngineConfig(
@@ -77,7 +84,7 @@ class Engine:
                            aws_env=self.job_env if self.shared.uses_accounts else None,
                            credentials=lambda stage, name: self.accounts.credentials(stage, session_name(name)),
                            variables=self.variables, host_env=s.host_env, leases=self.leases,
-                           executor=lambda stage: s.catalog.executor_for(stage, self.service),
+                           executor=lambda stage: s.catalog.executor_for(stage, self.service), plans=self.plans,
                            plugin_cache=self.shared.plugin_cache(lambda fn: runner._later(fn)))
         return runner
 

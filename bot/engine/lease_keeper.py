@@ -25,9 +25,10 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
 
     def take(self, stage: str, job_id: int, approved_by: str, requested_by: str, origin: str, pid: int,
-             several: bool = False) -> Held:
+             several: bool = False, plan: str = "") -> Held:
         """Raises StageBusy (naming the holder) or LeaseUnavailable; nothing is held then."""
-        return self._keep(job_id, self.leases.acquire(stage, job_id, approved_by, requested_by, origin, pid, several))
+        return self._keep(job_id, self.leases.acquire(stage, job_id, approved_by, requested_by, origin, pid, several,
+                                                      plan))
 
     def adopt(self, stage: str, job_id: int, token: str, pid: int) -> Held:
         """Hold, from now on here, the lease a job took in a process that is gone (LeaseLost: not its own now)."""

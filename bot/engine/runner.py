@@ -21,6 +21,7 @@ from bot.adapters.accounts import OWN_KEYS
 from bot.adapters.artifacts import ArtifactError, ArtifactStore
 from bot.adapters.codebuild import CodeBuild
 from bot.adapters.lease import LeaseLost, LeaseStore, LeaseUnavailable
+from bot.adapters.plan_board import PlanBoard
 from bot.adapters.plugin_cache import PluginCache
 from bot.adapters.sandbox import Sandbox
 from bot.adapters.source import SourceError, SourceRepo
@@ -51,6 +52,7 @@ log = logging.getLogger("rollback-bot.engine.runner")
 
 
 CANCEL_POLL = 1.0  # seconds: how soon a running job sees a cancel asked for by another process
+TICKET_POLL = 3  # rounds of CANCEL_POLL between reads of a running job's plan ticket (another replica's cancel)
 
 
 def process_start(pid: int) -> str:
@@ -140,6 +142,7 @@ class JobRunner:
         leases: LeaseStore | None = None,
         executor: Callable[[str], Executor] = lambda stage: LOCAL,
         codebuild: Callable[[str], CodeBuild] | None = None,
+        plans: PlanBoard | None = None,
     ):
         self.config = config
         # The stage lease in S3, beside index.json: the lock every replica, terminal and pipeline honours
@@ -151,6 +154,7 @@ class JobRunner:
         self.aws_env = aws_env or self._own_env
         # A job's credentials, handed to its runner: (stage, session name) -> temporary credentials
         self.credentials = credentials or self._own_credentials
+        self.plans = plans  # pending plans in S3: a cancel clicked on another replica arrives in its ticket
         self.runs_on = executor  # where a stage's deploys run (bot.core.executor)
         self.codebuild = codebuild or (lambda stage: CodeBuild(self.aws_env(stage, f"rollback-bot-build-{stage}")))
         self.variables = variables  # a stage's deploy-time variables ([stages.<stage>.env], bot.core.variables)
@@ -251,8 +255,10 @@ class JobRunner:
         Raises StageBusy naming the holder, also when S3 cannot say who holds it (fail closed)."""
         if self.keeper is None or self.keeper.holds(job_id):
             return
+        job = self.store.job(job_id)
         try:
-            held = self.keeper.take(stage, job_id, approved_by, requested_by, origin, self.pid, several)
+            held = self.keeper.take(stage, job_id, approved_by, requested_by, origin, self.pid, several,
+                                    job.uid if job else "")
         except LeaseUnavailable as exc:
             raise StageBusy(self.key(stage), HeldLock(self.service, stage, "?"), several, message=str(exc)) from exc
         self.store.update_job(job_id, lease=held.lease.token)
@@ -280,9 +286,12 @@ class JobRunner:
 
     def _watch_cancels(self) -> None:
         """Cancels that another process asked for through the store (`rollback-bot cancel` at a
-        terminal, a Slack bot for a terminal's job): seen within CANCEL_POLL seconds. Runs while
+        terminal, a Slack bot for a terminal's job): seen within CANCEL_POLL seconds; and those another
+        replica asked for through the plan's ticket in S3, within TICKET_POLL seconds. Runs while
         this runner has jobs."""
+        rounds = 0
         while not self._stopping.wait(CANCEL_POLL):
+            rounds += 1
             with self._lock:
                 if not self._cancels:
                     self._cancel_watch = None
@@ -297,6 +306,21 @@ class JobRunner:
                 if job and job.state == JobState.RUNNING and job.cancelled_by:
                     log.info("job %s: cancelled by %s from another process", job_id, job.cancelled_by)
                     event.set()
+                elif job and job.uid and self.plans is not None and rounds % TICKET_POLL == 0:
+                    self._ticket_cancel(job, event)
+
+    def _ticket_cancel(self, job: Job, event: threading.Event) -> None:
+        try:
+            found = self.plans.read(job.stage, job.uid)
+        except Exception:  # S3 failing, a ticket rewritten by hand: a cancel is asked again, or here
+            log.warning("job %s: could not read its plan's ticket", job.id, exc_info=True)
+            return
+        if found is not None and found[0].cancel_by:
+            by = found[0].cancel_by
+            log.info("job %s: cancelled by %s on another replica", job.id, by)
+            self.store.audit(by, "rollback.cancel", self.key(job.stage), job.id, via="another replica")
+            self.store.update_job(job.id, cancelled_by=by)
+            event.set()
 
     def wait(self, job_id: int, timeout: float | None = None) -> Job:
         with self._lock:

@@ -9,6 +9,7 @@ gate (bot.engine.gate), for every action and every face, not in the Slack handle
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.adapters.artifacts import ArtifactError, PruneResult, PublishResult, validate_stage
+from bot.adapters.plan_board import BoardUnavailable
 from bot.adapters.source import local_commit, local_commits_between
 from bot.adapters.store import plain_name
 from bot.core.actor import Actor, Origin
@@ -24,6 +26,7 @@ from bot.core.events import EventStatus
 from bot.core.jobs import APP, RUN_STATES, Job, JobState
 from bot.core.keys import StageKey
 from bot.core.lease import LeaseFormatError
+from bot.core.plan_ticket import PlanRef, TicketFormatError, TicketState
 from bot.core.policy import Policy, PolicySource
 from bot.core.records import AuditEntry, HeldLock, Watch
 from bot.core.stage_index import Artifact, Mark, StageIndex
@@ -35,6 +38,7 @@ from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan, UnknownStage, card_json, load_stage
 from bot.engine.refusals import RefusalKind, Refused
 from bot.engine.runner import CancelOutcome
+from bot.engine.shared_plans import SharedPlans, new_uid
 
 log = logging.getLogger("rollback-bot.engine.service")
 
@@ -46,6 +50,7 @@ class Pending:
     needs: str  # what approval needs, said on the card before anyone clicks
     policy_configured: bool
     running: Job | None = None  # a job running on the stage when the plan was made
+    ref: PlanRef | None = None  # what its buttons name: the plan every replica shares
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class RollbackService:
         self.policies = policy if isinstance(policy, PolicySource) else PolicySource(policy)
         self.gate = Gate(self.fleet, self.policies, clock, ttl, limits or RequestLimits())
         self.apps = AppRollbacks(self.gate, settings.app_concurrency, settings.app_on_failure)
+        self.shared = SharedPlans(self.gate)  # pending plans in S3: a click on any replica approves once
 
     @property
     def policy(self) -> Policy:
@@ -234,20 +240,34 @@ class RollbackService:
         now = self.clock()
         gate.within_limits(actor.user, key)
         plan = engine.plan(stage, ref)
-        job_id = self.store.create_job(
+        job_id = self.store.create_job(uid=new_uid(),
             service=key.service, stage=stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
             requested_by=actor.user, state=JobState.PENDING, origin=str(actor.origin), channel=actor.channel or "",
             created=now, expires=now + gate.ttl, stack_name=plan.stack_name, region=plan.region,
             plan_json=card_json(plan, ref), policy=gate.policy_source,
         )
+        job = self.store.job(job_id)
+        try:  # every replica may get the click on its card: the plan is in S3 before the card is posted
+            self.shared.post(job)
+        except BoardUnavailable as exc:
+            self.store.update_job(job_id, state=JobState.WITHDRAWN, finished=now, reason=str(exc))
+            raise Refused(str(exc), RefusalKind.BUSY) from exc
         gate.audit(actor.user, "request", key, job_id, target=plan.target.label(), sha256=plan.target.sha256)
         running = engine.jobs.running_job(stage)
         return Pending(job_id, plan, now + gate.ttl, policy.approval_needs(stage, actor.user, key.service),
-                       policy.configured, running)
+                       policy.configured, running, job.plan_ref)
 
     def attach_message(self, job_id: int, channel: str, ts: str, permalink: str = "") -> None:
         self.store.update_job(job_id, channel=channel, message_ts=ts, permalink=permalink)
+        try:
+            self.shared.attach(self.store.job(job_id))
+        except (BoardUnavailable, TicketFormatError) as exc:
+            log.warning("job %s: its card's place could not be recorded in S3: %s", job_id, exc)
+
+    def resolve(self, job_id: int, ref: PlanRef | None) -> int:
+        """The job a button names, in this bot's store: a plan another replica posted is taken from S3."""
+        return self.shared.resolve(job_id, ref)
 
     def approve(self, job_id: int, actor: Actor, unfreeze: bool = False,
                 card: tuple[str, str] | None = None) -> Approved:
@@ -259,7 +279,7 @@ class RollbackService:
         if job is not None and job.service == APP:
             return self.apps.approve(job_id, actor, card)
         return approve(self.gate, job_id, actor, OneService(), unfreeze=unfreeze,
-                       terminal=actor.origin is Origin.TERMINAL, card=card)
+                       terminal=actor.origin is Origin.TERMINAL, card=card, shared=self.shared)
 
     def withdraw(self, job_id: int, actor: Actor) -> Job:
         """Cancel a pending plan: its requester or anyone who may approve it."""
@@ -274,6 +294,7 @@ class RollbackService:
                                                actor.groups_of, rule)
             if not decision.allowed:
                 gate.refuse(actor.user, "withdraw", key, job_id, "Only the requester or an approver may cancel it.")
+        self.shared.close(job, TicketState.WITHDRAWN, actor.user)  # first in S3: no replica approves it after
         if not self.store.claim(job_id, JobState.PENDING, JobState.WITHDRAWN, finished=self.clock(),
                                 cancelled_by=actor.user):
             raise Refused("This plan is no longer waiting for approval.", RefusalKind.CLOSED)
@@ -285,7 +306,16 @@ class RollbackService:
         now = self.clock()
         swept = []
         for job in self.store.jobs(states=[JobState.PENDING], limit=500):
-            if job.expires < now and self.store.claim(job.id, JobState.PENDING, JobState.EXPIRED, finished=now):
+            if job.expires >= now:
+                continue
+            elsewhere = self.shared.approved_elsewhere(job)
+            if elsewhere is not None:  # another replica has its card now: nothing to say on it from here
+                self.store.claim(job.id, JobState.PENDING, JobState.WITHDRAWN, finished=now,
+                                 reason=f"{elsewhere.state} on another replica ({plain_name(elsewhere.closed_on)})")
+                continue
+            with contextlib.suppress(Refused):
+                self.shared.close(job, TicketState.EXPIRED, "rollback-bot")
+            if self.store.claim(job.id, JobState.PENDING, JobState.EXPIRED, finished=now):
                 self.gate.audit("rollback-bot", "plan.expired", self.gate.job_key(job), job.id)
                 swept.append(self.store.job(job.id))
         return swept
@@ -349,8 +379,14 @@ class RollbackService:
                 gate.refuse(actor.user, "cancel", key, job.id, "Only the requester, the approver or an "
                                                                   "approver may cancel a running rollback.")
 
-    def cancel_job(self, job_id: int, actor: Actor) -> str:
-        """Cancel one job (the one a Cancel button was drawn for), never whatever runs now."""
+    def cancel_job(self, job_id: int, actor: Actor, ref: PlanRef | None = None) -> str:
+        """Cancel one job (the one a Cancel button was drawn for), never whatever runs now. ``ref``: the
+        plan every replica shares; a job another replica runs is asked to stop through its ticket."""
+        if ref is not None and ref.uid:
+            local = self.store.job_by_uid(ref.uid)
+            if local is None:
+                return self._cancel_elsewhere(ref, actor)
+            job_id = local.id
         job = self.store.job(job_id)
         if job is None:
             raise Refused("That job no longer exists.", RefusalKind.GONE)
@@ -369,6 +405,22 @@ class RollbackService:
         if outcome is CancelOutcome.ENDED:
             raise Refused(f"Job {job_id} already ended; nothing was cancelled.", RefusalKind.CLOSED)
         return f"Cancelling job {job_id}: its processes are being stopped."
+
+    def _cancel_elsewhere(self, ref: PlanRef, actor: Actor) -> str:
+        try:
+            key = self.gate.key(ref.stage, ref.service or None)
+            ticket = self.shared.ticket(ref)
+            lease = self.gate.engine(key).leases.current(key.stage)
+        except (BoardUnavailable, TicketFormatError, LeaseFormatError) as exc:
+            raise Refused(f"{exc}; nothing was cancelled", RefusalKind.BUSY) from exc
+        if ticket is None or ticket.state is not TicketState.APPROVED or lease is None or lease.plan != ref.uid:
+            raise Refused("That rollback is not running any more; nothing was cancelled.", RefusalKind.CLOSED)
+        self._may_cancel(Job(id=lease.job, stage=key.stage, state=JobState.RUNNING, service=key.service,
+                             requested_by=ticket.requested_by, approved_by=ticket.closed_by), actor)
+        self.shared.ask_cancel(ref, actor.user)
+        self.gate.audit(actor.user, "rollback.cancel", key, None, via=f"ticket {ref.uid}", host=lease.host)
+        return (f"Cancelling it: the replica on {plain_name(lease.host)} that runs it (job {lease.job} there) stops "
+                "its processes within a few seconds.")
 
     def cancel_running(self, key: StageKey, actor: Actor) -> str:
         stage = self.gate.stage(key)

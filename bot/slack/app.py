@@ -214,7 +214,7 @@ class Slack:
         try:
             posted = self.notify.post(channel, esc(kit.plan_title(pending.plan)), kit.plan_blocks(
                 pending.plan, pending.job_id, user_id, pending.expires_at, time.time(), pending.needs,
-                pending.policy_configured, pending.running), quiet=False)
+                pending.policy_configured, pending.running, pending.ref), quiet=False)
         except SlackApiError as exc:
             self.service.withdraw(pending.job_id, actor)
             respond(f"I could not post the plan here ({esc(exc.response.get('error'))}). "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bot.core.cards import AppCard, ServiceRow
 from bot.core.jobs import APP, Job, JobState, Recorded
+from bot.core.plan_ticket import PlanRef
 from bot.core.policy import NO_POLICY
 from bot.core.records import WatchPurpose
 from bot.core.stage_index import Artifact, LiveRecord, Mark, StageIndex
@@ -160,7 +161,8 @@ def plan_title(plan: Plan) -> str:
 
 
 def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, now: float,
-                needs: str = NO_POLICY, policy_configured: bool = False, running: Job | None = None) -> list[dict]:
+                needs: str = NO_POLICY, policy_configured: bool = False, running: Job | None = None,
+                ref: PlanRef | None = None) -> list[dict]:
     t = plan.target
     blocks = [
         header(plan_title(plan)),
@@ -202,8 +204,8 @@ def plan_blocks(plan: Plan, job_id: int, requested_by: str, expires_at: float, n
                               "until it ends."))
     blocks.append(context(f"Requested by {user(requested_by)} · approval needs {esc(needs)} · "
                           f"the buttons expire {date(expires_at)}"))
-    elements = [button("Approve", ids.APPROVE, ids.job_value(job_id), "primary"),
-                button("Cancel", ids.CANCEL_PLAN, ids.job_value(job_id), "danger")]
+    elements = [button("Approve", ids.APPROVE, ids.job_value(job_id, ref), "primary"),
+                button("Cancel", ids.CANCEL_PLAN, ids.job_value(job_id, ref), "danger")]
     if plan.forward and plan.freeze:
         elements.append({"type": "checkboxes", "action_id": ids.LIFT_FREEZE, "options": [{
             "text": {"type": "plain_text", "text": "Also lift the CI freeze"}, "value": "unfreeze"}]})
@@ -436,7 +438,7 @@ def progress_blocks(job: Job, steps: dict[str, tuple[str, float | None]], tail: 
                                   f"{unfreeze_command(job.stage, job.shown_service)} when the fix is in."))
     if state is JobState.RUNNING and not job.cancelled_by:
         blocks.append({"type": "actions", "elements": [
-            button("Cancel", ids.CANCEL_JOB, ids.job_value(job.id), "danger")]})
+            button("Cancel", ids.CANCEL_JOB, ids.job_value(job.id, job.plan_ref), "danger")]})
     if job.settle:  # the alarm watch's verdict, some minutes after the rollback
         blocks.append(context(f"👀 {esc_message(job.settle)}"))
     return blocks

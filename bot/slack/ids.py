@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from bot.core.plan_ticket import UID_RE, PlanRef
+
 PLAN_BUILD = "plan_build"  # "Roll back to this", "Roll back" on a notification, "Plan again"
 APPROVE = "approve"
 CANCEL_PLAN = "cancel_plan"
@@ -43,13 +45,26 @@ class PlanRequest:
             raise NotOurs(value) from exc
 
 
-def job_value(job_id: int) -> str:
-    """The value of APPROVE, CANCEL_PLAN and CANCEL_JOB buttons: the job they were drawn for."""
-    return str(job_id)
+def job_value(job_id: int, ref: PlanRef | None = None) -> str:
+    """The value of APPROVE, CANCEL_PLAN and CANCEL_JOB buttons: the job they were drawn for, and, for a plan
+    every replica shares, its uid and stage (the job's number is the posting replica's own)."""
+    if ref is None or not ref.uid:
+        return str(job_id)
+    return json.dumps({"job": job_id, "uid": ref.uid, "service": ref.service, "stage": ref.stage})
 
 
 def parse_job(value: str) -> int:
+    return parse_job_ref(value)[0]
+
+
+def parse_job_ref(value: str) -> tuple[int, PlanRef | None]:
     try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
+        if not str(value).startswith("{"):
+            return int(value), None
+        data = json.loads(value)
+        ref = PlanRef(str(data["uid"]), str(data.get("service", "")), str(data["stage"]))
+        if not UID_RE.match(ref.uid):
+            raise ValueError("not a uid")
+        return int(data["job"]), ref
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise NotOurs(value) from exc

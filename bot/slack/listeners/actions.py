@@ -48,9 +48,12 @@ def register(app: App, slack: Slack) -> None:
     def on_approve(body, respond, groups_of):
         """One approval path for a service's card and the app's: only how progress is shown differs."""
         try:
-            job_id = ids.parse_job(body["actions"][0].get("value", ""))
+            job_id = service.resolve(*ids.parse_job_ref(body["actions"][0].get("value", "")))
         except ids.NotOurs:
             ephemeral(respond, "That button is not one of mine.")
+            return
+        except UserError as exc:
+            ephemeral(respond, error_text(exc))
             return
         channel, ts = body["channel"]["id"], body["message"]["ts"]
         job = service.job(job_id)
@@ -93,7 +96,7 @@ def register(app: App, slack: Slack) -> None:
     def on_cancel_plan(body, respond, groups_of):
         actor = clicked(body, groups_of)
         try:
-            job = service.withdraw(ids.parse_job(body["actions"][0].get("value", "")), actor)
+            job = service.withdraw(service.resolve(*ids.parse_job_ref(body["actions"][0].get("value", ""))), actor)
         except ids.NotOurs:
             ephemeral(respond, "That button is not one of mine.")
             return
@@ -106,7 +109,8 @@ def register(app: App, slack: Slack) -> None:
     def on_cancel_job(body, respond, groups_of):
         try:
             # The job this button was drawn for, never whatever runs on the stage now.
-            said = service.cancel_job(ids.parse_job(body["actions"][0].get("value", "")), clicked(body, groups_of))
+            job_id, ref = ids.parse_job_ref(body["actions"][0].get("value", ""))
+            said = service.cancel_job(job_id, clicked(body, groups_of), ref)
         except ids.NotOurs:
             said = "That button is not one of mine."
         except UserError as exc:

@@ -1,0 +1,118 @@
+"""Pending plans shared by every replica of the bot (``bot.core.plan_ticket``): a plan's ticket is posted
+to S3 when its card is, and the state changes that matter (approved, withdrawn, expired) are made there
+first, conditionally, so a click handled by any replica approves exactly what the card showed, once.
+
+A replica that gets a click on a card another replica posted takes the plan from its ticket into its own
+sqlite, and from there the one approval path (bot.engine.approval) runs as for its own plans: the policy
+checked again, the plan made again and compared with what the card showed.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+from dataclasses import replace
+
+from bot.adapters.plan_board import BoardUnavailable
+from bot.adapters.store import plain_name
+from bot.core.catalog import UnknownService
+from bot.core.jobs import APP, Job, JobState
+from bot.core.keys import StageKey
+from bot.core.plan_ticket import PlanRef, PlanTicket, TicketFormatError, TicketState
+from bot.engine.gate import Gate
+from bot.engine.refusals import RefusalKind, Refused
+
+log = logging.getLogger("rollback-bot.engine.plans")
+
+
+def new_uid() -> str:
+    return secrets.token_hex(16)
+
+
+class SharedPlans:
+    def __init__(self, gate: Gate):
+        self.gate = gate
+        self.host = socket.gethostname()
+
+    def _board(self, job: Job):
+        return self.gate.engine(self.gate.job_key(job)).plans
+
+    def post(self, job: Job) -> None:
+        """The plan's ticket, before anyone can see a button naming it. Raises BoardUnavailable."""
+        if not job.uid or job.service == APP:
+            return
+        self._board(job).post(PlanTicket(
+            uid=job.uid, service=self.gate.job_key(job).service, stage=job.stage, state=TicketState.PENDING,
+            target_commit=job.target_commit, target_build=job.target_build, live_commit=job.live_commit,
+            live_build=job.live_build, requested_by=job.requested_by, origin=job.origin, channel=job.channel,
+            message_ts=job.message_ts, plan_json=job.plan_json, created=job.created, expires=job.expires,
+            stack_name=job.stack_name, region=job.region, policy=job.policy))
+
+    def attach(self, job: Job) -> None:
+        """Where its card is, so a replica that did not post it can check a click is on that card."""
+        if job.uid and job.service != APP:
+            self._board(job).change(job.stage, job.uid, lambda t: replace(
+                t, channel=job.channel, message_ts=job.message_ts) if t.state is TicketState.PENDING else None)
+
+    def resolve(self, job_id: int, ref: PlanRef | None) -> int:
+        """The local job a button names: by its plan's uid when it has one (the job numbers of replicas
+        differ), taken from the plan's ticket when another replica posted it."""
+        if ref is None or not ref.uid:
+            return job_id
+        job = self.gate.store.job_by_uid(ref.uid)
+        if job is not None:
+            return job.id
+        try:
+            key = self.gate.key(ref.stage, ref.service or None)
+            found = self.gate.engine(key).plans.read(key.stage, ref.uid)
+        except (UnknownService, TicketFormatError) as exc:
+            raise Refused("That plan is not one of this bot's.", RefusalKind.GONE) from exc
+        if found is None:
+            raise Refused("That plan no longer exists.", RefusalKind.GONE)
+        t = found[0]
+        log.info("plan %s (%s %s) was posted by another replica (%s); taking it from S3", t.uid, t.service, t.stage,
+                 t.closed_on or "?")
+        return self.gate.store.create_job(
+            service=key.service, stage=key.stage, uid=t.uid, state=JobState.PENDING, target_commit=t.target_commit,
+            target_build=t.target_build, live_commit=t.live_commit, live_build=t.live_build,
+            requested_by=t.requested_by, origin=t.origin, channel=t.channel, message_ts=t.message_ts,
+            created=t.created, expires=t.expires, stack_name=t.stack_name, region=t.region, plan_json=t.plan_json,
+            policy=t.policy)
+
+    def close(self, job: Job, to: TicketState, by: str) -> None:
+        """pending → ``to`` in S3, once among every replica; Refused naming who did it first otherwise."""
+        if not job.uid or job.service == APP:
+            return
+        try:
+            won, ticket = self._board(job).close(job.stage, job.uid, TicketState.PENDING, to, by, self.host)
+        except (BoardUnavailable, TicketFormatError) as exc:
+            raise Refused(f"{exc}", RefusalKind.BUSY) from exc
+        if won:
+            return
+        if ticket is None:
+            raise Refused("That plan no longer exists.", RefusalKind.GONE)
+        who = plain_name(ticket.closed_by)
+        said = {TicketState.APPROVED: f"Someone already approved this plan ({who}, on {plain_name(ticket.closed_on)})",
+                TicketState.WITHDRAWN: f"This plan was cancelled ({who})",
+                TicketState.EXPIRED: "This plan expired"}.get(ticket.state, "This plan is closed")
+        raise Refused(f"{said}. Nothing was deployed by this click.", RefusalKind.CLOSED)
+
+    def approved_elsewhere(self, job: Job) -> PlanTicket | None:
+        """For the sweep of expired plans: the ticket, when another replica approved or withdrew it."""
+        if not job.uid or job.service == APP:
+            return None
+        try:
+            found = self._board(job).read(job.stage, job.uid)
+        except (BoardUnavailable, TicketFormatError):
+            return None
+        return found[0] if found and found[0].state in (TicketState.APPROVED, TicketState.WITHDRAWN) else None
+
+    def ticket(self, ref: PlanRef) -> PlanTicket | None:
+        key = self.gate.key(ref.stage, ref.service or None)
+        found = self.gate.engine(key).plans.read(key.stage, ref.uid)
+        return found[0] if found else None
+
+    def ask_cancel(self, ref: PlanRef, by: str) -> PlanTicket | None:
+        key: StageKey = self.gate.key(ref.stage, ref.service or None)
+        return self.gate.engine(key).plans.ask_cancel(key.stage, ref.uid, by)[1]

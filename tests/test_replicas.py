@@ -1,0 +1,116 @@
+"""Two `rollback-bot serve` replicas with the same settings and separate data folders, as behind a load
+balancer: Slack delivers a command to one and the click on its card to the other. What they must agree
+on is in S3 (the plan's ticket, the stage's lease); each keeps its own sqlite."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from bot.adapters.store import Store
+from bot.playground.slack import SlackStandIn
+from tests.conftest import fast_code, live_code
+from tests.support.fast_service import hold_file
+from tests.support.replicas import Replica, bot_env, cards, new_cards, reply_after
+from tests.support.slack_session import Card, all_text, header
+from tests.support.waiting import wait_for
+
+
+@pytest.fixture
+def standin():
+    slack = SlackStandIn()
+    slack.people.update({"U-ANA": "Ana", "U-BO": "Bo", "U-CY": "Cy"})
+    yield slack
+    slack.stop()
+
+
+@pytest.fixture
+def replicas(fast_prod, fast_service, aws_env, tmp_path, standin):
+    """``start(**env)``: replicas A and B of one bot, each with its own data folder; a deploy held until ``hold`` goes."""
+    hold = hold_file("replicas")
+    hold.touch()
+    started = []
+
+    def start(**extra):
+        for name in ("a", "b"):
+            env = bot_env(aws_env, fast_service.origin, tmp_path / name, standin, SLS_TEST_DEPLOY_WAIT_FOR=str(hold),
+                          ROLLBACK_SANDBOX="auto", **extra)
+            started.append(Replica(env, standin))
+        return started[0], started[1], hold
+
+    yield start
+    hold.unlink(missing_ok=True)
+    for replica in started:
+        replica.stop()
+
+
+def starts_in(tmp_path, name: str) -> list:
+    return [a for a in Store(tmp_path / name / "rollback-bot.sqlite").audit_trail("prod") if a.action == "rollback.start"]
+
+
+def test_a_card_posted_by_one_replica_is_approved_on_the_other_once_and_the_stage_is_held_for_both(
+        replicas, standin, fast_service, aws_env, tmp_path):
+    a, b, hold = replicas()
+    n = cards(standin)
+    assert a.ana.command("prod previous") == 200  # the command reached replica A: A posts the card
+    card = Card(SimpleNamespace(standin=standin), new_cards(standin, n))
+    assert b.bo.click(card.first, "approve") == 200  # the click reached replica B
+    wait_for(lambda: header(card.now).startswith("⏳") or None, 60, "the card to show the rollback running")
+
+    r = len(standin.responses)
+    assert a.cy.click(card.first, "approve") == 200  # a second click on the same card, at A
+    said = reply_after(standin, r)
+    assert "Someone already approved this plan (U-BO, on " in said and "Nothing was deployed" in said
+
+    n = cards(standin)
+    assert b.ana.command("prod b-v3") == 200  # a second plan for the stage, at B, approved at A
+    second = new_cards(standin, n)
+    r = len(standin.responses)
+    assert a.bo.click(second, "approve") == 200
+    refused = reply_after(standin, r)
+    assert "stage prod is busy: a rollback holds it (job 1 approved by" in refused
+    assert f"on {socket.gethostname()} (pid {b.proc.pid})" in refused
+
+    ci = subprocess.run([sys.executable, "-m", "bot", "check-freeze", "--stage", "prod"], capture_output=True,
+                        text=True, env=bot_env(aws_env, fast_service.origin, tmp_path / "ci", standin), timeout=60)
+    assert ci.returncode != 0 and "rollback in progress on stage prod" in ci.stdout + ci.stderr
+
+    hold.unlink()
+    done = all_text(card.becomes("✅", timeout=90))
+    assert "approved by <@U-BO>" in done
+    assert live_code() == fast_code(fast_service, "v1")
+    assert len(starts_in(tmp_path, "b")) == 1 and starts_in(tmp_path, "a") == []  # one deploy, by B
+
+
+def test_cancel_clicked_on_the_replica_that_does_not_run_the_job_stops_it(replicas, standin, fast_service):
+    a, b, hold = replicas()
+    n = cards(standin)
+    assert a.ana.command("prod previous") == 200
+    card = Card(SimpleNamespace(standin=standin), new_cards(standin, n))
+    assert b.bo.click(card.first, "approve") == 200
+    wait_for(lambda: header(card.now).startswith("⏳") or None, 60, "the card to show the rollback running")
+    r = len(standin.responses)
+    assert a.ana.click(card.now, "cancel_job") == 200  # Cancel on the live card, delivered to A
+    said = reply_after(standin, r)
+    assert f"the replica on {socket.gethostname()} that runs it (job 1 there) stops" in said
+    text = all_text(card.becomes("🛑", timeout=60))
+    assert "Cancelled by <@U-ANA>" in text
+    assert live_code() == fast_code(fast_service, "v2")
+
+
+def test_a_plan_withdrawn_on_one_replica_cannot_be_approved_on_the_other(replicas, standin, fast_service):
+    a, b, _ = replicas()
+    n = cards(standin)
+    assert a.ana.command("prod previous") == 200
+    first = new_cards(standin, n)
+    r = len(standin.responses)
+    assert b.ana.click(first, "cancel_plan") == 200
+    wait_for(lambda: "Cancelled by <@U-ANA>" in all_text(standin.message("C-OPS", first["ts"])) or None, 30,
+             "the card to close")
+    assert a.bo.click(first, "approve") == 200
+    assert "This plan was cancelled (U-ANA)" in reply_after(standin, r)
+    assert live_code() == fast_code(fast_service, "v2")
