@@ -30,7 +30,8 @@ def standin():
 
 @pytest.fixture
 def replicas(fast_prod, fast_service, aws_env, tmp_path, standin):
-    """``start(**env)``: replicas A and B of one bot, each with its own data folder; a deploy held until ``hold`` goes."""
+    """``start(**env)``: replicas A and B of one bot, each with its own data folder; deploys held until ``hold``
+    goes."""
     hold = hold_file("replicas")
     hold.touch()
     started = []
@@ -49,7 +50,8 @@ def replicas(fast_prod, fast_service, aws_env, tmp_path, standin):
 
 
 def starts_in(tmp_path, name: str) -> list:
-    return [a for a in Store(tmp_path / name / "rollback-bot.sqlite").audit_trail("prod") if a.action == "rollback.start"]
+    trail = Store(tmp_path / name / "rollback-bot.sqlite").audit_trail("prod")
+    return [a for a in trail if a.action == "rollback.start"]
 
 
 def test_a_card_posted_by_one_replica_is_approved_on_the_other_once_and_the_stage_is_held_for_both(
@@ -114,3 +116,38 @@ def test_a_plan_withdrawn_on_one_replica_cannot_be_approved_on_the_other(replica
     assert a.bo.click(first, "approve") == 200
     assert "This plan was cancelled (U-ANA)" in reply_after(standin, r)
     assert live_code() == fast_code(fast_service, "v2")
+
+
+def test_a_killed_replicas_job_is_said_once_by_another_and_the_next_job_takes_the_stage(
+        replicas, standin, fast_service, tmp_path):
+    a, b, hold = replicas(ROLLBACK_LEASE_SECONDS="3")
+    n = cards(standin)
+    assert a.ana.command("prod previous") == 200
+    card = Card(SimpleNamespace(standin=standin), new_cards(standin, n))
+    assert b.bo.click(card.first, "approve") == 200
+    wait_for(lambda: header(card.now).startswith("⏳") or None, 60, "the card to show the rollback running")
+    b.kill()  # B's host goes away mid-deploy: nobody lets the lease go, nobody says anything
+
+    def said() -> list[str]:
+        return [m["text"] for ch in ("C-OPS", "C-DEPLOYS") for m in standin.messages[ch]
+                if m["text"].startswith("⚠️ Rollback") and "was interrupted" in m["text"]]
+
+    first = wait_for(lambda: said() or None, 60, "a replica to say the job was interrupted")
+    assert f"the bot running it ({socket.gethostname()}, job 1 there)" in first[0] and "stage is free again" in first[0]
+    thread = [m for m in standin.messages["C-OPS"] if m.get("thread_ts") == card.ts and "interrupted" in m["text"]]
+    assert len(thread) == 1  # on the card's thread
+    assert header(card.now) == "⚠️ Rollback interrupted: prod" and "cancel_job" not in str(card.now)
+    again = Replica(b.env, standin)  # B starts again with its data folder: its own job, already said by A
+    try:
+        assert Store(tmp_path / "b" / "rollback-bot.sqlite").job(1).state == "interrupted"
+        assert len(said()) == 2  # the card's thread and the stage's notification channel, once each
+        hold.unlink()
+        n = cards(standin)
+        assert again.ana.command("prod b-v3") == 200
+        second = Card(SimpleNamespace(standin=standin), new_cards(standin, n))
+        assert a.bo.click(second.first, "approve") == 200
+        second.becomes("✅", timeout=90)
+    finally:
+        again.stop()
+    assert live_code() == fast_code(fast_service, "v3")
+    assert len(said()) == 2

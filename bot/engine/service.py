@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.adapters.artifacts import ArtifactError, PruneResult, PublishResult, validate_stage
+from bot.adapters.lease import Held, LeaseUnavailable
 from bot.adapters.plan_board import BoardUnavailable
 from bot.adapters.source import local_commit, local_commits_between
 from bot.adapters.store import plain_name
@@ -25,8 +26,8 @@ from bot.core.actor import Actor, Origin
 from bot.core.events import EventStatus
 from bot.core.jobs import APP, RUN_STATES, Job, JobState
 from bot.core.keys import StageKey
-from bot.core.lease import LeaseFormatError
-from bot.core.plan_ticket import PlanRef, TicketFormatError, TicketState
+from bot.core.lease import Lease, LeaseFormatError
+from bot.core.plan_ticket import PlanRef, PlanTicket, TicketFormatError, TicketState
 from bot.core.policy import Policy, PolicySource
 from bot.core.records import AuditEntry, HeldLock, Watch
 from bot.core.stage_index import Artifact, Mark, StageIndex
@@ -105,6 +106,16 @@ class Recovered:
     followed: list[Job] = field(default_factory=list)  # CodeBuild jobs still running, followed from here on
 
 
+@dataclass(frozen=True)
+class Orphan:
+    """A job whose bot stopped renewing its lease (a replica killed, a machine gone), found by this replica,
+    the one of all that says so: its card and who held it."""
+
+    key: StageKey
+    lease: Lease
+    ticket: PlanTicket
+
+
 class RollbackService:
     def __init__(self, engine: Engine | Fleet, policy: Policy | PolicySource, ttl: float = DEFAULT_TTL,
                  clock: Callable[[], float] = time.time, limits: RequestLimits | None = None):
@@ -174,7 +185,33 @@ class RollbackService:
         Slack bot) follows the CodeBuild builds of jobs whose bot died on to their end."""
         runners = [one.jobs for one in self.fleet.engines.values()]
         jobs = [j for runner in runners for j in runner.recover(reattach)]
-        return Recovered(jobs, self.apps.recover(), [j for runner in runners for j in runner.followed])
+        said = [j for j in jobs if self.shared.claim_interrupted(j)]  # another replica may have said it already
+        return Recovered(said, self.apps.recover(), [j for runner in runners for j in runner.followed])
+
+    def orphans(self) -> list[Orphan]:
+        """Jobs of any replica whose lease ran out while they held it (their bot died without letting go):
+        each is claimed in its plan's ticket by exactly one replica, this one when it returns it, and its
+        lease is let go so the stage is free at once. Run with the housekeeping."""
+        found = []
+        for name, engine in self.fleet.engines.items():
+            try:
+                stages = engine.artifacts.stages()
+            except ArtifactError:
+                continue
+            for stage in stages:
+                try:
+                    lease, etag = engine.leases.read(stage)
+                    if lease is None or not lease.expired(engine.leases.clock()) or not lease.plan:
+                        continue
+                    won, ticket = engine.plans.interrupted(stage, lease.plan, self.shared.host)
+                    if won and ticket is not None:
+                        engine.leases.release(Held(lease, etag))
+                        self.gate.audit("rollback-bot", "rollback.interrupted", StageKey(name, stage), None,
+                                        on=lease.host, job=lease.job, plan=lease.plan)
+                        found.append(Orphan(StageKey(name, stage), lease, ticket))
+                except (LeaseUnavailable, LeaseFormatError, BoardUnavailable, TicketFormatError):
+                    continue  # this stage, this round: the next round asks again
+        return found
 
     def housekeeping(self) -> list[Job]:
         """Close plans whose buttons expired (returned, so their cards can say so) and forget what is past
@@ -384,7 +421,7 @@ class RollbackService:
         plan every replica shares; a job another replica runs is asked to stop through its ticket."""
         if ref is not None and ref.uid:
             local = self.store.job_by_uid(ref.uid)
-            if local is None:
+            if local is None or local.state is JobState.PENDING:  # its card's plan was approved on another replica
                 return self._cancel_elsewhere(ref, actor)
             job_id = local.id
         job = self.store.job(job_id)

@@ -108,6 +108,17 @@ class SharedPlans:
             return None
         return found[0] if found and found[0].state in (TicketState.APPROVED, TicketState.WITHDRAWN) else None
 
+    def claim_interrupted(self, job: Job) -> bool:
+        """Whether this replica is the one to say that ``job`` was interrupted (its ticket says who did first).
+        When S3 cannot say, True: said twice is better than never said."""
+        if not job.uid or job.service == APP:
+            return True
+        try:
+            won, ticket = self._board(job).interrupted(job.stage, job.uid, self.host)
+        except (BoardUnavailable, TicketFormatError):
+            return True
+        return won or ticket is None
+
     def ticket(self, ref: PlanRef) -> PlanTicket | None:
         key = self.gate.key(ref.stage, ref.service or None)
         found = self.gate.engine(key).plans.read(key.stage, ref.uid)

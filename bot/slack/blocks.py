@@ -365,6 +365,13 @@ def closed_plan_blocks(stage: str, target_commit: str, why: str) -> list[dict]:
     return [section(f"~Roll {esc(stage)} to {code(target_commit[:7])}~"), context(why)]
 
 
+def interrupted_card_blocks(what: str, target_commit: str, text: str) -> list[dict]:
+    """The card of a job whose bot died on another replica: no buttons (nothing of it runs any more).
+    ``text`` is the bot's own mrkdwn."""
+    return [header(f"⚠️ Rollback interrupted: {what}"), section(f"Target {code(target_commit[:7])}"),
+            section(text)]
+
+
 def job_title(job: Job) -> str:
     done = "✅ Rolled forward" if job.forward else "✅ Rolled back"
     if job.state is JobState.SUCCEEDED and job.recorded == Recorded.PENDING:

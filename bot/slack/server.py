@@ -27,7 +27,7 @@ from bot.engine import Engine, RollbackService, build_fleet, make_watcher
 from bot.slack import blocks as kit
 from bot.slack.app import Slack, make_client, read_log, sweep_expired
 from bot.slack.listeners import register
-from bot.slack.mrkdwn import esc_message
+from bot.slack.mrkdwn import esc_message, user
 from bot.slack.notifier import Notifier
 from bot.slack.progress import ProgressReporter
 from bot.slack.watch_posts import WatchPoster
@@ -225,11 +225,35 @@ def housekeeping(settings: Settings, engine: Engine, service: RollbackService, c
     """Close expired plans (their cards say so) and prune what is past retention; never raises."""
     try:
         sweep_expired(service, client)
+        for orphan in service.orphans():
+            _orphan_interrupted(settings, service, Notifier(client), orphan)
     except Exception:
         log.exception("housekeeping failed; trying again later")
 
 
-def _housekeeping_loop(settings, engine, service, client, stop: threading.Event, every: float = 30.0) -> None:
+def _orphan_interrupted(settings: Settings, service: RollbackService, notify: Notifier, orphan) -> None:
+    """A job another replica ran, whose bot died: said once, by the replica that found it, on its card's
+    thread and in the stage's channel."""
+    lease, ticket, key = orphan.lease, orphan.ticket, orphan.key
+    what = f"{key.service} {key.stage}" if service.several else key.stage
+    when = time.strftime("%H:%M:%S UTC", time.gmtime(lease.until))
+    text = (f"⚠️ Rollback of `{esc_message(what)}` approved by {user(ticket.closed_by or lease.approved_by)} "
+            f"was interrupted: the bot running it ({esc_message(lease.host)}, job {lease.job} there) stopped "
+            f"renewing its lease, which ran out at {when}. The stage is free again. Check the stack before "
+            "doing anything else.")
+    if ticket.channel and ticket.message_ts:
+        notify.update(ticket.channel, ticket.message_ts, f"Rollback interrupted: {what}",
+                      kit.interrupted_card_blocks(what, ticket.target_commit, text))
+    if ticket.channel:
+        notify.post(ticket.channel, text, thread_ts=ticket.message_ts or None)
+    channel = service.policy.notify_channel(key.stage, settings.channel, key.service)
+    if channel and channel != ticket.channel:
+        notify.post(channel, text)
+
+
+def _housekeeping_loop(settings, engine, service, client, stop: threading.Event) -> None:
+    # at least once a lease's time: a replica that died is said, and its stage freed, within about two
+    every = min(30.0, max(1.0, float(settings.lease_seconds)))
     while not stop.wait(every):
         housekeeping(settings, engine, service, client)
 

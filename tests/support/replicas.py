@@ -3,6 +3,7 @@ its own data folder, as replicas behind a load balancer or a bot restarted on it
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -46,6 +47,7 @@ class Replica:
     do to this replica)."""
 
     def __init__(self, env: dict, standin: SlackStandIn):
+        self.env = env
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "bot", "serve"], env={**env, "PORT": str(self.port)},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -77,7 +79,7 @@ def new_cards(standin: SlackStandIn, before: int, timeout: float = 60.0) -> dict
     def top() -> list[dict]:
         return [m for m in standin.messages[CHANNEL] if not m.get("thread_ts")]
 
-    return wait_for(lambda: top()[before] if len(top()) > before else None, timeout, "a card")
+    return copy.deepcopy(wait_for(lambda: top()[before] if len(top()) > before else None, timeout, "a card"))
 
 
 def cards(standin: SlackStandIn) -> int:
