@@ -4,6 +4,7 @@ on is in S3 (the plan's ticket, the stage's lease); each keeps its own sqlite.""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from bot.adapters.store import Store
 from bot.playground.slack import SlackStandIn
-from tests.conftest import fast_code, live_code
+from tests.conftest import BUCKET, fast_code, live_code
 from tests.support.fast_service import hold_file
 from tests.support.replicas import Replica, bot_env, cards, new_cards, reply_after
 from tests.support.slack_session import Card, all_text, header
@@ -151,3 +152,21 @@ def test_a_killed_replicas_job_is_said_once_by_another_and_the_next_job_takes_th
         again.stop()
     assert live_code() == fast_code(fast_service, "v3")
     assert len(said()) == 2
+
+
+def test_a_ticket_rewritten_in_the_bucket_after_its_card_was_posted_approves_nothing(
+        replicas, standin, fast_service, s3):
+    """A writer of the bucket points a pending plan at another build; the card still shows the first."""
+    a, b, _ = replicas()
+    n = cards(standin)
+    assert a.ana.command("prod previous") == 200
+    card = new_cards(standin, n)
+    [obj] = s3.list_objects_v2(Bucket=BUCKET, Prefix="rollback/hello-service/prod/plans/")["Contents"]
+    ticket = json.loads(s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read())
+    ticket.update(target_commit=fast_service.commits["v3"], target_build="b-v3",
+                  plan_json=ticket["plan_json"].replace(fast_service.commits["v1"], fast_service.commits["v3"]))
+    s3.put_object(Bucket=BUCKET, Key=obj["Key"], Body=json.dumps(ticket).encode())
+    r = len(standin.responses)
+    assert b.bo.click(card, "approve") == 200
+    assert "not what its card showed: someone changed it in the bucket" in reply_after(standin, r)
+    assert live_code() == fast_code(fast_service, "v2")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from enum import IntEnum, StrEnum
 
 from bot.core.cards import AppCard
-from bot.core.plan_ticket import PlanRef
+from bot.core.plan_ticket import PlanRef, plan_digest
 
 APP = "*"  # the service of an app rollback's own row (its services' jobs point to it with app_id)
 
@@ -128,7 +128,10 @@ class Job:
     @property
     def plan_ref(self) -> PlanRef | None:
         """What its buttons name, when every replica shares the plan (its ticket in S3)."""
-        return PlanRef(self.uid, self.service, self.stage) if self.uid else None
+        if not self.uid:
+            return None
+        return PlanRef(self.uid, self.service, self.stage, plan_digest(
+            self.target_commit, self.target_build, self.live_commit, self.live_build, self.plan_json))
 
     @property
     def ran(self) -> bool:

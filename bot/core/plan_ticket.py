@@ -12,6 +12,7 @@ compared before anything deploys, as for a local plan.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, replace
@@ -32,13 +33,21 @@ class TicketState(StrEnum):
     EXPIRED = "expired"
 
 
+def plan_digest(target_commit: str, target_build: str, live_commit: str, live_build: str, plan_json: str) -> str:
+    """What a card showed, in 16 hex digits: its buttons carry it (Slack signs what comes back), so a ticket
+    a writer of the bucket changed after the card was posted is told apart and approves nothing."""
+    raw = json.dumps([target_commit, target_build, live_commit, live_build, plan_json])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class PlanRef:
-    """What a button names of a shared plan: its uid and where its ticket is."""
+    """What a button names of a shared plan: its uid, where its ticket is, and the digest of what it showed."""
 
     uid: str
     service: str
     stage: str
+    digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,12 @@ class PlanTicket:
         return replace(self, state=state, closed_by=by, closed_on=host)
 
     @property
+    def digest(self) -> str:
+        return plan_digest(self.target_commit, self.target_build, self.live_commit, self.live_build, self.plan_json)
+
+    @property
     def ref(self) -> PlanRef:
-        return PlanRef(self.uid, self.service, self.stage)
+        return PlanRef(self.uid, self.service, self.stage, self.digest)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

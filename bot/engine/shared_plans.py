@@ -71,6 +71,10 @@ class SharedPlans:
         if found is None:
             raise Refused("That plan no longer exists.", RefusalKind.GONE)
         t = found[0]
+        if t.digest != ref.digest:  # the card's button says what it showed, and Slack signed what came back
+            log.warning("plan %s: its ticket in S3 does not match its card (changed in the bucket?)", t.uid)
+            raise Refused("That plan's record in S3 is not what its card showed: someone changed it in the bucket. "
+                          "Nothing was deployed; request the rollback again.", RefusalKind.GONE)
         log.info("plan %s (%s %s) was posted by another replica (%s); taking it from S3", t.uid, t.service, t.stage,
                  t.closed_on or "?")
         return self.gate.store.create_job(

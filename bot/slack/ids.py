@@ -50,7 +50,7 @@ def job_value(job_id: int, ref: PlanRef | None = None) -> str:
     every replica shares, its uid and stage (the job's number is the posting replica's own)."""
     if ref is None or not ref.uid:
         return str(job_id)
-    return json.dumps({"job": job_id, "uid": ref.uid, "service": ref.service, "stage": ref.stage})
+    return json.dumps({"job": job_id, "uid": ref.uid, "service": ref.service, "stage": ref.stage, "shows": ref.digest})
 
 
 def parse_job(value: str) -> int:
@@ -62,7 +62,7 @@ def parse_job_ref(value: str) -> tuple[int, PlanRef | None]:
         if not str(value).startswith("{"):
             return int(value), None
         data = json.loads(value)
-        ref = PlanRef(str(data["uid"]), str(data.get("service", "")), str(data["stage"]))
+        ref = PlanRef(str(data["uid"]), str(data.get("service", "")), str(data["stage"]), str(data.get("shows", "")))
         if not UID_RE.match(ref.uid):
             raise ValueError("not a uid")
         return int(data["job"]), ref
