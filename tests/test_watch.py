@@ -4,6 +4,7 @@ after the window says nothing, a restart resumes, and a rollback settles under w
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 
@@ -283,10 +284,12 @@ def test_alarm_names_and_reasons_from_cloudwatch_reach_slack_as_text(fast_prod, 
                              replace(settings, channel="C-OPS"))
         watch = Watch(1, "hello-service", "prod", WatchPurpose.DEPLOY, "a" * 40, "b-v2", 1.0, 99.0)
         alarm = AlarmState(HOSTILE, "ALARM", HOSTILE, 2.0)
-        for kind in ("alarm", "auto", "error"):
-            poster(WatchEvent(kind, StageKey("hello-service", "prod"), watch, f"`{HOSTILE}` {HOSTILE}", alarm))
+        key = StageKey("hello-service", "prod")
+        for kind in ("alarm", "auto", "error", "summary"):
+            poster(WatchEvent(kind, key, watch, f"`{HOSTILE}` {HOSTILE}", alarm, keys=(key,)))
         posted = standin.messages["C-OPS"]
-        assert len(posted) == 3
+        assert len(posted) == 4 and "on `prod`. A stage's builds and the way back: `/rollback <stage>`" in posted[3][
+            "text"].replace("&lt;", "<").replace("&gt;", ">")
         for message in posted:
             assert "<!channel>" not in message["text"] and "<https://evil" not in message["text"]
             as_text = [{"type": "section", "text": {"type": "mrkdwn", "text": message["text"]}}]
@@ -415,3 +418,65 @@ def test_a_stage_wide_alarm_prefix_must_name_its_services_on_a_bot_of_several(tm
                             needs=["engine"]).catalog
     assert catalog.alarm_spec("prod", "api") == ((), "prod-")
     assert catalog.alarm_spec("prod", "worker") == ((), "")  # worker's own stack's alarms only
+
+
+FLOOD = 12  # stages whose deploys all alarm in one round
+
+
+def flood(watch, cloudwatch, fast_prod, fast_service):
+    """Twelve stages, each just deployed by CI with its own alarm named for the watch, all in ALARM."""
+    more = "".join(f'[stages.s{n}]\nalarms = ["flood-s{n}"]\n' for n in range(FLOOD))
+    watcher, events, service = watch(more=more)
+    b = fast_service.packages["v2"]
+    for n in range(FLOOD):
+        fast_prod.artifacts.publish(f"s{n}", fast_service.commits["v2"], b, build_id="b-v2", author="Ana Dev",
+                                    message="v2", deployed=True, by="ci")
+        cloudwatch.put_metric_alarm(AlarmName=f"flood-s{n}", MetricName="5XXError", Namespace="AWS/ApiGateway",
+                                    Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=1,
+                                    ComparisonOperator="GreaterThanThreshold")
+    watcher.poll()  # the deploys are watched
+    for n in range(FLOOD):
+        cloudwatch.set_alarm_state(AlarmName=f"flood-s{n}", StateValue="ALARM", StateReason="5xx over 1%")
+    return watcher, events, service
+
+
+def test_an_alarm_flood_is_said_in_a_few_posts_and_one_summary_per_round(watch, cloudwatch, fast_prod, fast_service):
+    watcher, events, _ = flood(watch, cloudwatch, fast_prod, fast_service)
+    watcher.poll()
+    alarms = [e for e in events if e.kind == "alarm"]
+    [summary] = [e for e in events if e.kind == "summary"]
+    assert len(alarms) == 5 and summary.text == f"{FLOOD - 5} more alarms went into ALARM in this round"
+    assert {k.stage for k in summary.keys} | {e.key.stage for e in alarms} == {f"s{n}" for n in range(FLOOD)}
+    watcher.poll()
+    assert len(events) == 6  # each alarm said once, in its post or in the summary
+
+
+def test_a_slack_that_hangs_never_holds_up_the_watch_and_what_it_dropped_is_said(
+        watch, cloudwatch, fast_prod, fast_service):
+    watcher, events, _ = flood(watch, cloudwatch, fast_prod, fast_service)
+    events.clear()
+    slack_up = threading.Event()
+    watcher.listeners[:] = [lambda e: (slack_up.wait(60), events.append(e))]  # every post hangs until Slack answers
+    watcher.poll_every = 0.05
+    stop = threading.Event()
+    loop = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("bot.engine.watch.POST_QUEUE", 3)
+            loop.start()
+            wait_for(lambda: all(w.reported for w in fast_prod.store.watches() if w.stage.startswith("s")) or None,
+                     30, "every alarm to be read while Slack hangs")  # the rounds went on
+            wait_for(lambda: watcher._dropped or None, 10, "posts past the queue to be dropped")
+            slack_up.set()
+            for n in range(FLOOD):  # new alarms, once Slack answers again: said, with what was dropped
+                cloudwatch.set_alarm_state(AlarmName=f"flood-s{n}", StateValue="OK", StateReason="ok")
+            fast_prod.artifacts.publish("s0", fast_service.commits["v1"], fast_service.packages["v1"], build_id="b-v1",
+                                        author="Ana Dev", message="v1", deployed=True, by="ci")
+            cloudwatch.set_alarm_state(AlarmName="flood-s0", StateValue="ALARM", StateReason="again")
+            said = wait_for(lambda: [e.text for e in events if "watch posts were dropped" in e.text] or None, 30,
+                            "the drop to be said")
+    finally:
+        slack_up.set()
+        stop.set()
+        loop.join(timeout=10)
+    assert "Slack did not keep up" in said[0]

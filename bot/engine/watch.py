@@ -9,8 +9,10 @@ Deploy times are in the index and acted-on deploys in the store, so a restart re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +30,8 @@ from bot.core.records import Watch, WatchPurpose, WatchState
 
 log = logging.getLogger("rollback-bot.watch")
 MAX_BACKOFF = 300.0
+MAX_ALARM_POSTS = 5  # alarms a round says one by one; the rest of that round's in one summary
+POST_QUEUE = 100  # posts waiting for Slack; past it they are dropped, counted, and the count said
 
 
 class WatchKind(StrEnum):
@@ -35,6 +39,7 @@ class WatchKind(StrEnum):
     AUTO = "auto"  # an automatic rollback was started, or skipped, and why
     SETTLED = "settled"  # the verdict on a rollback's settle period
     ERROR = "error"  # the alarms could not be read (said once per watch)
+    SUMMARY = "summary"  # more alarms in one round than are said one by one (``keys`` names them all)
 
 
 @dataclass
@@ -45,6 +50,7 @@ class WatchEvent:
     text: str
     alarm: AlarmState | None = None
     job_id: int | None = None
+    keys: tuple[StageKey, ...] = ()  # a summary's stages
 
 
 class Watcher:
@@ -58,29 +64,80 @@ class Watcher:
         self._stages: dict[str, list[str]] = {}
         self._polls = 0
         self._bad: set[tuple[str, str]] = set()  # (service, stage) unreadable: said once, until it reads again
+        self._round: list[WatchEvent] = []  # what this round has to say, said when it ends
+        self._posts: queue.Queue[WatchEvent | None] | None = None  # with run(): Slack never holds up a round
+        self._dropped = 0
 
     @property
     def store(self):
         return self.service.store
 
     def _emit(self, event: WatchEvent) -> None:
+        self._round.append(event)
+
+    def _say(self, event: WatchEvent) -> None:
         for listener in list(self.listeners):
             try:
                 listener(event)
             except Exception:
                 log.exception("a watch listener failed")
 
+    def _end_round(self) -> None:
+        """Say what the round found: an alarm flood in one summary past the first few, through the queue."""
+        events, self._round = self._round, []
+        alarms = [e for e in events if e.kind is WatchKind.ALARM]
+        if len(alarms) > MAX_ALARM_POSTS:
+            rest = alarms[MAX_ALARM_POSTS:]
+            events = [e for e in events if not any(e is r for r in rest)]
+            keys = tuple(dict.fromkeys(e.key for e in rest))
+            events.append(WatchEvent(WatchKind.SUMMARY, rest[0].key, rest[0].watch,
+                                     f"{len(rest)} more alarms went into ALARM in this round", keys=keys))
+        if self._dropped and events and self._posts is not None and self._posts.qsize() < POST_QUEUE // 2:
+            dropped, self._dropped = self._dropped, 0  # said once Slack keeps up again, with the next round's news
+            log.error("the alarm watch dropped %d posts: Slack did not keep up", dropped)
+            events.append(WatchEvent(WatchKind.ERROR, events[0].key, events[0].watch,
+                                     f"{dropped} watch posts were dropped: Slack did not keep up. Look at the "
+                                     "stages' alarms in CloudWatch"))
+        for event in events:
+            if self._posts is None:
+                self._say(event)
+                continue
+            try:
+                self._posts.put_nowait(event)
+            except queue.Full:  # Slack is slower than the alarms: the round goes on, the count is said later
+                self._dropped += 1
+
+    def _post_loop(self) -> None:
+        while True:
+            event = self._posts.get()
+            if event is None:
+                return
+            self._say(event)
+
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.poll_every):
-            try:
-                self.poll()
-            except Exception:
-                log.exception("the alarm watch failed a poll; trying again")
+        self._posts = queue.Queue(POST_QUEUE)
+        poster = threading.Thread(target=self._post_loop, name="rollback-watch-posts", daemon=True)
+        poster.start()
+        try:
+            while not stop.wait(self.poll_every):
+                try:
+                    self.poll()
+                except Exception:
+                    log.exception("the alarm watch failed a poll; trying again")
+        finally:
+            with contextlib.suppress(queue.Full):
+                self._posts.put_nowait(None)
 
     def poll(self) -> None:
         """One round: new deploys start a watch; each running watch reads its alarms; ended ones close."""
+        try:
+            self._poll()
+        finally:
+            self._end_round()
+
+    def _poll(self) -> None:
         now = self.clock()
         if self._polls % 20 == 0:  # the list of stages changes rarely; an index read is the cheap part
             for n, e in self.service.fleet.engines.items():

@@ -51,6 +51,19 @@ class WatchPoster:
         if channel:  # and in the channel, where people look
             self.notify.post(channel, text, blocks)
 
+    def _summary(self, event: WatchEvent) -> None:
+        """An alarm flood: one post per channel, naming its stages, instead of one post per alarm."""
+        by_channel: dict[str, list[str]] = {}
+        for key in event.keys:
+            channel = self.service.policy.notify_channel(key.stage, self.settings.channel, key.service)
+            if channel:
+                where = f"{key.service} {key.stage}" if self.service.several else key.stage
+                by_channel.setdefault(channel, []).append(where)
+        for channel, stages in by_channel.items():
+            shown = ", ".join(f"`{esc_message(s)}`" for s in stages[:20]) + (" …" if len(stages) > 20 else "")
+            self.notify.post(channel, f"🚨 {esc_message(event.text)}, on {shown}. A stage's builds and the way "
+                                      "back: `/rollback &lt;stage&gt;`.")
+
     def _auto(self, event: WatchEvent) -> None:
         channel = self._channel(event)
         if not channel:
