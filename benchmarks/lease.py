@@ -3,6 +3,8 @@ stage. Against moto's server over HTTP (bot/playground/aws.py), the real LeaseSt
 
 - cost: S3 requests a job makes for its lease (take, renewals, let go), counted with botocore's event
   hooks, for a job of a given length; and the median latency of a take and of a let-go.
+- plan: S3 requests a plan card's ticket costs (bot/adapters/plan_board.py: posted, its card's place
+  recorded, closed once at the approval), and the median latency of the close, the step a click waits for.
 - death: a holder takes the lease and dies without letting go; a second bot asks every 0.5 s, as a
   person retrying would. Reported: the median time from the death to the second bot's job starting.
 
@@ -15,6 +17,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -22,7 +25,9 @@ from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.adapters.lease import LeaseStore  # noqa: E402
+from bot.adapters.plan_board import PlanBoard  # noqa: E402
 from bot.adapters.store import StageBusy  # noqa: E402
+from bot.core.plan_ticket import PlanTicket, TicketState  # noqa: E402
 from bot.engine.lease_keeper import LeaseKeeper  # noqa: E402
 from bot.playground.aws import MotoServer  # noqa: E402
 
@@ -61,6 +66,24 @@ def latency(url: str, runs: int) -> tuple[float, float]:
     return statistics.median(takes), statistics.median(drops)
 
 
+def plan(url: str, runs: int) -> tuple[list[str], float]:
+    calls: list[str] = []
+    board = PlanBoard(client(url, calls), BUCKET, "p/", "svc")
+    closes = []
+    for i in range(runs * 4):
+        calls.clear()
+        uid = f"{i:032x}"
+        board.post(PlanTicket(uid=uid, service="svc", stage="prod", state=TicketState.PENDING, target_commit="a" * 40,
+                              target_build="b1", live_commit="b" * 40, live_build="b2", requested_by="U-ANA",
+                              origin="slack", channel="", message_ts="", plan_json='{"ref": "previous"}',
+                              created=time.time(), expires=time.time() + 900))
+        board.change("prod", uid, lambda t: replace(t, channel="C1", message_ts="1.2"))
+        t = time.perf_counter()
+        board.close("prod", uid, TicketState.PENDING, TicketState.APPROVED, "U-BO", "bench")
+        closes.append(time.perf_counter() - t)
+    return list(calls), statistics.median(closes)
+
+
 def death(url: str, ttl: float, stage: str) -> float:
     dead = LeaseStore(client(url), BUCKET, "p/", "svc", ttl=ttl)
     dead.acquire(stage, 1, "U-BO", "U-ANA", "bench", 1)
@@ -86,6 +109,10 @@ def main() -> None:
           f"with the default 120 s lease a job makes 2 + one PutObject per 40 s it runs")
     take, drop = latency(server.url, runs)
     print(f"latency: take median {take * 1000:.1f} ms, let go median {drop * 1000:.1f} ms ({runs * 4} each)")
+    calls, close = plan(server.url, runs)
+    print(f"plan: a plan card's ticket made {len(calls)} S3 requests "
+          f"({', '.join(f'{calls.count(c)} {c}' for c in dict.fromkeys(calls))}); the approval's close, median "
+          f"{close * 1000:.1f} ms ({runs * 4} plans)")
     waits = []
     for i in range(runs):
         threading.Event().wait(0.2)

@@ -6,26 +6,23 @@ CloudWatch Logs."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
+from types import SimpleNamespace
 
 import boto3
 import pytest
 
 from bot.adapters.codebuild import SPEC_VARIABLE, CodeBuild
+from bot.adapters.store import Store
 from bot.core.catalog import Catalog
 from bot.core.executor import Executor, ExecutorKind
 from bot.core.job_protocol import JobSpec
 from bot.playground.codebuild import CodeBuildStandIn
-from bot.playground.slack import SlackUser
-from tests.conftest import BUCKET, fast_code, live_code
-from tests.support.fast_service import DEPLOY_COMMAND, SERVICE, hold_file
-from tests.support.serverless_fixture import sls_env
-from tests.support.slack_session import CHANNEL, SECRET, Card, all_text
+from bot.playground.slack import SlackStandIn
+from tests.conftest import fast_code, live_code
+from tests.support.fast_service import SERVICE, hold_file
+from tests.support.replicas import Replica, bot_env, cards, new_cards
+from tests.support.slack_session import CHANNEL, Card, all_text
 from tests.support.waiting import wait_for
 
 PROJECT = "rollback-prod"
@@ -53,9 +50,10 @@ def codebuild(aws_env, monkeypatch, fast_service):
     standin = CodeBuildStandIn(aws_env)
     monkeypatch.setenv("AWS_ENDPOINT_URL_CODEBUILD", standin.url)
 
-    def create(**env: str) -> None:
+    def create(location=None, **env: str) -> None:
         boto3.client("codebuild", endpoint_url=standin.url).create_project(
-            name=PROJECT, source={"type": "GITHUB", "location": str(fast_service.origin), "buildspec": BUILDSPEC},
+            name=PROJECT, source={"type": "GITHUB", "location": str(location or fast_service.origin),
+                                  "buildspec": BUILDSPEC},
             artifacts={"type": "NO_ARTIFACTS"}, serviceRole=ROLE,
             environment={"type": "LINUX_CONTAINER", "image": "aws/codebuild/standard:7.0",
                          "computeType": "BUILD_GENERAL1_SMALL", "environmentVariables": [
@@ -153,6 +151,39 @@ def test_a_rollback_on_codebuild_reads_like_a_local_one_and_runs_with_the_projec
     assert codebuild.builds[job.build_ref].status == "SUCCEEDED"
 
 
+def test_a_start_retried_with_the_jobs_token_never_starts_two_builds(codebuild, aws_env, fast_service):
+    codebuild.create()
+    cb = CodeBuild({**aws_env, "AWS_ENDPOINT_URL_CODEBUILD": codebuild.url})
+    commit = fast_service.commits["v1"]
+    first = cb.start(PROJECT, commit, {"X": "1"}, token="job-9-token")
+    again = cb.start(PROJECT, commit, {"X": "1"}, token="job-9-token")  # boto3 retried, or the bot restarted
+    assert again.id == first.id and len(codebuild.builds) == 1
+    with pytest.raises(Exception, match="IdempotentParameterMismatch"):
+        cb.start(PROJECT, commit, {"X": "2"}, token="job-9-token")
+    cb.stop(first.id)
+
+
+def test_an_app_rollback_on_codebuild_runs_each_services_deploy_as_a_build_of_its_own(
+        codebuild, app, repo, lam, tmp_path):
+    from tests.support.app_fixtures import CONFIG, code, live
+
+    codebuild.create(location=repo.origin)
+    config = tmp_path / "codebuild.toml"
+    config.write_text(CONFIG.replace("[stages.prod]\n", f'[stages.prod]\nexecutor = "codebuild"\n'
+                                                         f'codebuild_project = "{PROJECT}"\n', 1))
+    ws = app(ROLLBACK_CONFIG=str(config), AWS_ENDPOINT_URL_CODEBUILD=codebuild.url)
+    card = ws.posts_card(ws.ana, f"prod {repo.commits['c1'][:8]}")
+    ws.cy.click(card.first, "approve")
+    done = all_text(card.becomes("✅", timeout=120))
+    assert "*Phase 1*\n✅ worker" in done
+    starts = started_builds(codebuild)
+    services = sorted(JobSpec.from_json(s["environmentVariablesOverride"][0]["value"]).service for s in starts)
+    assert services == ["api", "billing", "worker"] and {s["sourceVersion"] for s in starts} == {repo.commits["c1"]}
+    assert all(b.status == "SUCCEEDED" for b in codebuild.builds.values())
+    for svc in ("api", "worker", "billing"):
+        assert live(lam, svc) == code(repo, svc, "v1")
+
+
 def test_a_project_that_does_not_exist_fails_the_job_before_anything_runs_and_says_what_to_check(
         codebuild, fast_prod, fast_workspace, fast_service):
     ws = fast_workspace(POLICY, AWS_ENDPOINT_URL_CODEBUILD=codebuild.url)  # no project created
@@ -213,70 +244,56 @@ def test_cancel_stops_the_build_and_nothing_is_deployed(codebuild, fast_prod, fa
     assert [op for op, _ in codebuild.calls].count("StopBuild") == 1
 
 
-def serve(env: dict, port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bot", "serve"], env={**env, "PORT": str(port)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_a_bot_killed_mid_build_reattaches_when_it_starts_again_and_finishes_the_card(
-        codebuild, fast_prod, fast_workspace, fast_service, aws_env, tmp_path):
+def killed_mid_build(codebuild, fast_prod, fast_workspace, fast_service, aws_env, tmp_path, until):
+    """A `rollback-bot serve` process approves a CodeBuild rollback and is SIGKILLed once ``until(job)`` holds
+    for its job record; the bot is started again with its data folder. Returns (card, the bot, the build id)."""
     hold = hold_file("codebuild-reattach")
     hold.touch()
     codebuild.create(SLS_TEST_DEPLOY_WAIT_FOR=str(hold))
     (tmp_path / "policy.toml").write_text(POLICY)
     data = tmp_path / "bot-data"  # the data folder the bot below starts again with
-    ws0 = fast_workspace()  # only for its Slack stand-in: the first bot is a process of its own
-    standin = ws0.standin
-    env = {**sls_env(aws_env), "ROLLBACK_BUCKET": BUCKET, "ROLLBACK_SERVICE": SERVICE,
-           "ROLLBACK_PREFIX": "rollback/", "ROLLBACK_REPO": str(fast_service.origin), "ROLLBACK_DATA_DIR": str(data),
-           "ROLLBACK_DEPLOY_COMMAND": DEPLOY_COMMAND, "ROLLBACK_CONFIG": str(tmp_path / "policy.toml"),
-           "ROLLBACK_CHANNEL": "C-DEPLOYS", "ROLLBACK_WATCH_POLL": "0", "SLACK_BOT_TOKEN": "xoxb-test-bot-token",
-           "SLACK_API_URL": standin.api_url, "SLACK_SIGNING_SECRET": SECRET,
-           "AWS_ENDPOINT_URL_CODEBUILD": codebuild.url}
-    port = free_port()
-    first = serve(env, port)
+    standin = SlackStandIn()
+    standin.people.update({"U-ANA": "Ana", "U-BO": "Bo"})
+    first = Replica(bot_env(aws_env, fast_service.origin, data, standin, ROLLBACK_CONFIG=str(tmp_path / "policy.toml"),
+                            AWS_ENDPOINT_URL_CODEBUILD=codebuild.url, ROLLBACK_SANDBOX="auto"), standin)
     try:
-        url = f"http://127.0.0.1:{port}/slack/events"
-        ana, bo = (SlackUser(standin, url, SECRET, u, CHANNEL) for u in ("U-ANA", "U-BO"))
-        wait_for(lambda: _up(port), 60, "the first bot to listen")
-        n = len([m for m in standin.messages[CHANNEL] if not m.get("thread_ts")])
-        assert ana.command("prod previous") == 200
-        msg = wait_for(lambda: ([m for m in standin.messages[CHANNEL] if not m.get("thread_ts")][n:] or [None])[0],
-                       60, "the card")
-        card = Card(ws0, msg)
-        assert bo.click(card.first, "approve") == 200
+        n = cards(standin)
+        assert first.ana.command("prod previous") == 200
+        card = Card(SimpleNamespace(standin=standin), new_cards(standin, n))
+        assert first.bo.click(card.first, "approve") == 200
+        store = Store(data / "rollback-bot.sqlite")
+        wait_for(lambda: (store.jobs(stage="prod") or [None])[0] and until(store.jobs(stage="prod")[0]) or None, 60,
+                 "the moment to kill the bot")
         build_id = wait_for(lambda: next(iter(codebuild.builds), None), 60, "the build to start")
-        wait_for(lambda: "Deploy" in all_text(card.now) or None, 60, "the card to show the deploy")
-        os.killpg(first.pid, signal.SIGKILL)  # the bot's host goes away; the build goes on in CodeBuild
-        first.wait(timeout=30)
+        first.kill()  # the bot's host goes away; the build goes on in CodeBuild
         assert codebuild.builds[build_id].ended is None
-        again = fast_workspace(POLICY, ROLLBACK_DATA_DIR=str(data), AWS_ENDPOINT_URL_CODEBUILD=codebuild.url)
+        codebuild.start_delay = 0.0
+        again = fast_workspace(POLICY, ROLLBACK_DATA_DIR=str(data), AWS_ENDPOINT_URL_CODEBUILD=codebuild.url,
+                               SLACK_API_URL=standin.api_url)
         hold.unlink()
         done = ends_as(card, "✅", again, codebuild)
     finally:
         hold.unlink(missing_ok=True)
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    assert "Verify" in done
-    assert live_code() == fast_code(fast_service, "v1")
+        first.kill()
+    assert "Verify" in done and live_code() == fast_code(fast_service, "v1")
     job = again.engine.store.jobs(stage="prod")[0]
     assert job.state == "succeeded" and job.build_ref == build_id, job.reason
-    assert len(started_builds(codebuild)) == 1  # followed again, never started twice
-    assert "interrupted" not in " ".join(m["text"] for m in standin.messages["C-DEPLOYS"])
+    assert len(codebuild.builds) == 1  # followed again, never a second build
+    assert not [m for ch in standin.messages for m in standin.messages[ch] if "interrupted" in m["text"]]
     assert again.engine.leases.current("prod") is None
+    standin.stop()
+    return job
 
 
-def _up(port: int) -> bool | None:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        time.sleep(0.2)
-        return None
+def test_a_bot_killed_mid_build_reattaches_when_it_starts_again_and_finishes_the_card(
+        codebuild, fast_prod, fast_workspace, fast_service, aws_env, tmp_path):
+    killed_mid_build(codebuild, fast_prod, fast_workspace, fast_service, aws_env, tmp_path,
+                     until=lambda job: job.build_ref.startswith(f"{PROJECT}:"))
+
+
+def test_a_bot_killed_before_startbuild_answered_asks_again_with_its_token_and_gets_the_same_build(
+        codebuild, fast_prod, fast_workspace, fast_service, aws_env, tmp_path):
+    codebuild.start_delay = 5.0  # the build has started; its id has not reached the bot yet
+    killed_mid_build(codebuild, fast_prod, fast_workspace, fast_service, aws_env, tmp_path,
+                     until=lambda job: job.build_ref.startswith("starting:") and codebuild.builds)
+    assert len(started_builds(codebuild)) == 2  # the same start, sent again with the same token

@@ -31,10 +31,14 @@ class CodeBuildJob:
                  emit: Callable[[Event], None], cancel: threading.Event,
                  on_start: Callable[[str], None] = lambda build_id: None,
                  on_read: Callable[[str], None] = lambda log_token: None,
-                 build_id: str = "", log_token: str = "", poll: float = POLL,
+                 on_starting: Callable[[str], None] = lambda spec_text: None,
+                 build_id: str = "", log_token: str = "", spec_text: str = "", poll: float = POLL,
                  clock: Callable[[], float] = time.monotonic):
         self.spec, self.codebuild, self.project, self.token = spec, codebuild, project, token
         self.emit, self.cancel, self.on_start, self.on_read = emit, cancel, on_start, on_read
+        # what is sent is recorded before it is sent: a bot that dies before the answer starts again and
+        # sends the same start with the same token, and CodeBuild answers with the same build
+        self.on_starting, self.spec_text = on_starting, spec_text
         self.build_id, self.log_token = build_id, log_token or None
         self.poll, self.clock = poll, clock
         self.end: JobEnd | None = None
@@ -44,14 +48,17 @@ class CodeBuildJob:
         """Run (or, with ``build_id``, follow) the build; returns how the job ended, or raises StepFailed /
         Cancelled like the host's runner."""
         if not self.build_id:
+            text = self.spec_text or self.spec.to_json()
+            self.on_starting(text)
             try:
-                build = self.codebuild.start(self.project, self.spec.target.commit,
-                                             {SPEC_VARIABLE: self.spec.to_json()}, self.token)
+                build = self.codebuild.start(self.project, self.spec.target.commit, {SPEC_VARIABLE: text}, self.token)
             except CodeBuildError as exc:
                 raise StepFailed("job", str(exc)) from exc
             self.build_id = build.id
             self.on_start(build.id)
-            self.emit(Event("job", EventStatus.OUTPUT, f"CodeBuild build {build.id} started (project {self.project})"))
+            again = " (asked again after a restart: the same build)" if self.spec_text else ""
+            self.emit(Event("job", EventStatus.OUTPUT, f"CodeBuild build {build.id} started (project "
+                                                       f"{self.project}){again}"))
         else:
             self.emit(Event("job", EventStatus.OUTPUT, f"following CodeBuild build {self.build_id} again after a "
                                                        "restart of the bot"))

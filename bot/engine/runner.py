@@ -52,6 +52,7 @@ log = logging.getLogger("rollback-bot.engine.runner")
 
 
 CANCEL_POLL = 1.0  # seconds: how soon a running job sees a cancel asked for by another process
+STARTING = "starting:"  # a job's build_ref while StartBuild has not answered: the token it was sent with
 TICKET_POLL = 3  # rounds of CANCEL_POLL between reads of a running job's plan ticket (another replica's cancel)
 
 
@@ -458,11 +459,27 @@ class JobRunner:
         # the start's token is the job's own: a start retried (by boto3, or after a crash) never starts two
         token = hashlib.sha256(f"{self.service}/{plan.stage}/{job_id}/{job.lease or job.created}".encode()
                                ).hexdigest()[:64]
+        build_id, spec_text, sent = "", "", workdir / "codebuild-start.json"
+        if attach is not None and attach.build_ref.startswith(STARTING):  # it died waiting for StartBuild's answer
+            token = attach.build_ref[len(STARTING):]
+            try:
+                spec_text = sent.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise StepFailed("job", f"the start of its CodeBuild build was not recorded ({exc.strerror}): look "
+                                        f"in project {runs_on.project} for a build of it and stop it") from exc
+        elif attach is not None:
+            build_id = attach.build_ref
+
+        def starting(text: str) -> None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            sent.write_text(text, encoding="utf-8")
+            self.store.update_job(job_id, build_ref=STARTING + token)
+
         return CodeBuildJob(
             spec, self.codebuild(plan.stage), runs_on.project, token, emit=emit, cancel=cancel,
             on_start=lambda build_id: self.store.update_job(job_id, build_ref=build_id),
-            on_read=lambda log_token: self.store.update_job(job_id, log_token=log_token),
-            build_id=attach.build_ref if attach else "", log_token=attach.log_token if attach else "",
+            on_read=lambda log_token: self.store.update_job(job_id, log_token=log_token), on_starting=starting,
+            build_id=build_id, log_token=attach.log_token if attach else "", spec_text=spec_text,
         )
 
     def _run(self, job_id: int, plan: Plan, cancel: threading.Event, holder: str, unfreeze: bool,
@@ -781,8 +798,9 @@ class JobRunner:
                 self.keeper.adopt(job.stage, job.id, job.lease, self.pid)
         except (LeaseLost, LeaseUnavailable) as exc:
             log.error("job %s: cannot take back its lease (%s); stopping build %s", job.id, exc, job.build_ref)
-            with contextlib.suppress(Exception):
-                self.codebuild(job.stage).stop(job.build_ref)
+            if not job.build_ref.startswith(STARTING):
+                with contextlib.suppress(Exception):
+                    self.codebuild(job.stage).stop(job.build_ref)
             return False
         plan = self._plan_of(job)
         self.store.update_job(job.id, host=socket.gethostname(), pid=self.pid, pid_start=self.pid_start)

@@ -100,6 +100,7 @@ class CodeBuildStandIn:
         self.projects: dict[str, dict] = {}
         self.builds: dict[str, _Build] = {}
         self.calls: list[tuple[str, dict]] = []  # (operation, request) as received
+        self.start_delay = 0.0  # seconds StartBuild takes to answer after it started the build (a slow network)
         self._tokens: dict[str, tuple[float, str, str]] = {}  # token -> (when, parameters, build id)
         self._lock = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="codebuild-standin-"))
@@ -211,6 +212,7 @@ class CodeBuildStandIn:
             if token:
                 self._tokens[token] = (time.time(), params, build.id)
         threading.Thread(target=self._run, args=(build,), name=f"codebuild-{build.stream[:8]}", daemon=True).start()
+        time.sleep(self.start_delay)
         return {"build": build.describe(self.region, self.account)}
 
     def _batch_get_builds(self, request: dict) -> dict:
