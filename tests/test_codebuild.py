@@ -231,7 +231,8 @@ def test_cancel_stops_the_build_and_nothing_is_deployed(codebuild, fast_prod, fa
         card = ws.posts_card(ws.ana, "prod previous")
         ws.bo.click(card.first, "approve")
         job_id = ws.engine.store.jobs(stage="prod")[0].id
-        build_id = wait_for(lambda: ws.engine.store.job(job_id).build_ref or None, 30, "the build")
+        build_id = wait_for(lambda: next((b for b in [ws.engine.store.job(job_id).build_ref]
+                                          if b.startswith(f"{PROJECT}:")), None), 30, "the build")
         wait_for(lambda: any(e["step"] == "deploy" for e in ws.engine.store.events(job_id)) or None, 60,
                  "the deploy step to start")
         ws.ana.click(card.now, "cancel_job")  # the Cancel button on the live card
