@@ -170,3 +170,32 @@ def test_a_ticket_rewritten_in_the_bucket_after_its_card_was_posted_approves_not
     assert b.bo.click(card, "approve") == 200
     assert "not what its card showed: someone changed it in the bucket" in reply_after(standin, r)
     assert live_code() == fast_code(fast_service, "v2")
+
+
+def test_an_app_card_posted_by_one_replica_is_approved_on_the_other_once(app_env, repo, lam, standin, tmp_path):
+    from tests.support.app_fixtures import code, live
+
+    slack = {"SLACK_BOT_TOKEN": "xoxb-test-bot-token", "SLACK_API_URL": standin.api_url,
+             "SLACK_SIGNING_SECRET": "signing-secret-for-tests", "ROLLBACK_CHANNEL": "C-DEPLOYS",
+             "ROLLBACK_WATCH_POLL": "0", "ROLLBACK_SANDBOX": "auto"}
+    a, b = (Replica({**app_env, **slack, "ROLLBACK_DATA_DIR": str(tmp_path / name)}, standin) for name in "ab")
+    try:
+        n = cards(standin)
+        assert a.ana.command(f"prod {repo.commits['c1'][:8]}") == 200  # the whole app, at A
+        card = Card(SimpleNamespace(standin=standin), new_cards(standin, n))
+        assert "*3 of 3 services move*" in all_text(card.first)
+        assert b.cy.click(card.first, "approve") == 200  # approved at B
+        wait_for(lambda: not header(card.now).startswith("Roll back") or None, 60, "the app to start")
+        r = len(standin.responses)
+        assert a.cy.click(card.first, "approve") == 200
+        assert "Someone already approved this plan (U-CY, on " in reply_after(standin, r)
+        card.becomes("✅", timeout=120)
+    finally:
+        a.stop()
+        b.stop()
+    for svc in ("api", "worker", "billing"):
+        assert live(lam, svc) == code(repo, svc, "v1")
+    starts = [e for e in Store(tmp_path / "b" / "rollback-bot.sqlite").audit_trail("prod")
+              if e.action == "app.approve"]
+    assert len(starts) == 1 and not [e for e in Store(tmp_path / "a" / "rollback-bot.sqlite").audit_trail("prod")
+                                     if e.action == "app.approve"]

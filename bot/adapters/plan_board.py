@@ -25,13 +25,14 @@ def _conflict(exc: ClientError) -> bool:
 
 
 class PlanBoard:
-    def __init__(self, s3, bucket: str, prefix: str, service: str):
+    def __init__(self, s3, bucket: str, prefix: str, service: str, folder: str = ""):
         self.s3, self.bucket, self.prefix, self.service = s3, bucket, prefix, service
+        self.folder = folder or service  # the app's plans ("*") live under a folder no service can be named
 
     def key(self, stage: str, uid: str) -> str:
         if not UID_RE.match(uid):
             raise TicketFormatError("not a plan's uid")
-        return f"{self.prefix}{self.service}/{stage}/plans/{uid}.json"
+        return f"{self.prefix}{self.folder}/{stage}/plans/{uid}.json"
 
     def _unavailable(self, doing: str, exc: Exception) -> BoardUnavailable:
         why = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else type(exc).__name__

@@ -241,14 +241,20 @@ def who_is_where(parts: dict[str, Job]) -> str:
     return "; ".join(words)
 
 
+ELSEWHERE_EVERY = 3.0  # seconds between reads of the app's ticket for a Cancel clicked on another replica
+
+
 class AppRun:
     """Runs an approved app rollback's phases on a thread of its own: each phase's services at once
     (at most ``concurrency``), the next phase only when every service of this one succeeded."""
 
     def __init__(self, fleet: Fleet, app_id: int, app: AppPlan, parts: dict[str, int], requested_by: str,
                  approved_by: str, concurrency: int = 4, on_failure: str = "finish",
-                 notify: Callable[[int, str], None] = lambda app_id, what: None, audit: dict | None = None):
+                 notify: Callable[[int, str], None] = lambda app_id, what: None, audit: dict | None = None,
+                 asked_elsewhere: Callable[[], str] = lambda: ""):
         self.fleet, self.app_id, self.app, self.parts = fleet, app_id, app, parts
+        self.asked_elsewhere = asked_elsewhere  # a Cancel clicked on another replica: who (its plan's ticket)
+        self._last_asked = 0.0
         self.requested_by, self.approved_by = requested_by, approved_by
         self.concurrency, self.on_failure, self.notify = max(1, concurrency), on_failure, notify
         self.audit = audit or {}
@@ -272,6 +278,11 @@ class AppRun:
         reaches this run through the store."""
         if not self.cancelled.is_set():
             by = getattr(self.store.job(self.app_id), "cancelled_by", "")
+            if not by and time.monotonic() - self._last_asked >= ELSEWHERE_EVERY:
+                self._last_asked = time.monotonic()
+                by = self.asked_elsewhere()
+                if by:
+                    self.store.update_job(self.app_id, cancelled_by=by)
             if by:
                 self.cancel(by)
 

@@ -12,17 +12,20 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bot.adapters.plan_board import BoardUnavailable
 from bot.adapters.store import StageBusy, plain_name
 from bot.core.actor import Actor, Origin
 from bot.core.cards import AppCard
 from bot.core.jobs import APP, Job, JobState
 from bot.core.keys import StageKey
+from bot.core.plan_ticket import PlanRef
 from bot.engine.app import AppPlan, AppRun, app_card_json, make_app_plan, skip_unstarted, who_is_where
 from bot.engine.approval import Approved, approve
 from bot.engine.gate import Gate
 from bot.engine.planner import card_json, summary_changes
 from bot.engine.refusals import RefusalKind, Refused
 from bot.engine.runner import runner_alive, runner_stamp
+from bot.engine.shared_plans import SharedPlans, new_uid
 
 
 @dataclass
@@ -33,11 +36,14 @@ class PendingApp:
     needs: str
     policy_configured: bool
     busy: list[str]  # "api (job 7, started by U…)": services whose stage runs a job now
+    ref: PlanRef | None = None  # what its buttons name: the plan every replica shares
 
 
 class AppRollbacks:
-    def __init__(self, gate: Gate, concurrency: int = 4, on_failure: str = "finish"):
+    def __init__(self, gate: Gate, concurrency: int = 4, on_failure: str = "finish",
+                 shared: SharedPlans | None = None):
         self.gate = gate
+        self.shared = shared or SharedPlans(gate)  # the app's plans in S3, as a service's
         self.concurrency = concurrency
         self.on_failure = on_failure
         self.runs: dict[int, AppRun] = {}
@@ -82,7 +88,13 @@ class AppRollbacks:
         job_id = self.store.create_job(
             service=APP, stage=stage, target_commit=app.commit, requested_by=actor.user, state=JobState.PENDING,
             origin=str(actor.origin), channel=actor.channel or "", created=now, expires=now + gate.ttl,
-            plan_json=app_card_json(app), policy=gate.policy_source)
+            plan_json=app_card_json(app), policy=gate.policy_source, uid=new_uid())
+        job = self.store.job(job_id)
+        try:  # any replica may get the click on its card: the plan is in S3 before the card is posted
+            self.shared.post(job)
+        except BoardUnavailable as exc:
+            self.store.update_job(job_id, state=JobState.WITHDRAWN, finished=now, reason=str(exc))
+            raise Refused(str(exc), RefusalKind.BUSY) from exc
         gate.audit(actor.user, "app.request", StageKey(APP, stage), job_id, ref=ref, services=moving)
         busy = []
         for step in app.rolling:
@@ -90,7 +102,7 @@ class AppRollbacks:
             if lock:
                 busy.append(f"{step.service} (job {lock.job_id}, started by {plain_name(lock.holder)})")
         return PendingApp(job_id, app, now + gate.ttl, self.needs(stage, actor.user, moving), policy.configured,
-                          busy)
+                          busy, job.plan_ref)
 
     def undo(self, app_id: int, actor: Actor) -> PendingApp:
         """Plan the reverse move of an app rollback's finished services: each back to where it was."""
@@ -110,12 +122,13 @@ class AppRollbacks:
         """At a terminal the typed confirmation is the approval (no second person can be asked for there),
         so the approver is checked as an approver, not against the requester."""
         return approve(self.gate, job_id, actor, _AppApproval(self), terminal=actor.origin is Origin.TERMINAL,
-                       card=card)
+                       card=card, shared=self.shared)
 
     def _run(self, job: Job, app: AppPlan, parts: dict[str, int], approver: str) -> None:
         audit = {"policy": self.gate.policy_source, "app": job.id}
         run = AppRun(self.gate.fleet, job.id, app, parts, job.requested_by, approver, self.concurrency,
-                     self.on_failure, self._finished_or_progress, audit)
+                     self.on_failure, self._finished_or_progress, audit,
+                     asked_elsewhere=lambda: self.shared.cancel_asked(job))
         with self._lock:
             self.runs[job.id] = run
         run.start()

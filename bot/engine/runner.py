@@ -257,9 +257,12 @@ class JobRunner:
         if self.keeper is None or self.keeper.holds(job_id):
             return
         job = self.store.job(job_id)
+        plan = job.uid if job else ""
+        if job is not None and job.app_id and not plan:  # an app's part: the app's plan (its card, its ticket)
+            app = self.store.job(job.app_id)
+            plan = app.uid if app else ""
         try:
-            held = self.keeper.take(stage, job_id, approved_by, requested_by, origin, self.pid, several,
-                                    job.uid if job else "")
+            held = self.keeper.take(stage, job_id, approved_by, requested_by, origin, self.pid, several, plan)
         except LeaseUnavailable as exc:
             raise StageBusy(self.key(stage), HeldLock(self.service, stage, "?"), several, message=str(exc)) from exc
         self.store.update_job(job_id, lease=held.lease.token)

@@ -123,8 +123,8 @@ class RollbackService:
         settings = self.fleet.settings
         self.policies = policy if isinstance(policy, PolicySource) else PolicySource(policy)
         self.gate = Gate(self.fleet, self.policies, clock, ttl, limits or RequestLimits())
-        self.apps = AppRollbacks(self.gate, settings.app_concurrency, settings.app_on_failure)
         self.shared = SharedPlans(self.gate)  # pending plans in S3: a click on any replica approves once
+        self.apps = AppRollbacks(self.gate, settings.app_concurrency, settings.app_on_failure, self.shared)
 
     @property
     def policy(self) -> Policy:
@@ -203,7 +203,8 @@ class RollbackService:
                     lease, etag = engine.leases.read(stage)
                     if lease is None or not lease.expired(engine.leases.clock()) or not lease.plan:
                         continue
-                    won, ticket = engine.plans.interrupted(stage, lease.plan, self.shared.host)
+                    board = engine.plans if engine.plans.read(stage, lease.plan) else self.shared.board(APP)
+                    won, ticket = board.interrupted(stage, lease.plan, self.shared.host)  # an app's part: the app's
                     if won and ticket is not None:
                         engine.leases.release(Held(lease, etag))
                         self.gate.audit("rollback-bot", "rollback.interrupted", StageKey(name, stage), None,
@@ -301,6 +302,16 @@ class RollbackService:
             self.shared.attach(self.store.job(job_id))
         except (BoardUnavailable, TicketFormatError) as exc:
             log.warning("job %s: its card's place could not be recorded in S3: %s", job_id, exc)
+
+    def ran_here(self, job_id: int, ref: PlanRef | None) -> int:
+        """The job a button on a running or finished card names, which only the replica that ran it knows."""
+        if ref is None or not ref.uid:
+            return job_id
+        job = self.store.job_by_uid(ref.uid)
+        if job is None or job.state is JobState.PENDING:
+            raise Refused("That rollback ran on another replica of the bot, which keeps its record; Slack sent this "
+                          "click here. Click again (it may reach that one), or ask there.", RefusalKind.GONE)
+        return job.id
 
     def resolve(self, job_id: int, ref: PlanRef | None) -> int:
         """The job a button names, in this bot's store: a plan another replica posted is taken from S3."""
@@ -444,14 +455,19 @@ class RollbackService:
         return f"Cancelling job {job_id}: its processes are being stopped."
 
     def _cancel_elsewhere(self, ref: PlanRef, actor: Actor) -> str:
+        """A job another replica runs: asked to stop through its plan's ticket, if a lease of it is still held
+        (an app rollback's: any of its services')."""
         try:
-            key = self.gate.key(ref.stage, ref.service or None)
             ticket = self.shared.ticket(ref)
-            lease = self.gate.engine(key).leases.current(key.stage)
-        except (BoardUnavailable, TicketFormatError, LeaseFormatError) as exc:
+            key = self.shared._key(ref)
+            engines = self.fleet.engines.values() if key.service == APP else [self.gate.engine(key)]
+            leases = [lease for e in engines for lease in [e.leases.current(key.stage)]
+                      if lease is not None and lease.plan == ref.uid]
+        except (BoardUnavailable, TicketFormatError, LeaseFormatError, LeaseUnavailable) as exc:
             raise Refused(f"{exc}; nothing was cancelled", RefusalKind.BUSY) from exc
-        if ticket is None or ticket.state is not TicketState.APPROVED or lease is None or lease.plan != ref.uid:
+        if ticket is None or ticket.state is not TicketState.APPROVED or not leases:
             raise Refused("That rollback is not running any more; nothing was cancelled.", RefusalKind.CLOSED)
+        lease = leases[0]
         self._may_cancel(Job(id=lease.job, stage=key.stage, state=JobState.RUNNING, service=key.service,
                              requested_by=ticket.requested_by, approved_by=ticket.closed_by), actor)
         self.shared.ask_cancel(ref, actor.user)

@@ -14,7 +14,7 @@ import secrets
 import socket
 from dataclasses import replace
 
-from bot.adapters.plan_board import BoardUnavailable
+from bot.adapters.plan_board import BoardUnavailable, PlanBoard
 from bot.adapters.store import plain_name
 from bot.core.catalog import UnknownService
 from bot.core.jobs import APP, Job, JobState
@@ -30,17 +30,26 @@ def new_uid() -> str:
     return secrets.token_hex(16)
 
 
+APP_FOLDER = "_app"  # where an app rollback's plans are kept: no service's name starts with "_"
+
+
 class SharedPlans:
     def __init__(self, gate: Gate):
         self.gate = gate
         self.host = socket.gethostname()
 
-    def _board(self, job: Job):
-        return self.gate.engine(self.gate.job_key(job)).plans
+    def board(self, service: str) -> PlanBoard:
+        if service != APP:
+            return self.gate.fleet.engine(service).plans
+        a = self.gate.fleet.default.artifacts
+        return PlanBoard(a.s3, a.bucket, a.prefix, APP, folder=APP_FOLDER)
+
+    def _board(self, job: Job) -> PlanBoard:
+        return self.board(self.gate.job_key(job).service)
 
     def post(self, job: Job) -> None:
         """The plan's ticket, before anyone can see a button naming it. Raises BoardUnavailable."""
-        if not job.uid or job.service == APP:
+        if not job.uid:
             return
         self._board(job).post(PlanTicket(
             uid=job.uid, service=self.gate.job_key(job).service, stage=job.stage, state=TicketState.PENDING,
@@ -51,7 +60,7 @@ class SharedPlans:
 
     def attach(self, job: Job) -> None:
         """Where its card is, so a replica that did not post it can check a click is on that card."""
-        if job.uid and job.service != APP:
+        if job.uid:
             self._board(job).change(job.stage, job.uid, lambda t: replace(
                 t, channel=job.channel, message_ts=job.message_ts) if t.state is TicketState.PENDING else None)
 
@@ -64,8 +73,8 @@ class SharedPlans:
         if job is not None:
             return job.id
         try:
-            key = self.gate.key(ref.stage, ref.service or None)
-            found = self.gate.engine(key).plans.read(key.stage, ref.uid)
+            key = self._key(ref)
+            found = self.board(key.service).read(key.stage, ref.uid)
         except (UnknownService, TicketFormatError) as exc:
             raise Refused("That plan is not one of this bot's.", RefusalKind.GONE) from exc
         if found is None:
@@ -84,9 +93,14 @@ class SharedPlans:
             created=t.created, expires=t.expires, stack_name=t.stack_name, region=t.region, plan_json=t.plan_json,
             policy=t.policy)
 
+    def _key(self, ref: PlanRef) -> StageKey:
+        if ref.service == APP:
+            return StageKey(APP, self.gate.stage(StageKey(APP, ref.stage)))
+        return self.gate.key(ref.stage, ref.service or None)
+
     def close(self, job: Job, to: TicketState, by: str) -> None:
         """pending → ``to`` in S3, once among every replica; Refused naming who did it first otherwise."""
-        if not job.uid or job.service == APP:
+        if not job.uid:
             return
         try:
             won, ticket = self._board(job).close(job.stage, job.uid, TicketState.PENDING, to, by, self.host)
@@ -104,7 +118,7 @@ class SharedPlans:
 
     def approved_elsewhere(self, job: Job) -> PlanTicket | None:
         """For the sweep of expired plans: the ticket, when another replica approved or withdrew it."""
-        if not job.uid or job.service == APP:
+        if not job.uid:
             return None
         try:
             found = self._board(job).read(job.stage, job.uid)
@@ -115,7 +129,7 @@ class SharedPlans:
     def claim_interrupted(self, job: Job) -> bool:
         """Whether this replica is the one to say that ``job`` was interrupted (its ticket says who did first).
         When S3 cannot say, True: said twice is better than never said."""
-        if not job.uid or job.service == APP:
+        if not job.uid:
             return True
         try:
             won, ticket = self._board(job).interrupted(job.stage, job.uid, self.host)
@@ -124,10 +138,20 @@ class SharedPlans:
         return won or ticket is None
 
     def ticket(self, ref: PlanRef) -> PlanTicket | None:
-        key = self.gate.key(ref.stage, ref.service or None)
-        found = self.gate.engine(key).plans.read(key.stage, ref.uid)
+        key = self._key(ref)
+        found = self.board(key.service).read(key.stage, ref.uid)
         return found[0] if found else None
 
     def ask_cancel(self, ref: PlanRef, by: str) -> PlanTicket | None:
-        key: StageKey = self.gate.key(ref.stage, ref.service or None)
-        return self.gate.engine(key).plans.ask_cancel(key.stage, ref.uid, by)[1]
+        key = self._key(ref)
+        return self.board(key.service).ask_cancel(key.stage, ref.uid, by)[1]
+
+    def cancel_asked(self, job: Job) -> str:
+        """Who asked, on another replica, to cancel the job of this plan ("" when nobody, or S3 cannot say)."""
+        if not job.uid:
+            return ""
+        try:
+            found = self._board(job).read(job.stage, job.uid)
+        except (BoardUnavailable, TicketFormatError):
+            return ""
+        return found[0].cancel_by if found else ""

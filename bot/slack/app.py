@@ -236,7 +236,7 @@ class Slack:
         try:
             posted = self.notify.post(channel, esc(kit.app_title(card, pending.app.stage)), kit.app_plan_blocks(
                 pending.job_id, card, pending.app.stage, user_id, pending.expires_at, pending.needs,
-                pending.policy_configured, pending.busy), quiet=False)
+                pending.policy_configured, pending.busy, pending.ref), quiet=False)
         except Exception as exc:  # nothing was posted, so nothing may stay pending
             self.service.withdraw(pending.job_id, actor)
             respond(f"I could not post the plan here ({esc(exc)}). Invite me with `/invite @rollback-bot`.")

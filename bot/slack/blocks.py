@@ -520,7 +520,8 @@ def app_phases_text(phases) -> str:
 
 
 def app_plan_blocks(job_id: int, card: AppCard, stage: str, requested_by: str, expires_at: float, needs: str,
-                    policy_configured: bool = True, busy: list[str] | None = None) -> list[dict]:
+                    policy_configured: bool = True, busy: list[str] | None = None,
+                    ref: PlanRef | None = None) -> list[dict]:
     """The app's plan card: a compact row per service, the phases in order, one Approve for all. At 50
     services it stays within Slack's limits: rows that do not fit are counted, and the thread has them."""
     rows = [_app_row(s) for s in card.services]
@@ -537,8 +538,8 @@ def app_plan_blocks(job_id: int, card: AppCard, stage: str, requested_by: str, e
     blocks.append(context(_clip(f"Requested by {user(requested_by)} · approval needs {esc(needs)} · "
                                 f"the buttons expire {date(expires_at)}")))
     blocks.append({"type": "actions", "block_id": "plan_actions", "elements": [
-        button("Approve", ids.APPROVE, ids.job_value(job_id), "primary"),
-        button("Cancel", ids.CANCEL_PLAN, ids.job_value(job_id), "danger")]})
+        button("Approve", ids.APPROVE, ids.job_value(job_id, ref), "primary"),
+        button("Cancel", ids.CANCEL_PLAN, ids.job_value(job_id, ref), "danger")]})
     return blocks
 
 
@@ -597,12 +598,12 @@ def app_progress_blocks(job: Job, parts: list[Job], steps: dict[int, str], now: 
                                     f"moved in {code(job.stage)}; when the fix is in: {commands}")))
     if job.state is JobState.RUNNING and not job.cancelled_by:
         blocks.append({"type": "actions", "elements": [
-            button("Cancel", ids.CANCEL_JOB, ids.job_value(job.id), "danger")]})
+            button("Cancel", ids.CANCEL_JOB, ids.job_value(job.id, job.plan_ref), "danger")]})
     settled = [f"{esc(p.service)}: {esc_message(p.settle)}" for p in parts if p.settle]
     if settled:  # the alarm watch's verdict on each service that moved
         blocks.append(context(_clip("👀 " + " · ".join(settled))))
     finished = [p for p in parts if p.state is JobState.SUCCEEDED]
     if job.state in (JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED) and finished:
         blocks.append({"type": "actions", "elements": [
-            button("Roll the finished services forward again", ids.UNDO_APP, ids.job_value(job.id))]})
+            button("Roll the finished services forward again", ids.UNDO_APP, ids.job_value(job.id, job.plan_ref))]})
     return blocks

@@ -85,7 +85,7 @@ def register(app: App, slack: Slack) -> None:
 
     def on_undo_app(body, respond, groups_of):
         try:
-            app_id = ids.parse_job(body["actions"][0].get("value", ""))
+            app_id = service.ran_here(*ids.parse_job_ref(body["actions"][0].get("value", "")))
             job = service.job(app_id)
             slack.post_app_plan(job.stage if job else "", "", clicked(body, groups_of), respond, undo=app_id)
         except ids.NotOurs:
