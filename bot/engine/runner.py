@@ -516,12 +516,11 @@ class JobRunner:
             self._guard("note the build seen live", lambda: self.store.note_seen_live(
                 self.key(plan.stage), plan.target.commit, plan.target.build_id, plan.target.sha256,
                 f"verified by job {job_id}"))
-            wrote = self._record_success(job_id, plan, holder, marker, unfreeze, emit)
-            recorded = Recorded.STALE if wrote is None else Recorded(int(wrote))
+            recorded, stale = self._record_success(job_id, plan, holder, marker, unfreeze, emit)
             if recorded is Recorded.YES:
                 in_index = False  # the success write dropped the in-use mark too
             elif recorded is Recorded.STALE:
-                reason = self._stale_note(StaleResult(self._stale_now(plan.stage)))
+                reason = stale
         except Cancelled as exc:
             state, reason = JobState.CANCELLED, f"{exc.step}: {exc.reason}" + self._stack_note(exc.step, plan, runs)
         except StepFailed as exc:
@@ -666,19 +665,20 @@ class JobRunner:
                 "before doing anything else")
 
     def _record_success(self, job_id: int, plan: Plan, holder: str, marker: InUse, unfreeze: bool,
-                        emit) -> bool | None:
-        """Record the result in index.json. Returns False when it could not be written: the job then
-        says so plainly (CI NOT frozen) and the write is retried in the background; None when the stage
-        moved on while it ran (nothing is written, ever)."""
+                        emit) -> tuple[Recorded, str]:
+        """Record the result in index.json: YES; PENDING when it could not be written (the job then says so
+        plainly, CI NOT frozen, and the write is retried in the background); STALE, with what was found,
+        when the stage moved on while it ran (nothing is written, ever)."""
         try:
             marked, lifted = self._write_result(job_id, plan, holder, marker, unfreeze)
         except StaleResult as exc:
-            emit(Event("job", "output", f"warning: {self._stale_note(exc)}"))
-            return None
+            note = self._stale_note(exc)
+            emit(Event("job", "output", f"warning: {note}"))
+            return Recorded.STALE, note
         except ArtifactError as exc:
             emit(Event("job", "output", f"warning: deployed, but index.json could not be updated: {exc}. "
                                         "CI is NOT frozen; rollback-bot keeps retrying"))
-            return False
+            return Recorded.PENDING, ""
         for art in marked:
             emit(Event("job", "output", f"marked bad: {art.label()}"))
         if plan.forward:
@@ -686,14 +686,7 @@ class JobRunner:
                        + ("; CI freeze lifted" if lifted else "")))
         else:
             emit(Event("job", "output", f"stage {plan.stage} frozen for CI"))
-        return True
-
-    def _stale_now(self, stage: str) -> str:
-        try:
-            live = self.artifacts.read_index(stage).live
-        except ArtifactError:
-            return "index.json could not be read again"
-        return f"{live.commit[:7]} (build {live.build_id}) is live, by {live.by or '?'}" if live else "nothing is live"
+        return Recorded.YES, ""
 
     def _retry_record(self, job_id: int, plan: Plan, holder: str, marker: InUse, unfreeze: bool) -> None:
         """Keep trying to record a finished job's result until it lands, then announce it."""
