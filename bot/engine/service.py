@@ -459,7 +459,7 @@ class RollbackService:
         (an app rollback's: any of its services')."""
         try:
             ticket = self.shared.ticket(ref)
-            key = self.shared._key(ref)
+            key = self.shared.key_of(ref)
             engines = self.fleet.engines.values() if key.service == APP else [self.gate.engine(key)]
             leases = [lease for e in engines for lease in [e.leases.current(key.stage)]
                       if lease is not None and lease.plan == ref.uid]

@@ -73,7 +73,7 @@ class SharedPlans:
         if job is not None:
             return job.id
         try:
-            key = self._key(ref)
+            key = self.key_of(ref)
             found = self.board(key.service).read(key.stage, ref.uid)
         except (UnknownService, TicketFormatError) as exc:
             raise Refused("That plan is not one of this bot's.", RefusalKind.GONE) from exc
@@ -93,7 +93,7 @@ class SharedPlans:
             created=t.created, expires=t.expires, stack_name=t.stack_name, region=t.region, plan_json=t.plan_json,
             policy=t.policy)
 
-    def _key(self, ref: PlanRef) -> StageKey:
+    def key_of(self, ref: PlanRef) -> StageKey:
         if ref.service == APP:
             return StageKey(APP, self.gate.stage(StageKey(APP, ref.stage)))
         return self.gate.key(ref.stage, ref.service or None)
@@ -138,12 +138,12 @@ class SharedPlans:
         return won or ticket is None
 
     def ticket(self, ref: PlanRef) -> PlanTicket | None:
-        key = self._key(ref)
+        key = self.key_of(ref)
         found = self.board(key.service).read(key.stage, ref.uid)
         return found[0] if found else None
 
     def ask_cancel(self, ref: PlanRef, by: str) -> PlanTicket | None:
-        key = self._key(ref)
+        key = self.key_of(ref)
         return self.board(key.service).ask_cancel(key.stage, ref.uid, by)[1]
 
     def cancel_asked(self, job: Job) -> str:
