@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.adapters.plan_board import BoardUnavailable
 from bot.adapters.store import StageBusy, plain_name
 from bot.core.actor import Actor, Origin
 from bot.core.cards import AppCard
@@ -25,7 +24,7 @@ from bot.engine.gate import Gate
 from bot.engine.planner import card_json, summary_changes
 from bot.engine.refusals import RefusalKind, Refused
 from bot.engine.runner import runner_alive, runner_stamp
-from bot.engine.shared_plans import SharedPlans, new_uid
+from bot.engine.shared_plans import SharedPlans
 
 
 @dataclass
@@ -85,16 +84,11 @@ class AppRollbacks:
         gate.check_all(actor.user, "request", stage, moving,
                        lambda k: policy.may_request(stage, actor.user, actor.channel, actor.groups_of, k.service))
         now = gate.clock()
-        job_id = self.store.create_job(
-            service=APP, stage=stage, target_commit=app.commit, requested_by=actor.user, state=JobState.PENDING,
-            origin=str(actor.origin), channel=actor.channel or "", created=now, expires=now + gate.ttl,
-            plan_json=app_card_json(app), policy=gate.policy_source, uid=new_uid())
-        job = self.store.job(job_id)
-        try:  # any replica may get the click on its card: the plan is in S3 before the card is posted
-            self.shared.post(job)
-        except BoardUnavailable as exc:
-            self.store.update_job(job_id, state=JobState.WITHDRAWN, finished=now, reason=str(exc))
-            raise Refused(str(exc), RefusalKind.BUSY) from exc
+        job = self.shared.create(  # any replica may get the click on its card: the plan is in S3 too
+            service=APP, stage=stage, target_commit=app.commit, requested_by=actor.user, origin=str(actor.origin),
+            channel=actor.channel or "", created=now, expires=now + gate.ttl, plan_json=app_card_json(app),
+            policy=gate.policy_source)
+        job_id = job.id
         gate.audit(actor.user, "app.request", StageKey(APP, stage), job_id, ref=ref, services=moving)
         busy = []
         for step in app.rolling:

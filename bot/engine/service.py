@@ -39,7 +39,7 @@ from bot.engine.pipeline import STEPS
 from bot.engine.planner import Plan, UnknownStage, card_json, load_stage
 from bot.engine.refusals import RefusalKind, Refused
 from bot.engine.runner import CancelOutcome
-from bot.engine.shared_plans import SharedPlans, new_uid
+from bot.engine.shared_plans import SharedPlans
 
 log = logging.getLogger("rollback-bot.engine.service")
 
@@ -278,19 +278,14 @@ class RollbackService:
         now = self.clock()
         gate.within_limits(actor.user, key)
         plan = engine.plan(stage, ref)
-        job_id = self.store.create_job(uid=new_uid(),
+        job = self.shared.create(  # any replica may get the click on its card: the plan is in S3 too
             service=key.service, stage=stage, target_commit=plan.target.commit, target_build=plan.target.build_id,
             live_commit=plan.live.commit if plan.live else "", live_build=plan.live.build_id if plan.live else "",
-            requested_by=actor.user, state=JobState.PENDING, origin=str(actor.origin), channel=actor.channel or "",
+            requested_by=actor.user, origin=str(actor.origin), channel=actor.channel or "",
             created=now, expires=now + gate.ttl, stack_name=plan.stack_name, region=plan.region,
             plan_json=card_json(plan, ref), policy=gate.policy_source,
         )
-        job = self.store.job(job_id)
-        try:  # every replica may get the click on its card: the plan is in S3 before the card is posted
-            self.shared.post(job)
-        except BoardUnavailable as exc:
-            self.store.update_job(job_id, state=JobState.WITHDRAWN, finished=now, reason=str(exc))
-            raise Refused(str(exc), RefusalKind.BUSY) from exc
+        job_id = job.id
         gate.audit(actor.user, "request", key, job_id, target=plan.target.label(), sha256=plan.target.sha256)
         running = engine.jobs.running_job(stage)
         return Pending(job_id, plan, now + gate.ttl, policy.approval_needs(stage, actor.user, key.service),

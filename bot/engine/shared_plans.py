@@ -47,6 +47,17 @@ class SharedPlans:
     def _board(self, job: Job) -> PlanBoard:
         return self.board(self.gate.job_key(job).service)
 
+    def create(self, **fields) -> Job:
+        """A new pending plan: its job in this bot's store and its ticket in S3, posted before any card can
+        name it. Raises Refused (and the plan is withdrawn) when S3 cannot take it."""
+        job = self.gate.store.job(self.gate.store.create_job(uid=new_uid(), state=JobState.PENDING, **fields))
+        try:
+            self.post(job)
+        except BoardUnavailable as exc:
+            self.gate.store.update_job(job.id, state=JobState.WITHDRAWN, finished=self.gate.clock(), reason=str(exc))
+            raise Refused(str(exc), RefusalKind.BUSY) from exc
+        return job
+
     def post(self, job: Job) -> None:
         """The plan's ticket, before anyone can see a button naming it. Raises BoardUnavailable."""
         if not job.uid:
