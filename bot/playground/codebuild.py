@@ -37,12 +37,12 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
 
 from bot.adapters.aws_clients import client
+from bot.playground.loopback import json_server
 
 TARGET_PREFIX = "CodeBuild_20161006."
 PHASES = ("install", "pre_build", "build", "post_build")
@@ -104,29 +104,7 @@ class CodeBuildStandIn:
         self._tokens: dict[str, tuple[float, str, str]] = {}  # token -> (when, parameters, build id)
         self._lock = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="codebuild-standin-"))
-        standin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                target = self.headers.get("X-Amz-Target", "")
-                status, payload = standin._handle(target, body)
-                data = json.dumps(payload, default=str).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.1")
-                self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, name="codebuild-standin", daemon=True).start()
+        self._server, self.url = json_server(self._http, "application/x-amz-json-1.1")
 
     def stop(self) -> None:
         for build in list(self.builds.values()):
@@ -146,6 +124,10 @@ class CodeBuildStandIn:
         raise TimeoutError(f"build {build_id} still runs after {timeout} s")
 
     # -- the protocol ----------------------------------------------------------------------------
+
+    def _http(self, path: str, headers, body: bytes):
+        status, payload = self._handle(headers.get("X-Amz-Target", ""), body)
+        return status, payload, {"x-amzn-RequestId": str(uuid.uuid4())}
 
     def _handle(self, target: str, body: bytes) -> tuple[int, dict]:
         op = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""

@@ -13,7 +13,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from bot.playground.loopback import json_server
 
 MAX_FILE = 5 * 1024 * 1024
 
@@ -37,30 +38,9 @@ class SlackStandIn:
         self._lock = threading.Lock()
         self.revision = 0  # counts changes anyone could see, so a page can wait for the next one
         self._changed = threading.Condition(self._lock)
-        standin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, payload, headers = standin._handle(self.path, self.headers.get("Content-Type", ""), body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for k, v in {"Content-Type": "application/json", **headers}.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._server, self.base = json_server(
+            lambda path, headers, body: self._handle(path, headers.get("Content-Type", ""), body))
         self.api_url = self.base + "/api/"
-        # a short poll: stop() returns at once instead of after half a second
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def stop(self) -> None:
         self._server.shutdown()
