@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -199,3 +200,24 @@ def test_an_app_card_posted_by_one_replica_is_approved_on_the_other_once(app_env
               if e.action == "app.approve"]
     assert len(starts) == 1 and not [e for e in Store(tmp_path / "a" / "rollback-bot.sqlite").audit_trail("prod")
                                      if e.action == "app.approve"]
+
+
+def test_a_forged_ticket_and_expired_lease_never_make_the_bot_edit_or_post_where_the_bucket_says(
+        fast_prod, fast_workspace, s3):
+    """A writer of the bucket plants a lease run out and a ticket naming a message in another channel."""
+    now, uid = time.time(), "ab" * 16
+    ticket = {"uid": uid, "service": "hello-service", "stage": "prod", "state": "approved", "target_commit": "a" * 40,
+              "target_build": "b-v1", "live_commit": "", "live_build": "", "requested_by": "U-ANA", "origin": "slack",
+              "channel": "C-EVIL", "message_ts": "1.000001", "plan_json": "{}", "created": now, "expires": now + 60,
+              "closed_by": "U-BO", "card_mac": "0" * 64}
+    s3.put_object(Bucket=BUCKET, Key=f"rollback/hello-service/prod/plans/{uid}.json", Body=json.dumps(ticket).encode())
+    s3.put_object(Bucket=BUCKET, Key="rollback/hello-service/prod/lock.json", Body=json.dumps({
+        "service": "hello-service", "stage": "prod", "job": 9, "token": "t", "approved_by": "U-BO", "requested_by": "",
+        "host": "gone", "pid": 1, "origin": "slack", "since": now - 60, "until": now - 30, "plan": uid}).encode())
+    ws = fast_workspace(ROLLBACK_LEASE_SECONDS="3")
+    said = wait_for(lambda: [m["text"] for m in ws.standin.messages["C-DEPLOYS"] if "was interrupted" in m["text"]]
+                    or None, 30, "the stage's channel to be told")
+    assert "(gone, job 9 there)" in said[0]
+    assert ws.standin.messages["C-EVIL"] == []  # nothing posted, nothing edited where only the bucket says
+    assert not [c for c in ws.standin.calls if c[1] == "chat.update"]
+    assert fast_prod.leases.current("prod") is None

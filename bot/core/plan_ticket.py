@@ -13,6 +13,7 @@ compared before anything deploys, as for a local plan.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 from dataclasses import asdict, dataclass, replace
@@ -38,6 +39,12 @@ def plan_digest(target_commit: str, target_build: str, live_commit: str, live_bu
     a writer of the bucket changed after the card was posted is told apart and approves nothing."""
     raw = json.dumps([target_commit, target_build, live_commit, live_build, plan_json])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def card_mac(key: bytes, uid: str, channel: str, ts: str) -> str:
+    """Where a plan's card is, signed with a key every replica has and a writer of the bucket has not (made
+    from the Slack bot token): a replica that edits a card it did not post (its bot died) edits only that."""
+    return hmac.new(key, json.dumps([uid, channel, ts]).encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,14 @@ class PlanTicket:
     closed_on: str = ""  # the host that did
     cancel_by: str = ""  # a Cancel of the running job clicked on a replica that does not run it
     interrupted_on: str = ""  # the replica that found its runner gone and said so in the channel
+    card_mac: str = ""  # card_mac(key, uid, channel, ts) by the replica that posted the card
 
     def closed(self, state: TicketState, by: str, host: str) -> PlanTicket:
         return replace(self, state=state, closed_by=by, closed_on=host)
+
+    def card_is_signed(self, key: bytes) -> bool:
+        return bool(key and self.card_mac) and hmac.compare_digest(
+            self.card_mac, card_mac(key, self.uid, self.channel, self.message_ts))
 
     @property
     def digest(self) -> str:
@@ -100,7 +112,7 @@ class PlanTicket:
             text = {k: str(data.get(k, "")) for k in (
                 "uid", "service", "stage", "target_commit", "target_build", "live_commit", "live_build",
                 "requested_by", "origin", "channel", "message_ts", "plan_json", "stack_name", "region", "policy",
-                "closed_by", "closed_on", "cancel_by", "interrupted_on")}
+                "closed_by", "closed_on", "cancel_by", "interrupted_on", "card_mac")}
             ticket = cls(state=TicketState(data["state"]), created=float(data["created"]),
                          expires=float(data["expires"]), **text)
         except (KeyError, TypeError, ValueError) as exc:

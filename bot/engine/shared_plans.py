@@ -9,6 +9,7 @@ checked again, the plan made again and compared with what the card showed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import socket
@@ -19,7 +20,7 @@ from bot.adapters.store import plain_name
 from bot.core.catalog import UnknownService
 from bot.core.jobs import APP, Job, JobState
 from bot.core.keys import StageKey
-from bot.core.plan_ticket import PlanRef, PlanTicket, TicketFormatError, TicketState
+from bot.core.plan_ticket import PlanRef, PlanTicket, TicketFormatError, TicketState, card_mac
 from bot.engine.gate import Gate
 from bot.engine.refusals import RefusalKind, Refused
 
@@ -37,6 +38,8 @@ class SharedPlans:
     def __init__(self, gate: Gate):
         self.gate = gate
         self.host = socket.gethostname()
+        token = str(gate.fleet.settings.slack_bot_token or "")
+        self.card_key = hashlib.sha256(b"rollback-bot plan card\0" + token.encode()).digest() if token else b""
 
     def board(self, service: str) -> PlanBoard:
         if service != APP:
@@ -72,8 +75,10 @@ class SharedPlans:
     def attach(self, job: Job) -> None:
         """Where its card is, so a replica that did not post it can check a click is on that card."""
         if job.uid:
+            mac = card_mac(self.card_key, job.uid, job.channel, job.message_ts) if self.card_key else ""
             self._board(job).change(job.stage, job.uid, lambda t: replace(
-                t, channel=job.channel, message_ts=job.message_ts) if t.state is TicketState.PENDING else None)
+                t, channel=job.channel, message_ts=job.message_ts, card_mac=mac)
+                if t.state is TicketState.PENDING else None)
 
     def resolve(self, job_id: int, ref: PlanRef | None) -> int:
         """The local job a button names: by its plan's uid when it has one (the job numbers of replicas

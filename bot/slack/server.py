@@ -241,13 +241,17 @@ def _orphan_interrupted(settings: Settings, service: RollbackService, notify: No
             f"was interrupted: the bot running it ({esc_message(lease.host)}, job {lease.job} there) stopped "
             f"renewing its lease, which ran out at {when}. The stage is free again. Check the stack before "
             "doing anything else.")
-    if ticket.channel and ticket.message_ts:
-        notify.update(ticket.channel, ticket.message_ts, f"Rollback interrupted: {what}",
+    # the card's place comes from S3: it is edited only when a replica of this bot signed it there
+    card = ticket.channel if ticket.channel and ticket.card_is_signed(service.shared.card_key) else ""
+    if card:
+        notify.update(card, ticket.message_ts, f"Rollback interrupted: {what}",
                       kit.interrupted_card_blocks(what, ticket.target_commit, text))
-    if ticket.channel:
-        notify.post(ticket.channel, text, thread_ts=ticket.message_ts or None)
+        notify.post(card, text, thread_ts=ticket.message_ts)
+    elif ticket.channel:
+        log.warning("plan %s: its card's place in S3 is not signed by this bot; only the stage's channel is told",
+                    ticket.uid)
     channel = service.policy.notify_channel(key.stage, settings.channel, key.service)
-    if channel and channel != ticket.channel:
+    if channel and channel != card:
         notify.post(channel, text)
 
 
